@@ -1,0 +1,169 @@
+"""Weights: torchvision/timm checkpoints convert exactly; bad files fail in one clear line; nothing unpickles."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from mobilenets import WeightsError, create_model, load_model, save_weights
+from mobilenets.preprocessing import Preprocessing
+from mobilenets.weights import PUBLISHED_WEIGHTS, fetch_published, sha256_of
+
+
+def randomize_batchnorm(model: torch.nn.Module) -> None:
+    """Non-trivial BN statistics, so that a mis-mapped tensor changes the output."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+
+
+def assert_identical_outputs(reference: torch.nn.Module, ours: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = reference.eval()(x), ours.eval()(x)
+    # Absolute 1e-5 on logits of order one; timm computes V3's pooled head as a 1×1 conv, we (like
+    # torchvision) as a linear layer, so the same dot products round differently at large logits.
+    scale = max(1.0, expected.abs().max().item())
+    assert (expected - actual).abs().max().item() < 1e-5 * scale
+
+
+@pytest.mark.parametrize(
+    ("builder", "name"),
+    [
+        ("mobilenet_v2", "mobilenet_v2"),
+        ("mobilenet_v3_small", "mobilenet_v3_small"),
+        ("mobilenet_v3_large", "mobilenet_v3_large"),
+    ],
+)
+def test_torchvision_checkpoints_load_identically(torchvision_models, tmp_path, builder, name):
+    torch.manual_seed(0)
+    reference = getattr(torchvision_models, builder)()
+    randomize_batchnorm(reference)
+    path = tmp_path / "tv.pth"
+    torch.save(reference.state_dict(), path)
+    assert_identical_outputs(reference, create_model(name, weights=path))
+
+
+@pytest.mark.parametrize(
+    ("timm_name", "name"),
+    [
+        ("mobilenetv1_100", "mobilenet_v1"),
+        ("mobilenetv2_100", "mobilenet_v2"),
+        ("mobilenetv3_small_100", "mobilenet_v3_small"),
+        ("mobilenetv3_large_100", "mobilenet_v3_large"),
+    ],
+)
+def test_timm_checkpoints_load_identically(timm, tmp_path, timm_name, name):
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_name)
+    randomize_batchnorm(reference)
+    path = tmp_path / "timm.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)  # wrapped, as training scripts save
+    ours = create_model(name, weights=path)
+    assert_identical_outputs(reference, ours)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(reference.forward_features(x), ours.forward_features(x))
+
+
+def test_real_torchvision_v2_weights_load_without_missing_keys(real_v2_weights):
+    state_dict = torch.load(real_v2_weights, weights_only=True)
+    model = create_model("mobilenet_v2", weights=real_v2_weights)
+    assert len([k for k in model.state_dict() if not k.endswith("num_batches_tracked")]) == len(
+        [k for k in state_dict if not k.endswith("num_batches_tracked")]
+    )
+    assert sha256_of(real_v2_weights) == PUBLISHED_WEIGHTS["mobilenet_v2.tv_in1k"].sha256
+    assert fetch_published("mobilenet_v2.tv_in1k") == real_v2_weights  # found offline, hash checked
+
+
+def test_native_format_round_trip_with_metadata(tmp_path):
+    model = create_model("mobilenet_v3_small", num_classes=3, width=0.5).eval()
+    preprocessing = Preprocessing.for_resolution(96)
+    path = save_weights(model, tmp_path / "model", classes=["a", "b", "c"], preprocessing=preprocessing)
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").exists()
+    loaded = load_model(path)
+    assert loaded.architecture.options["width"] == 0.5 and loaded.num_classes == 3
+    assert loaded.weights_metadata["classes"] == ["a", "b", "c"]
+    assert loaded.weights_metadata["preprocessing"]["input_size"] == 96
+    path.with_suffix(".json").unlink()  # the metadata embedded in the safetensors header suffices
+    again = load_model(path)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_fine_tuning_head_replaces_classifier(real_v2_weights):
+    model = create_model("mobilenet_v2", num_classes=10, weights=real_v2_weights)
+    assert model.classifier.out_features == 10
+    reference = create_model("mobilenet_v2", weights=real_v2_weights)
+    assert torch.equal(model.stem.conv.weight, reference.stem.conv.weight)
+
+
+def test_wrong_path_is_one_clear_line(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        create_model("mobilenet_v2", weights=tmp_path / "missing.pth")
+
+
+def test_truncated_checkpoint_is_reported(tmp_path, real_v2_weights):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(real_v2_weights.read_bytes()[:100_000])
+    with pytest.raises(WeightsError, match="truncated"):
+        create_model("mobilenet_v2", weights=truncated)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        load_model(broken)
+
+
+def test_other_architecture_names_first_mismatching_tensor(tmp_path, real_v2_weights):
+    with pytest.raises(WeightsError, match=r"has \d+ tensors|tensor '.*' has shape"):
+        create_model("mobilenet_v3_small", weights=real_v2_weights)
+    with pytest.raises(WeightsError, match=r"tensor 'features\.0\.0\.weight' has shape"):
+        create_model("mobilenet_v2", width=0.5, weights=real_v2_weights)
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_pickle_with_code_is_refused_and_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"state_dict": Exploit()}))
+    with pytest.raises(WeightsError, match="pickled code"):
+        create_model("mobilenet_v2", weights=path)
+    assert not (tmp_path / "PWNED").exists()
+    torch.save({"weights": Exploit()}, tmp_path / "evil_zip.pth")
+    with pytest.raises(WeightsError, match="pickled code"):
+        create_model("mobilenet_v2", weights=tmp_path / "evil_zip.pth")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(WeightsError, match=r"place it at .*mobilenet_v3_small-047dcff4\.pth"):
+        create_model("mobilenet_v3_small", weights="mobilenet_v3_small.tv_in1k")
+
+
+def test_hash_mismatch_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
+    target = tmp_path / "weights" / "mobilenet_v3_small-047dcff4.pth"
+    target.parent.mkdir(parents=True)
+    torch.save(create_model("mobilenet_v3_small").state_dict(), target)
+    with pytest.raises(WeightsError, match="does not match the published"):
+        create_model("mobilenet_v3_small", weights="mobilenet_v3_small.tv_in1k")
