@@ -1,0 +1,160 @@
+"""Data-parallel training on PyTorch's own engine: ``torchrun`` + ``DistributedDataParallel``.
+
+Nothing here launches processes or exchanges gradients by hand: ``torchrun`` starts one process per
+device (and rendezvous across hosts), ``torch.distributed`` connects them, DDP all-reduces gradients.
+This module only reads torchrun's environment, picks the backend for the device, shards the data
+with ``DistributedSampler``, reduces metrics, and decides which rank writes files.
+
+    torchrun --nproc-per-node 2 -m mobilenets train --data DIR ...          # one machine
+    torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+             --nproc-per-node 8 -m mobilenets train --data DIR ...          # several machines
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from mobilenets.errors import MobilenetsError
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job. A single process is a world of one."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, logs and reports."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum numbers over ranks (e.g. correct predictions and sample counts)."""
+        if not self.is_distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device if self.backend == "nccl" else "cpu")
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def broadcast_object(self, obj):
+        """Rank 0's value of ``obj`` on every rank (e.g. a decision taken once)."""
+        if not self.is_distributed:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistributedContext:
+    """Join the torchrun job this process belongs to, or return a one-process context.
+
+    Backend: NCCL when the processes drive CUDA devices, gloo on CPU (PyTorch's own recommendation).
+    """
+    wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if not launched_by_torchrun():
+        return DistributedContext(device=torch.device("cuda" if wants_cuda else device if device != "auto" else "cpu"))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if wants_cuda:
+        if torch.cuda.device_count() <= local_rank:
+            raise MobilenetsError(
+                f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices; "
+                "use --nproc-per-node ≤ the number of GPUs"
+            )
+        torch.cuda.set_device(local_rank)
+        backend, process_device = "nccl", torch.device("cuda", local_rank)
+    else:
+        backend, process_device = "gloo", torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    context = DistributedContext(rank, local_rank, world_size, backend, process_device)
+    stop_cleanly_when_a_peer_fails(context)
+    return context
+
+
+def stop_cleanly_when_a_peer_fails(context: DistributedContext) -> None:
+    """torchrun sends SIGTERM to every surviving worker once one fails: say what happened, then exit.
+
+    The last checkpoint on disk was written atomically, so ``--resume`` continues from it with any
+    number of processes.
+    """
+
+    def on_terminate(signum, _frame) -> None:
+        if context.is_main:
+            print(
+                f"\nmobilenets train: rank {context.rank}: the distributed job is stopping (received "
+                f"{signal.Signals(signum).name}: another rank failed or the job was cancelled). The last "
+                "checkpoint is intact; continue with the same command plus --resume RUN_DIR.",
+                file=sys.stderr,
+                flush=True,
+            )
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_terminate)
+
+
+def shard_indices(num_samples: int, context: DistributedContext, seed: int, epoch: int, shuffle: bool = True) -> Iterator[int]:
+    """This rank's sample indices for ``epoch``: ``DistributedSampler``'s seeded shard of one permutation.
+
+    Rank r takes every world_size-th index of the shared permutation, so the ranks' k-th batches
+    together hold exactly the k-th global batch of a one-process run with the same seed.
+    """
+    if not context.is_distributed:
+        if not shuffle:
+            return iter(range(num_samples))
+        generator = torch.Generator().manual_seed(seed + epoch)
+        return iter(torch.randperm(num_samples, generator=generator).tolist())
+    sampler = DistributedSampler(
+        range(num_samples), num_replicas=context.world_size, rank=context.rank, shuffle=shuffle, seed=seed, drop_last=False
+    )
+    sampler.set_epoch(epoch)
+    return iter(sampler)
+
+
+def wrap_model(model: nn.Module, context: DistributedContext, sync_batchnorm: bool = False) -> nn.Module:
+    """DDP-wrap ``model`` for this context (a no-op for one process).
+
+    SyncBatchNorm computes BN statistics over the global batch: slower, but identical to a single
+    process with the same global batch, and better when the per-process batch is small.
+    """
+    if not context.is_distributed:
+        return model
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [context.local_rank] if context.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def shutdown(context: DistributedContext) -> None:
+    if context.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
