@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -35,7 +35,7 @@ class DistributedContext:
     local_rank: int = 0
     world_size: int = 1
     backend: str | None = None
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_distributed(self) -> bool:
