@@ -20,15 +20,15 @@ demo: $(BIN)/mobilenets
 	bash scripts/demo.sh $(DEMO_DIR)
 
 test: $(BIN)/mobilenets
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-slow: $(BIN)/mobilenets
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(BIN)/mobilenets
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
