@@ -1,0 +1,678 @@
+"""int8 models that are checked, never silently broken: PTQ, mixed precision and QAT, all to one ONNX form.
+
+The deployed form is always an ONNX Runtime QDQ model: int8 weights quantized per output channel
+(per-tensor weights collapse MobileNetV3, REFERENCE §5.1), uint8 activations calibrated on training
+images, BatchNorm already folded into the convolutions by the exporter.
+
+- **PTQ**: ``onnxruntime.quantization.quantize_static`` with min-max, percentile or entropy calibration.
+- **Mixed precision**: when PTQ loses more than the threshold, the layers whose activations carry the
+  largest quantization error (ORT's ``qdq_loss_debug``) are kept in float (``nodes_to_exclude``), and so
+  are the stem and the classifier: the first and last layers are where int8 hurts most (REFERENCE §5.2).
+- **QAT**: a short fine-tune of the BN-folded network in PyTorch with fake-quantized weights (the same
+  per-channel symmetric int8 grid ORT will use) and fake-quantized activations, whose learned weights then
+  go through the very same ORT QDQ path. See docs/deployment.md for why not ``torch.ao`` or PT2E.
+
+After every conversion the int8 model is evaluated next to fp32 on held-out images (``compare``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import nn
+
+from mobilenets.errors import MobilenetsError
+from mobilenets.export import INPUT_NAME, copy_metadata, export_onnx
+from mobilenets.preprocessing import Preprocessing, load_image
+from mobilenets.runtime import create_session
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+DEFAULT_CALIBRATION_METHOD = "percentile"
+DEFAULT_THRESHOLD = 1.0  # accuracy points int8 may lose before we say so and try the fixes
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid"}
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images (N×3×H×W float32) and their labels (None for an unlabelled folder)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """A class folder (one sub-folder per class) or a flat folder of unlabelled images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MobilenetsError(f"{folder}: not a directory; pass --data a folder of images (or of class folders)")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes:
+        paths, labels = [], []
+        for index, name in enumerate(classes):
+            found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += found
+            labels += [index] * len(found)
+        result = paths, labels, classes
+    else:
+        result = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None, None
+    if not result[0]:
+        raise MobilenetsError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return result
+
+
+def load_images(
+    paths: Sequence[Path | str], labels: Sequence[int] | None, preprocessing: Preprocessing, source: str
+) -> ImageSet:
+    images = np.stack([preprocessing(load_image(path)).numpy() for path in paths]).astype(np.float32)
+    return ImageSet(images, None if labels is None else np.asarray(labels, dtype=np.int64), source)
+
+
+def sample(items: list, count: int, seed: int = 0) -> list:
+    """A reproducible random subset (all of them when there are fewer than ``count``)."""
+    if count <= 0 or count >= len(items):
+        return list(items)
+    return random.Random(seed).sample(items, count)
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds ORT's calibrator (and its loss debugger) batches from an array."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = 16) -> None:
+        self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        self.position = 0
+
+    def get_next(self) -> dict | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {INPUT_NAME: self.batches[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-training quantization
+# --------------------------------------------------------------------------------------------------
+
+
+def prepare_for_quantization(fp32_onnx: Path, out: Path) -> Path:
+    """ORT's recommended pre-processing: graph optimizations (BN folding, constant folding) and shapes."""
+    quant_pre_process(str(fp32_onnx), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def quantize_ptq(
+    fp32_onnx: Path | str,
+    out: Path | str,
+    calibration: np.ndarray,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    nodes_to_exclude: Sequence[str] = (),
+    description: str = "ptq",
+) -> Path:
+    """int8 QDQ model of ``fp32_onnx``: per-channel int8 weights, uint8 activations calibrated on ``calibration``."""
+    if calibration_method not in CALIBRATION_METHODS:
+        raise MobilenetsError(
+            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if len(calibration) == 0:
+        raise MobilenetsError("no calibration images; pass --data DIR or a run directory with training images")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as work:
+        prepared = prepare_for_quantization(Path(fp32_onnx), Path(work) / "prepared.onnx")
+        temporary = Path(work) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(temporary),
+            ArrayReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # This CPU has AVX-512 VNNI: u8×s8 dot products do not saturate, so the full range is used.
+            reduce_range=False,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(nodes_to_exclude),
+            calibrate_method=CALIBRATION_METHODS[calibration_method],
+            extra_options={"CalibPercentile": 99.999},
+        )
+        copy_metadata(
+            fp32_onnx,
+            temporary,
+            quantization=json.dumps(
+                {
+                    "method": description,
+                    "format": "QDQ",
+                    "weights": "int8 per-channel symmetric",
+                    "activations": f"uint8 per-tensor, {calibration_method} calibration on {len(calibration)} images",
+                    "float_nodes": list(nodes_to_exclude),
+                }
+            ),
+        )
+        shutil.move(temporary, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation: int8 next to fp32
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """int8 against fp32 on the same images; accuracies are fractions (None without labels)."""
+
+    images: int
+    fp32_accuracy: float | None
+    int8_accuracy: float | None
+    agreement: float
+    fp32_size_bytes: int
+    int8_size_bytes: int
+    fp32_latency_ms: float | None = None
+    int8_latency_ms: float | None = None
+    latency_batch: int | None = None
+
+    @property
+    def drop_points(self) -> float:
+        """Accuracy points lost (agreement with fp32 stands in for accuracy on unlabelled images)."""
+        if self.fp32_accuracy is not None and self.int8_accuracy is not None:
+            return 100.0 * (self.fp32_accuracy - self.int8_accuracy)
+        return 100.0 * (1.0 - self.agreement)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "drop_points": round(self.drop_points, 3)}
+
+
+def onnx_logits(path: Path | str, images: np.ndarray, batch_size: int = 32, session=None) -> np.ndarray:
+    session = session or create_session(path)
+    return np.concatenate(
+        [session.run(None, {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    )
+
+
+def median_latency_ms(path: Path | str, images: np.ndarray, batch_size: int, repeats: int = 5) -> float:
+    """Median wall time of one batch in ORT after one warm-up run (a quick figure; benchmarks/ measures properly)."""
+    session = create_session(path)
+    batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])))
+    session.run(None, {INPUT_NAME: batch})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {INPUT_NAME: batch})
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def compare(
+    fp32_onnx: Path | str, int8_onnx: Path | str, evaluation: ImageSet, latency_batch: int | None = 1
+) -> Comparison:
+    fp32 = onnx_logits(fp32_onnx, evaluation.images).argmax(1)
+    int8 = onnx_logits(int8_onnx, evaluation.images).argmax(1)
+    labels = evaluation.labels
+    comparison = Comparison(
+        images=len(evaluation),
+        fp32_accuracy=None if labels is None else float((fp32 == labels).mean()),
+        int8_accuracy=None if labels is None else float((int8 == labels).mean()),
+        agreement=float((fp32 == int8).mean()),
+        fp32_size_bytes=Path(fp32_onnx).stat().st_size,
+        int8_size_bytes=Path(int8_onnx).stat().st_size,
+    )
+    if latency_batch:
+        comparison.latency_batch = latency_batch
+        comparison.fp32_latency_ms = median_latency_ms(fp32_onnx, evaluation.images, latency_batch)
+        comparison.int8_latency_ms = median_latency_ms(int8_onnx, evaluation.images, latency_batch)
+    return comparison
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the error comes from, and keeping those layers in float
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerError:
+    """Signal-to-quantization-noise ratio (dB, higher is better) of one activation tensor."""
+
+    tensor: str
+    node: str
+    op_type: str
+    sqnr_db: float  # int8 model's activation vs fp32 model's: error accumulated up to this layer
+    local_sqnr_db: float  # the tensor against its own quantize→dequantize: this layer's own error
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_errors(fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarray) -> list[LayerError]:
+    """Per-tensor quantization error (ORT ``qdq_loss_debug``), worst local error first."""
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    with tempfile.TemporaryDirectory(prefix="mobilenets-qdebug-") as work:
+        prepared = prepare_for_quantization(Path(fp32_onnx), Path(work) / "fp32.onnx")
+        float_aug, int8_aug = Path(work) / "fp32_aug.onnx", Path(work) / "int8_aug.onnx"
+        debug.modify_model_output_intermediate_tensors(str(prepared), str(float_aug))
+        debug.modify_model_output_intermediate_tensors(str(int8_onnx), str(int8_aug))
+        float_acts = debug.collect_activations(str(float_aug), ArrayReader(images))
+        int8_acts = debug.collect_activations(str(int8_aug), ArrayReader(images))
+        errors = debug.compute_activation_error(debug.create_activation_matching(int8_acts, float_acts))
+        producers = {output: node for node in onnx.load(str(prepared)).graph.node for output in node.output}
+    found = []
+    for tensor, error in errors.items():
+        node = producers.get(tensor)
+        if node is None or "xmodel_err" not in error:
+            continue
+        found.append(
+            LayerError(tensor, node.name, node.op_type, float(error["xmodel_err"]), float(error.get("qdq_err", np.inf)))
+        )
+    return sorted(found, key=lambda e: e.local_sqnr_db)
+
+
+def float_nodes_for(errors: Sequence[LayerError], fp32_onnx: Path | str, count: int) -> list[str]:
+    """Nodes to keep in float: the stem, the classifier, and the producers of the ``count`` worst tensors.
+
+    An activation (ReLU, clip, hard-swish) is kept in float together with the convolution feeding it,
+    since ORT quantizes the pair as one fused unit.
+    """
+    with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as work:
+        graph = onnx.load(str(prepare_for_quantization(Path(fp32_onnx), Path(work) / "fp32.onnx"))).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    compute = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    chosen = [compute[0].name, compute[-1].name]
+    for error in errors[:count]:
+        chosen.append(error.node)
+        node = producers.get(error.tensor)
+        if node is not None and node.op_type in ACTIVATION_OPS and node.input[0] in producers:
+            chosen.append(producers[node.input[0]].name)
+    return list(dict.fromkeys(chosen))
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantization-aware training: fake-quantized fine-tuning of the BN-folded network
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeQuantizeWeight(nn.Module):
+    """Per-output-channel symmetric int8 fake quantization: the grid ORT's per-channel QDQ weights use."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        reduce = tuple(range(1, weight.dim()))
+        scale = (weight.detach().abs().amax(dim=reduce) / 127.0).clamp_min(1e-8)
+        zero_point = torch.zeros(weight.shape[0], dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -127, 127)
+
+
+class FakeQuantizeActivation(nn.Module):
+    """Per-tensor uint8 fake quantization with a moving-average min/max (the straight-through estimator)."""
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("low", torch.tensor(float("inf")))
+        self.register_buffer("high", torch.tensor(float("-inf")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            low, high = x.detach().min().clamp(max=0.0), x.detach().max().clamp(min=0.0)
+            if torch.isinf(self.low):
+                self.low.copy_(low), self.high.copy_(high)
+            else:
+                self.low.lerp_(low, self.momentum), self.high.lerp_(high, self.momentum)
+        scale = float((self.high - self.low).clamp_min(1e-8) / 255.0)
+        zero_point = int(torch.clamp(torch.round(-self.low / scale), 0, 255))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Conv→BN pair merged into one biased conv (what the exporter does)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from mobilenets.layers import ConvBNAct
+
+    folded = _deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return folded
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def attach_fake_quantization(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Fake-quantize every conv/linear weight and the outputs of the ops ORT quantizes (conv blocks, adds, SE)."""
+    from torch.nn.utils import parametrize
+
+    from mobilenets.layers import ConvBNAct, InvertedResidual, SqueezeExcitation
+
+    handles = []
+    for module in list(model.modules()):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            parametrize.register_parametrization(module, "weight", FakeQuantizeWeight())
+        if isinstance(module, (ConvBNAct, InvertedResidual, SqueezeExcitation)):
+            module.output_quantizer = FakeQuantizeActivation()
+            handles.append(module.register_forward_hook(lambda m, _inputs, output: m.output_quantizer(output)))
+    return handles
+
+
+def detach_fake_quantization(model: nn.Module, handles: list) -> nn.Module:
+    """Back to a plain float network holding the QAT-learned weights (ORT re-quantizes them identically)."""
+    from torch.nn.utils import parametrize
+
+    for handle in handles:
+        handle.remove()
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        if hasattr(module, "output_quantizer"):
+            del module.output_quantizer
+    return model
+
+
+def qat_finetune(
+    model: nn.Module,
+    train: ImageSet,
+    epochs: int = 2,
+    learning_rate: float = 1e-4,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress=None,
+) -> nn.Module:
+    """Fine-tune a BN-folded copy of ``model`` under fake quantization; returns a float model to export.
+
+    BatchNorm is folded before training (its statistics are frozen, as torchvision's QAT recipe does after
+    a few epochs), so the weights that are fake-quantized are exactly the folded weights ORT quantizes.
+    """
+    if train.labels is None:
+        raise MobilenetsError("QAT needs labelled training images (a class folder or a run directory)")
+    torch.manual_seed(seed)
+    qat_model = fold_batchnorm(model)
+    handles = attach_fake_quantization(qat_model)
+    optimizer = torch.optim.AdamW(qat_model.parameters(), lr=learning_rate, weight_decay=0.0)
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    steps = epochs * max(1, len(images) // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    qat_model.train()
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            index = order[start : start + batch_size]
+            batch = images[index]
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+            loss = nn.functional.cross_entropy(qat_model(batch), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if progress is not None:
+                progress(step, steps, float(loss))
+    qat_model.eval()
+    return detach_fake_quantization(qat_model, handles)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole decision, for a model and its data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizationResult:
+    """The chosen int8 model and every attempt that led to it."""
+
+    path: Path
+    method: str
+    comparison: Comparison
+    threshold: float
+    attempts: list[dict] = field(default_factory=list)
+    worst_layers: list[LayerError] = field(default_factory=list)
+
+    @property
+    def within_threshold(self) -> bool:
+        return self.comparison.drop_points <= self.threshold
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "method": self.method,
+            "threshold_points": self.threshold,
+            "within_threshold": self.within_threshold,
+            **self.comparison.to_dict(),
+            "attempts": self.attempts,
+            "worst_layers": [e.to_dict() for e in self.worst_layers[:10]],
+        }
+
+
+def quantize_model(
+    model: nn.Module,
+    out: Path | str,
+    calibration: ImageSet,
+    evaluation: ImageSet,
+    method: str = "auto",
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    threshold: float = DEFAULT_THRESHOLD,
+    train: ImageSet | None = None,
+    qat_epochs: int = 2,
+    fp32_onnx: Path | str | None = None,
+    report=print,
+) -> QuantizationResult:
+    """PTQ; if it loses more than ``threshold`` points: mixed precision, then QAT (``auto``), best kept.
+
+    ``method``: ``ptq`` (PTQ only, with the diagnosis when it falls short), ``mixed`` (PTQ then mixed
+    precision), ``qat`` (QAT only), ``auto`` (PTQ → mixed precision → QAT until one is within threshold).
+    """
+    if method not in ("auto", "ptq", "mixed", "qat"):
+        raise MobilenetsError(f"unknown method {method!r}; choose auto, ptq, mixed or qat")
+    out = Path(out)
+    work = Path(tempfile.mkdtemp(prefix="mobilenets-quantize-"))
+    try:
+        if fp32_onnx is None:
+            fp32_onnx = export_onnx(model, work / "fp32.onnx")
+        candidates: list[tuple[str, Path, Comparison]] = []
+
+        def attempt(name: str, path: Path) -> Comparison:
+            comparison = compare(fp32_onnx, path, evaluation)
+            candidates.append((name, path, comparison))
+            report(describe(name, comparison))
+            return comparison
+
+        worst: list[LayerError] = []
+        if method in ("auto", "ptq", "mixed"):
+            ptq = quantize_ptq(fp32_onnx, work / "ptq.onnx", calibration.images, calibration_method)
+            if attempt("ptq", ptq).drop_points > threshold:
+                worst = layer_errors(fp32_onnx, ptq, calibration.images[:32])
+                report(warn_drop(candidates[-1][2], threshold, worst))
+                if method in ("auto", "mixed"):
+                    for count in (2, 6):
+                        float_nodes = float_nodes_for(worst, fp32_onnx, count)
+                        mixed = quantize_ptq(
+                            fp32_onnx,
+                            work / f"mixed{count}.onnx",
+                            calibration.images,
+                            calibration_method,
+                            nodes_to_exclude=float_nodes,
+                            description=f"ptq, {len(float_nodes)} nodes kept in float",
+                        )
+                        if attempt(f"mixed precision ({len(float_nodes)} float nodes)", mixed).drop_points <= threshold:
+                            break
+        if method == "qat" or (method == "auto" and min(c.drop_points for _, _, c in candidates) > threshold):
+            if train is None or train.labels is None:
+                report("QAT skipped: it needs labelled training images")
+            else:
+                report(f"QAT: fine-tuning {qat_epochs} epoch(s) on {len(train)} images with fake quantization ...")
+                tuned = qat_finetune(model, train, epochs=qat_epochs)
+                qat_fp32 = export_onnx(tuned, work / "qat_fp32.onnx")
+                copy_metadata(fp32_onnx, qat_fp32)
+                qat = quantize_ptq(
+                    qat_fp32, work / "qat.onnx", calibration.images, calibration_method, description="qat"
+                )
+                attempt("qat", qat)
+        if not candidates:
+            raise MobilenetsError("nothing was quantized")
+        # The most accurate int8 model; among equals, the one with the fewest float layers (listed first).
+        name, path, comparison = min(candidates, key=lambda c: round(c[2].drop_points, 6))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out)
+        return QuantizationResult(
+            out,
+            name,
+            comparison,
+            threshold,
+            attempts=[{"method": n, **c.to_dict()} for n, _, c in candidates],
+            worst_layers=worst,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def describe(name: str, c: Comparison) -> str:
+    if c.fp32_accuracy is not None:
+        accuracy = f"top-1 fp32 {100 * c.fp32_accuracy:.2f}% int8 {100 * c.int8_accuracy:.2f}% "
+    else:
+        accuracy = "(unlabelled: accuracy = agreement) "
+    latency = ""
+    if c.fp32_latency_ms is not None:
+        latency = f", batch {c.latency_batch} latency fp32 {c.fp32_latency_ms:.1f} ms int8 {c.int8_latency_ms:.1f} ms"
+    return (
+        f"{name}: {accuracy}agreement {100 * c.agreement:.2f}% on {c.images} images, "
+        f"size {c.fp32_size_bytes / 1e6:.2f} MB -> {c.int8_size_bytes / 1e6:.2f} MB{latency}"
+    )
+
+
+def warn_drop(c: Comparison, threshold: float, worst: Sequence[LayerError]) -> str:
+    layers = "\n".join(
+        f"    {e.node} ({e.op_type}): SQNR {e.local_sqnr_db:.1f} dB own, {e.sqnr_db:.1f} dB vs fp32" for e in worst[:5]
+    )
+    return (
+        f"WARNING: int8 loses {c.drop_points:.2f} points (threshold {threshold:g}). "
+        f"Layers with the largest quantization error:\n{layers}\n"
+        "  Fixes: keep those layers in float (--method mixed), or quantization-aware training (--method qat); "
+        "--method auto tries both."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Run directories (the training command calls this for `mobilenets train --quantize`)
+# --------------------------------------------------------------------------------------------------
+
+
+def read_split(run_dir: Path) -> dict:
+    path = Path(run_dir) / "split.json"
+    if not path.exists():
+        raise MobilenetsError(
+            f"{path}: not found; quantize a run directory written by `mobilenets train`, or pass --data DIR"
+        )
+    return json.loads(path.read_text())
+
+
+def quantize_run(
+    run_dir: Path,
+    method: str = "auto",
+    threshold: float = DEFAULT_THRESHOLD,
+    calibration_images: int = 256,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    qat_epochs: int = 2,
+    max_val_images: int = 2000,
+    out: Path | None = None,
+    report=print,
+) -> dict:
+    """Quantize a training run to ``RUN_DIR/model_int8.onnx`` and merge the figures into ``metrics.json``.
+
+    Calibration images come from the run's training split, evaluation from its validation split.
+    Returns ``fp32_val_accuracy``/``int8_val_accuracy`` (fractions), ``int8_size_bytes``, ``int8_method``,
+    latencies and the attempts made.
+    """
+    from mobilenets.weights import load_model
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir / "model.safetensors")
+    split = read_split(run_dir)
+    preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
+    train_items = [tuple(item) for item in split["train"]]
+    val_items = sample([tuple(item) for item in split["val"]], max_val_images, seed=1)
+    if not val_items:
+        raise MobilenetsError(f"{run_dir}/split.json: empty validation split; int8 cannot be checked")
+    calibration_items = sample(train_items, calibration_images)
+    calibration = load_images([p for p, _ in calibration_items], None, preprocessing, "train split")
+    evaluation = load_images([p for p, _ in val_items], [y for _, y in val_items], preprocessing, "val split")
+    train = None
+    if method in ("auto", "qat"):
+        train = load_images([p for p, _ in train_items], [y for _, y in train_items], preprocessing, "train split")
+    fp32_onnx = export_onnx(model, run_dir / "model.onnx")
+    out = Path(out) if out else run_dir / "model_int8.onnx"
+    result = quantize_model(
+        model,
+        out,
+        calibration,
+        evaluation,
+        method=method,
+        calibration_method=calibration_method,
+        threshold=threshold,
+        train=train,
+        qat_epochs=qat_epochs,
+        fp32_onnx=fp32_onnx,
+        report=report,
+    )
+    c = result.comparison
+    figures = {
+        "fp32_val_accuracy": c.fp32_accuracy,
+        "int8_val_accuracy": c.int8_accuracy,
+        "int8_agreement": c.agreement,
+        "int8_drop_points": round(c.drop_points, 3),
+        "int8_within_threshold": result.within_threshold,
+        "int8_method": result.method,
+        "int8_path": str(out),
+        "int8_size_bytes": c.int8_size_bytes,
+        "fp32_onnx_size_bytes": c.fp32_size_bytes,
+        "fp32_onnx_latency_ms": c.fp32_latency_ms,
+        "int8_latency_ms": c.int8_latency_ms,
+        "latency_batch": c.latency_batch,
+        "int8_val_images": c.images,
+    }
+    merge_metrics(run_dir / "metrics.json", figures)
+    (run_dir / "quantization.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return {**figures, "attempts": result.attempts}
+
+
+def merge_metrics(path: Path, figures: dict) -> None:
+    """Add keys to ``metrics.json`` without dropping anyone else's."""
+    from mobilenets.weights import atomic_write_text
+
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics.update(figures)
+    atomic_write_text(path, json.dumps(metrics, indent=2))
