@@ -1,0 +1,340 @@
+"""Data augmentation on whole batches of cached uint8 images, so that it never starves the model.
+
+Every transform works on a (B, 3, H, W) float batch in [0, 1] with per-sample random parameters drawn
+from an explicit ``torch.Generator`` (seeded per step by the training loop: resuming replays the same
+augmentation). All geometric operations of one sample (random-resized crop, flip, RandAugment's
+rotate/shear/translate) are composed into one affine matrix and applied by one ``grid_sample`` call.
+
+Strengths, light → heavy, as the seed's recipes ask ("maximum augmentation" for tiny datasets):
+
+- ``light``: mild random-resized crop (scale 0.64–1) and horizontal flip.
+- ``medium``: crop scale 0.25–1, flip, colour jitter 0.3.
+- ``heavy``: crop scale 0.08–1 (Inception's), flip, RandAugment (Cubuk et al. 2020; N=2, M=9 of 30).
+- ``augmix``: medium crop/flip, then AugMix (Hendrycks et al. 2020): three chains of 1–3 operations
+  mixed with Dirichlet weights, two augmented views per image for the Jensen–Shannon consistency loss.
+  The AugMix operation set leaves out colour, contrast, brightness and sharpness, which overlap the
+  ImageNet-C corruptions it is evaluated on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+AUGMENT_LEVELS = ("none", "light", "medium", "heavy", "augmix")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale: tuple[float, float] | None = None  # None: no random-resized crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = False
+    color_jitter: float = 0.0
+    randaugment_ops: int = 0
+    randaugment_magnitude: float = 9.0  # of 30, as in the paper's ImageNet setting
+    augmix: bool = False
+    augmix_severity: float = 3.0  # of 10
+    augmix_width: int = 3
+    augmix_depth: int = 3  # chains have 1..depth operations
+
+
+def augment_config(level: str) -> AugmentConfig:
+    configs = {
+        "none": AugmentConfig(),
+        "light": AugmentConfig(crop_scale=(0.64, 1.0), flip=True),
+        "medium": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, color_jitter=0.3),
+        "heavy": AugmentConfig(crop_scale=(0.08, 1.0), flip=True, randaugment_ops=2),
+        "augmix": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, augmix=True),
+    }
+    if level not in configs:
+        raise ValueError(f"unknown augmentation {level!r}; choose one of {', '.join(AUGMENT_LEVELS)}")
+    return configs[level]
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: per-sample affine matrices in grid_sample's normalized coordinates
+# --------------------------------------------------------------------------------------------------
+
+
+def _uniform(shape, low, high, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(shape, generator=generator) * (high - low) + low
+
+
+def _random_sign(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
+
+
+def identity_affine(n: int) -> torch.Tensor:
+    return torch.eye(3).repeat(n, 1, 1)
+
+
+def random_resized_crop_affine(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
+    """Inception-style crops: area fraction in ``scale``, aspect ratio log-uniform in ``ratio``."""
+    area = _uniform(n, scale[0], scale[1], generator)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator)
+    aspect = log_ratio.exp()
+    width = (area * aspect).sqrt().clamp(max=1.0)
+    height = (area / aspect).sqrt().clamp(max=1.0)
+    # Crop centres keep the crop inside the image.
+    center_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
+    center_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
+    matrix = identity_affine(n)
+    matrix[:, 0, 0], matrix[:, 1, 1] = width, height
+    matrix[:, 0, 2], matrix[:, 1, 2] = center_x, center_y
+    return matrix
+
+
+def flip_affine(n: int, generator: torch.Generator) -> torch.Tensor:
+    matrix = identity_affine(n)
+    matrix[:, 0, 0] = _random_sign(n, generator)
+    return matrix
+
+
+def rotate_affine(degrees: torch.Tensor) -> torch.Tensor:
+    radians = degrees * math.pi / 180
+    matrix = identity_affine(len(degrees))
+    matrix[:, 0, 0], matrix[:, 0, 1] = radians.cos(), -radians.sin()
+    matrix[:, 1, 0], matrix[:, 1, 1] = radians.sin(), radians.cos()
+    return matrix
+
+
+def shear_affine(amount: torch.Tensor, axis: int) -> torch.Tensor:
+    matrix = identity_affine(len(amount))
+    matrix[:, axis, 1 - axis] = amount
+    return matrix
+
+
+def translate_affine(fraction: torch.Tensor, axis: int) -> torch.Tensor:
+    matrix = identity_affine(len(fraction))
+    matrix[:, axis, 2] = 2 * fraction  # normalized coordinates span 2
+    return matrix
+
+
+def warp(images: torch.Tensor, matrices: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+    """Resample each image through its output→input affine matrix; outside pixels become ``fill`` (grey)."""
+    grid = F.affine_grid(matrices[:, :2, :].to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+# --------------------------------------------------------------------------------------------------
+# Photometric operations on [0, 1] batches; ``factor``/``amount`` are per-sample (B,) tensors
+# --------------------------------------------------------------------------------------------------
+
+
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL ImageEnhance's rule: factor 0 gives ``other``, 1 the image, above 1 extrapolates."""
+    return (other + _per_sample(factor) * (images - other)).clamp(0, 1)
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(images, torch.zeros_like(images), factor)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = grayscale(images).mean((1, 2, 3), keepdim=True)
+    return blend(images, mean.expand_as(images), factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(images, grayscale(images).expand_as(images), factor)
+
+
+def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=images.dtype) / 13
+    kernel = kernel.expand(images.shape[1], 1, 3, 3)
+    smooth = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
+    return blend(images, smooth, factor)
+
+
+def solarize(images: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(images >= _per_sample(threshold), 1 - images, images)
+
+
+def posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    levels = _per_sample(2 ** bits.round())
+    return torch.floor(images * 255 / (256 / levels)) * (256 / levels) / 255
+
+
+def autocontrast(images: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+    low = images.amin((2, 3), keepdim=True)
+    high = images.amax((2, 3), keepdim=True)
+    scale = torch.where(high > low, 1 / (high - low).clamp(min=1e-6), torch.ones_like(high))
+    return torch.where(high > low, (images - low) * scale, images)
+
+
+def equalize(images: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-channel histogram equalization, batched with one scatter_add."""
+    batch, channels = images.shape[:2]
+    levels = (images * 255).round().long().clamp(0, 255).flatten(2)
+    histogram = torch.zeros(batch, channels, 256).scatter_add_(2, levels, torch.ones(levels.shape))
+    cdf = histogram.cumsum(2)
+    first = cdf.gather(2, (histogram > 0).float().argmax(2, keepdim=True))
+    total = levels.shape[2]
+    lut = ((cdf - first) / (total - first).clamp(min=1) * 255).clamp(0, 255)
+    return (lut.gather(2, levels) / 255).view_as(images)
+
+
+# name → (kind, magnitude(m in 0..1, signs) → per-sample parameter)
+PhotometricOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _enhance_factor(m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    return 1 + 0.9 * m * sign
+
+
+PHOTOMETRIC_OPS: dict[str, tuple[PhotometricOp, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "identity": (lambda x, _: x, lambda m, s: m),
+    "autocontrast": (autocontrast, lambda m, s: m),
+    "equalize": (equalize, lambda m, s: m),
+    "solarize": (solarize, lambda m, s: 1 - m),
+    "posterize": (posterize, lambda m, s: 8 - 4 * m),
+    "color": (adjust_saturation, _enhance_factor),
+    "contrast": (adjust_contrast, _enhance_factor),
+    "brightness": (adjust_brightness, _enhance_factor),
+    "sharpness": (adjust_sharpness, _enhance_factor),
+}
+GEOMETRIC_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "rotate": lambda m, s: rotate_affine(30 * m * s),
+    "shear_x": lambda m, s: shear_affine(0.3 * m * s, 0),
+    "shear_y": lambda m, s: shear_affine(0.3 * m * s, 1),
+    "translate_x": lambda m, s: translate_affine(0.45 * m * s, 0),
+    "translate_y": lambda m, s: translate_affine(0.45 * m * s, 1),
+}
+RANDAUGMENT_OPS = tuple(PHOTOMETRIC_OPS) + tuple(GEOMETRIC_OPS)
+AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "solarize", *GEOMETRIC_OPS)
+
+
+def apply_random_ops(
+    images: torch.Tensor,
+    op_names: tuple[str, ...],
+    chosen: torch.Tensor,
+    magnitude: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Apply op ``op_names[chosen[i]]`` to image i (chosen = -1: none), all samples of one op at once."""
+    n = len(images)
+    images = images.clone()  # never write into the caller's batch
+    signs = _random_sign(n, generator)
+    geometry = identity_affine(n)
+    has_geometry = torch.zeros(n, dtype=torch.bool)
+    for index, name in enumerate(op_names):
+        if name in GEOMETRIC_OPS:
+            mask = chosen == index
+            if mask.any():
+                geometry[mask] = GEOMETRIC_OPS[name](magnitude[mask], signs[mask])
+                has_geometry |= mask
+    if has_geometry.any():
+        images[has_geometry] = warp(images[has_geometry], geometry[has_geometry])
+    for index, name in enumerate(op_names):
+        if name in PHOTOMETRIC_OPS:
+            mask = chosen == index
+            if mask.any() and name != "identity":
+                op, parameter = PHOTOMETRIC_OPS[name]
+                images[mask] = op(images[mask], parameter(magnitude[mask], signs[mask]))
+    return images
+
+
+def randaugment(images: torch.Tensor, ops: int, magnitude: float, generator: torch.Generator) -> torch.Tensor:
+    """RandAugment: ``ops`` operations drawn uniformly per image, all at magnitude ``magnitude``/30."""
+    m = torch.full((len(images),), magnitude / 30)
+    for _ in range(ops):
+        chosen = torch.randint(0, len(RANDAUGMENT_OPS), (len(images),), generator=generator)
+        images = apply_random_ops(images, RANDAUGMENT_OPS, chosen, m, generator)
+    return images
+
+
+def augmix(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """One AugMix view: ``width`` chains of 1..``depth`` ops, Dirichlet-weighted, then mixed with the original.
+
+    The paper's α=1 is used: Dirichlet(1, …, 1) is normalized exponentials and Beta(1, 1) is uniform,
+    so everything comes from the step's generator and resuming replays it exactly.
+    """
+    n = len(images)
+    weights = -torch.rand(n, config.augmix_width, generator=generator).clamp(min=1e-12).log()
+    weights = weights / weights.sum(1, keepdim=True)
+    skip = torch.rand(n, generator=generator)
+    mixed = torch.zeros_like(images)
+    for chain in range(config.augmix_width):
+        depth = torch.randint(1, config.augmix_depth + 1, (n,), generator=generator)
+        view = images
+        for level in range(config.augmix_depth):
+            chosen = torch.randint(0, len(AUGMIX_OPS), (n,), generator=generator)
+            chosen = torch.where(depth > level, chosen, torch.full_like(chosen, -1))
+            # Severity s of 10: each op's magnitude drawn in [0.1, s/10], as in the reference code.
+            magnitude = _uniform(n, 0.1, config.augmix_severity / 10, generator)
+            view = apply_random_ops(view, AUGMIX_OPS, chosen, magnitude, generator)
+        mixed = mixed + _per_sample(weights[:, chain]) * view
+    return _per_sample(skip) * images + _per_sample(1 - skip) * mixed
+
+
+def jensen_shannon_consistency(logits_clean, logits_view1, logits_view2) -> torch.Tensor:
+    """AugMix's JS divergence among the predictions on the clean image and its two augmented views."""
+    p_clean, p_1, p_2 = (logits.softmax(1) for logits in (logits_clean, logits_view1, logits_view2))
+    log_mixture = ((p_clean + p_1 + p_2) / 3).clamp(1e-7, 1).log()
+    return (
+        F.kl_div(log_mixture, p_clean, reduction="batchmean")
+        + F.kl_div(log_mixture, p_1, reduction="batchmean")
+        + F.kl_div(log_mixture, p_2, reduction="batchmean")
+    ) / 3
+
+
+# --------------------------------------------------------------------------------------------------
+# The batch pipeline the training loop calls
+# --------------------------------------------------------------------------------------------------
+
+
+class BatchAugment:
+    """uint8 (B, 3, H, W) → augmented float [0, 1]; with AugMix, (3B, …): clean, view 1, view 2."""
+
+    def __init__(self, config: AugmentConfig) -> None:
+        self.config = config
+
+    @property
+    def views(self) -> int:
+        return 3 if self.config.augmix else 1
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        config = self.config
+        x = images.float().div_(255)
+        n = len(x)
+        geometry = identity_affine(n)
+        if config.crop_scale is not None:
+            geometry = geometry @ random_resized_crop_affine(n, config.crop_scale, config.crop_ratio, generator)
+        if config.flip:
+            geometry = geometry @ flip_affine(n, generator)
+        if config.crop_scale is not None or config.flip:
+            x = warp(x, geometry)
+        if config.color_jitter:
+            c = config.color_jitter
+            x = adjust_brightness(x, _uniform(n, 1 - c, 1 + c, generator))
+            x = adjust_contrast(x, _uniform(n, 1 - c, 1 + c, generator))
+            x = adjust_saturation(x, _uniform(n, 1 - c, 1 + c, generator))
+        if config.randaugment_ops:
+            x = randaugment(x, config.randaugment_ops, config.randaugment_magnitude, generator)
+        if config.augmix:
+            x = torch.cat([x, augmix(x, config, generator), augmix(x, config, generator)])
+        return x.clamp_(0, 1)
+
+
+def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float [0, 1] (or uint8) batch → normalized with the weights' mean/std."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t

@@ -1,0 +1,562 @@
+"""The training loop: what suits small models (MobileNetV3 §6.1, REFERENCE §5.6), resumable to the step.
+
+- AdamW or RMSprop; no weight decay on depthwise filters, BatchNorm and biases (they have few
+  parameters each, and decaying them only hurts); linear warm-up then cosine decay, stepped per batch;
+  label smoothing; an exponential moving average (EMA) of the weights, which is what is evaluated and
+  saved when enabled.
+- Batches come from the decoded uint8 cache (``data.DecodedImages``) and are augmented as whole batches
+  (``augment.BatchAugment``); the model runs in the layout ``acceleration`` picks.
+- Every random draw of step ``s`` of epoch ``e`` comes from a seed derived from (seed, e, s): data order,
+  augmentation, dropout. Together with the saved model, optimizer, scheduler and EMA states, a run
+  resumed from any checkpoint replays exactly what the uninterrupted run would have done.
+- Checkpoints (``checkpoint.pt``: tensors and plain values only, loaded with ``weights_only=True``) are
+  written atomically after every epoch, every ``checkpoint_minutes`` and on Ctrl-C.
+- ``TrainingContext`` is the seam for distributed training: it owns the rank, the world size, the
+  reduction of metrics and the rule that only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from mobilenets.acceleration import prepare_for_training, to_model_layout
+from mobilenets.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
+from mobilenets.data import DecodedImages, EpochBatches, epoch_seed
+from mobilenets.evaluation import EvaluationResult, evaluate
+from mobilenets.preprocessing import Preprocessing
+from mobilenets.weights import atomic_write_text, save_weights
+
+CHECKPOINT = "checkpoint.pt"
+EPOCHS_CSV = "epochs.csv"
+METRICS = "metrics.json"
+AUGMIX_JSD_WEIGHT = 12.0  # the AugMix paper's λ
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` and read back by ``--resume``."""
+
+    data: str
+    model: str = "mobilenet_v3_small"
+    width: float = 1.0
+    resolution: int = 224
+    batch_size: int = 32
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float | None = None  # None: 0.02 for AdamW, 1e-5 for RMSprop
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float | None = None  # None: an averaging horizon of a tenth of the run
+    augment: str = "medium"
+    dropout: float | None = None
+    seed: int = 0
+    weights: str | None = None
+    head_epochs: int = 0
+    early_stopping: int | None = None  # epochs without val improvement
+    val: str | None = None
+    val_fraction: float = 0.2
+    out: str = "runs/train"
+    quantize: bool = False
+    recipe: str | None = None
+    checkpoint_minutes: float = 5.0
+    checkpoint_steps: int = 0  # also checkpoint every N steps (0: off); tests use it to kill mid-epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.02 if self.optimizer == "adamw" else 1e-5
+
+
+@dataclass
+class TrainingContext:
+    """Single-process defaults; distributed training overrides these four seams."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints."""
+        return self.rank == 0
+
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor of metric totals over processes."""
+        return values
+
+    def merge_evaluation(self, result: EvaluationResult) -> EvaluationResult:
+        """Confusion matrices are sums over images, so shards merge exactly."""
+        return result
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module that takes the training forward/backward (e.g. DistributedDataParallel)."""
+        return model
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    images_per_second: float
+    seconds: float
+
+    HEADER = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second", "seconds")
+
+
+@dataclass
+class TrainingState:
+    """Everything beyond module states needed to continue a run exactly."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    # Running totals of the unfinished epoch: loss sum, correct, count, seconds.
+    epoch_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    history: list[dict] = field(default_factory=list)
+    best_val_accuracy: float = -1.0
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    augment_seconds: float = 0.0
+    images_seen: int = 0
+    finished: bool = False
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only full convolution and linear weights: not depthwise filters, BatchNorm or biases."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            no_decay.add(id(module.weight))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, rest = [], []
+    for parameter in model.parameters():
+        (rest if id(parameter) in no_decay or parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.resolved_weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "rmsprop":
+        # MobileNetV3 §6.1: RMSprop, momentum 0.9; TF's decay 0.9 and a large epsilon keep early steps sane.
+        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adamw or rmsprop")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up from 1% of the lr, then cosine decay to ``min_lr_ratio`` of it, per step."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, total - warmup), eta_min=config.lr * config.min_lr_ratio
+    )
+    if warmup <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def ema_decay_for(config: TrainConfig, steps_per_epoch: int) -> float:
+    if config.ema_decay is not None:
+        return config.ema_decay
+    horizon = max(10.0, config.epochs * steps_per_epoch / 10)
+    return 1 - 1 / horizon
+
+
+def adapt_batchnorm_momentum(model: nn.Module, total_steps: int) -> None:
+    """Use PyTorch's BN momentum 0.1 on short runs.
+
+    V3's TF convention (momentum 0.01, i.e. decay 0.99) averages running statistics over ~100 steps:
+    fine on ImageNet, but a run of a few hundred steps ends with statistics still near their
+    initialization, and the evaluated model collapses to one prediction.
+    """
+    if total_steps >= 5_000:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.momentum or 0) < 0.1:
+            module.momentum = 0.1
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(
+    model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256, max_images: int = 2048, seed: int = 0
+) -> None:
+    """Set BatchNorm running statistics to the exact averages over (up to ``max_images``) training images.
+
+    Running averages lag behind weights that move fast (short runs, fine-tuning), and an EMA of weights
+    has no statistics of its own; either way the evaluated model can collapse to one prediction. The
+    exact statistics of the weights being evaluated fix both (PreciseBN, Wu & Johnson 2021).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over the batches below
+        module.train()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
+    for start in range(0, len(order), batch_size):
+        batch = images[order[start : start + batch_size]]
+        model(to_model_layout(normalize_batch(batch, mean, std)))
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    model.train(was_training)
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    return {id(p) for p in model.classifier.parameters()}
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Train the classifier alone (fine-tuning warm-up): freeze other weights and BatchNorm statistics."""
+    head = head_parameters(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(not frozen or id(parameter) in head)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(not frozen)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def merge_metrics(run_dir: Path, values: dict) -> dict:
+    """Add keys to ``metrics.json`` without dropping what other tools wrote there."""
+    path = Path(run_dir) / METRICS
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics.update(values)
+    atomic_write_text(path, json.dumps(metrics, indent=2))
+    return metrics
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint."""
+
+
+class Trainer:
+    """Owns the model, optimizer, scheduler, EMA and state of one run, and the files of its run dir."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        train_data: DecodedImages,
+        val_data: DecodedImages,
+        classes: list[str],
+        run_dir: Path,
+        preprocessing: Preprocessing,
+        context: TrainingContext | None = None,
+        log: Callable[[str], None] = print,
+        show_progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.context = context or TrainingContext()
+        self.model = prepare_for_training(model, self.context.device)
+        self.train_model = self.context.wrap_model(self.model)
+        self.train_data, self.val_data = train_data, val_data
+        self.classes = classes
+        self.run_dir = Path(run_dir)
+        self.preprocessing = preprocessing
+        self.log = log if self.context.is_main else (lambda _: None)
+        self.show_progress = show_progress and self.context.is_main
+        self.augment = BatchAugment(augment_config(config.augment))
+        self.steps_per_epoch = len(self.batches(0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(train_data)} training images make no full batch of {config.batch_size}; lower --batch-size"
+            )
+        adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)
+        self.optimizer = make_optimizer(self.model, config)
+        self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.ema = (
+            AveragedModel(
+                self.model,
+                multi_avg_fn=get_ema_multi_avg_fn(ema_decay_for(config, self.steps_per_epoch)),
+                use_buffers=True,
+            )
+            if config.ema
+            else None
+        )
+        self.state = TrainingState()
+        self.last_checkpoint_time = time.monotonic()
+
+    # ------------------------------------------------------------------ data
+
+    def batches(self, epoch: int) -> EpochBatches:
+        return EpochBatches(
+            len(self.train_data),
+            self.config.batch_size,
+            self.config.seed,
+            epoch,
+            self.context.rank,
+            self.context.world_size,
+        )
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved: the EMA of the weights when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.context.is_main:
+            atomic_torch_save(self.checkpoint_dict(), self.run_dir / CHECKPOINT)
+        self.last_checkpoint_time = time.monotonic()
+
+    def load_checkpoint(self, path: Path) -> None:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(checkpoint["model"])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.state = TrainingState(**checkpoint["state"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_step(self, indices: torch.Tensor, epoch: int, step: int) -> tuple[float, int, int]:
+        seed = epoch_seed(self.config.seed, epoch, step)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+        generator = torch.Generator().manual_seed(seed)
+        started = time.perf_counter()
+        images = self.augment(self.train_data.images[indices], generator)
+        images = to_model_layout(normalize_batch(images, self.preprocessing.mean, self.preprocessing.std))
+        self.state.augment_seconds += time.perf_counter() - started
+        labels = self.train_data.labels[indices]
+        logits = self.train_model(images)
+        if self.augment.views == 3:
+            clean, view1, view2 = logits.chunk(3)
+            loss = F.cross_entropy(clean, labels, label_smoothing=self.config.label_smoothing)
+            loss = loss + AUGMIX_JSD_WEIGHT * jensen_shannon_consistency(clean, view1, view2)
+            logits = clean
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        correct = int((logits.argmax(1) == labels).sum())
+        return float(loss.detach()) * len(labels), correct, len(labels)
+
+    def run_epoch(self, epoch: int, progress) -> None:
+        state = self.state
+        frozen = epoch < self.config.head_epochs
+        self.model.train()
+        set_backbone_frozen(self.model, frozen)
+        task = (
+            progress.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=self.steps_per_epoch)
+            if progress
+            else None
+        )
+        if progress:
+            progress.update(task, completed=state.step_in_epoch)
+        for step, indices in enumerate(self.batches(epoch)):
+            if step < state.step_in_epoch:
+                continue
+            started = time.perf_counter()
+            loss_sum, correct, count = self.train_step(indices, epoch, step)
+            seconds = time.perf_counter() - started
+            totals = state.epoch_totals
+            totals[0] += loss_sum
+            totals[1] += correct
+            totals[2] += count
+            totals[3] += seconds
+            state.train_seconds += seconds
+            state.images_seen += count * self.context.world_size
+            state.step_in_epoch = step + 1
+            state.global_step += 1
+            if progress:
+                progress.update(
+                    task,
+                    advance=1,
+                    description=(
+                        f"epoch {epoch + 1}/{self.config.epochs} loss {totals[0] / totals[2]:.3f} "
+                        f"acc {totals[1] / totals[2]:.3f} {totals[2] / max(totals[3], 1e-9):.0f} img/s"
+                    ),
+                )
+            if self.should_checkpoint_mid_epoch():
+                self.save_checkpoint()
+        if frozen:
+            set_backbone_frozen(self.model, False)
+        if progress:
+            progress.remove_task(task)
+
+    def should_checkpoint_mid_epoch(self) -> bool:
+        steps = self.config.checkpoint_steps
+        if steps and self.state.global_step % steps == 0:
+            return True
+        return time.monotonic() - self.last_checkpoint_time > 60 * self.config.checkpoint_minutes
+
+    def finish_epoch(self, epoch: int) -> EpochRecord:
+        state = self.state
+        totals = self.context.reduce_sum(torch.tensor(state.epoch_totals[:3], dtype=torch.float64)).tolist()
+        recompute_batchnorm_statistics(
+            self.eval_model,
+            self.train_data.images,
+            self.preprocessing.mean,
+            self.preprocessing.std,
+            seed=self.config.seed,
+        )
+        result = self.context.merge_evaluation(self.evaluate())
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=totals[0] / max(totals[2], 1),
+            train_accuracy=totals[1] / max(totals[2], 1),
+            val_loss=result.loss,
+            val_accuracy=result.accuracy,
+            lr=self.optimizer.param_groups[0]["lr"],
+            images_per_second=totals[2] / max(state.epoch_totals[3], 1e-9),
+            seconds=state.epoch_totals[3],
+        )
+        state.history.append(asdict(record))
+        if result.accuracy > state.best_val_accuracy:
+            state.best_val_accuracy, state.best_epoch = result.accuracy, epoch + 1
+            self.save_model("model", {"epoch": epoch + 1, "val_accuracy": result.accuracy})
+        state.epoch, state.step_in_epoch, state.epoch_totals = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
+        self.write_epochs_csv()
+        self.save_checkpoint()
+        return record
+
+    def evaluate(self, model: nn.Module | None = None) -> EvaluationResult:
+        return evaluate(
+            model or self.eval_model,
+            self.val_data.images,
+            self.val_data.labels,
+            self.classes,
+            self.preprocessing.mean,
+            self.preprocessing.std,
+        )
+
+    def save_model(self, name: str, extra: dict) -> None:
+        if self.context.is_main:
+            save_weights(
+                self.eval_model,
+                self.run_dir / f"{name}.safetensors",
+                self.classes,
+                self.preprocessing,
+                {"training": extra},
+            )
+
+    def write_epochs_csv(self) -> None:
+        if not self.context.is_main:
+            return
+        path = self.run_dir / EPOCHS_CSV
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=EpochRecord.HEADER)
+            writer.writeheader()
+            writer.writerows(self.state.history)
+        os.replace(temporary, path)
+
+    def early_stop(self) -> bool:
+        patience = self.config.early_stopping
+        return patience is not None and self.state.epoch - self.state.best_epoch >= patience
+
+    def fit(self, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainingState:
+        """Train from the current state to the last epoch; Ctrl-C saves a checkpoint and raises ``Interrupted``."""
+        progress = self._progress()
+        try:
+            if progress:
+                progress.start()
+            for epoch in range(self.state.epoch, self.config.epochs):
+                self.run_epoch(epoch, progress)
+                record = self.finish_epoch(epoch)
+                if on_epoch:
+                    on_epoch(record)
+                if self.early_stop():
+                    self.log(
+                        f"early stopping: no val improvement for {self.config.early_stopping} epochs "
+                        f"(best {self.state.best_val_accuracy:.4f} at epoch {self.state.best_epoch})"
+                    )
+                    break
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise Interrupted(str(self.run_dir)) from None
+        finally:
+            if progress:
+                progress.stop()
+        self.state.finished = True
+        self.save_model("last", {"epoch": self.state.epoch})
+        self.save_checkpoint()
+        return self.state
+
+    def _progress(self):
+        if not self.show_progress:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
+
+    def summary_metrics(self) -> dict:
+        state = self.state
+        final = state.history[-1] if state.history else {}
+        return {
+            "best_val_accuracy": max(state.best_val_accuracy, 0.0),
+            "best_epoch": state.best_epoch,
+            "final_val_accuracy": final.get("val_accuracy", 0.0),
+            "final_val_loss": final.get("val_loss", math.nan),
+            "epochs_completed": state.epoch,
+            "train_images_per_second": state.images_seen / max(state.train_seconds, 1e-9),
+            "train_seconds": state.train_seconds,
+            "augment_seconds": state.augment_seconds,
+            "augment_share_of_step_time": state.augment_seconds / max(state.train_seconds, 1e-9),
+            "train_images": len(self.train_data),
+            "val_images": len(self.val_data),
+            "evaluated_weights": "ema" if self.ema is not None else "raw",
+        }
