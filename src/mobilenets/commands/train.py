@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     train_data, val_data = decode_sets(config, train_samples, val_samples)
     if args.resume is None:
         check_leakage(train_data, val_data, run_dir)
+        scan_skipped = json.loads((run_dir / "skipped.json").read_text())
+        decode_skipped = [str(s) for s in train_data.skipped + val_data.skipped]
+        atomic_write_text(run_dir / "skipped.json", json.dumps(scan_skipped + decode_skipped, indent=1))
     model = build_model(config, len(classes))
     preprocessing = Preprocessing(input_size=config.resolution, resize_size=config.resolution)
     trainer = Trainer(

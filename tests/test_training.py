@@ -1,0 +1,233 @@
+"""The training loop and `mobilenets train`, on tiny models and real Fashion-MNIST images from examples/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+from mobilenets.cli import main
+from mobilenets.models import create_model
+from mobilenets.training import TrainConfig, make_scheduler, parameter_groups, recompute_batchnorm_statistics
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
+TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--quiet"]
+
+
+def small_copy(target: Path, per_class: int, classes: int = 10) -> Path:
+    """The first ``per_class`` images of the first ``classes`` classes of the shipped example dataset."""
+    for folder in sorted(EXAMPLES.iterdir())[:classes]:
+        (target / folder.name).mkdir(parents=True)
+        for path in sorted(folder.iterdir())[:per_class]:
+            shutil.copy(path, target / folder.name / path.name)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------------
+
+
+def test_no_weight_decay_on_depthwise_batchnorm_and_biases():
+    model = create_model("mobilenet_v3_small", 10, width=0.5)
+    decay, no_decay = parameter_groups(model, 0.05)
+    decayed = {id(p) for p in decay["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
+            assert id(module.weight) not in decayed, module_name
+        if isinstance(module, nn.BatchNorm2d):
+            assert id(module.weight) not in decayed and id(module.bias) not in decayed
+    assert id(model.blocks[1].expand.conv.weight) in decayed  # pointwise convolutions decay
+    assert id(model.classifier.weight) in decayed and id(model.classifier.bias) not in decayed
+    assert all(not names[id(p)].endswith("bias") for p in decay["params"])
+
+
+def test_warmup_then_cosine_schedule():
+    parameter = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=1e-3)
+    config = TrainConfig(data="x", epochs=10, lr=1e-3, warmup_epochs=1.0, min_lr_ratio=0.01)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch=10)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-5)  # 1% of the peak
+    assert rates[10] == pytest.approx(1e-3)  # peak after one epoch of warm-up
+    assert rates[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5, rel=1e-3)  # cosine midpoint
+    assert rates[-1] < 2e-5
+    assert all(a <= b for a, b in zip(rates[:10], rates[1:11], strict=True))
+    assert all(a >= b for a, b in zip(rates[10:-1], rates[11:], strict=True))
+
+
+def test_recomputed_batchnorm_statistics_are_the_exact_batch_averages():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    recompute_batchnorm_statistics(model, images, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), batch_size=64)
+    with torch.no_grad():
+        features = model[0](images.float() / 255)
+    assert torch.allclose(model[1].running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[1].running_var, features.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert model[1].momentum == 0.1  # restored
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
+def messy_folder(root: Path) -> dict[str, str]:
+    """Real images plus every kind of file a user's folder really holds; returns bad file → expected reason."""
+    small_copy(root, per_class=12, classes=3)
+    classes = sorted(p.name for p in root.iterdir())
+    photo = np.asarray(Image.open(next((root / classes[0]).iterdir())).convert("RGB"))
+    Image.fromarray(photo).convert("CMYK").save(root / classes[0] / "cmyk.jpg")
+    Image.fromarray((photo[..., 0].astype(np.uint16) * 257)).save(root / classes[0] / "sixteen_bit.png")
+    Image.fromarray(photo).convert("P").save(root / classes[1] / "palette.gif")
+    Image.fromarray(photo).convert("RGBA").save(root / classes[1] / "alpha.webp")
+    Image.fromarray(photo).save(root / classes[2] / "tiny.bmp")
+    (root / "empty_class").mkdir()
+    good = root / classes[0] / "cmyk.jpg"
+    bad = {
+        "corrupt.jpg": (root / classes[1] / "corrupt.jpg", b"\xff\xd8\xff\xe0 this is not a jpeg body" * 3),
+        "truncated.png": (root / classes[2] / "truncated.png", good.read_bytes()[:40]),
+        "empty.png": (root / classes[2] / "empty.png", b""),
+        "notes.txt": (root / classes[0] / "notes.txt", b"label me later"),
+    }
+    for path, content in bad.values():
+        path.write_bytes(content)
+    (root / classes[0] / ".DS_Store").write_bytes(b"\x00\x01")
+    return {name: str(path) for name, (path, _) in bad.items()}
+
+
+def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
+    bad = messy_folder(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "data"), "--out", str(run_dir), "--epochs", "2", "--batch-size", "8", *TINY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    for path in bad.values():
+        assert f"skipped {path}" in captured.err
+    assert "empty file (0 bytes)" in captured.err
+    assert ".DS_Store: hidden file" in captured.err
+    assert "empty_class: empty class folder" in captured.err
+    assert "the recommended minimum is 200" in captured.err
+    for name in ("model.safetensors", "model.json", "config.json", "split.json", "metrics.json", "epochs.csv",
+                 "report.html", "curves.png", "confusion.png", "evaluation.json", "last.safetensors"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / "checkpoint.pt").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["final_val_accuracy"] <= metrics["best_val_accuracy"] <= 1
+    assert metrics["train_images_per_second"] > 0 and metrics["epochs_completed"] == 2
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["classes"] == sorted(p.name for p in EXAMPLES.iterdir())[:3]
+    listed = {p for p, _ in split["train"] + split["val"]}
+    assert all(Path(p).is_absolute() for p in listed)
+    # The odd-but-valid formats are trained on; the broken ones are in the split but skipped at decode.
+    assert any(p.endswith("cmyk.jpg") for p in listed) and any(p.endswith("sixteen_bit.png") for p in listed)
+    metadata = json.loads((run_dir / "model.json").read_text())
+    assert metadata["classes"] == split["classes"]
+    assert metadata["preprocessing"]["input_size"] == 32
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "corrupt.jpg" in html
+    # evaluate and predict work on the run directory
+    assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "data"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 36 + 5 and len(result["per_class"]) == 3
+    assert main(["predict", bad["notes.txt"].replace("notes.txt", "cmyk.jpg"), "--weights", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["label"] in split["classes"]
+
+
+def test_recipe_auto_and_range_warnings(tmp_path, capsys):
+    data = small_copy(tmp_path / "data", per_class=6, classes=2)
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--recipe", "auto", "--epochs", "1",
+                 "--lr", "0.1", *TINY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "recipe 'tiny' for 10 training images" in captured.out
+    assert "kept from the command line: epochs, lr" in captured.out
+    assert "--lr 0.1 is outside the recommended 0.0005–0.005" in captured.err
+    assert "--epochs 1 is outside the recommended 10–100" in captured.err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["batch_size"], config["augment"], config["epochs"]) == (10, "heavy", 1)  # 16 capped at 10 images
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing")]) == 2
+    assert "missing: not a folder" in capsys.readouterr().err
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    assert main(["train", "--data", str(tmp_path / "flat")]) == 2
+    err = capsys.readouterr().err
+    assert "no class subfolders with files" in err and err.count("\n") <= 2
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGKILL mid-epoch, resume, and get exactly the uninterrupted run
+# --------------------------------------------------------------------------------------------------
+
+
+def train_command(data: Path, run_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "mobilenets", "train", "--data", str(data), "--out", str(run_dir), "--epochs", "3",
+        "--batch-size", "8", "--augment", "heavy", "--checkpoint-steps", "1", "--seed", "7", *TINY,
+    ]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    data = small_copy(tmp_path / "data", per_class=12, classes=4)  # 40 train images: 5 steps per epoch
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(train_command(data, reference), check=True, env=env, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(train_command(data, killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = killed / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    # Kill once the run is past its first epoch (history written), mid-way through a later one.
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            state = torch.load(checkpoint, weights_only=True)["state"]
+            if state["epoch"] >= 1 and state["step_in_epoch"] >= 1:
+                break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; the test needs a slower run"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mobilenets", "train", "--resume", str(killed), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing at epoch" in resumed.stdout
+
+    expected = json.loads((reference / "metrics.json").read_text())
+    actual = json.loads((killed / "metrics.json").read_text())
+    for key in ("best_val_accuracy", "final_val_accuracy", "final_val_loss", "best_epoch", "epochs_completed"):
+        assert actual[key] == expected[key], key
+    assert (killed / "epochs.csv").read_text().splitlines()[1:] != []
+    expected_rows = [r.split(",")[:5] for r in (reference / "epochs.csv").read_text().splitlines()]
+    actual_rows = [r.split(",")[:5] for r in (killed / "epochs.csv").read_text().splitlines()]
+    assert actual_rows == expected_rows  # losses and accuracies of every epoch, to the last digit
+    expected_weights = load_file(reference / "last.safetensors")
+    actual_weights = load_file(killed / "last.safetensors")
+    for name, tensor in expected_weights.items():
+        assert torch.equal(actual_weights[name], tensor), name
