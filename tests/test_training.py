@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -71,8 +72,8 @@ def test_warmup_then_cosine_schedule():
     assert rates[10] == pytest.approx(1e-3)  # peak after one epoch of warm-up
     assert rates[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5, rel=1e-3)  # cosine midpoint
     assert rates[-1] < 2e-5
-    assert all(a <= b for a, b in zip(rates[:10], rates[1:11], strict=True))
-    assert all(a >= b for a, b in zip(rates[10:-1], rates[11:], strict=True))
+    assert all(a <= b for a, b in itertools.pairwise(rates[:11]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
 
 
 def test_recomputed_batchnorm_statistics_are_the_exact_batch_averages():
@@ -97,7 +98,7 @@ def messy_folder(root: Path) -> dict[str, str]:
     classes = sorted(p.name for p in root.iterdir())
     photo = np.asarray(Image.open(next((root / classes[0]).iterdir())).convert("RGB"))
     Image.fromarray(photo).convert("CMYK").save(root / classes[0] / "cmyk.jpg")
-    Image.fromarray((photo[..., 0].astype(np.uint16) * 257)).save(root / classes[0] / "sixteen_bit.png")
+    Image.fromarray(photo[..., 0].astype(np.uint16) * 257).save(root / classes[0] / "sixteen_bit.png")
     Image.fromarray(photo).convert("P").save(root / classes[1] / "palette.gif")
     Image.fromarray(photo).convert("RGBA").save(root / classes[1] / "alpha.webp")
     Image.fromarray(photo).save(root / classes[2] / "tiny.bmp")
@@ -118,7 +119,9 @@ def messy_folder(root: Path) -> dict[str, str]:
 def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     bad = messy_folder(tmp_path / "data")
     run_dir = tmp_path / "run"
-    code = main(["train", "--data", str(tmp_path / "data"), "--out", str(run_dir), "--epochs", "2", "--batch-size", "8", *TINY])
+    code = main(
+        ["train", "--data", str(tmp_path / "data"), "--out", str(run_dir), "--epochs", "2", "--batch-size", "8", *TINY]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for path in bad.values():
@@ -127,8 +130,19 @@ def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     assert ".DS_Store: hidden file" in captured.err
     assert "empty_class: empty class folder" in captured.err
     assert "the recommended minimum is 200" in captured.err
-    for name in ("model.safetensors", "model.json", "config.json", "split.json", "metrics.json", "epochs.csv",
-                 "report.html", "curves.png", "confusion.png", "evaluation.json", "last.safetensors"):
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "config.json",
+        "split.json",
+        "metrics.json",
+        "epochs.csv",
+        "report.html",
+        "curves.png",
+        "confusion.png",
+        "evaluation.json",
+        "last.safetensors",
+    ):
         assert (run_dir / name).exists(), name
     assert not (run_dir / "checkpoint.pt").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -149,14 +163,30 @@ def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "data"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 36 + 5 and len(result["per_class"]) == 3
-    assert main(["predict", bad["notes.txt"].replace("notes.txt", "cmyk.jpg"), "--weights", str(run_dir), "--json"]) == 0
+    assert (
+        main(["predict", bad["notes.txt"].replace("notes.txt", "cmyk.jpg"), "--weights", str(run_dir), "--json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)[0]["top"][0]["label"] in split["classes"]
 
 
 def test_recipe_auto_and_range_warnings(tmp_path, capsys):
     data = small_copy(tmp_path / "data", per_class=6, classes=2)
-    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--recipe", "auto", "--epochs", "1",
-                 "--lr", "0.1", *TINY])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--recipe",
+            "auto",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.1",
+            *TINY,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "recipe 'tiny' for 10 training images" in captured.out
@@ -186,8 +216,25 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 def train_command(data: Path, run_dir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "mobilenets", "train", "--data", str(data), "--out", str(run_dir), "--epochs", "3",
-        "--batch-size", "8", "--augment", "heavy", "--checkpoint-steps", "1", "--seed", "7", *TINY,
+        sys.executable,
+        "-m",
+        "mobilenets",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run_dir),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--augment",
+        "heavy",
+        "--checkpoint-steps",
+        "1",
+        "--seed",
+        "7",
+        *TINY,
     ]
 
 
@@ -214,7 +261,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert not (killed / "metrics.json").exists()
     resumed = subprocess.run(
         [sys.executable, "-m", "mobilenets", "train", "--resume", str(killed), "--quiet"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "continuing at epoch" in resumed.stdout

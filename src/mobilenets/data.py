@@ -250,16 +250,35 @@ class Leakage:
     near: list[tuple[Path, Path]]
 
 
-def find_leakage(train: DecodedImages, val: DecodedImages) -> Leakage:
-    """Val images whose bytes (exact) or perceptual hash (near: resized/recompressed copies) occur in train."""
+def find_leakage(train: DecodedImages, val: DecodedImages, max_distance: int = 3) -> Leakage:
+    """Val images whose bytes (exact) or perceptual hash (near: resized/recompressed copies) occur in train.
+
+    Near means a dHash within ``max_distance`` bits. By pigeonhole, two hashes that close agree exactly
+    on at least one of ``max_distance + 1`` chunks, so candidates come from chunk lookups, not all pairs.
+    """
     by_sha = {digest: sample.path for digest, sample in zip(train.sha256, train.samples, strict=True)}
-    by_hash = {dhash: sample.path for dhash, sample in zip(train.perceptual_hash, train.samples, strict=True)}
+    chunks = max_distance + 1
+    bits = 64 // chunks
+
+    def pieces(value: int) -> list[tuple[int, int]]:
+        return [(i, (value >> (i * bits)) & ((1 << bits) - 1)) for i in range(chunks)]
+
+    index: dict[tuple[int, int], list[int]] = {}
+    for position, dhash in enumerate(train.perceptual_hash):
+        for piece in pieces(dhash):
+            index.setdefault(piece, []).append(position)
+    flat = (0, (1 << 64) - 1)  # blank images all hash alike; they are not copies of each other
     exact, near = [], []
     for digest, dhash, sample in zip(val.sha256, val.perceptual_hash, val.samples, strict=True):
         if digest in by_sha:
             exact.append((by_sha[digest], sample.path))
-        elif dhash in by_hash and dhash not in (0, (1 << 64) - 1):  # flat images all hash alike
-            near.append((by_hash[dhash], sample.path))
+            continue
+        if dhash in flat:
+            continue
+        candidates = {p for piece in pieces(dhash) for p in index.get(piece, ())}
+        match = min(candidates, key=lambda p: (bin(train.perceptual_hash[p] ^ dhash).count("1"), p), default=None)
+        if match is not None and bin(train.perceptual_hash[match] ^ dhash).count("1") <= max_distance:
+            near.append((train.samples[match].path, sample.path))
     return Leakage(exact, near)
 
 
@@ -354,7 +373,8 @@ def read_idx(path: Path | str) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
-def fashion_mnist_files(split: str, root: Path = FASHION_MNIST_DIR) -> tuple[Path, Path]:
+def fashion_mnist_files(split: str, root: Path | None = None) -> tuple[Path, Path]:
+    root = root or FASHION_MNIST_DIR
     prefix = {"train": "train", "test": "t10k"}[split]
     images = root / f"{prefix}-images-idx3-ubyte.gz"
     labels = root / f"{prefix}-labels-idx1-ubyte.gz"
