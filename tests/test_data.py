@@ -139,7 +139,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_leakage_finds_exact_and_resized_copies(tmp_path, real_photos):
     originals = [real_photos[name] for name in ("chelsea", "coffee", "astronaut")]
     (tmp_path / "exact.png").write_bytes(originals[0].read_bytes())
-    Image.open(originals[1]).resize((200, 150)).save(tmp_path / "resized.jpg", quality=80)
+    Image.open(originals[1]).resize((300, 200)).save(tmp_path / "resized.jpg", quality=80)
     Image.open(real_photos["rocket"]).save(tmp_path / "other.png")
     train = decode_samples([Sample(p, 0) for p in originals], 16)
     val = decode_samples([Sample(tmp_path / n, 0) for n in ("exact.png", "resized.jpg", "other.png")], 16)

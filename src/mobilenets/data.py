@@ -250,11 +250,15 @@ class Leakage:
     near: list[tuple[Path, Path]]
 
 
-def find_leakage(train: DecodedImages, val: DecodedImages, max_distance: int = 3) -> Leakage:
-    """Val images whose bytes (exact) or perceptual hash (near: resized/recompressed copies) occur in train.
+def find_leakage(
+    train: DecodedImages, val: DecodedImages, max_distance: int = 3, max_pixel_difference: float = 8.0
+) -> Leakage:
+    """Val images whose bytes (exact) or content (near: resized/recompressed copies) occur in train.
 
-    Near means a dHash within ``max_distance`` bits. By pigeonhole, two hashes that close agree exactly
-    on at least one of ``max_distance + 1`` chunks, so candidates come from chunk lookups, not all pairs.
+    Near means a dHash within ``max_distance`` bits and decoded pixels within ``max_pixel_difference``
+    (mean absolute, of 255): the hash finds candidates, the pixels reject look-alikes (small images of
+    similar objects often share a hash). By pigeonhole, two hashes that close agree exactly on at least
+    one of ``max_distance + 1`` chunks, so candidates come from chunk lookups, not all pairs.
     """
     by_sha = {digest: sample.path for digest, sample in zip(train.sha256, train.samples, strict=True)}
     chunks = max_distance + 1
@@ -269,16 +273,23 @@ def find_leakage(train: DecodedImages, val: DecodedImages, max_distance: int = 3
             index.setdefault(piece, []).append(position)
     flat = (0, (1 << 64) - 1)  # blank images all hash alike; they are not copies of each other
     exact, near = [], []
-    for digest, dhash, sample in zip(val.sha256, val.perceptual_hash, val.samples, strict=True):
+    for position, (digest, dhash, sample) in enumerate(zip(val.sha256, val.perceptual_hash, val.samples, strict=True)):
         if digest in by_sha:
             exact.append((by_sha[digest], sample.path))
             continue
         if dhash in flat:
             continue
-        candidates = {p for piece in pieces(dhash) for p in index.get(piece, ())}
-        match = min(candidates, key=lambda p: (bin(train.perceptual_hash[p] ^ dhash).count("1"), p), default=None)
-        if match is not None and bin(train.perceptual_hash[match] ^ dhash).count("1") <= max_distance:
-            near.append((train.samples[match].path, sample.path))
+        candidates = sorted(
+            p
+            for p in {p for piece in pieces(dhash) for p in index.get(piece, ())}
+            if bin(train.perceptual_hash[p] ^ dhash).count("1") <= max_distance
+        )
+        if candidates:
+            pixels = val.images[position].float()
+            differences = (train.images[candidates].float() - pixels).abs().mean((1, 2, 3))
+            best = int(differences.argmin())
+            if differences[best] <= max_pixel_difference:
+                near.append((train.samples[candidates[best]].path, sample.path))
     return Leakage(exact, near)
 
 
