@@ -1,23 +1,217 @@
 """Making the same model fast on the machine at hand, for training and for inference.
 
 One place decides memory format, compilation, reduced precision and threads, so that the training
-loop, evaluation and the benchmarks all take the product's default fast path.
+loop, evaluation, prediction and the benchmarks all take the product's default fast path. Every choice
+here was measured on a 2-core AVX-512 CPU (see docs/performance.md and BENCHMARKS.md); each one has an
+override (keyword argument or environment variable) and a clean fallback when the machine lacks it.
+
+- channels_last: depthwise and 1×1 convolutions in oneDNN run about twice as fast in NHWC (REFERENCE §4).
+- bf16 autocast for training on CPUs with native bf16 (AVX-512-BF16 / AMX); BatchNorm, the loss and the
+  weights stay fp32.
+- ``torch.compile`` when the planned run is long enough for its compile time to pay back.
+- Inference: Conv+BN folded into one convolution, channels_last, and ``torch.compile`` with freezing
+  for long-running serving.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Literal
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+# Measured on the 2-core reference machine (benchmarks/cpu_training.py): compiling the training step of
+# MobileNetV3-Small at 224 px costs about a minute and saves a fraction of each step, so it pays
+# back after a few hundred steps. Below this many planned steps eager mode wins the wall-clock.
+COMPILE_TRAINING_MIN_STEPS = 600
+# Inference compile (with freezing) takes ~20-40 s; a CLI predicting a handful of images must not pay it.
+COMPILE_INFERENCE_MIN_BATCHES = 2000
 
 
-def prepare_for_training(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
-    """Move ``model`` to ``device`` in the fastest memory layout for depthwise/pointwise convolutions.
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
 
-    channels_last roughly doubles CPU training throughput of MobileNets in eager mode (REFERENCE §4).
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX-512-BF16 or AMX) and oneDNN is there to use it.
+
+    Without native support, bf16 is emulated and slower than fp32, so we stay in fp32.
     """
-    return model.to(device=device, memory_format=torch.channels_last)
+    if not torch.backends.mkldnn.is_available():
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def compile_available() -> bool:
+    """torch.compile's CPU backend generates C++ and needs a compiler; Dynamo needs a supported Python."""
+    try:
+        import torch._dynamo
+
+        supported = torch._dynamo.is_dynamo_supported()
+    except Exception:
+        return False
+    return supported and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++"))
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """One intra-op thread per core this process may use; a single inter-op thread.
+
+    MobileNet graphs are chains: inter-op parallelism only competes with the intra-op threads for the
+    same cores. ``OMP_NUM_THREADS`` (if set) wins over the core count. Returns the thread count.
+    """
+    if num_threads is None:
+        env = os.environ.get("OMP_NUM_THREADS")
+        num_threads = int(env) if env and env.isdigit() else len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, num_threads))
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel region
+        torch.set_num_interop_threads(1)
+    return torch.get_num_threads()
+
+
+def training_precision(precision: Precision = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    """The autocast dtype for training: bf16 where the CPU has it natively (``MOBILENETS_BF16`` overrides)."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if torch.device(device).type != "cpu":
+        return torch.float32
+    forced = _env_flag("MOBILENETS_BF16")
+    use_bf16 = cpu_supports_bf16() if forced is None else forced
+    return torch.bfloat16 if use_bf16 else torch.float32
+
+
+def should_compile(
+    planned_steps: int | None, compile: bool | None = None, min_steps: int = COMPILE_TRAINING_MIN_STEPS
+) -> bool:
+    """Decide whether compiling pays back: explicit choice, then ``MOBILENETS_COMPILE``, then run length."""
+    if compile is None:
+        compile = _env_flag("MOBILENETS_COMPILE")
+    if compile is None:
+        compile = planned_steps is not None and planned_steps >= min_steps
+    return bool(compile) and compile_available()
+
+
+class _AutocastForward:
+    """``model.forward`` under autocast, with the output back in fp32 so the loss is computed in fp32."""
+
+    def __init__(self, forward, dtype: torch.dtype, device_type: str) -> None:
+        self.forward = forward
+        self.dtype = dtype
+        self.device_type = device_type
+
+    def __call__(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            output = self.forward(*args, **kwargs)
+        return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
+
+
+def prepare_for_training(
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    *,
+    planned_steps: int | None = None,
+    compile: bool | None = None,
+    precision: Precision = "auto",
+) -> nn.Module:
+    """Put ``model`` on ``device`` in the product's fastest training configuration, in place.
+
+    The same module comes back (same parameters, same ``state_dict`` keys), so optimizers, EMA and
+    ``save_weights`` work unchanged. ``planned_steps`` lets the compile decision weigh compile time
+    against the run's length; ``compile``/``precision`` override the automatic choices.
+    """
+    configure_threads()
+    model = model.to(device=device, memory_format=torch.channels_last)
+    dtype = training_precision(precision, device)
+    if dtype != torch.float32:
+        model.forward = _AutocastForward(model.forward, dtype, torch.device(device).type)
+    model.training_precision = str(dtype).removeprefix("torch.")
+    model.compiled = should_compile(planned_steps, compile)
+    if model.compiled:
+        # A graph that dynamo cannot capture or a failing C++ build falls back to eager, not an error.
+        torch._dynamo.config.suppress_errors = True
+        model.compile()
+    return model
 
 
 def to_model_layout(images: torch.Tensor) -> torch.Tensor:
     """Put a batch in the layout ``prepare_for_training`` chose."""
     return images.contiguous(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def autocast_for(model: nn.Module) -> Iterator[None]:
+    """Autocast matching ``prepare_for_training``'s choice, for code that calls submodules directly."""
+    precision = getattr(model, "training_precision", "float32")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        yield
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place; returns ``model``).
+
+    y = γ·(Wx − μ)/σ + β is one convolution with weights γW/σ and bias β − γμ/σ: one pass over the
+    activations instead of two. Works on any ``nn.Sequential`` whose children are named conv/bn.
+    """
+    for module in model.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            module.bn = nn.Identity()
+    return model
+
+
+class InferenceModel(nn.Module):
+    """A frozen, fused, channels_last copy of a classifier; call it like the original model.
+
+    Runs without autograd and accepts NCHW batches in any layout.
+    """
+
+    def __init__(self, model: nn.Module, compiled: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled = compiled
+        self.num_classes = getattr(model, "num_classes", None)
+        self.weights_metadata = getattr(model, "weights_metadata", None)
+        self._forward = torch.compile(model, options={"freezing": True}) if compiled else model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._forward(images.contiguous(memory_format=torch.channels_last))
+
+
+def prepare_for_inference(
+    model: nn.Module, *, planned_batches: int | None = None, compile: bool | None = None
+) -> InferenceModel:
+    """A fast inference copy of ``model`` (the original is untouched): Conv+BN fused, channels_last,
+    and compiled with weight freezing when ``planned_batches`` makes the compile time worth it.
+
+    Outputs equal the eager model's within fp32 rounding (tests/test_acceleration.py).
+    """
+    configure_threads()
+    fused = copy.deepcopy(model).eval()
+    # A model prepared for training carries an autocast forward and a compiled call: inference is fp32 eager
+    # unless compiled below.
+    fused.__dict__.pop("forward", None)
+    fused.__dict__["_compiled_call_impl"] = None
+    fused = fuse_conv_bn(fused).to(memory_format=torch.channels_last)
+    for parameter in fused.parameters():
+        parameter.requires_grad_(False)
+    compiled = should_compile(planned_batches, compile, min_steps=COMPILE_INFERENCE_MIN_BATCHES)
+    if compiled:
+        torch._dynamo.config.suppress_errors = True
+    return InferenceModel(fused, compiled)
