@@ -1,0 +1,257 @@
+"""Robustness remedies on Fashion-MNIST with MobileNetV3-Small, through the real CLI.
+
+    flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/robustness_fashion_mnist.py
+
+1. Writes a class-folder subset of Fashion-MNIST (``mobilenets datasets``; needs Debian's
+   dataset-fashion-mnist): ``--train-per-class`` training images, ``--test-per-class`` test images.
+2. Trains three models with the same settings (32 px, so the CIFAR-10-C severity table applies):
+   ``standard`` (``--augment light``, the baseline; also quantized to int8 with ``--quantize``), ``augmix`` (``--augment augmix``: AugMix with the
+   Jensen–Shannon consistency loss) and ``minimal`` (``mobilenet_v3_small_minimal``, light).
+3. ``mobilenets robustness`` on each, on the same test images, with ``--baseline`` the standard run
+   and ``--bn-adapt`` (32 images per corruption × severity).
+4. Batch-1 latency of the full and the minimal V3-Small (interleaved rounds, medians).
+
+Prints a Markdown table for BENCHMARKS.md and writes everything to ``--out/summary.json``.
+Goal in the issue: AugMix adds ≥ 8 points of mean corrupted accuracy at ≤ 1 point clean cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Candidate, load_average, measure, paired_ratio, table
+
+TRAIN_SETTINGS = [
+    "--resolution",
+    "32",
+    "--batch-size",
+    "128",
+    "--lr",
+    "0.003",
+    "--warmup-epochs",
+    "0.5",
+    "--seed",
+    "0",
+    "--quiet",
+]
+RUNS = {
+    "standard": ["--model", "mobilenet_v3_small", "--augment", "light", "--quantize"],  # int8 ONNX too
+    "augmix": ["--model", "mobilenet_v3_small", "--augment", "augmix"],
+    "minimal": ["--model", "mobilenet_v3_small_minimal", "--augment", "light"],
+}
+
+
+def sh(command: list[str], log) -> float:
+    print("$", " ".join(command), flush=True)
+    log.write("$ " + " ".join(command) + "\n")
+    log.flush()
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return time.perf_counter() - started
+
+
+def ensure_folders(binary: str, root: Path, train_per_class: int, test_per_class: int, log) -> None:
+    for split, limit in (("train", train_per_class), ("test", test_per_class)):
+        folder = root / f"{split}-{limit}"
+        if not folder.exists():
+            partial = root / f"{split}-{limit}.partial"
+            subprocess.run(["rm", "-rf", str(partial)], check=True)
+            sh(
+                [
+                    binary,
+                    "datasets",
+                    "fashion-mnist",
+                    "--split",
+                    split,
+                    "--limit-per-class",
+                    str(limit),
+                    "--out",
+                    str(partial),
+                ],
+                log,
+            )
+            partial.rename(folder)
+
+
+def latency_minimal_vs_full(resolutions=(32, 224), repeats: int = 30) -> list[dict]:
+    import torch
+
+    from mobilenets.models import create_model
+
+    rows = []
+    for resolution in resolutions:
+        x = torch.randn(1, 3, resolution, resolution)
+        models = {
+            name: create_model(name, num_classes=10).eval()
+            for name in ("mobilenet_v3_small", "mobilenet_v3_small_minimal")
+        }
+
+        def runner(model, x=x):
+            def run():
+                with torch.inference_mode():
+                    model(x)
+
+            return run
+
+        candidates = [Candidate(name, runner(model), 1) for name, model in models.items()]
+        measure(candidates, repeats=repeats, warmup=5, calls_per_repeat=10)
+        full, minimal = candidates
+        rows.append(
+            {
+                "resolution": resolution,
+                "full_ms": 1000 * full.median,
+                "full_spread": full.spread,
+                "minimal_ms": 1000 * minimal.median,
+                "minimal_spread": minimal.spread,
+                "minimal_speedup": paired_ratio(full, minimal),
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, default=Path("/tmp/fashion-mnist-robustness"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-robustness"))
+    parser.add_argument("--train-per-class", type=int, default=1000)
+    parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-images", type=int, default=1000)
+    parser.add_argument("--skip-train", action="store_true", help="reuse the run directories under --out")
+    args = parser.parse_args()
+    binary = str(Path(sys.executable).parent / "mobilenets")
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data_root.mkdir(parents=True, exist_ok=True)
+    summary: dict = {
+        "load_average_start": load_average(),
+        "cores": len(os.sched_getaffinity(0)),
+        "settings": vars(args) | {},
+    }
+    summary["settings"] = {k: str(v) for k, v in vars(args).items()}
+    with open(args.out / "log.txt", "a") as log:
+        ensure_folders(binary, args.data_root, args.train_per_class, args.test_per_class, log)
+        train_dir = args.data_root / f"train-{args.train_per_class}"
+        test_dir = args.data_root / f"test-{args.test_per_class}"
+        walls = {}
+        for name, extra in RUNS.items():
+            run_dir = args.out / name
+            if not args.skip_train:
+                subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+                command = [binary, "train", "--data", str(train_dir), "--val", str(test_dir), "--out", str(run_dir)]
+                command += ["--epochs", str(args.epochs), *TRAIN_SETTINGS, *extra]
+                walls[f"train_{name}_s"] = sh(command, log)
+        for name in RUNS:
+            command = [
+                binary,
+                "robustness",
+                str(args.out / name),
+                "--data",
+                str(test_dir),
+                "--baseline",
+                str(args.out / "standard"),
+            ]
+            command += ["--bn-adapt", "--max-images", str(args.max_images)]
+            if name == "minimal":
+                command.append("--no-latency")  # no SE, no hard-swish: nothing to attribute
+            walls[f"robustness_{name}_s"] = sh(command, log)
+    summary["wall_seconds"] = walls
+    results = {name: json.loads((args.out / name / "robustness" / "robustness.json").read_text()) for name in RUNS}
+    metrics = {name: json.loads((args.out / name / "metrics.json").read_text()) for name in RUNS}
+    summary["latency_minimal_vs_full"] = latency_minimal_vs_full()
+    summary["load_average_end"] = load_average()
+
+    rows = []
+    for name, r in results.items():
+        bn = r["bn_adapt"]
+        rows.append(
+            [
+                name,
+                f"{100 * r['clean_accuracy']:.1f}",
+                f"{100 * r['mean_corrupted_accuracy']:.1f}",
+                f"{r['mce']:.1f}",
+                f"{100 * bn['mean_corrupted_accuracy']:.1f}",
+                f"{bn['mce']:.1f}",
+                f"{100 * r['adversarial']['pgd']['2']:.1f}",
+                f"{100 * metrics[name].get('final_val_accuracy', float('nan')):.1f}",
+            ]
+        )
+        summary[name] = {
+            key: r.get(key)
+            for key in (
+                "images",
+                "clean_accuracy",
+                "mean_corrupted_accuracy",
+                "held_out_mean_corrupted_accuracy",
+                "mce",
+                "relative_mce",
+            )
+        } | {
+            "bn_adapt_mean_corrupted_accuracy": bn["mean_corrupted_accuracy"],
+            "bn_adapt_mce": bn["mce"],
+            "final_val_accuracy": metrics[name].get("final_val_accuracy"),
+        }
+    header = [
+        "run",
+        "clean %",
+        "mean corrupted %",
+        "mCE",
+        "BN-adapted mean corrupted %",
+        "BN-adapted mCE",
+        "PGD ε=2/255 %",
+        "train final val %",
+    ]
+    print()
+    print(
+        f"{results['standard']['images']} test images, corruptions at 32 px (CIFAR-10-C table), severities 1-5; mCE baseline = standard"
+    )
+    print(table(rows, header))
+    gain = 100 * (results["augmix"]["mean_corrupted_accuracy"] - results["standard"]["mean_corrupted_accuracy"])
+    cost = 100 * (results["standard"]["clean_accuracy"] - results["augmix"]["clean_accuracy"])
+    summary["augmix_gain_points"], summary["augmix_clean_cost_points"] = gain, cost
+    print(f"AugMix: {gain:+.1f} points mean corrupted accuracy, {cost:+.1f} points clean cost (goal: ≥ +8, ≤ 1)")
+    print()
+    print(
+        table(
+            [
+                [
+                    str(row["resolution"]),
+                    f"{row['full_ms']:.2f} ±{100 * row['full_spread']:.0f}%",
+                    f"{row['minimal_ms']:.2f} ±{100 * row['minimal_spread']:.0f}%",
+                    f"{row['minimal_speedup']:.2f}×",
+                ]
+                for row in summary["latency_minimal_vs_full"]
+            ],
+            ["resolution", "V3-Small ms (batch 1)", "V3-Small minimal ms", "minimal speed-up (paired median)"],
+        )
+    )
+    if "latency" in results["standard"]:
+        print()
+        print("SE / hard-swish attribution (standard run, 32 px, batch 1):")
+        print(
+            table(
+                [
+                    [
+                        v["variant"],
+                        f"{v['median_ms']:.3f}",
+                        f"{v['p25_ms']:.3f}–{v['p75_ms']:.3f}",
+                        f"{v['saving_vs_full_percent']:+.1f}%",
+                    ]
+                    for v in results["standard"]["latency"]["variants"]
+                ],
+                ["variant", "median ms", "p25–p75", "saved vs full"],
+            )
+        )
+    print(f"load average: start {summary['load_average_start']}, end {summary['load_average_end']}")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

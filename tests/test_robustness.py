@@ -1,0 +1,280 @@
+"""Robustness measurement: BN re-estimation, CE/mCE, attacks, latency variants, the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mobilenets.cli import main
+from mobilenets.layers import SqueezeExcitation
+from mobilenets.models import create_model
+from mobilenets.preprocessing import Preprocessing
+from mobilenets.robustness import (
+    adapt_batchnorm,
+    apply_gamma,
+    corruption_errors,
+    expose,
+    fgsm,
+    find_int8_model,
+    pgd,
+    rescale,
+    summarize,
+    with_relu_for_hardswish,
+    without_squeeze_excitation,
+)
+from mobilenets.weights import save_weights
+
+CLASSES = ["red", "green", "blue"]
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model("mobilenet_v3_small", num_classes=3, width=0.25).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Test-time BatchNorm re-estimation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_adapt_batchnorm_uses_the_target_statistics_and_leaves_the_model_alone():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(8, 3, 32, 32) * 2 + 1
+    adapted = adapt_batchnorm(model, images)
+    # The original is untouched (a copy is adapted) ...
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # ... and the stem's BN now holds the batch statistics of the stem convolution's output.
+    with torch.no_grad():
+        features = model.stem.conv(images)
+    assert torch.allclose(adapted.stem.bn.running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(adapted.stem.bn.running_var, features.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert not adapted.training and not any(m.training for m in adapted.modules())
+    # Weights are not trained.
+    assert torch.equal(adapted.stem.conv.weight, model.stem.conv.weight)
+
+
+def test_adapt_batchnorm_prior_mixes_source_and_target():
+    model = tiny_model()
+    images = torch.randn(4, 3, 32, 32)
+    target = adapt_batchnorm(model, images)
+    mixed = adapt_batchnorm(model, images, prior=12.0)  # 12 pseudo-samples of source vs 4 target images
+    expected = 0.75 * model.stem.bn.running_mean + 0.25 * target.stem.bn.running_mean
+    assert torch.allclose(mixed.stem.bn.running_mean, expected, atol=1e-6)
+
+
+def test_adapt_batchnorm_undoes_a_contrast_shift():
+    """A contrast change scales every stem activation; BN re-estimated on shifted images cancels it."""
+    model = tiny_model()
+    images = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        reference = adapt_batchnorm(model, images)(images)
+        shifted = images * 3
+        unadapted = model(shifted)
+        adapted = adapt_batchnorm(model, shifted)(shifted)
+    error_adapted = (adapted - reference).abs().max()
+    error_unadapted = (unadapted - reference).abs().max()
+    assert error_adapted < 0.02 * reference.abs().max()
+    assert error_unadapted > 10 * error_adapted
+
+
+# --------------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------------
+
+
+def test_corruption_error_and_mce_follow_the_definition():
+    model = {"fog": {1: 0.9, 2: 0.7}, "contrast": {1: 0.8, 2: 0.6}}
+    base = {"fog": {1: 0.8, 2: 0.4}, "contrast": {1: 0.8, 2: 0.6}}
+    errors = corruption_errors(model, base, clean=0.95, baseline_clean=0.9)
+    # CE_fog = (0.1 + 0.3) / (0.2 + 0.6) = 0.5; CE_contrast = 1.
+    assert errors["ce"] == pytest.approx({"fog": 0.5, "contrast": 1.0})
+    # Relative CE_fog = ((0.1-0.05) + (0.3-0.05)) / ((0.2-0.1) + (0.6-0.1)) = 0.3 / 0.6.
+    assert errors["relative_ce"]["fog"] == pytest.approx(0.5)
+    summary = summarize(model, clean=0.95)
+    assert summary["mean_corrupted_accuracy"] == pytest.approx(0.75)
+    assert summary["clean_vs_corrupt_ratio"] == pytest.approx(0.75 / 0.95)
+    assert summary["held_out_mean_corrupted_accuracy"] is None
+
+
+def test_a_perfect_baseline_gives_no_ce_instead_of_dividing_by_zero():
+    errors = corruption_errors({"fog": {1: 0.5}}, {"fog": {1: 1.0}}, clean=0.9, baseline_clean=1.0)
+    assert errors["ce"]["fog"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Shifts and attacks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_shift_identities():
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    assert np.abs(expose(images, 0.0).astype(int) - images).max() <= 1
+    assert np.array_equal(apply_gamma(images, 1.0), images)
+    assert np.array_equal(rescale(images, 1.0), images)
+    assert expose(images, 1.0).mean() > images.mean() > expose(images, -1.0).mean()
+    assert rmse(rescale(images, 0.25), images) > rmse(rescale(images, 0.5), images) > 0
+
+
+def rmse(a, b) -> float:
+    return float(np.sqrt(((a.astype(float) - b) ** 2).mean()))
+
+
+def test_attacks_stay_in_the_epsilon_ball_and_raise_the_loss():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    torch.manual_seed(0)
+    pixels = torch.rand(16, 3, 8, 8)
+    labels = model(pixels).argmax(1)  # start from correct predictions
+    epsilon = 4 / 255
+    clean_loss = nn.functional.cross_entropy(model(pixels), labels)
+    for adversarial in (fgsm(model, pixels, labels, epsilon), pgd(model, pixels, labels, epsilon, steps=10)):
+        assert (adversarial - pixels).abs().max() <= epsilon + 1e-6
+        assert adversarial.min() >= 0 and adversarial.max() <= 1
+        assert nn.functional.cross_entropy(model(adversarial), labels) > clean_loss
+    # ε = 0: PGD's random start and steps are projected back onto the images themselves.
+    assert torch.equal(pgd(model, pixels, labels, 0.0, steps=3), pixels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Latency variants
+# --------------------------------------------------------------------------------------------------
+
+
+def test_latency_variants_remove_se_and_hardswish_only():
+    model = tiny_model()
+    assert sum(isinstance(m, SqueezeExcitation) for m in model.modules()) == 9  # V3-Small: 9 of 11 blocks have SE
+    no_se = without_squeeze_excitation(model)
+    relu = with_relu_for_hardswish(model)
+    assert not any(isinstance(m, SqueezeExcitation) for m in no_se.modules())
+    assert not any(isinstance(m, nn.Hardswish) for m in relu.modules())
+    assert any(isinstance(m, nn.Hardswish) for m in model.modules())  # the original is untouched
+    assert sum(p.numel() for p in relu.parameters()) == sum(p.numel() for p in model.parameters())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert no_se(x).shape == relu(x).shape == model(x).shape == (1, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command, end to end on a run directory
+# --------------------------------------------------------------------------------------------------
+
+
+def make_run(root: Path, name: str, seed: int) -> Path:
+    """A run directory as training writes it, with 3 colour classes of 40×40 images in its val split."""
+    rng = np.random.default_rng(0)
+    val = []
+    for label, cls in enumerate(CLASSES):
+        folder = root / "data" / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            pixels = rng.integers(0, 80, (40, 40, 3)).astype(np.uint8)
+            pixels[..., label] += 150
+            path = folder / f"{i}.png"
+            Image.fromarray(pixels).save(path)
+            val.append([str(path.resolve()), label])
+    run = root / name
+    save_weights(tiny_model(seed), run / "model.safetensors", classes=CLASSES, preprocessing=Preprocessing(32, 32))
+    (run / "split.json").write_text(
+        json.dumps({"root": str(root / "data"), "classes": CLASSES, "train": [], "val": val})
+    )
+    (run / "metrics.json").write_text(json.dumps({"best_val_accuracy": 0.5, "final_val_accuracy": 0.4}))
+    return run
+
+
+QUICK = [
+    "--corruptions",
+    "gaussian_noise,contrast",
+    "spatter",
+    "--severities",
+    "1-2",
+    "--no-latency",
+    "--adversarial-images",
+    "4",
+]
+
+
+def test_robustness_command_writes_the_report(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    base = make_run(tmp_path, "base", seed=1)
+    assert (
+        main(["robustness", str(run), "--baseline", str(base), "--bn-adapt", "--bn-samples", "6", "--json", *QUICK])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 12 and result["input_size"] == 32 and result["severity_table"] == "CIFAR-10-C"
+    assert list(result["corruption_accuracy"]) == ["gaussian_noise", "contrast", "spatter"]
+    assert set(result["corruption_accuracy"]["contrast"]) == {"1", "2"}
+    # mCE is over the common corruptions only; spatter is held out.
+    ce = result["corruption_error"]
+    expected = (
+        100 * np.mean([ce["gaussian_noise"], ce["contrast"]])
+        if None not in (ce["gaussian_noise"], ce["contrast"])
+        else None
+    )
+    assert result["mce"] == pytest.approx(expected)
+    for key in ("shifts", "adversarial", "bn_adapt", "baseline"):
+        assert key in result
+    assert "latency" not in result
+    for name in ("robustness.json", "robustness.md", "robustness.html", "accuracy_heatmap.png", "shifts.png"):
+        assert (run / "robustness" / name).stat().st_size > 0
+    assert "data:image/png;base64," in (run / "robustness" / "robustness.html").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_val_accuracy"] == 0.5 and metrics["final_val_accuracy"] == 0.4  # kept
+    assert metrics["robustness"]["clean_accuracy"] == result["clean_accuracy"]
+
+
+def test_a_model_is_its_own_baseline_with_mce_100(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    assert (
+        main(["robustness", str(run), "--baseline", str(run), "--no-shifts", "--no-adversarial", "--json", *QUICK]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    defined = [v for v in result["corruption_error"].values() if v is not None]
+    assert defined and all(v == pytest.approx(1.0) for v in defined)
+    assert result["mce"] == pytest.approx(100.0)
+
+
+def test_int8_onnx_model_in_the_run_dir_is_compared(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    model = tiny_model(0)
+    # An fp32 export under the int8 name: the comparison path must then agree with PyTorch exactly.
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 32, 32),),
+        run / "model_int8.onnx",
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+        dynamo=False,
+    )
+    assert find_int8_model(run) == run / "model_int8.onnx"
+    args = ["robustness", str(run), "--no-shifts", "--no-adversarial", "--json", *QUICK]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["int8"]["clean_accuracy"] == result["clean_accuracy"]
+    assert result["int8"]["corruption_accuracy"] == result["corruption_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--severities", "0-9"], "severities run from 1 to 5"),
+        (["--corruptions", "blurry"], "unknown corruption 'blurry'"),
+        (["--data", "/nonexistent/val"], "/nonexistent/val: not a folder"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
+    run = make_run(tmp_path, "run", seed=0)
+    assert main(["robustness", str(run), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
+    assert main(["robustness", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no model.safetensors" in capsys.readouterr().err
