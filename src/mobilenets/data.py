@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobilenets.distributed import sampler_indices
 from mobilenets.errors import MobilenetsError
 from mobilenets.preprocessing import ImageLoadError, Preprocessing, load_image
 
@@ -305,10 +306,10 @@ def epoch_seed(seed: int, epoch: int, step: int = 0) -> int:
 
 @dataclass(frozen=True)
 class EpochBatches:
-    """Batch indices of one epoch: a seeded permutation, sliced for this rank, cut into full batches.
+    """Batch indices of one epoch: a seeded permutation, this rank's share of it, cut into full batches.
 
-    Every rank computes the same permutation and takes ``rank::world_size``, so distributed training
-    only has to pass its rank and world size here.
+    The share is ``DistributedSampler``'s (every world_size-th index, equal shards), so distributed
+    training only passes its rank and world size here, and one process sees the whole permutation.
     """
 
     num_samples: int
@@ -320,12 +321,10 @@ class EpochBatches:
     drop_last: bool = True
 
     def indices(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_samples, generator=generator)
-        return order[self.rank :: self.world_size]
+        return sampler_indices(self.num_samples, self.rank, self.world_size, epoch_seed(self.seed, self.epoch))
 
     def __len__(self) -> int:
-        count = len(range(self.rank, self.num_samples, self.world_size))
+        count = self.num_samples // self.world_size
         full, rest = divmod(count, self.batch_size)
         return full + (0 if self.drop_last or rest == 0 else 1)
 

@@ -16,7 +16,6 @@ import datetime
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +35,7 @@ class DistributedContext:
     world_size: int = 1
     backend: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sync_batchnorm: bool = False
 
     @property
     def is_distributed(self) -> bool:
@@ -58,6 +58,22 @@ class DistributedContext:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor of metric totals over ranks."""
+        if not self.is_distributed:
+            return values
+        reduced = values.to(self.device if self.backend == "nccl" else "cpu").clone()
+        dist.all_reduce(reduced)
+        return reduced.cpu()
+
+    def merge_evaluation(self, result):
+        """Every rank evaluates the whole validation set, so results are already global."""
+        return result
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module that runs the training forward/backward: DDP when distributed."""
+        return wrap_model(model, self, self.sync_batchnorm)
+
     def broadcast_object(self, obj):
         """Rank 0's value of ``obj`` on every rank (e.g. a decision taken once)."""
         if not self.is_distributed:
@@ -71,14 +87,23 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistributedContext:
+def init_distributed(device: str = "auto", sync_batchnorm: bool = False, timeout_minutes: float = 30.0) -> DistributedContext:
     """Join the torchrun job this process belongs to, or return a one-process context.
 
     Backend: NCCL when the processes drive CUDA devices, gloo on CPU (PyTorch's own recommendation).
     """
+    if device not in ("auto", "cpu", "cuda"):
+        raise MobilenetsError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MobilenetsError("--device cuda: no CUDA device is available to PyTorch on this machine; use --device cpu")
     wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if sync_batchnorm and not wants_cuda:
+        raise MobilenetsError(
+            "--sync-bn needs CUDA: PyTorch implements SyncBatchNorm for GPUs only. On CPU each process "
+            "normalizes its own batch; use --freeze-bn to keep BatchNorm statistics fixed instead"
+        )
     if not launched_by_torchrun():
-        return DistributedContext(device=torch.device("cuda" if wants_cuda else device if device != "auto" else "cpu"))
+        return DistributedContext(device=torch.device("cuda" if wants_cuda else "cpu"))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if wants_cuda:
@@ -93,7 +118,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
         backend, process_device = "gloo", torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-    context = DistributedContext(rank, local_rank, world_size, backend, process_device)
+    context = DistributedContext(rank, local_rank, world_size, backend, process_device, sync_batchnorm)
     stop_cleanly_when_a_peer_fails(context)
     return context
 
@@ -119,22 +144,17 @@ def stop_cleanly_when_a_peer_fails(context: DistributedContext) -> None:
     signal.signal(signal.SIGTERM, on_terminate)
 
 
-def shard_indices(num_samples: int, context: DistributedContext, seed: int, epoch: int, shuffle: bool = True) -> Iterator[int]:
-    """This rank's sample indices for ``epoch``: ``DistributedSampler``'s seeded shard of one permutation.
+def sampler_indices(num_samples: int, rank: int, world_size: int, seed: int) -> torch.Tensor:
+    """This rank's share of one seeded permutation, as ``DistributedSampler`` deals it.
 
-    Rank r takes every world_size-th index of the shared permutation, so the ranks' k-th batches
-    together hold exactly the k-th global batch of a one-process run with the same seed.
+    Rank r takes every world_size-th index; the tail that would make shards unequal is dropped, so
+    every rank runs the same number of steps (DDP needs that). With one process this is simply the
+    seeded permutation, and the ranks' k-th batches together are the k-th batch of that run.
     """
-    if not context.is_distributed:
-        if not shuffle:
-            return iter(range(num_samples))
-        generator = torch.Generator().manual_seed(seed + epoch)
-        return iter(torch.randperm(num_samples, generator=generator).tolist())
     sampler = DistributedSampler(
-        range(num_samples), num_replicas=context.world_size, rank=context.rank, shuffle=shuffle, seed=seed, drop_last=False
+        range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
-    sampler.set_epoch(epoch)
-    return iter(sampler)
+    return torch.tensor(list(sampler), dtype=torch.int64)
 
 
 def wrap_model(model: nn.Module, context: DistributedContext, sync_batchnorm: bool = False) -> nn.Module:
