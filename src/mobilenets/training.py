@@ -11,8 +11,9 @@
   resumed from any checkpoint replays exactly what the uninterrupted run would have done.
 - Checkpoints (``checkpoint.pt``: tensors and plain values only, loaded with ``weights_only=True``) are
   written atomically after every epoch, every ``checkpoint_minutes`` and on Ctrl-C.
-- ``TrainingContext`` is the seam for distributed training: it owns the rank, the world size, the
-  reduction of metrics and the rule that only rank 0 writes files.
+- ``TrainingContext`` (``distributed.DistributedContext``) is the seam for distributed training: it owns
+  the rank, the world size, DDP wrapping, the reduction of metrics and the rule that only rank 0 writes
+  files (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,6 +36,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mobilenets.acceleration import prepare_for_training, to_model_layout
 from mobilenets.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
 from mobilenets.data import DecodedImages, EpochBatches, epoch_seed
+from mobilenets.distributed import DistributedContext as TrainingContext
 from mobilenets.evaluation import EvaluationResult, evaluate
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.weights import atomic_write_text, save_weights
@@ -75,6 +78,10 @@ class TrainConfig:
     recipe: str | None = None
     checkpoint_minutes: float = 5.0
     checkpoint_steps: int = 0  # also checkpoint every N steps (0: off); tests use it to kill mid-epoch
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning with small per-process batches)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only in PyTorch)
+    precision: str = "auto"  # autocast dtype: auto (bf16 where native), fp32, bf16, fp16 (CUDA, with a scaler)
+    device: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,32 +96,6 @@ class TrainConfig:
         if self.weight_decay is not None:
             return self.weight_decay
         return 0.02 if self.optimizer == "adamw" else 1e-5
-
-
-@dataclass
-class TrainingContext:
-    """Single-process defaults; distributed training overrides these four seams."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        """Only the main process writes files and prints."""
-        return self.rank == 0
-
-    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a tensor of metric totals over processes."""
-        return values
-
-    def merge_evaluation(self, result: EvaluationResult) -> EvaluationResult:
-        """Confusion matrices are sums over images, so shards merge exactly."""
-        return result
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        """The module that takes the training forward/backward (e.g. DistributedDataParallel)."""
-        return model
 
 
 @dataclass
@@ -250,6 +231,13 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
             module.train(not frozen)
 
 
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Normalize with the running statistics instead of each batch's (their affine weights still learn)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save(obj, temporary)
@@ -343,6 +331,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "state": asdict(self.state),
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.context.world_size,
         }
 
     def save_checkpoint(self) -> None:
@@ -356,9 +345,41 @@ class Trainer:
         if self.ema is not None and checkpoint["ema"] is not None:
             self.ema.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.state = TrainingState(**checkpoint["state"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        saved_world_size = int(checkpoint.get("world_size", 1))
+        if saved_world_size == self.context.world_size:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        else:
+            self.continue_with_another_world_size(saved_world_size)
+
+    def continue_with_another_world_size(self, saved_world_size: int) -> None:
+        """Resume a run saved by ``saved_world_size`` processes with this job's number of processes.
+
+        Steps per epoch change with the number of processes; the position inside the interrupted epoch
+        is carried over as images seen, and the learning-rate schedule is advanced to the same fraction
+        of the run. Everything else in the checkpoint does not depend on the number of processes.
+        """
+        state, config = self.state, self.config
+        saved_steps_per_epoch = len(
+            EpochBatches(len(self.train_data), config.batch_size, config.seed, 0, 0, saved_world_size)
+        )
+        images_into_epoch = state.step_in_epoch * config.batch_size * saved_world_size
+        state.step_in_epoch = min(
+            self.steps_per_epoch, images_into_epoch // (config.batch_size * self.context.world_size)
+        )
+        done = (state.epoch * saved_steps_per_epoch + images_into_epoch / (config.batch_size * saved_world_size)) / max(
+            1, config.epochs * saved_steps_per_epoch
+        )
+        state.global_step = round(done * config.epochs * self.steps_per_epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
+            for _ in range(state.global_step):
+                self.scheduler.step()
+        self.log(
+            f"resuming a run of {saved_world_size} process(es) with {self.context.world_size}: epoch "
+            f"{state.epoch + 1}, step {state.step_in_epoch}/{self.steps_per_epoch} of this world size"
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -397,6 +418,8 @@ class Trainer:
         frozen = epoch < self.config.head_epochs
         self.model.train()
         set_backbone_frozen(self.model, frozen)
+        if self.config.freeze_bn:
+            freeze_batchnorm_statistics(self.model)
         task = (
             progress.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=self.steps_per_epoch)
             if progress
@@ -432,6 +455,8 @@ class Trainer:
                 self.save_checkpoint()
         if frozen:
             set_backbone_frozen(self.model, False)
+            if self.config.freeze_bn:
+                freeze_batchnorm_statistics(self.model)
         if progress:
             progress.remove_task(task)
 
@@ -444,13 +469,14 @@ class Trainer:
     def finish_epoch(self, epoch: int) -> EpochRecord:
         state = self.state
         totals = self.context.reduce_sum(torch.tensor(state.epoch_totals[:3], dtype=torch.float64)).tolist()
-        recompute_batchnorm_statistics(
-            self.eval_model,
-            self.train_data.images,
-            self.preprocessing.mean,
-            self.preprocessing.std,
-            seed=self.config.seed,
-        )
+        if not self.config.freeze_bn:
+            recompute_batchnorm_statistics(
+                self.eval_model,
+                self.train_data.images,
+                self.preprocessing.mean,
+                self.preprocessing.std,
+                seed=self.config.seed,
+            )
         result = self.context.merge_evaluation(self.evaluate())
         record = EpochRecord(
             epoch=epoch + 1,
