@@ -258,39 +258,29 @@ def find_leakage(
 
     Near means a dHash within ``max_distance`` bits and decoded pixels within ``max_pixel_difference``
     (mean absolute, of 255): the hash finds candidates, the pixels reject look-alikes (small images of
-    similar objects often share a hash). By pigeonhole, two hashes that close agree exactly on at least
-    one of ``max_distance + 1`` chunks, so candidates come from chunk lookups, not all pairs.
+    similar objects, e.g. Fashion-MNIST's silhouettes, often share a hash). Hash distances are computed
+    for all pairs with vectorized popcounts (10,000 × 60,000 pairs take seconds).
     """
     by_sha = {digest: sample.path for digest, sample in zip(train.sha256, train.samples, strict=True)}
-    chunks = max_distance + 1
-    bits = 64 // chunks
-
-    def pieces(value: int) -> list[tuple[int, int]]:
-        return [(i, (value >> (i * bits)) & ((1 << bits) - 1)) for i in range(chunks)]
-
-    index: dict[tuple[int, int], list[int]] = {}
-    for position, dhash in enumerate(train.perceptual_hash):
-        for piece in pieces(dhash):
-            index.setdefault(piece, []).append(position)
+    train_hashes = np.array(train.perceptual_hash, dtype=np.uint64)
     flat = (0, (1 << 64) - 1)  # blank images all hash alike; they are not copies of each other
     exact, near = [], []
     for position, (digest, dhash, sample) in enumerate(zip(val.sha256, val.perceptual_hash, val.samples, strict=True)):
         if digest in by_sha:
             exact.append((by_sha[digest], sample.path))
             continue
-        if dhash in flat:
+        if dhash in flat or not len(train_hashes):
             continue
-        candidates = sorted(
-            p
-            for p in {p for piece in pieces(dhash) for p in index.get(piece, ())}
-            if bin(train.perceptual_hash[p] ^ dhash).count("1") <= max_distance
-        )
-        if candidates:
+        distances = np.bitwise_count(train_hashes ^ np.uint64(dhash))
+        candidates = np.flatnonzero(distances <= max_distance)
+        if len(candidates):
+            # Look-alikes can be many; the closest hashes are the likely copies.
+            candidates = candidates[np.argsort(distances[candidates], kind="stable")[:16]]
             pixels = val.images[position].float()
-            differences = (train.images[candidates].float() - pixels).abs().mean((1, 2, 3))
+            differences = (train.images[torch.from_numpy(candidates)].float() - pixels).abs().mean((1, 2, 3))
             best = int(differences.argmin())
             if differences[best] <= max_pixel_difference:
-                near.append((train.samples[candidates[best]].path, sample.path))
+                near.append((train.samples[int(candidates[best])].path, sample.path))
     return Leakage(exact, near)
 
 
