@@ -92,6 +92,13 @@ def paired_ratio(baseline: Candidate, candidate: Candidate) -> float:
     return statistics.median(b / c for b, c in zip(baseline.times, candidate.times, strict=False))
 
 
+def set_threads(threads: int | None) -> int:
+    """The product's thread choice (``configure_threads``), or a fixed count for a reproducible table."""
+    from mobilenets.acceleration import configure_threads
+
+    return configure_threads(threads)
+
+
 def measure_fp32_peak(size: int = 2048, repeats: int = 7) -> float:
     """Achievable fp32 GFLOP/s of this machine: the median of large square matmuls (2n³ flops each)."""
     a, b = torch.randn(size, size), torch.randn(size, size)

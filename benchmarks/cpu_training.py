@@ -38,6 +38,7 @@ from common import (
     measure_fp32_peak,
     paired_ratio,
     print_machine,
+    set_threads,
     table,
 )
 
@@ -118,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (one step per candidate each)")
     parser.add_argument("--compile", action="store_true", help="also time the compiled default (compiles take minutes)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: the product's choice)")
     args = parser.parse_args(argv)
 
+    set_threads(args.threads)
     print_machine(machine_info())
     peak = measure_fp32_peak()
     print(f"measured fp32 peak (2048² matmul): {peak:.0f} GFLOP/s")

@@ -147,7 +147,7 @@ def test_precision_follows_the_cpu_and_the_override(monkeypatch):
     assert training_precision("fp32") == torch.float32
     monkeypatch.setenv("MOBILENETS_BF16", "0")
     assert training_precision() == torch.float32
-    assert training_precision(device="cuda") == torch.float32  # autocast to bf16 is a CPU decision here
+    assert training_precision(device="meta") == torch.float32  # bf16 autocast is a CPU (or CUDA) decision
 
 
 def test_compile_is_decided_by_run_length_and_overrides(monkeypatch):
@@ -214,3 +214,21 @@ def test_compiled_inference_model_equals_eager():
     fast = prepare_for_inference(model, compile=True)
     assert fast.compiled
     torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_thread_count_is_probed_once_and_prefers_the_faster(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(acceleration.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(acceleration, "_chosen_threads", None)
+    # Busy cores: one thread is faster than two.
+    monkeypatch.setattr(acceleration, "_probe_seconds", lambda threads, rounds=3: {1: 0.01, 2: 0.05}[threads])
+    try:
+        assert acceleration.configure_threads() == 1
+        # Decided once per process: later calls do not re-probe while this process itself loads the cores.
+        monkeypatch.setattr(acceleration, "_probe_seconds", lambda threads, rounds=3: {1: 0.05, 2: 0.01}[threads])
+        assert acceleration.configure_threads() == 1
+        monkeypatch.setattr(acceleration, "_chosen_threads", None)
+        assert acceleration.configure_threads() == 2
+    finally:
+        torch.set_num_threads(before)

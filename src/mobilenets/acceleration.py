@@ -19,6 +19,8 @@ import contextlib
 import copy
 import os
 import shutil
+import statistics
+import time
 from collections.abc import Iterator
 from typing import Literal
 
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 # Measured on the 2-core reference machine (benchmarks/cpu_training.py): compiling the training step of
 # MobileNetV3-Small at 224 px costs about a minute and saves a fraction of each step, so it pays
@@ -67,18 +69,51 @@ def compile_available() -> bool:
     return supported and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++"))
 
 
-def configure_threads(num_threads: int | None = None) -> int:
-    """One intra-op thread per core this process may use; a single inter-op thread.
+def _probe_seconds(threads: int, rounds: int = 3) -> float:
+    """Median time of a MobileNet-like burst of small parallel ops (1×1 convs on a 28×28 map) at ``threads``."""
+    torch.set_num_threads(threads)
+    weight = torch.randn(64, 64, 1, 1).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 64, 28, 28).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(30):
+                torch.nn.functional.conv2d(x, weight)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
-    MobileNet graphs are chains: inter-op parallelism only competes with the intra-op threads for the
-    same cores. ``OMP_NUM_THREADS`` (if set) wins over the core count. Returns the thread count.
+
+_chosen_threads: int | None = None
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Choose the intra-op thread count once per process; a single inter-op thread. Returns the count.
+
+    Default: one thread per core this process may use, unless the cores are busy with other work. A
+    MobileNet step is hundreds of short parallel regions, and each waits for its slowest thread: when
+    another process holds a core, a 2-thread step measured 5-10× slower than a 1-thread one on the
+    2-core reference machine (docs/performance.md). So the default times a short probe (~0.1 s) at
+    both counts and keeps the faster. ``OMP_NUM_THREADS`` or ``num_threads`` skip the probe.
+    MobileNet graphs are chains: inter-op parallelism would only compete for the same cores.
     """
-    if num_threads is None:
-        env = os.environ.get("OMP_NUM_THREADS")
-        num_threads = int(env) if env and env.isdigit() else len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, num_threads))
+    global _chosen_threads
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel region
         torch.set_num_interop_threads(1)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if num_threads is None and env.isdigit():
+        num_threads = int(env)
+    if num_threads is None and _chosen_threads is not None:
+        num_threads = _chosen_threads
+    if num_threads is None:
+        cores = len(os.sched_getaffinity(0))
+        num_threads = cores
+        if cores > 1 and os.environ.get("MOBILENETS_THREAD_PROBE", "1") != "0":
+            _probe_seconds(cores, rounds=1)  # first call pays oneDNN primitive creation
+            if _probe_seconds(1) < _probe_seconds(cores):
+                num_threads = 1
+        _chosen_threads = num_threads
+    torch.set_num_threads(max(1, num_threads))
     return torch.get_num_threads()
 
 
@@ -88,6 +123,11 @@ def training_precision(precision: Precision = "auto", device: torch.device | str
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if torch.device(device).type == "cuda":
+        # GPUs: bf16 where the hardware has it (Ampere and later); fp16 with a loss scaler before that.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if torch.device(device).type != "cpu":
         return torch.float32
     forced = _env_flag("MOBILENETS_BF16")
