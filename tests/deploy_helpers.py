@@ -29,13 +29,13 @@ def photos() -> tuple[tuple[str, Image.Image], ...]:
 
 
 def random_crops(count: int, seed: int, size: int = 224) -> list[Image.Image]:
-    """Inception-style random crops (8–100% of the area, aspect 3/4–4/3, random flip) of the photos."""
+    """Random crops (25–100% of the area, aspect 3/4–4/3, random flip) of the photos."""
     rng = np.random.default_rng(seed)
     crops = []
     for index in range(count):
         image = photos()[index % len(photos())][1]
         width, height = image.size
-        area = rng.uniform(0.08, 1.0) * width * height
+        area = rng.uniform(0.25, 1.0) * width * height
         ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         w = min(width, round(np.sqrt(area * ratio)))
         h = min(height, round(np.sqrt(area / ratio)))

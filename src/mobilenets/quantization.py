@@ -44,7 +44,8 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
 }
-DEFAULT_CALIBRATION_METHOD = "percentile"
+# min-max: seconds to calibrate; percentile (minutes with ORT's histograms) is the first fallback.
+DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_THRESHOLD = 1.0  # accuracy points int8 may lose before we say so and try the fixes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid"}
@@ -296,18 +297,26 @@ def layer_errors(fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarra
     return sorted(found, key=lambda e: e.local_sqnr_db)
 
 
-def float_nodes_for(errors: Sequence[LayerError], fp32_onnx: Path | str, count: int) -> list[str]:
-    """Nodes to keep in float: the stem, the classifier, and the producers of the ``count`` worst tensors.
+def float_nodes_for(
+    fp32_onnx: Path | str, early_convs: int, errors: Sequence[LayerError] = (), worst: int = 0
+) -> list[str]:
+    """Nodes to keep in float: the first ``early_convs`` convolutions, and the producers of the ``worst`` tensors.
 
-    An activation (ReLU, clip, hard-swish) is kept in float together with the convolution feeding it,
-    since ORT quantizes the pair as one fused unit.
+    Quantization noise entering the first layers is carried and amplified by all the rest, so keeping
+    the stem and the first block(s) in float recovers the most accuracy per float MAC (REFERENCE §5.2).
+    An activation (ReLU, clip, hard-swish) goes with the convolution feeding it: ORT fuses the pair.
     """
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as work:
         graph = onnx.load(str(prepare_for_quantization(Path(fp32_onnx), Path(work) / "fp32.onnx"))).graph
     producers = {output: node for node in graph.node for output in node.output}
-    compute = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
-    chosen = [compute[0].name, compute[-1].name]
-    for error in errors[:count]:
+    chosen, convs = [], 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            if convs == early_convs:
+                break
+            convs += 1
+        chosen.append(node.name)
+    for error in errors[:worst]:
         chosen.append(error.node)
         node = producers.get(error.tensor)
         if node is not None and node.op_type in ACTIVATION_OPS and node.input[0] in producers:
@@ -514,22 +523,26 @@ def quantize_model(
         worst: list[LayerError] = []
         if method in ("auto", "ptq", "mixed"):
             ptq = quantize_ptq(fp32_onnx, work / "ptq.onnx", calibration.images, calibration_method)
-            if attempt("ptq", ptq).drop_points > threshold:
+            if attempt(f"ptq ({calibration_method})", ptq).drop_points > threshold:
                 worst = layer_errors(fp32_onnx, ptq, calibration.images[:32])
                 report(warn_drop(candidates[-1][2], threshold, worst))
-                if method in ("auto", "mixed"):
-                    for count in (2, 6):
-                        float_nodes = float_nodes_for(worst, fp32_onnx, count)
-                        mixed = quantize_ptq(
+            if method in ("auto", "mixed") and candidates[-1][2].drop_points > threshold:
+                for name, options in fallbacks(calibration_method, worst):
+                    if name.startswith("ptq"):
+                        candidate = quantize_ptq(fp32_onnx, work / "retry.onnx", calibration.images, **options)
+                    else:
+                        float_nodes = float_nodes_for(fp32_onnx, **options)
+                        candidate = quantize_ptq(
                             fp32_onnx,
-                            work / f"mixed{count}.onnx",
+                            work / f"mixed{len(candidates)}.onnx",
                             calibration.images,
                             calibration_method,
                             nodes_to_exclude=float_nodes,
                             description=f"ptq, {len(float_nodes)} nodes kept in float",
                         )
-                        if attempt(f"mixed precision ({len(float_nodes)} float nodes)", mixed).drop_points <= threshold:
-                            break
+                        name = f"{name}: {len(float_nodes)} nodes in float"
+                    if attempt(name, candidate).drop_points <= threshold:
+                        break
         if method == "qat" or (method == "auto" and min(c.drop_points for _, _, c in candidates) > threshold):
             if train is None or train.labels is None:
                 report("QAT skipped: it needs labelled training images")
@@ -546,6 +559,11 @@ def quantize_model(
             raise MobilenetsError("nothing was quantized")
         # The most accurate int8 model; among equals, the one with the fewest float layers (listed first).
         name, path, comparison = min(candidates, key=lambda c: round(c[2].drop_points, 6))
+        if comparison.drop_points > threshold:
+            report(
+                f"WARNING: no int8 model is within {threshold:g} points of fp32; keeping the best ({name}, "
+                f"{comparison.drop_points:.2f} points lost)"
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out)
         return QuantizationResult(
@@ -558,6 +576,18 @@ def quantize_model(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def fallbacks(calibration_method: str, worst: Sequence[LayerError]) -> list[tuple[str, dict]]:
+    """What to try, cheapest first, when PTQ loses too much: another calibration, then float layers."""
+    tries = []
+    if calibration_method != "percentile":
+        tries.append(("ptq (percentile)", {"calibration_method": "percentile"}))
+    tries.append(("mixed precision (stem and first block)", {"early_convs": 3}))
+    tries.append(
+        ("mixed precision (first blocks and worst layers)", {"early_convs": 6, "errors": list(worst), "worst": 4})
+    )
+    return tries
 
 
 def describe(name: str, c: Comparison) -> str:

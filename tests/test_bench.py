@@ -1,0 +1,56 @@
+"""``mobilenets bench``: three engines side by side, JSON output, bad input. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from deploy_helpers import WORK, tiny_run_dir, write_class_folder
+
+from mobilenets.cli import main
+from mobilenets.commands.bench import Timing, measure, parse_batches
+
+
+def test_measure_counts_repeats_and_reports_spread():
+    calls = []
+    timing = measure(lambda: calls.append(1), "engine", batch=4, warmup=2, repeats=5)
+    assert len(calls) == 7 and timing.repeats == 5
+    assert timing.min_ms <= timing.median_ms <= timing.max_ms
+    assert Timing("e", 32, 100.0, 90.0, 110.0, 3).images_per_second == 320.0
+
+
+def test_parse_batches():
+    assert parse_batches("1,32") == [1, 32]
+    for bad in ("0", "a,b", ""):
+        with pytest.raises(Exception, match="comma-separated positive integers"):
+            parse_batches(bad)
+
+
+def test_bench_json_times_pytorch_and_both_onnx_runtimes(capsys):
+    data = write_class_folder(WORK / "bench-data", classes=2, per_class=4)
+    run_dir = tiny_run_dir(WORK / "bench-run", data, model="mobilenet_v3_small_minimal", width=0.25)
+    assert (
+        main(["bench", str(run_dir), "--batch", "1,2", "--repeats", "2", "--warmup", "1", "--threads", "1", "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["threads"] == 1
+    engines = [(r["engine"], r["batch"]) for r in report["results"]]
+    assert engines == [
+        (engine, batch) for batch in (1, 2) for engine in ("pytorch fp32 eager", "onnxruntime fp32", "onnxruntime int8")
+    ]
+    assert all(r["median_ms"] > 0 and r["repeats"] == 2 for r in report["results"])
+    assert report["notes"] == ["int8: PTQ calibrated on random inputs (timing only; accuracy: quantize)"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "/nonexistent.onnx"], "/nonexistent.onnx: not found"),
+        (["bench", "mobilenet_v2", "--batch", "x"], "--batch 'x': give comma-separated positive integers"),
+    ],
+)
+def test_bench_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mobilenets bench: error: ") and message in err

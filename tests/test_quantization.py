@@ -1,0 +1,180 @@
+"""int8: PTQ of the real ImageNet V2 weights, the QAT weight grid against ORT's, the run-directory contract."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from deploy_helpers import WORK, exported_v2, random_crops, tiny_run_dir, write_class_folder
+from onnx import numpy_helper
+
+from mobilenets.cli import main
+from mobilenets.export import export_onnx, read_metadata
+from mobilenets.models import create_model
+from mobilenets.preprocessing import Preprocessing
+from mobilenets.quantization import (
+    ArrayReader,
+    Comparison,
+    FakeQuantizeWeight,
+    LayerError,
+    fold_batchnorm,
+    onnx_logits,
+    quantize_ptq,
+    quantize_run,
+    warn_drop,
+)
+from mobilenets.runtime import softmax
+
+
+def to_array(images, preprocessing: Preprocessing) -> np.ndarray:
+    return np.stack([preprocessing(image).numpy() for image in images])
+
+
+@pytest.fixture(scope="module")
+def v2_int8(real_v2_weights) -> tuple[Path, Path]:
+    fp32 = exported_v2("mobilenet_v2.tv_in1k")
+    calibration = to_array(random_crops(64, seed=1), Preprocessing(224, 224))
+    return fp32, quantize_ptq(fp32, WORK / "mobilenet_v2_int8.onnx", calibration)
+
+
+def test_real_v2_ptq_agrees_with_fp32_on_real_photo_crops(v2_int8):
+    fp32, int8 = v2_int8
+    images = to_array(random_crops(96, seed=2), Preprocessing(224, 224))  # other crops than calibration
+    reference = softmax(onnx_logits(fp32, images))
+    agree = reference.argmax(1) == onnx_logits(int8, images).argmax(1)
+    confident = reference.max(1) >= 0.5
+    assert confident.sum() >= 30
+    assert agree[confident].mean() >= 0.97
+    assert agree.mean() >= 0.85
+
+
+def test_real_v2_int8_file_is_small_per_channel_qdq_with_metadata(v2_int8):
+    fp32, int8 = v2_int8
+    assert int8.stat().st_size <= 4.0e6
+    model = onnx.load(str(int8))
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert "BatchNormalization" not in ops and ops["QuantizeLinear"] > 50 and ops["DequantizeLinear"] > 100
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    int8_weights = [a for a in initializers.values() if a.dtype == np.int8 and a.ndim == 4]
+    assert len(int8_weights) == 52  # every conv of V2, BN folded into each
+    # Per-channel: one scale per output channel of every conv weight.
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    conv_scales = [initializers[n.input[1]] for n in weight_dq if initializers[n.input[0]].ndim == 4]
+    assert all(scale.ndim == 1 and scale.size > 1 for scale in conv_scales)
+    metadata = read_metadata(int8)
+    assert metadata["labels"] == read_metadata(fp32)["labels"]
+    assert json.loads(metadata["quantization"])["weights"] == "int8 per-channel symmetric"
+
+
+def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
+    """QAT trains against the same grid ORT deploys: dequantized ORT weights == our fake-quantized weights."""
+    model = fold_batchnorm(create_model("mobilenet_v1", num_classes=4, width=0.25))
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict()}
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", np.random.default_rng(0).standard_normal((4, 3, 32, 32), "f"))
+    graph = onnx.load(str(int8)).graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weight_dequantizers = {
+        n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in values
+    }
+    dequantized = []
+    for node in graph.node:  # convolutions in graph order, which is the model's order
+        if node.op_type == "Conv":
+            dq = weight_dequantizers[node.input[1]]
+            q, scale = values[dq.input[0]].astype(np.float32), values[dq.input[1]]
+            dequantized.append(q * scale.reshape(-1, 1, 1, 1))
+    ours = [FakeQuantizeWeight()(m.weight).detach().numpy() for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(dequantized) == len(ours) == 27
+    for theirs, mine in zip(dequantized, ours, strict=True):
+        np.testing.assert_allclose(theirs, mine, rtol=0, atol=1e-6)
+
+
+def test_batchnorm_folding_preserves_the_function():
+    model = create_model("mobilenet_v3_small", num_classes=3, width=0.5).eval()
+    for module in model.modules():  # non-trivial statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            (
+                module.running_mean.uniform_(-1, 1),
+                module.running_var.uniform_(0.5, 2),
+                module.weight.data.uniform_(0.5, 2),
+            )
+    x = torch.randn(2, 3, 48, 48)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_drop_warning_names_layers_and_fixes():
+    comparison = Comparison(100, 0.9, 0.85, 0.9, 4000, 1000)
+    assert comparison.drop_points == pytest.approx(5.0)
+    message = warn_drop(comparison, 1.0, [LayerError("t", "node_Conv_7", "Conv", 12.5, 3.25)])
+    assert "loses 5.00 points (threshold 1)" in message
+    assert "node_Conv_7 (Conv): SQNR 3.2 dB own, 12.5 dB vs fp32" in message
+    assert "--method mixed" in message and "--method qat" in message
+    unlabelled = Comparison(100, None, None, 0.97, 4000, 1000)
+    assert unlabelled.drop_points == pytest.approx(3.0)
+
+
+def test_array_reader_feeds_batches_and_rewinds():
+    reader = ArrayReader(np.zeros((5, 3, 4, 4), np.float32), batch_size=2)
+    sizes = [len(batch["image"]) for batch in iter(reader.get_next, None)]
+    assert sizes == [2, 2, 1]
+    reader.rewind()
+    assert len(reader.get_next()["image"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_run() -> Path:
+    data = write_class_folder(WORK / "quant-data", classes=3, per_class=8)
+    return tiny_run_dir(WORK / "quant-run", data)
+
+
+def test_quantize_run_writes_int8_model_and_merges_metrics(tiny_run):
+    lines = []
+    result = quantize_run(tiny_run, method="qat", qat_epochs=1, calibration_images=8, report=lines.append)
+    assert (tiny_run / "model_int8.onnx").exists() and (tiny_run / "model.onnx").exists()
+    assert result["int8_method"] == "qat" and result["int8_path"] == str(tiny_run / "model_int8.onnx")
+    assert result["int8_size_bytes"] == (tiny_run / "model_int8.onnx").stat().st_size
+    assert 0.0 <= result["int8_val_accuracy"] <= 1.0 and 0.0 <= result["fp32_val_accuracy"] <= 1.0
+    assert result["int8_val_images"] == 12
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["best_val_accuracy"] == 0.5  # the training run's keys are kept
+    assert metrics["int8_val_accuracy"] == result["int8_val_accuracy"]
+    assert json.loads((tiny_run / "quantization.json").read_text())["method"] == "qat"
+    assert any(line.startswith("qat: top-1 fp32") for line in lines)
+    classes = json.loads(read_metadata(tiny_run / "model_int8.onnx")["labels"])
+    assert classes == ["astronaut", "chelsea", "coffee"]
+
+
+def test_quantize_command_with_a_flat_folder_reports_agreement(tiny_run, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index, path in enumerate(sorted((WORK / "quant-data").rglob("*.png"))):
+        (flat / f"{index}.png").write_bytes(path.read_bytes())
+    out = tmp_path / "tiny_int8.onnx"
+    argv = ["quantize", "--weights", str(tiny_run / "model.safetensors"), "--data", str(flat), "--out", str(out)]
+    assert main([*argv, "--calibration", "8", "--calibration-method", "minmax"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"ptq \(minmax\): \(unlabelled: accuracy = agreement\) agreement \d+\.\d\d% on 24 images", printed)
+    assert f"wrote {out} (ptq," in printed and out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quantize", "--weights", "mobilenet_v2.tv_in1k"], "no images: pass --data DIR"),
+        (["quantize", "--weights", "mobilenet_v2.tv_in1k", "--data", "/nonexistent"], "/nonexistent: not a directory"),
+        (["quantize", "--weights", "x", "--calibration", "0"], "--calibration must be at least 1"),
+        (["quantize", "--weights", "x", "--out", "m.pt"], "--out m.pt: name the file *.onnx"),
+    ],
+)
+def test_quantize_command_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mobilenets quantize: error: ") and message in err
