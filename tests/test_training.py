@@ -197,6 +197,42 @@ def test_recipe_auto_and_range_warnings(tmp_path, capsys):
     assert (config["batch_size"], config["augment"], config["epochs"]) == (10, "heavy", 1)  # 16 capped at 10 images
 
 
+def test_fine_tuning_from_real_imagenet_weights_infers_the_model(tmp_path, capsys, real_v2_weights):
+    data = small_copy(tmp_path / "data", per_class=6, classes=2)
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run_dir),
+            "--weights",
+            "mobilenet_v2.tv_in1k",
+            "--resolution",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "5",
+            "--head-epochs",
+            "1",
+            "--quiet",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "fine-tuning from mobilenet_v2.tv_in1k: new 2-class head" in captured.out
+    metadata = json.loads((run_dir / "model.json").read_text())
+    assert metadata["architecture"] == "mobilenet_v2" and metadata["num_classes"] == 2
+    assert metadata["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    # --head-epochs trained the new head alone: the backbone is exactly ImageNet's.
+    tuned = load_file(run_dir / "last.safetensors")
+    pretrained = create_model("mobilenet_v2", weights="mobilenet_v2.tv_in1k").state_dict()
+    assert torch.equal(tuned["blocks.3.depthwise.conv.weight"], pretrained["blocks.3.depthwise.conv.weight"])
+    assert not torch.equal(tuned["classifier.bias"], torch.zeros(2))
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing")]) == 2
     assert "missing: not a folder" in capsys.readouterr().err
@@ -238,12 +274,23 @@ def train_command(data: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    data = small_copy(tmp_path / "data", per_class=12, classes=4)  # 40 train images: 5 steps per epoch
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = tmp_path / "reference"
-    subprocess.run(train_command(data, reference), check=True, env=env, capture_output=True, timeout=300)
+RESUME_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A seeded tiny run that nobody interrupts; the runs below must end exactly like it."""
+    root = tmp_path_factory.mktemp("resume")
+    data = small_copy(root / "data", per_class=12, classes=4)  # 40 train images: 5 steps per epoch
+    subprocess.run(
+        train_command(data, root / "reference"), check=True, env=RESUME_ENV, capture_output=True, timeout=300
+    )
+    return data, root / "reference"
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, uninterrupted_run):
+    data, reference = uninterrupted_run
+    env = RESUME_ENV
     killed = tmp_path / "killed"
     process = subprocess.Popen(train_command(data, killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = killed / "checkpoint.pt"
@@ -269,15 +316,44 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "continuing at epoch" in resumed.stdout
 
+    assert_same_run(reference, killed)
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
     expected = json.loads((reference / "metrics.json").read_text())
-    actual = json.loads((killed / "metrics.json").read_text())
+    actual = json.loads((resumed / "metrics.json").read_text())
     for key in ("best_val_accuracy", "final_val_accuracy", "final_val_loss", "best_epoch", "epochs_completed"):
         assert actual[key] == expected[key], key
-    assert (killed / "epochs.csv").read_text().splitlines()[1:] != []
     expected_rows = [r.split(",")[:5] for r in (reference / "epochs.csv").read_text().splitlines()]
-    actual_rows = [r.split(",")[:5] for r in (killed / "epochs.csv").read_text().splitlines()]
-    assert actual_rows == expected_rows  # losses and accuracies of every epoch, to the last digit
+    actual_rows = [r.split(",")[:5] for r in (resumed / "epochs.csv").read_text().splitlines()]
+    assert len(actual_rows) == 4 and actual_rows == expected_rows  # every epoch's losses/accuracies, every digit
     expected_weights = load_file(reference / "last.safetensors")
-    actual_weights = load_file(killed / "last.safetensors")
+    actual_weights = load_file(resumed / "last.safetensors")
     for name, tensor in expected_weights.items():
         assert torch.equal(actual_weights[name], tensor), name
+
+
+def test_ctrl_c_saves_exits_cleanly_and_resumes(tmp_path, uninterrupted_run):
+    data, reference = uninterrupted_run
+    env = RESUME_ENV
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        train_command(data, interrupted), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not (interrupted / "epochs.csv").exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert f"continue with `mobilenets train --resume {interrupted}`" in out
+    assert "Traceback" not in err
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mobilenets", "train", "--resume", str(interrupted), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(reference, interrupted)
