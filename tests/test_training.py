@@ -113,20 +113,22 @@ def messy_folder(root: Path) -> dict[str, str]:
     for path, content in bad.values():
         path.write_bytes(content)
     (root / classes[0] / ".DS_Store").write_bytes(b"\x00\x01")
-    return {name: str(path) for name, (path, _) in bad.items()}
+    # 90 megapixels (a few kB as a 1-bit PNG): over Pillow's bomb limit, refused without decoding.
+    Image.new("1", (9500, 9500)).save(root / classes[1] / "huge.png")
+    return {**{name: str(path) for name, (path, _) in bad.items()}, "huge.png": str(root / classes[1] / "huge.png")}
 
 
 def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     bad = messy_folder(tmp_path / "data")
     run_dir = tmp_path / "run"
-    code = main(
-        ["train", "--data", str(tmp_path / "data"), "--out", str(run_dir), "--epochs", "2", "--batch-size", "8", *TINY]
-    )
+    arguments = ["--data", str(tmp_path / "data"), "--out", str(run_dir), "--epochs", "2", "--batch-size", "8"]
+    code = main(["train", *arguments, "--augment", "augmix", *TINY])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for path in bad.values():
         assert f"skipped {path}" in captured.err
     assert "empty file (0 bytes)" in captured.err
+    assert "huge.png: refused as a possible decompression bomb" in captured.err
     assert ".DS_Store: hidden file" in captured.err
     assert "empty_class: empty class folder" in captured.err
     assert "the recommended minimum is 200" in captured.err
