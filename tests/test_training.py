@@ -165,6 +165,9 @@ def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "data"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 36 + 5 and len(result["per_class"]) == 3
+    assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "data"), "--json", "--bn-adapt"]) == 0
+    adapted = json.loads(capsys.readouterr().out)
+    assert adapted["bn_adapt"] is True and adapted["count"] == 41
     assert (
         main(["predict", bad["notes.txt"].replace("notes.txt", "cmyk.jpg"), "--weights", str(run_dir), "--json"]) == 0
     )
