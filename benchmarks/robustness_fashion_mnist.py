@@ -48,12 +48,14 @@ RUNS = {
 }
 
 
-def sh(command: list[str], log) -> float:
-    print("$", " ".join(command), flush=True)
-    log.write("$ " + " ".join(command) + "\n")
+def sh(command: list[str], log, threads: int | None = None) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+    print("$", prefix + " ".join(command), flush=True)
+    log.write("$ " + prefix + " ".join(command) + "\n")
     log.flush()
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     return time.perf_counter() - started
 
 
@@ -125,6 +127,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-images", type=int, default=1000)
     parser.add_argument("--skip-train", action="store_true", help="reuse the run directories under --out")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for the train/robustness commands (1 on a shared, oversubscribed machine: "
+        "accuracy does not depend on it, and 2 spinning threads per process there run several times slower)",
+    )
     args = parser.parse_args()
     binary = str(Path(sys.executable).parent / "mobilenets")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +155,7 @@ def main() -> int:
                 subprocess.run(["rm", "-rf", str(run_dir)], check=True)
                 command = [binary, "train", "--data", str(train_dir), "--val", str(test_dir), "--out", str(run_dir)]
                 command += ["--epochs", str(args.epochs), *TRAIN_SETTINGS, *extra]
-                walls[f"train_{name}_s"] = sh(command, log)
+                walls[f"train_{name}_s"] = sh(command, log, args.threads)
         for name in RUNS:
             command = [
                 binary,
@@ -160,7 +169,7 @@ def main() -> int:
             command += ["--bn-adapt", "--max-images", str(args.max_images)]
             if name == "minimal":
                 command.append("--no-latency")  # no SE, no hard-swish: nothing to attribute
-            walls[f"robustness_{name}_s"] = sh(command, log)
+            walls[f"robustness_{name}_s"] = sh(command, log, args.threads)
     summary["wall_seconds"] = walls
     results = {name: json.loads((args.out / name / "robustness" / "robustness.json").read_text()) for name in RUNS}
     metrics = {name: json.loads((args.out / name / "metrics.json").read_text()) for name in RUNS}

@@ -33,6 +33,15 @@ from mobilenets.weights import save_weights
 CLASSES = ["red", "green", "blue"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared CI machine: one thread avoids OpenMP oversubscription (10× slower there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return create_model("mobilenet_v3_small", num_classes=3, width=0.25).eval()
