@@ -11,6 +11,9 @@ discouraged); outside them we warn, and say why, but never refuse.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from mobilenets.errors import MobilenetsError
 
 MINIMUM_IMAGES = 200
 DEFAULTS = {"batch_size": 32, "epochs": 10, "lr": 1e-3}
@@ -77,3 +80,32 @@ def dataset_size_warning(num_images: int) -> str | None:
             "overfitted model; fine-tune from pretrained weights (--weights mobilenet_v2.tv_in1k) or collect more images"
         )
     return None
+
+
+def load_recipe_file(path: Path | str, known: set[str]) -> dict:
+    """A YAML recipe: option names of ``mobilenets train`` (dashes or underscores) → values."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        bundled = Path(__file__).parent / "recipes" / f"{path.stem}.yaml"
+        if not bundled.is_file():
+            raise MobilenetsError(f"--recipe {path}: no such file (bundled recipes: {', '.join(bundled_recipes())})")
+        path = bundled
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MobilenetsError(f"--recipe {path}: not valid YAML ({error})") from None
+    if not isinstance(recipe, dict):
+        raise MobilenetsError(f"--recipe {path}: expected a mapping of option: value")
+    options = {str(key).replace("-", "_"): value for key, value in recipe.items() if key != "description"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MobilenetsError(
+            f"--recipe {path}: unknown option(s) {', '.join(unknown)}; use `mobilenets train` option names"
+        )
+    return options
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))

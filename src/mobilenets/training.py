@@ -275,7 +275,11 @@ class Trainer:
     ) -> None:
         self.config = config
         self.context = context or TrainingContext()
-        self.model = prepare_for_training(model, self.context.device)
+        self.model = prepare_for_training(model, self.context.device, precision=config.precision)
+        # fp16 (CUDA) needs loss scaling; for bf16 and fp32 the scaler is a pass-through.
+        self.scaler = torch.amp.GradScaler(
+            self.context.device.type, enabled=getattr(self.model, "training_precision", "") == "float16"
+        )
         self.train_model = self.context.wrap_model(self.model)
         self.train_data, self.val_data = train_data, val_data
         self.classes = classes
@@ -332,6 +336,7 @@ class Trainer:
             "state": asdict(self.state),
             "torch_rng": torch.get_rng_state(),
             "world_size": self.context.world_size,
+            "scaler": self.scaler.state_dict(),
         }
 
     def save_checkpoint(self) -> None:
@@ -345,6 +350,8 @@ class Trainer:
         if self.ema is not None and checkpoint["ema"] is not None:
             self.ema.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = TrainingState(**checkpoint["state"])
         torch.set_rng_state(checkpoint["torch_rng"])
         saved_world_size = int(checkpoint.get("world_size", 1))
@@ -405,8 +412,9 @@ class Trainer:
                 f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)

@@ -14,10 +14,11 @@ from PIL import Image
 
 from mobilenets.augment import AUGMENT_LEVELS
 from mobilenets.data import DecodedImages, FolderScan, Sample, decode_samples, find_leakage, scan_folder, split_samples
+from mobilenets.distributed import DistributedContext, init_distributed, shutdown
 from mobilenets.errors import MobilenetsError
 from mobilenets.models import create_model, list_models
 from mobilenets.preprocessing import Preprocessing
-from mobilenets.recipes import DEFAULTS, choose_recipe, dataset_size_warning, range_warnings
+from mobilenets.recipes import DEFAULTS, choose_recipe, dataset_size_warning, load_recipe_file, range_warnings
 from mobilenets.training import CHECKPOINT, Interrupted, TrainConfig, Trainer, merge_metrics
 from mobilenets.weights import atomic_write_text, list_weights
 
@@ -34,7 +35,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--data", type=Path, help="folder with one subfolder of images per class")
     parser.add_argument("--val", type=Path, help="separate validation folder (default: a stratified split of --data)")
-    parser.add_argument("--model", default="mobilenet_v3_small", choices=list_models(), metavar="NAME")
+    parser.add_argument(
+        "--model",
+        choices=list_models(),
+        metavar="NAME",
+        help="architecture (default: the one --weights holds, else mobilenet_v3_small)",
+    )
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     parser.add_argument(
         "--resolution",
@@ -44,7 +50,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']} (range 16–128)")
     parser.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']} (range 10–100)")
     parser.add_argument("--lr", type=float, help=f"peak learning rate, default {DEFAULTS['lr']:g} (range 5e-4–5e-3)")
-    parser.add_argument("--recipe", choices=["auto"], help="choose lr/epochs/batch/augmentation by dataset size")
+    parser.add_argument(
+        "--recipe",
+        metavar="auto|FILE",
+        help="auto: choose lr/epochs/batch/augmentation by dataset size; FILE: a YAML recipe "
+        "(src/mobilenets/recipes/*.yaml) whose values replace the defaults, command-line options still win",
+    )
     parser.add_argument("--augment", choices=AUGMENT_LEVELS, help="augmentation strength (default medium)")
     parser.add_argument("--optimizer", choices=["adamw", "rmsprop"], default="adamw")
     parser.add_argument("--weight-decay", type=float, help="default 0.02 (AdamW) / 1e-5 (RMSprop)")
@@ -66,21 +77,52 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also checkpoint mid-epoch this often")
     parser.add_argument("--checkpoint-steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="mixed precision: auto = bf16 on CPUs with native bf16 and on GPUs that have it, else fp32; "
+        "fp16 (CUDA) uses a gradient scaler",
+    )
+    parser.add_argument(
+        "--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed (fine-tuning with small batches)"
+    )
+    parser.add_argument(
+        "--sync-bn", action="store_true", help="with torchrun on GPUs: BatchNorm statistics over the global batch"
+    )
+    parser.set_defaults(run=run, parser=parser)
+
+
+# Under torchrun every rank runs this command; only rank 0 prints and writes files.
+CONTEXT = DistributedContext()
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    if CONTEXT.is_main:
+        print(message, flush=True)
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    if CONTEXT.is_main:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
+    global CONTEXT
+    CONTEXT = init_distributed(args.device, args.sync_bn)
+    try:
+        return train(args)
+    finally:
+        shutdown(CONTEXT)
+
+
+def train(args: argparse.Namespace) -> int:
+    if args.resume is None and args.recipe not in (None, "auto"):
+        apply_recipe_file(args)
     if args.resume is not None:
         config, split = load_run(args.resume)
         run_dir = args.resume
@@ -89,13 +131,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         config, run_dir, (train_samples, val_samples, classes) = new_run(args)
     train_data, val_data = decode_sets(config, train_samples, val_samples)
-    if args.resume is None:
+    if args.resume is None and CONTEXT.is_main:
         check_leakage(train_data, val_data, run_dir)
         scan_skipped = json.loads((run_dir / "skipped.json").read_text())
         decode_skipped = [str(s) for s in train_data.skipped + val_data.skipped]
         atomic_write_text(run_dir / "skipped.json", json.dumps(scan_skipped + decode_skipped, indent=1))
+    CONTEXT.barrier()
     model = build_model(config, len(classes))
-    preprocessing = Preprocessing(input_size=config.resolution, resize_size=config.resolution)
+    # Pretrained weights expect their own normalization (ImageNet's for torchvision, 0.5 for some timm ones).
+    normalization = Preprocessing.from_dict(getattr(model, "weights_metadata", {}).get("preprocessing", {}))
+    preprocessing = Preprocessing(
+        input_size=config.resolution, resize_size=config.resolution, mean=normalization.mean, std=normalization.std
+    )
     trainer = Trainer(
         config,
         model,
@@ -104,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         classes,
         run_dir,
         preprocessing,
+        context=CONTEXT,
         log=say,
         show_progress=not args.quiet and sys.stderr.isatty(),
     )
@@ -122,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted:
         say(f"interrupted: checkpoint saved; continue with `mobilenets train --resume {run_dir}`")
         return 130
-    finish_run(trainer, run_dir, config)
+    if CONTEXT.is_main:
+        finish_run(trainer, run_dir, config)
     return 0
 
 
@@ -155,6 +204,9 @@ def new_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, tuple[list[Sam
         raise MobilenetsError(
             f"{run_dir}: already holds a run; pass --resume {run_dir} to continue it, or another --out"
         )
+    CONTEXT.barrier()  # every rank has checked before rank 0 starts writing
+    if not CONTEXT.is_main:
+        return config, run_dir, (train_samples, val_samples, scan.classes)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     split = {
@@ -187,6 +239,19 @@ def report_scan(scan: FolderScan, what: str) -> None:
         warn(f"skipped {skipped}")
 
 
+def apply_recipe_file(args: argparse.Namespace) -> None:
+    """Recipe values replace the defaults; options given on the command line keep their values."""
+    parser: argparse.ArgumentParser = args.parser
+    settable = {a.dest for a in parser._actions if a.dest not in ("help", "resume", "recipe", "data", "val", "out")}
+    recipe = load_recipe_file(args.recipe, settable)
+    applied = []
+    for key, value in recipe.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+            applied.append(f"{key}={value}")
+    say(f"recipe {args.recipe}: {', '.join(applied) or 'nothing (all given on the command line)'}")
+
+
 def make_config(args: argparse.Namespace, num_train: int, train_samples: list[Sample]) -> TrainConfig:
     batch_size, epochs, lr, augment = args.batch_size, args.epochs, args.lr, args.augment
     if args.recipe == "auto":
@@ -216,6 +281,7 @@ def make_config(args: argparse.Namespace, num_train: int, train_samples: list[Sa
         warn(f"--batch-size {batch_size} exceeds the {num_train} training images; using {num_train}")
         batch_size = num_train
     resolution = choose_resolution(args.resolution, train_samples)
+    args.model = args.model or architecture_of(args.weights)
     out = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(
         data=str(args.data),
@@ -244,6 +310,10 @@ def make_config(args: argparse.Namespace, num_train: int, train_samples: list[Sa
         recipe=args.recipe,
         checkpoint_minutes=args.checkpoint_minutes,
         checkpoint_steps=args.checkpoint_steps,
+        freeze_bn=args.freeze_bn,
+        sync_bn=args.sync_bn,
+        precision=args.precision,
+        device=args.device,
     )
 
 
@@ -317,7 +387,7 @@ def check_leakage(train: DecodedImages, val: DecodedImages, run_dir: Path) -> No
     if leakage.exact or leakage.near:
         warn(
             f"data leakage: {len(leakage.exact)} validation images are exact copies and {len(leakage.near)} near copies "
-            "(same perceptual hash) of training images; validation accuracy will be optimistic. First ones:"
+            "(resized or recompressed: same perceptual hash and pixels) of training images; validation accuracy will be optimistic. First ones:"
         )
         for kind, pairs in (("exact", leakage.exact), ("near", leakage.near)):
             for train_path, val_path in pairs[:5]:
@@ -332,6 +402,17 @@ def check_leakage(train: DecodedImages, val: DecodedImages, run_dir: Path) -> No
             indent=1,
         ),
     )
+
+
+def architecture_of(weights: str | None) -> str:
+    """The architecture a set of weights holds (published name or file metadata); V3-Small without weights."""
+    if weights is None:
+        return "mobilenet_v3_small"
+    from mobilenets.weights import PUBLISHED_WEIGHTS, load_model
+
+    if weights in PUBLISHED_WEIGHTS:
+        return PUBLISHED_WEIGHTS[weights].architecture
+    return load_model(weights).architecture.name
 
 
 def build_model(config: TrainConfig, num_classes: int):
