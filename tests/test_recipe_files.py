@@ -1,0 +1,45 @@
+"""``--recipe FILE``: YAML recipes replace defaults; options given on the command line win."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobilenets.cli import build_parser
+from mobilenets.commands.train import apply_recipe_file
+from mobilenets.errors import MobilenetsError
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["train", "--data", "images", *argv])
+
+
+def test_bundled_paper_recipe_sets_the_papers_values():
+    args = parse("--recipe", "mobilenet_v1_paper")
+    apply_recipe_file(args)
+    assert (args.model, args.optimizer, args.lr, args.batch_size, args.epochs) == (
+        "mobilenet_v1",
+        "rmsprop",
+        0.045,
+        96,
+        90,
+    )
+    assert args.label_smoothing == 0.0 and args.weight_decay == 4e-5
+
+
+def test_command_line_options_win_over_the_recipe():
+    args = parse("--recipe", "modern", "--lr", "0.01", "--epochs", "3")
+    apply_recipe_file(args)
+    assert (args.lr, args.epochs, args.model, args.augment) == (0.01, 3, "mobilenet_v3_large", "heavy")
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("lr: 0.1\nlearning_rate_decay: 0.98\n")
+    with pytest.raises(MobilenetsError, match="unknown option.*learning_rate_decay"):
+        apply_recipe_file(parse("--recipe", str(unknown)))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [0.1\n")
+    with pytest.raises(MobilenetsError, match="not valid YAML"):
+        apply_recipe_file(parse("--recipe", str(broken)))
+    with pytest.raises(MobilenetsError, match="no such file.*mobilenet_v1_paper"):
+        apply_recipe_file(parse("--recipe", str(tmp_path / "missing.yaml")))
