@@ -35,11 +35,11 @@ def test_command_line_options_win_over_the_recipe():
 def test_recipe_errors_name_the_problem(tmp_path):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("lr: 0.1\nlearning_rate_decay: 0.98\n")
-    with pytest.raises(MobilenetsError, match="unknown option.*learning_rate_decay"):
+    with pytest.raises(MobilenetsError, match=r"unknown option.*learning_rate_decay"):
         apply_recipe_file(parse("--recipe", str(unknown)))
     broken = tmp_path / "broken.yaml"
     broken.write_text("lr: [0.1\n")
     with pytest.raises(MobilenetsError, match="not valid YAML"):
         apply_recipe_file(parse("--recipe", str(broken)))
-    with pytest.raises(MobilenetsError, match="no such file.*mobilenet_v1_paper"):
+    with pytest.raises(MobilenetsError, match=r"no such file.*mobilenet_v1_paper"):
         apply_recipe_file(parse("--recipe", str(tmp_path / "missing.yaml")))
