@@ -1,7 +1,8 @@
 """Run under torchrun by test_distributed_training.py: checks what each rank sees and holds.
 
-Writes OUT/rank{r}.json with this rank's sample indices of epoch 0 and a checksum of its parameters
-after a few DDP steps (BatchNorm in training mode, as by default).
+Writes OUT/rank{r}.json with this rank's sample indices of epoch 0, a checksum of its parameters
+after a few DDP steps (BatchNorm in training mode, as by default), and a checksum of the shipped
+dataset decoded into one on-disk cache by both ranks together.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import torch
 
 from mobilenets import create_model
-from mobilenets.data import DecodedImages
+from mobilenets.data import DecodedImages, scan_folder
+from mobilenets.disk_cache import decode_to_disk
 from mobilenets.distributed import init_distributed, shutdown
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.training import TrainConfig, Trainer
@@ -36,8 +38,11 @@ def main(out: Path) -> None:
     for step, indices in enumerate(trainer.batches(0)):
         trainer.train_step(indices, 0, step)
     parameters = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    dataset = scan_folder(Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small").samples
+    decoded = decode_to_disk(dataset, 32, out / "decoded", context)
     result = {"rank": context.rank, "world_size": context.world_size, "backend": context.backend, "indices": seen,
-              "parameters_sum": float(parameters.double().sum()), "parameters_head": parameters[:20].tolist()}  # fmt: skip
+              "parameters_sum": float(parameters.double().sum()), "parameters_head": parameters[:20].tolist(),
+              "decoded_sum": int(decoded.images.long().sum()), "decoded_count": len(decoded)}  # fmt: skip
     (out / f"rank{context.rank}.json").write_text(json.dumps(result))
     shutdown(context)
 

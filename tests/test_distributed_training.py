@@ -62,6 +62,12 @@ def test_ranks_see_disjoint_data_and_hold_identical_parameters(tmp_path):
     assert len(first) == len(second) == 20  # equal steps on every rank
     assert ranks[0]["parameters_sum"] == ranks[1]["parameters_sum"]  # DDP keeps replicas identical
     assert ranks[0]["parameters_head"] == ranks[1]["parameters_head"]
+    # Both ranks decoded half of the shipped dataset into one shared on-disk cache; it equals one process's.
+    from mobilenets.data import decode_samples, scan_folder
+
+    single = decode_samples(scan_folder(DATASET).samples, 32)
+    assert {r["decoded_count"] for r in ranks} == {len(single)}
+    assert {r["decoded_sum"] for r in ranks} == {int(single.images.long().sum())}
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):

@@ -82,6 +82,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only in PyTorch)
     precision: str = "auto"  # autocast dtype: auto (bf16 where native), fp32, bf16, fp16 (CUDA, with a scaler)
     device: str = "auto"
+    cache: str = "auto"  # decoded images in memory, or memory-mapped on disk (datasets larger than memory)
+    cache_dir: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

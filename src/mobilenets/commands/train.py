@@ -14,6 +14,7 @@ from PIL import Image
 
 from mobilenets.augment import AUGMENT_LEVELS
 from mobilenets.data import DecodedImages, FolderScan, Sample, decode_samples, find_leakage, scan_folder, split_samples
+from mobilenets.disk_cache import choose_cache, decode_to_disk
 from mobilenets.distributed import DistributedContext, init_distributed, shutdown
 from mobilenets.errors import MobilenetsError
 from mobilenets.models import create_model, list_models
@@ -79,6 +80,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     parser.add_argument(
+        "--cache",
+        choices=["auto", "memory", "disk"],
+        default="auto",
+        help="where decoded images live: memory, or a memory-mapped file for datasets larger than memory "
+        "(auto: disk above a quarter of the available memory)",
+    )
+    parser.add_argument("--cache-dir", type=Path, help="folder for --cache disk (default RUN_DIR/decoded)")
+    parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
@@ -130,7 +139,7 @@ def train(args: argparse.Namespace) -> int:
         say(f"resuming {run_dir}")
     else:
         config, run_dir, (train_samples, val_samples, classes) = new_run(args)
-    train_data, val_data = decode_sets(config, train_samples, val_samples)
+    train_data, val_data = decode_sets(config, train_samples, val_samples, run_dir)
     if args.resume is None and CONTEXT.is_main:
         check_leakage(train_data, val_data, run_dir)
         scan_skipped = json.loads((run_dir / "skipped.json").read_text())
@@ -314,6 +323,8 @@ def make_config(args: argparse.Namespace, num_train: int, train_samples: list[Sa
         sync_bn=args.sync_bn,
         precision=args.precision,
         device=args.device,
+        cache=args.cache,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
 
 
@@ -354,18 +365,28 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, tuple[list[Sample], list[Sampl
     return config, (train, val, split["classes"])
 
 
-def decode_sets(config: TrainConfig, train: list[Sample], val: list[Sample]) -> tuple[DecodedImages, DecodedImages]:
+def decode_sets(
+    config: TrainConfig, train: list[Sample], val: list[Sample], run_dir: Path
+) -> tuple[DecodedImages, DecodedImages]:
     started = time.perf_counter()
+    cache = choose_cache(config.cache, len(train) + len(val), config.resolution)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "decoded"
+    if cache == "disk":
+        say(f"decoded images go to {cache_dir} (memory-mapped; written once, reused by every rank, epoch and resume)")
     decoded = []
     for samples, name in ((train, "train"), (val, "val")):
-        data = decode_with_progress(samples, config.resolution, name)
+        if cache == "disk":
+            data = decode_to_disk(samples, config.resolution, cache_dir, CONTEXT)
+        else:
+            data = decode_with_progress(samples, config.resolution, name)
         for skipped in data.skipped:
             warn(f"skipped {skipped}")
         decoded.append(data)
     train_data, val_data = decoded
     say(
         f"decoded {len(train_data) + len(val_data):,} images once at {config.resolution}px in "
-        f"{time.perf_counter() - started:.1f}s ({(train_data.images.numel() + val_data.images.numel()) / 2**20:.0f} MiB cached)"
+        f"{time.perf_counter() - started:.1f}s ({(train_data.images.numel() + val_data.images.numel()) / 2**20:.0f} MiB cached "
+        f"in {cache})"
     )
     if len(train_data) == 0 or len(val_data) == 0:
         raise MobilenetsError("no readable images left in the training or validation set (see the skipped files above)")
