@@ -82,7 +82,7 @@ def ensure_folders(binary: str, root: Path, train_per_class: int, test_per_class
             partial.rename(folder)
 
 
-def latency_minimal_vs_full(resolutions=(32, 224), repeats: int = 30) -> list[dict]:
+def latency_minimal_vs_full(resolutions=(32, 224), repeats: int = 20) -> list[dict]:
     import torch
 
     from mobilenets.models import create_model
@@ -103,7 +103,7 @@ def latency_minimal_vs_full(resolutions=(32, 224), repeats: int = 30) -> list[di
             return run
 
         candidates = [Candidate(name, runner(model), 1) for name, model in models.items()]
-        measure(candidates, repeats=repeats, warmup=5, calls_per_repeat=10)
+        measure(candidates, repeats=repeats, warmup=5, calls_per_repeat=10 if resolution <= 64 else 3)
         full, minimal = candidates
         rows.append(
             {
@@ -127,6 +127,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-images", type=int, default=1000)
     parser.add_argument("--skip-train", action="store_true", help="reuse the run directories under --out")
+    parser.add_argument("--skip-robustness", action="store_true", help="reuse the robustness reports under --out")
     parser.add_argument(
         "--threads",
         type=int,
@@ -156,7 +157,7 @@ def main() -> int:
                 command = [binary, "train", "--data", str(train_dir), "--val", str(test_dir), "--out", str(run_dir)]
                 command += ["--epochs", str(args.epochs), *TRAIN_SETTINGS, *extra]
                 walls[f"train_{name}_s"] = sh(command, log, args.threads)
-        for name in RUNS:
+        for name in [] if args.skip_robustness else RUNS:
             command = [
                 binary,
                 "robustness",
@@ -173,6 +174,11 @@ def main() -> int:
     summary["wall_seconds"] = walls
     results = {name: json.loads((args.out / name / "robustness" / "robustness.json").read_text()) for name in RUNS}
     metrics = {name: json.loads((args.out / name / "metrics.json").read_text()) for name in RUNS}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary["latency_threads"] = args.threads or "default"
     summary["latency_minimal_vs_full"] = latency_minimal_vs_full()
     summary["load_average_end"] = load_average()
 
