@@ -37,6 +37,7 @@ from mobilenets.acceleration import prepare_for_training, to_model_layout
 from mobilenets.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
 from mobilenets.data import DecodedImages, EpochBatches, epoch_seed
 from mobilenets.distributed import DistributedContext as TrainingContext
+from mobilenets.errors import MobilenetsError
 from mobilenets.evaluation import EvaluationResult, evaluate
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.weights import atomic_write_text, save_weights
@@ -292,7 +293,7 @@ class Trainer:
         self.augment = BatchAugment(augment_config(config.augment))
         self.steps_per_epoch = len(self.batches(0))
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise MobilenetsError(
                 f"{len(train_data)} training images make no full batch of {config.batch_size}; lower --batch-size"
             )
         adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)

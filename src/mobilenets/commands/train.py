@@ -282,6 +282,9 @@ def make_config(args: argparse.Namespace, num_train: int, train_samples: list[Sa
     epochs = epochs or DEFAULTS["epochs"]
     lr = lr or DEFAULTS["lr"]
     augment = augment or "medium"
+    for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", args.width)):
+        if value <= 0:
+            raise MobilenetsError(f"{name} must be positive, got {value:g}")
     for message in range_warnings(batch_size, epochs, lr):
         warn(message)
     if message := dataset_size_warning(num_train):
