@@ -287,3 +287,15 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
 def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
     assert main(["robustness", str(tmp_path)]) == 2
     assert f"{tmp_path}: no model.safetensors" in capsys.readouterr().err
+
+
+def test_data_folder_with_a_broken_file_is_scored_without_it(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    (tmp_path / "data" / "red" / "broken.png").write_bytes(b"not a png")
+    args = ["robustness", str(run), "--data", str(tmp_path / "data"), "--no-shifts", "--no-adversarial", "--json"]
+    assert main([*args, *QUICK]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["images"] == 12 and result["images_available"] == 13
+    assert len(result["skipped_files"]) == 1 and "broken.png" in result["skipped_files"][0]
+    assert "warning: skipped" in captured.err and "broken.png" in captured.err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,10 +82,14 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.data is not None:
         scan = scan_folder(args.data, classes=classes)
+        for skipped in scan.skipped:
+            print(f"warning: skipped {skipped}", file=sys.stderr)
         samples, source = [(s.path, s.label) for s in scan.samples], str(args.data)
     else:
         samples, source = validation_samples(args.run_dir, classes)
     data = load_eval_images(samples, preprocessing, args.max_images or None, args.seed)
+    for skipped in data.skipped:
+        print(f"warning: skipped {skipped}", file=sys.stderr)
     int8 = find_int8_model(args.run_dir)
     options = RobustnessOptions(
         corruptions=corruptions,
