@@ -475,6 +475,25 @@ class QuantizationResult:
     def within_threshold(self) -> bool:
         return self.comparison.drop_points <= self.threshold
 
+    def figures(self) -> dict:
+        """The headline numbers, as ``metrics.json`` keys (accuracies are fractions; None when unlabelled)."""
+        c = self.comparison
+        return {
+            "fp32_val_accuracy": c.fp32_accuracy,
+            "int8_val_accuracy": c.int8_accuracy,
+            "int8_agreement": c.agreement,
+            "int8_drop_points": round(c.drop_points, 3),
+            "int8_within_threshold": self.within_threshold,
+            "int8_method": self.method,
+            "int8_path": str(self.path),
+            "int8_size_bytes": c.int8_size_bytes,
+            "fp32_onnx_size_bytes": c.fp32_size_bytes,
+            "fp32_onnx_latency_ms": c.fp32_latency_ms,
+            "int8_latency_ms": c.int8_latency_ms,
+            "latency_batch": c.latency_batch,
+            "int8_eval_images": c.images,
+        }
+
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),
@@ -563,6 +582,12 @@ def quantize_model(
             report(
                 f"WARNING: no int8 model is within {threshold:g} points of fp32; keeping the best ({name}, "
                 f"{comparison.drop_points:.2f} points lost)"
+            )
+        if comparison.int8_latency_ms is not None and comparison.int8_latency_ms > comparison.fp32_latency_ms:
+            report(
+                f"note: int8 measured slower than fp32 in ONNX Runtime at batch {comparison.latency_batch} "
+                f"({comparison.int8_latency_ms:.1f} vs {comparison.fp32_latency_ms:.1f} ms); at small inputs the "
+                "quantize/dequantize steps can cost more than int8 saves; check with `mobilenets bench`"
             )
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out)
@@ -678,25 +703,11 @@ def quantize_run(
         fp32_onnx=fp32_onnx,
         report=report,
     )
-    c = result.comparison
-    figures = {
-        "fp32_val_accuracy": c.fp32_accuracy,
-        "int8_val_accuracy": c.int8_accuracy,
-        "int8_agreement": c.agreement,
-        "int8_drop_points": round(c.drop_points, 3),
-        "int8_within_threshold": result.within_threshold,
-        "int8_method": result.method,
-        "int8_path": str(out),
-        "int8_size_bytes": c.int8_size_bytes,
-        "fp32_onnx_size_bytes": c.fp32_size_bytes,
-        "fp32_onnx_latency_ms": c.fp32_latency_ms,
-        "int8_latency_ms": c.int8_latency_ms,
-        "latency_batch": c.latency_batch,
-        "int8_val_images": c.images,
-    }
+    figures = result.figures()
+    figures["int8_val_images"] = figures.pop("int8_eval_images")
     merge_metrics(run_dir / "metrics.json", figures)
     (run_dir / "quantization.json").write_text(json.dumps(result.to_dict(), indent=2))
-    return {**figures, "attempts": result.attempts}
+    return figures
 
 
 def merge_metrics(path: Path, figures: dict) -> None:

@@ -117,19 +117,4 @@ def quantize_with_folder(args: argparse.Namespace, report) -> dict:
         qat_epochs=args.qat_epochs,
         report=report,
     )
-    c = result.comparison
-    return {
-        "fp32_val_accuracy": c.fp32_accuracy,
-        "int8_val_accuracy": c.int8_accuracy,
-        "int8_agreement": c.agreement,
-        "int8_drop_points": round(c.drop_points, 3),
-        "int8_within_threshold": result.within_threshold,
-        "int8_method": result.method,
-        "int8_path": str(out),
-        "int8_size_bytes": c.int8_size_bytes,
-        "fp32_onnx_size_bytes": c.fp32_size_bytes,
-        "fp32_onnx_latency_ms": c.fp32_latency_ms,
-        "int8_latency_ms": c.int8_latency_ms,
-        "latency_batch": c.latency_batch,
-        "attempts": result.attempts,
-    }
+    return {**result.figures(), "attempts": result.attempts}
