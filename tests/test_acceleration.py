@@ -232,3 +232,20 @@ def test_thread_count_is_probed_once_and_prefers_the_faster(monkeypatch):
         assert acceleration.configure_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_bf16_training_keeps_depthwise_convolutions_in_fp32():
+    model = prepare_for_training(tiny("mobilenet_v2"), precision="bf16", compile=False).train()
+    dtypes: dict[str, torch.dtype] = {}
+    hooks = [
+        module.register_forward_hook(lambda m, _i, out, name=name: dtypes.__setitem__(name, out.dtype))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    model(to_model_layout(images(2, 32)))
+    for hook in hooks:
+        hook.remove()
+    depthwise = {name for name, m in model.named_modules() if acceleration.is_depthwise(m)}
+    assert len(depthwise) == 17  # one per inverted-residual block (V2 paper Table 2)
+    assert all(dtypes[name] == torch.float32 for name in depthwise)
+    assert all(dtype == torch.bfloat16 for name, dtype in dtypes.items() if name not in depthwise)

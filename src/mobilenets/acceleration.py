@@ -160,6 +160,21 @@ class _AutocastForward:
         return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
 
 
+class _Float32Forward:
+    """A module's forward outside autocast, in fp32: for the ops whose bf16 kernels are slower than fp32."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.forward(x.float())
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
 def prepare_for_training(
     model: nn.Module,
     device: torch.device | str = "cpu",
@@ -179,6 +194,13 @@ def prepare_for_training(
     dtype = training_precision(precision, device)
     if dtype != torch.float32:
         model.forward = _AutocastForward(model.forward, dtype, torch.device(device).type)
+        if torch.device(device).type == "cpu":
+            # oneDNN's bf16 depthwise backward is 3-8× slower than fp32 on CPU (5×5 kernels worst): measured
+            # in docs/performance.md. Depthwise convs are ~3% of the MACs, so they stay fp32 and the 1×1
+            # convs, ~95% of the MACs (MobileNet v1 Table 2), run in bf16.
+            for module in model.modules():
+                if is_depthwise(module):
+                    module.forward = _Float32Forward(module.forward)
     model.training_precision = str(dtype).removeprefix("torch.")
     model.compiled = should_compile(planned_steps, compile)
     if model.compiled:
