@@ -9,7 +9,9 @@ Strengths, light → heavy, as the seed's recipes ask ("maximum augmentation" fo
 
 - ``light``: mild random-resized crop (scale 0.64–1) and horizontal flip.
 - ``medium``: crop scale 0.25–1, flip, colour jitter 0.3.
-- ``heavy``: crop scale 0.08–1 (Inception's), flip, RandAugment (Cubuk et al. 2020; N=2, M=9 of 30).
+- ``heavy``: crop scale 0.25–1, flip, RandAugment (Cubuk et al. 2020; N=2, M=9 of 30). Inception's
+  0.08 lower bound, made for 224-px ImageNet photos, left small low-resolution datasets unrecognisable
+  (V3-Small on 400 Fashion-MNIST images: 65% validation accuracy after 40 epochs).
 - ``augmix``: medium crop/flip, then AugMix (Hendrycks et al. 2020): three chains of 1–3 operations
   mixed with Dirichlet weights, two augmented views per image for the Jensen–Shannon consistency loss.
   The AugMix operation set leaves out colour, contrast, brightness and sharpness, which overlap the
@@ -47,7 +49,7 @@ def augment_config(level: str) -> AugmentConfig:
         "none": AugmentConfig(),
         "light": AugmentConfig(crop_scale=(0.64, 1.0), flip=True),
         "medium": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, color_jitter=0.3),
-        "heavy": AugmentConfig(crop_scale=(0.08, 1.0), flip=True, randaugment_ops=2),
+        "heavy": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, randaugment_ops=2),
         "augmix": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, augmix=True),
     }
     if level not in configs:
