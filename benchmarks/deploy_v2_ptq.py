@@ -5,6 +5,7 @@ For every recipe: top-1 agreement with fp32 (all inputs, and those fp32 classifi
 size, and ONNX Runtime latency at batch 32 against fp32 ONNX Runtime measured in the same run.
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/deploy_v2_ptq.py [--crops 300] [--repeats 10]
+    .venv/bin/python benchmarks/deploy_v2_ptq.py --no-timing   # agreement and size only
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-timing", action="store_true", help="agreement and size only (no lock needed)")
     parser.add_argument("--recipes", default="naive,minmax,percentile,early3,minmax_rr")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()}; threads {args.threads}")
@@ -117,6 +119,15 @@ def main() -> None:
                 str(prepared), str(out), ArrayReader(calibration), quant_format=QuantFormat.QDQ,
                 per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )  # fmt: skip
+        elif recipe.startswith("distill"):  # label-free QAT: fake-quant fine-tune towards fp32's predictions
+            from mobilenets.quantization import ImageSet, qat_finetune
+
+            epochs = int(recipe[7:] or 2)
+            tuned = qat_finetune(model, ImageSet(calibration, None, "calibration"), epochs=epochs, learning_rate=1e-4)
+            tuned.weights_metadata = model.weights_metadata
+            qat_fp32 = export_onnx(tuned, work / "distill_fp32.onnx")
+            quantize_ptq(qat_fp32, out, calibration, "minmax", description="qat (distillation)")
+            model.eval()
         elif recipe.startswith("early"):
             quantize_ptq(fp32, out, calibration, "minmax", nodes_to_exclude=float_nodes_for(fp32, int(recipe[5:])))
         elif recipe.startswith("pctearly"):
@@ -130,7 +141,7 @@ def main() -> None:
             agree = references[name].argmax(1) == onnx_logits(out, x).argmax(1)
             confident = references[name].max(1) >= 0.5
             figures.append(f"{name}: {100 * agree.mean():.1f}% all, {100 * agree[confident].mean():.1f}% p>=0.5")
-        ms = median_ms(out, batch, args.repeats, args.threads)
+        ms = (float("nan"),) * 3 if args.no_timing else median_ms(out, batch, args.repeats, args.threads)
         print(
             f"{recipe:<11} {out.stat().st_size / 1e6:.2f} MB | {' | '.join(figures)} | batch 32 {ms[0]:.1f} ms "
             f"({ms[1]:.1f}..{ms[2]:.1f}), {base[0] / ms[0]:.2f}x fp32 ORT | quantized in {seconds:.0f} s",

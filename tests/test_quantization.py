@@ -22,6 +22,7 @@ from mobilenets.quantization import (
     ArrayReader,
     Comparison,
     FakeQuantizeWeight,
+    ImageSet,
     LayerError,
     fold_batchnorm,
     onnx_logits,
@@ -181,3 +182,22 @@ def test_quantize_command_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mobilenets quantize: error: ") and message in err
+
+
+def test_label_free_qat_returns_a_plain_folded_float_model():
+    """Without labels QAT distils fp32's predictions; the result has no BN, no fake-quant left, same function shape."""
+    from torch.nn.utils import parametrize
+
+    from mobilenets.quantization import qat_finetune
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1", num_classes=4, width=0.25).eval()
+    images = ImageSet(np.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=np.float32), None, "noise")
+    tuned = qat_finetune(model, images, epochs=1, batch_size=8)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tuned.modules())
+    assert not any(parametrize.is_parametrized(m) for m in tuned.modules())
+    assert not any(hasattr(m, "output_quantizer") for m in tuned.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    with torch.no_grad():
+        x = torch.from_numpy(images.images[:4])
+        assert tuned(x).shape == model(x).shape == (4, 4)

@@ -423,14 +423,16 @@ def qat_finetune(
 
     BatchNorm is folded before training (its statistics are frozen, as torchvision's QAT recipe does after
     a few epochs), so the weights that are fake-quantized are exactly the folded weights ORT quantizes.
+    With labels the loss is cross-entropy; without (a flat folder) the fp32 model is the teacher and the
+    loss is the KL divergence to its predictions, so QAT needs no labels.
     """
-    if train.labels is None:
-        raise MobilenetsError("QAT needs labelled training images (a class folder or a run directory)")
     torch.manual_seed(seed)
+    teacher = model.eval() if train.labels is None else None
     qat_model = fold_batchnorm(model)
     handles = attach_fake_quantization(qat_model)
     optimizer = torch.optim.AdamW(qat_model.parameters(), lr=learning_rate, weight_decay=0.0)
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    images = torch.from_numpy(train.images)
+    labels = torch.from_numpy(train.labels) if train.labels is not None else None
     steps = epochs * max(1, len(images) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
@@ -443,7 +445,13 @@ def qat_finetune(
             batch = images[index]
             flip = torch.rand(len(batch), generator=generator) < 0.5
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
-            loss = nn.functional.cross_entropy(qat_model(batch), labels[index])
+            logits = qat_model(batch)
+            if teacher is None:
+                loss = nn.functional.cross_entropy(logits, labels[index])
+            else:
+                with torch.no_grad():
+                    target = teacher(batch).log_softmax(1)
+                loss = nn.functional.kl_div(logits.log_softmax(1), target, log_target=True, reduction="batchmean")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -563,17 +571,20 @@ def quantize_model(
                     if attempt(name, candidate).drop_points <= threshold:
                         break
         if method == "qat" or (method == "auto" and min(c.drop_points for _, _, c in candidates) > threshold):
-            if train is None or train.labels is None:
-                report("QAT skipped: it needs labelled training images")
-            else:
-                report(f"QAT: fine-tuning {qat_epochs} epoch(s) on {len(train)} images with fake quantization ...")
-                tuned = qat_finetune(model, train, epochs=qat_epochs)
-                qat_fp32 = export_onnx(tuned, work / "qat_fp32.onnx")
-                copy_metadata(fp32_onnx, qat_fp32)
-                qat = quantize_ptq(
-                    qat_fp32, work / "qat.onnx", calibration.images, calibration_method, description="qat"
-                )
-                attempt("qat", qat)
+            qat_data = train if train is not None else calibration
+            how = (
+                "cross-entropy on labels"
+                if qat_data.labels is not None
+                else "distilling fp32's predictions (no labels)"
+            )
+            report(
+                f"QAT: fine-tuning {qat_epochs} epoch(s) on {len(qat_data)} images with fake quantization, {how} ..."
+            )
+            tuned = qat_finetune(model, qat_data, epochs=qat_epochs)
+            qat_fp32 = export_onnx(tuned, work / "qat_fp32.onnx")
+            copy_metadata(fp32_onnx, qat_fp32)
+            qat = quantize_ptq(qat_fp32, work / "qat.onnx", calibration.images, calibration_method, description="qat")
+            attempt("qat", qat)
         if not candidates:
             raise MobilenetsError("nothing was quantized")
         # The most accurate int8 model; among equals, the one with the fewest float layers (listed first).
