@@ -87,7 +87,9 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: str = "auto", sync_batchnorm: bool = False, timeout_minutes: float = 30.0) -> DistributedContext:
+def init_distributed(
+    device: str = "auto", sync_batchnorm: bool = False, timeout_minutes: float = 30.0
+) -> DistributedContext:
     """Join the torchrun job this process belongs to, or return a one-process context.
 
     Backend: NCCL when the processes drive CUDA devices, gloo on CPU (PyTorch's own recommendation).
