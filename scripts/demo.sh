@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job on real data, in a few minutes on 2 CPU cores: train a MobileNetV3-Small on the 500
-# Fashion-MNIST images shipped in examples/ (the seed's recipe for a tiny dataset), quantize it to
-# int8, export it to ONNX, and write the report. Steps whose command is not in this version are
-# skipped with a message, so the demo always runs end to end.
+# The main job on real data, in a few minutes on 2 CPU cores: fine-tune MobileNetV2 from torchvision's
+# real ImageNet weights (installed offline by `make`) on the 500 Fashion-MNIST images shipped in
+# examples/, quantize it to int8, export it to ONNX, classify an image and write the report. Steps whose
+# command is not in this version are skipped with a message, so the demo always runs end to end.
+# Fine-tuning is what small datasets need (REFERENCE §5.6): from scratch, a V3-Small reached 65% on
+# these images after 40 epochs; fine-tuned V2 reaches ~85% in 10.
 set -euo pipefail
 out=${1:-runs/demo}
 bin=.venv/bin
@@ -15,9 +17,9 @@ has() { $bin/mobilenets "$1" --help >/dev/null 2>&1; }
 quantize=()
 if has quantize; then quantize=(--quantize); else echo "demo: no quantize command in this version; training without --quantize"; fi
 
-# 28-px images: upscaled to 32 px, the model's last feature maps are 1×1, which keeps the demo fast.
-$bin/mobilenets train --data examples/fashion-mnist-small --model mobilenet_v3_small --resolution 32 \
-    --recipe auto --epochs 40 --out "$run" "${quantize[@]}"
+# 28-px images upscaled to 64 px; the first epoch trains the new 10-class head alone.
+$bin/mobilenets train --data examples/fashion-mnist-small --weights mobilenet_v2.tv_in1k --resolution 64 \
+    --epochs 10 --batch-size 32 --lr 0.001 --augment light --head-epochs 1 --out "$run" "${quantize[@]}"
 
 if has export; then
     $bin/mobilenets export "$run"
