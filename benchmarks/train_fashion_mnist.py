@@ -48,7 +48,7 @@ SETTINGS = {
             "--resolution",
             "64",
             "--epochs",
-            "12",
+            "10",
             "--lr",
             "0.003",
             "--warmup-epochs",
