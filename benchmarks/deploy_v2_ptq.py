@@ -89,7 +89,7 @@ def main() -> None:
     fp32 = export_onnx(model, work / "fp32.onnx")
     references = {name: softmax(onnx_logits(fp32, x)) for name, x in sets.items()}
     batch = sets["crops 25-100%"][:32].copy()
-    base = median_ms(fp32, batch, args.repeats, args.threads)
+    base = (float("nan"),) * 3 if args.no_timing else median_ms(fp32, batch, args.repeats, args.threads)
     print(
         f"fp32 ORT: {fp32.stat().st_size / 1e6:.2f} MB, batch 32 median {base[0]:.1f} ms ({base[1]:.1f}..{base[2]:.1f})"
     )

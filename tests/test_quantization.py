@@ -25,6 +25,7 @@ from mobilenets.quantization import (
     ImageSet,
     LayerError,
     fold_batchnorm,
+    layer_errors,
     onnx_logits,
     quantize_ptq,
     quantize_run,
@@ -95,6 +96,13 @@ def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
     for theirs, mine in zip(dequantized, ours, strict=True):
         np.testing.assert_allclose(theirs, mine, rtol=0, atol=1e-6)
 
+    # The diagnosis behind the drop warning: per-layer SQNR, the layers losing the most first.
+    errors = layer_errors(fp32, int8, np.random.default_rng(1).standard_normal((4, 3, 32, 32), "f"))
+    node_names = {node.name for node in onnx.load(str(fp32)).graph.node}
+    assert len(errors) >= 27 and all(e.node in node_names for e in errors)
+    assert [e.loss_db for e in errors] == sorted((e.loss_db for e in errors), reverse=True)
+    assert all(np.isfinite(e.sqnr_db) for e in errors)
+
 
 def test_batchnorm_folding_preserves_the_function():
     model = create_model("mobilenet_v3_small", num_classes=3, width=0.5).eval()
@@ -114,9 +122,9 @@ def test_batchnorm_folding_preserves_the_function():
 def test_drop_warning_names_layers_and_fixes():
     comparison = Comparison(100, 0.9, 0.85, 0.9, 4000, 1000)
     assert comparison.drop_points == pytest.approx(5.0)
-    message = warn_drop(comparison, 1.0, [LayerError("t", "node_Conv_7", "Conv", 12.5, 3.25)])
+    message = warn_drop(comparison, 1.0, [LayerError("t", "node_Conv_7", "Conv", 12.5, 3.25, 4.5)])
     assert "loses 5.00 points (threshold 1)" in message
-    assert "node_Conv_7 (Conv): SQNR 3.2 dB own, 12.5 dB vs fp32" in message
+    assert "node_Conv_7 (Conv): loses 4.5 dB of SQNR vs fp32 (down to 12.5 dB)" in message
     assert "--method mixed" in message and "--method qat" in message
     unlabelled = Comparison(100, None, None, 0.97, 4000, 1000)
     assert unlabelled.drop_points == pytest.approx(3.0)

@@ -267,14 +267,15 @@ class LayerError:
     node: str
     op_type: str
     sqnr_db: float  # int8 model's activation vs fp32 model's: error accumulated up to this layer
-    local_sqnr_db: float  # the tensor against its own quantize→dequantize: this layer's own error
+    local_sqnr_db: float  # the tensor against its own quantize→dequantize (clipping by ReLU/clip included)
+    loss_db: float  # SQNR vs fp32 lost in this layer: its input's sqnr_db minus its own
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def layer_errors(fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarray) -> list[LayerError]:
-    """Per-tensor quantization error (ORT ``qdq_loss_debug``), worst local error first."""
+    """Per-tensor quantization error (ORT ``qdq_loss_debug``), the layers that lose the most SQNR first."""
     from onnxruntime.quantization import qdq_loss_debug as debug
 
     with tempfile.TemporaryDirectory(prefix="mobilenets-qdebug-") as work:
@@ -286,15 +287,16 @@ def layer_errors(fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarra
         int8_acts = debug.collect_activations(str(int8_aug), ArrayReader(images))
         errors = debug.compute_activation_error(debug.create_activation_matching(int8_acts, float_acts))
         producers = {output: node for node in onnx.load(str(prepared)).graph.node for output in node.output}
+    accumulated = {tensor: float(error["xmodel_err"]) for tensor, error in errors.items() if "xmodel_err" in error}
     found = []
-    for tensor, error in errors.items():
+    for tensor, sqnr in accumulated.items():
         node = producers.get(tensor)
-        if node is None or "xmodel_err" not in error:
+        if node is None:
             continue
-        found.append(
-            LayerError(tensor, node.name, node.op_type, float(error["xmodel_err"]), float(error.get("qdq_err", np.inf)))
-        )
-    return sorted(found, key=lambda e: e.local_sqnr_db)
+        before = min((accumulated[i] for i in node.input if i in accumulated), default=sqnr)
+        local = float(errors[tensor].get("qdq_err", np.inf))
+        found.append(LayerError(tensor, node.name, node.op_type, sqnr, local, before - sqnr))
+    return sorted(found, key=lambda e: -e.loss_db)
 
 
 def float_nodes_for(
@@ -642,7 +644,8 @@ def describe(name: str, c: Comparison) -> str:
 
 def warn_drop(c: Comparison, threshold: float, worst: Sequence[LayerError]) -> str:
     layers = "\n".join(
-        f"    {e.node} ({e.op_type}): SQNR {e.local_sqnr_db:.1f} dB own, {e.sqnr_db:.1f} dB vs fp32" for e in worst[:5]
+        f"    {e.node} ({e.op_type}): loses {e.loss_db:.1f} dB of SQNR vs fp32 (down to {e.sqnr_db:.1f} dB)"
+        for e in worst[:5]
     )
     return (
         f"WARNING: int8 loses {c.drop_points:.2f} points (threshold {threshold:g}). "
