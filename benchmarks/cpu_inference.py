@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     print_machine(machine_info())
     peak = measure_fp32_peak()
-    print(f"measured fp32 peak (2048² matmul): {peak:.0f} GFLOP/s")
+    print(f"measured fp32 peak (2048² matmul, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
     for model_name in args.models:
         ours = create_model(model_name, num_classes=NUM_CLASSES).eval()
         with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as folder:

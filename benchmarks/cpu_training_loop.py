@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     print_machine(machine_info())
     peak = measure_fp32_peak()
-    print(f"measured fp32 peak (2048² matmul): {peak:.0f} GFLOP/s")
+    print(f"measured fp32 peak (2048² matmul, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
     print(
         f"full training step (Trainer.train_step), batch {args.batch}, {args.resolution} px, AdamW, augment medium, EMA"
     )
