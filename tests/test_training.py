@@ -150,6 +150,8 @@ def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["final_val_accuracy"] <= metrics["best_val_accuracy"] <= 1
     assert metrics["train_images_per_second"] > 0 and metrics["epochs_completed"] == 2
+    # The saved best model, reloaded, scores exactly what training reported for it.
+    assert json.loads((run_dir / "evaluation.json").read_text())["accuracy"] == metrics["best_val_accuracy"]
     split = json.loads((run_dir / "split.json").read_text())
     assert split["classes"] == sorted(p.name for p in EXAMPLES.iterdir())[:3]
     listed = {p for p, _ in split["train"] + split["val"]}

@@ -18,13 +18,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -218,6 +219,21 @@ def recompute_batchnorm_statistics(
     for module, momentum in zip(norms, momenta, strict=True):
         module.momentum = momentum
     model.train(was_training)
+
+
+@contextlib.contextmanager
+def as_deployed(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in fp32, as it is saved and deployed, without the training autocast.
+
+    ``prepare_for_training`` may wrap ``forward`` in bf16 autocast (an instance attribute that the EMA
+    copy inherits); evaluated under it, a model scores slightly differently than the saved weights do.
+    """
+    forward = model.__dict__.pop("forward", None)
+    try:
+        yield model
+    finally:
+        if forward is not None:
+            model.forward = forward
 
 
 def head_parameters(model: nn.Module) -> set[int]:
@@ -481,13 +497,14 @@ class Trainer:
         state = self.state
         totals = self.context.reduce_sum(torch.tensor(state.epoch_totals[:3], dtype=torch.float64)).tolist()
         if not self.config.freeze_bn:
-            recompute_batchnorm_statistics(
-                self.eval_model,
-                self.train_data.images,
-                self.preprocessing.mean,
-                self.preprocessing.std,
-                seed=self.config.seed,
-            )
+            with as_deployed(self.eval_model) as model:
+                recompute_batchnorm_statistics(
+                    model,
+                    self.train_data.images,
+                    self.preprocessing.mean,
+                    self.preprocessing.std,
+                    seed=self.config.seed,
+                )
         result = self.context.merge_evaluation(self.evaluate())
         record = EpochRecord(
             epoch=epoch + 1,
@@ -509,14 +526,15 @@ class Trainer:
         return record
 
     def evaluate(self, model: nn.Module | None = None) -> EvaluationResult:
-        return evaluate(
-            model or self.eval_model,
-            self.val_data.images,
-            self.val_data.labels,
-            self.classes,
-            self.preprocessing.mean,
-            self.preprocessing.std,
-        )
+        with as_deployed(model or self.eval_model) as deployed:
+            return evaluate(
+                deployed,
+                self.val_data.images,
+                self.val_data.labels,
+                self.classes,
+                self.preprocessing.mean,
+                self.preprocessing.std,
+            )
 
     def save_model(self, name: str, extra: dict) -> None:
         if self.context.is_main:
