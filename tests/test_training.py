@@ -240,6 +240,17 @@ def test_fine_tuning_from_real_imagenet_weights_infers_the_model(tmp_path, capsy
     assert not torch.equal(tuned["classifier.bias"], torch.zeros(2))
 
 
+def test_early_stopping(tmp_path, capsys):
+    data = small_copy(tmp_path / "data", per_class=6, classes=2)
+    run_dir = tmp_path / "run"
+    # A learning rate too small to change any prediction: no epoch beats the first.
+    arguments = ["--data", str(data), "--out", str(run_dir), "--epochs", "5", "--lr", "1e-12", "--early-stopping", "1"]
+    assert main(["train", *arguments, "--batch-size", "5", "--no-ema", *TINY]) == 0
+    assert "early stopping: no val improvement for 1 epochs" in capsys.readouterr().out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 2 and metrics["best_epoch"] == 1
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing")]) == 2
     assert "missing: not a folder" in capsys.readouterr().err
