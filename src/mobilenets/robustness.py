@@ -8,7 +8,8 @@
   so that the resolution-dependent severity tables mean what they say.
 - Test-time BatchNorm re-estimation (Schneider et al., NeurIPS 2020): ``adapt_batchnorm`` replaces the
   BN statistics by those of (a few) target images; 32 suffice (REFERENCE §6). In the report the model is
-  adapted per corruption × severity on the first ``bn_samples`` corrupted images, then scored on all.
+  adapted per corruption × severity on ``bn_samples`` corrupted images drawn at random (seeded; the same
+  images for every corruption), then scored on all.
 - fp32 vs int8 per corruption, when the run directory holds an int8 ONNX model (ONNX Runtime).
 - Shift sweeps: resolution (down-scaled, then up-scaled back), exposure (±EV in linear light), gamma,
   JPEG quality.
@@ -536,6 +537,11 @@ def run_robustness(
     if classify_int8 is not None:
         int8_clean = accuracy(classify_int8(clean_inputs), labels)
 
+    # A seeded random sample, never the first images: folders list images class by class, and statistics
+    # of a single class are not the test distribution's.
+    adaptation_sample = torch.from_numpy(
+        np.sort(np.random.default_rng(options.seed).permutation(len(images))[: options.bn_samples])
+    )
     acc: dict[str, dict[int, float]] = {}
     acc_base: dict[str, dict[int, float]] = {}
     acc_bn: dict[str, dict[int, float]] = {}
@@ -550,7 +556,7 @@ def run_robustness(
             if classify_base is not None:
                 acc_base.setdefault(name, {})[severity] = accuracy(classify_base(inputs), labels)
             if options.bn_adapt:
-                adapted = adapt_batchnorm(model, inputs[: options.bn_samples])
+                adapted = adapt_batchnorm(model, inputs[adaptation_sample])
                 acc_bn.setdefault(name, {})[severity] = accuracy(
                     torch_classifier(adapted, options.batch_size)(inputs), labels
                 )
@@ -575,9 +581,7 @@ def run_robustness(
         result["held_out_mce"] = _percent(mean_over(errors["ce"], held_out))
     if options.bn_adapt:
         adapted_clean = accuracy(
-            torch_classifier(adapt_batchnorm(model, clean_inputs[: options.bn_samples]), options.batch_size)(
-                clean_inputs
-            ),
+            torch_classifier(adapt_batchnorm(model, clean_inputs[adaptation_sample]), options.batch_size)(clean_inputs),
             labels,
         )
         bn = {"samples": options.bn_samples, "corruption_accuracy": _keyed(acc_bn), **summarize(acc_bn, adapted_clean)}
