@@ -144,21 +144,34 @@ def tiny_run() -> Path:
     return tiny_run_dir(WORK / "quant-run", data)
 
 
-def test_quantize_run_writes_int8_model_and_merges_metrics(tiny_run):
-    lines = []
-    result = quantize_run(tiny_run, method="qat", qat_epochs=1, calibration_images=8, report=lines.append)
-    assert (tiny_run / "model_int8.onnx").exists() and (tiny_run / "model.onnx").exists()
-    assert result["int8_method"] == "qat" and result["int8_path"] == str(tiny_run / "model_int8.onnx")
-    assert result["int8_size_bytes"] == (tiny_run / "model_int8.onnx").stat().st_size
+def check_run_dir_contract(run_dir: Path, result: dict, method: str) -> None:
+    assert (run_dir / "model_int8.onnx").exists() and (run_dir / "model.onnx").exists()
+    assert result["int8_method"] == method and result["int8_path"] == str(run_dir / "model_int8.onnx")
+    assert result["int8_size_bytes"] == (run_dir / "model_int8.onnx").stat().st_size
     assert 0.0 <= result["int8_val_accuracy"] <= 1.0 and 0.0 <= result["fp32_val_accuracy"] <= 1.0
     assert result["int8_val_images"] == 12
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert result["fp32_onnx_latency_ms"] > 0 and result["int8_latency_ms"] > 0 and result["latency_batch"] == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_val_accuracy"] == 0.5  # the training run's keys are kept
     assert metrics["int8_val_accuracy"] == result["int8_val_accuracy"]
-    assert json.loads((tiny_run / "quantization.json").read_text())["method"] == "qat"
-    assert any(line.startswith("qat: top-1 fp32") for line in lines)
-    classes = json.loads(read_metadata(tiny_run / "model_int8.onnx")["labels"])
+    assert json.loads((run_dir / "quantization.json").read_text())["method"] == method
+    classes = json.loads(read_metadata(run_dir / "model_int8.onnx")["labels"])
     assert classes == ["astronaut", "chelsea", "coffee"]
+
+
+def test_quantize_run_writes_int8_model_and_merges_metrics(tiny_run):
+    lines = []
+    result = quantize_run(tiny_run, method="ptq", calibration_images=8, threshold=100.0, report=lines.append)
+    check_run_dir_contract(tiny_run, result, "ptq (minmax)")
+    assert lines[0].startswith("ptq (minmax): top-1 fp32 ")
+
+
+@pytest.mark.slow
+def test_quantize_run_with_qat(tiny_run):
+    lines = []
+    result = quantize_run(tiny_run, method="qat", qat_epochs=1, calibration_images=8, report=lines.append)
+    check_run_dir_contract(tiny_run, result, "qat")
+    assert any(line.startswith("qat: top-1 fp32") for line in lines)
 
 
 def test_quantize_command_with_a_flat_folder_reports_agreement(tmp_path, capsys):
