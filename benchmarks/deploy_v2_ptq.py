@@ -128,6 +128,8 @@ def main() -> None:
             qat_fp32 = export_onnx(tuned, work / "distill_fp32.onnx")
             quantize_ptq(qat_fp32, out, calibration, "minmax", description="qat (distillation)")
             model.eval()
+        elif recipe.startswith("pct9"):  # e.g. pct9999: percentile 99.99
+            quantize_ptq(fp32, out, calibration, "percentile", percentile=float(recipe[3:5] + "." + recipe[5:]))
         elif recipe.startswith("early"):
             quantize_ptq(fp32, out, calibration, "minmax", nodes_to_exclude=float_nodes_for(fp32, int(recipe[5:])))
         elif recipe.startswith("pctearly"):

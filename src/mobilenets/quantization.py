@@ -139,6 +139,7 @@ def quantize_ptq(
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     nodes_to_exclude: Sequence[str] = (),
     description: str = "ptq",
+    percentile: float = 99.999,
 ) -> Path:
     """int8 QDQ model of ``fp32_onnx``: per-channel int8 weights, uint8 activations calibrated on ``calibration``."""
     if calibration_method not in CALIBRATION_METHODS:
@@ -164,7 +165,7 @@ def quantize_ptq(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude),
             calibrate_method=CALIBRATION_METHODS[calibration_method],
-            extra_options={"CalibPercentile": 99.999},
+            extra_options={"CalibPercentile": percentile},
         )
         copy_metadata(
             fp32_onnx,
