@@ -222,3 +222,26 @@ def test_label_free_qat_returns_a_plain_folded_float_model():
     with torch.no_grad():
         x = torch.from_numpy(images.images[:4])
         assert tuned(x).shape == model(x).shape == (4, 4)
+
+
+def test_mixed_method_tries_percentile_then_float_layers_and_keeps_the_best(tmp_path):
+    from mobilenets.quantization import quantize_model
+
+    model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
+    rng = np.random.default_rng(0)
+    images = ImageSet(rng.standard_normal((12, 3, 32, 32), dtype=np.float32), rng.integers(0, 3, 12), "noise")
+    lines = []
+    # A negative threshold can never be met: every fallback runs, and the warning says so.
+    result = quantize_model(
+        model, tmp_path / "m_int8.onnx", images, images, method="mixed", threshold=-1.0, report=lines.append
+    )
+    names = [attempt["method"] for attempt in result.attempts]
+    assert names[:2] == ["ptq (minmax)", "ptq (percentile)"]
+    assert names[2].startswith("mixed precision (stem and first block), ") and names[2].endswith("nodes in float")
+    assert names[3].startswith("mixed precision (first blocks and worst layers), ")
+    assert result.comparison.drop_points == min(a["drop_points"] for a in result.attempts)
+    assert any(line.startswith("WARNING: int8 loses") for line in lines)
+    assert any(line.startswith("WARNING: no int8 model is within -1 points") for line in lines)
+    float_nodes = json.loads(read_metadata(tmp_path / "m_int8.onnx")["quantization"])["float_nodes"]
+    assert bool(float_nodes) == result.method.startswith("mixed")

@@ -557,21 +557,28 @@ def quantize_model(
                 worst = layer_errors(fp32_onnx, ptq, calibration.images[:32])
                 report(warn_drop(candidates[-1][2], threshold, worst))
             if method in ("auto", "mixed") and candidates[-1][2].drop_points > threshold:
+                best_calibration = calibration_method
                 for name, options in fallbacks(calibration_method, worst):
                     if name.startswith("ptq"):
                         candidate = quantize_ptq(fp32_onnx, work / "retry.onnx", calibration.images, **options)
-                    else:
-                        float_nodes = float_nodes_for(fp32_onnx, **options)
-                        candidate = quantize_ptq(
-                            fp32_onnx,
-                            work / f"mixed{len(candidates)}.onnx",
-                            calibration.images,
-                            calibration_method,
-                            nodes_to_exclude=float_nodes,
-                            description=f"ptq, {len(float_nodes)} nodes kept in float",
-                        )
-                        name = f"{name}: {len(float_nodes)} nodes in float"
-                    if attempt(name, candidate).drop_points <= threshold:
+                        if attempt(name, candidate).drop_points < candidates[0][2].drop_points:
+                            best_calibration = options["calibration_method"]  # mixed precision builds on the better one
+                        if candidates[-1][2].drop_points <= threshold:
+                            break
+                        continue
+                    float_nodes = float_nodes_for(fp32_onnx, **options)
+                    candidate = quantize_ptq(
+                        fp32_onnx,
+                        work / f"mixed{len(candidates)}.onnx",
+                        calibration.images,
+                        best_calibration,
+                        nodes_to_exclude=float_nodes,
+                        description=f"ptq ({best_calibration}), {len(float_nodes)} nodes kept in float",
+                    )
+                    if (
+                        attempt(f"{name}, {best_calibration}: {len(float_nodes)} nodes in float", candidate).drop_points
+                        <= threshold
+                    ):
                         break
         if method == "qat" or (method == "auto" and min(c.drop_points for _, _, c in candidates) > threshold):
             qat_data = train if train is not None else calibration
