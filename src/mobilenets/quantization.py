@@ -17,8 +17,8 @@ After every conversion the int8 model is evaluated next to fp32 on held-out imag
 
 from __future__ import annotations
 
+import copy
 import json
-import logging
 import random
 import shutil
 import tempfile
@@ -49,8 +49,6 @@ DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_THRESHOLD = 1.0  # accuracy points int8 may lose before we say so and try the fixes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid"}
-
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,18 +367,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     from mobilenets.layers import ConvBNAct
 
-    folded = _deepcopy(model).eval()
+    folded = copy.deepcopy(model).eval()
     for module in folded.modules():
         if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
             module.conv = fuse_conv_bn_eval(module.conv, module.bn)
             module.bn = nn.Identity()
     return folded
-
-
-def _deepcopy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def attach_fake_quantization(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
