@@ -121,6 +121,40 @@ def latency_minimal_vs_full(resolutions=(32, 224), repeats: int = 20) -> list[di
     return rows
 
 
+def latency_only(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = load_average()
+    rows = latency_minimal_vs_full()
+    print(latency_table(rows))
+    print(f"torch threads {torch.get_num_threads()}; load average: start {start}, end {load_average()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latency_minimal_vs_full.json").write_text(
+        json.dumps(
+            {"threads": torch.get_num_threads(), "load_start": start, "load_end": load_average(), "rows": rows},
+            indent=2,
+        )
+    )
+    return 0
+
+
+def latency_table(rows: list[dict]) -> str:
+    return table(
+        [
+            [
+                str(row["resolution"]),
+                f"{row['full_ms']:.2f} ±{100 * row['full_spread']:.0f}%",
+                f"{row['minimal_ms']:.2f} ±{100 * row['minimal_spread']:.0f}%",
+                f"{row['minimal_speedup']:.2f}×",
+            ]
+            for row in rows
+        ],
+        ["resolution", "V3-Small ms (batch 1)", "V3-Small minimal ms", "minimal speed-up (paired median)"],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("/tmp/fashion-mnist-robustness"))
@@ -140,7 +174,15 @@ def main() -> int:
         help="OMP_NUM_THREADS for the train/robustness commands (1 on a shared, oversubscribed machine: "
         "accuracy does not depend on it, and 2 spinning threads per process there run several times slower)",
     )
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="accuracy only (no latency): may run outside the benchmark lock, since accuracy does not depend on load",
+    )
+    parser.add_argument("--latency-only", action="store_true", help="only the minimal vs full batch-1 latency")
     args = parser.parse_args()
+    if args.latency_only:
+        return latency_only(args)
     binary = str(Path(sys.executable).parent / "mobilenets")
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_root.mkdir(parents=True, exist_ok=True)
@@ -173,8 +215,8 @@ def main() -> int:
                 str(args.out / "standard"),
             ]
             command += ["--bn-adapt", "--max-images", str(args.max_images)]
-            if name == "minimal":
-                command.append("--no-latency")  # no SE, no hard-swish: nothing to attribute
+            if name != "standard" or args.no_timing:
+                command.append("--no-latency")  # attributed once, on the standard run
             walls[f"robustness_{name}_s"] = sh(command, log, args.threads)
     summary["wall_seconds"] = walls
     results = {name: json.loads((args.out / name / "robustness" / "robustness.json").read_text()) for name in RUNS}
@@ -184,7 +226,7 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     summary["latency_threads"] = args.threads or "default"
-    summary["latency_minimal_vs_full"] = latency_minimal_vs_full()
+    summary["latency_minimal_vs_full"] = [] if args.no_timing else latency_minimal_vs_full()
     summary["load_average_end"] = load_average()
 
     rows = []
