@@ -212,7 +212,8 @@ def _plots(r: dict, out: Path) -> dict[str, Path]:
     grid = np.array([[r["corruption_accuracy"][n][s] for s in severities] for n in names]) * 100
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(severities), 0.35 * len(names) + 1.2))
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(severities)), [f"severity {s}" for s in severities])
+    ax.set_xticks(range(len(severities)), severities)
+    ax.set_xlabel("severity")
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(severities)):
