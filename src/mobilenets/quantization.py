@@ -23,7 +23,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -517,7 +517,7 @@ def quantize_model(
     method: str = "auto",
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     threshold: float = DEFAULT_THRESHOLD,
-    train: ImageSet | None = None,
+    train: ImageSet | Callable[[], ImageSet] | None = None,
     qat_epochs: int = 2,
     fp32_onnx: Path | str | None = None,
     report=print,
@@ -573,7 +573,7 @@ def quantize_model(
                     ):
                         break
         if method == "qat" or (method == "auto" and min(c.drop_points for _, _, c in candidates) > threshold):
-            qat_data = train if train is not None else calibration
+            qat_data = (train() if callable(train) else train) or calibration
             how = (
                 "cross-entropy on labels"
                 if qat_data.labels is not None
@@ -677,6 +677,7 @@ def quantize_run(
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     qat_epochs: int = 2,
     max_val_images: int = 2000,
+    max_qat_images: int = 1024,
     out: Path | None = None,
     report=print,
 ) -> dict:
@@ -699,9 +700,11 @@ def quantize_run(
     calibration_items = sample(train_items, calibration_images)
     calibration = load_images([p for p, _ in calibration_items], None, preprocessing, "train split")
     evaluation = load_images([p for p, _ in val_items], [y for _, y in val_items], preprocessing, "val split")
-    train = None
-    if method in ("auto", "qat"):
-        train = load_images([p for p, _ in train_items], [y for _, y in train_items], preprocessing, "train split")
+    qat_items = sample(train_items, max_qat_images, seed=2)
+
+    def train() -> ImageSet:  # loaded only if QAT runs: a whole split at 224 px would not fit in memory
+        return load_images([p for p, _ in qat_items], [y for _, y in qat_items], preprocessing, "train split")
+
     fp32_onnx = export_onnx(model, run_dir / "model.onnx")
     out = Path(out) if out else run_dir / "model_int8.onnx"
     result = quantize_model(
