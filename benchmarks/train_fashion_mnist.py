@@ -48,7 +48,7 @@ SETTINGS = {
             "--resolution",
             "48",
             "--epochs",
-            "10",
+            "8",
             "--lr",
             "0.003",
             "--warmup-epochs",
