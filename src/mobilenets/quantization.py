@@ -137,7 +137,7 @@ def quantize_ptq(
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     nodes_to_exclude: Sequence[str] = (),
     description: str = "ptq",
-    percentile: float = 99.999,
+    percentile: float = 99.99,
 ) -> Path:
     """int8 QDQ model of ``fp32_onnx``: per-channel int8 weights, uint8 activations calibrated on ``calibration``."""
     if calibration_method not in CALIBRATION_METHODS:
