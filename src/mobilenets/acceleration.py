@@ -30,11 +30,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
-# Measured on the 2-core reference machine (benchmarks/cpu_training.py): compiling the training step of
-# MobileNetV3-Small at 224 px costs about a minute and saves a fraction of each step, so it pays
-# back after a few hundred steps. Below this many planned steps eager mode wins the wall-clock.
+# torch.compile pays back only when (eager step − compiled step) × steps exceeds the compile time, which
+# is minutes on 2 cores (the slow tests' compiles of a width-0.25 model took minutes under load). These
+# thresholds are conservative estimates, not yet measured break-evens: benchmarks/cpu_training.py
+# --compile prints the measured compile time and break-even step count for each model.
 COMPILE_TRAINING_MIN_STEPS = 600
-# Inference compile (with freezing) takes ~20-40 s; a CLI predicting a handful of images must not pay it.
+# A CLI predicting a handful of images must never pay an inference compile.
 COMPILE_INFERENCE_MIN_BATCHES = 2000
 
 
