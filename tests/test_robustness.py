@@ -17,6 +17,7 @@ from mobilenets.models import create_model
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.robustness import (
     adapt_batchnorm,
+    adaptation_indices,
     apply_gamma,
     corruption_errors,
     expose,
@@ -91,6 +92,15 @@ def test_adapt_batchnorm_undoes_a_contrast_shift():
     error_unadapted = (unadapted - reference).abs().max()
     assert error_adapted < 0.02 * reference.abs().max()
     assert error_unadapted > 10 * error_adapted
+
+
+def test_adaptation_sample_spans_the_classes_of_a_class_ordered_folder():
+    labels = np.repeat(np.arange(10), 100)  # how folders list images: class by class
+    chosen = adaptation_indices(len(labels), 32, seed=0)
+    assert len(chosen) == 32 and len(set(chosen)) == 32 and np.all(np.diff(chosen) > 0)
+    assert len(set(labels[chosen])) >= 8  # a random draw, not the first 32 (a single class)
+    assert np.array_equal(chosen, adaptation_indices(len(labels), 32, seed=0))
+    assert len(adaptation_indices(5, 32, seed=0)) == 5
 
 
 # --------------------------------------------------------------------------------------------------

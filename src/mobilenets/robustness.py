@@ -220,6 +220,15 @@ def adapt_batchnorm(
     return adapted
 
 
+def adaptation_indices(count: int, samples: int, seed: int) -> np.ndarray:
+    """Which ``samples`` of ``count`` images BN statistics are re-estimated on: a seeded random draw.
+
+    Never the first ones: folders list images class by class, and one class's statistics are not the
+    test distribution's.
+    """
+    return np.sort(np.random.default_rng(seed).permutation(count)[:samples])
+
+
 # --------------------------------------------------------------------------------------------------
 # Shifts
 # --------------------------------------------------------------------------------------------------
@@ -537,11 +546,7 @@ def run_robustness(
     if classify_int8 is not None:
         int8_clean = accuracy(classify_int8(clean_inputs), labels)
 
-    # A seeded random sample, never the first images: folders list images class by class, and statistics
-    # of a single class are not the test distribution's.
-    adaptation_sample = torch.from_numpy(
-        np.sort(np.random.default_rng(options.seed).permutation(len(images))[: options.bn_samples])
-    )
+    adaptation_sample = torch.from_numpy(adaptation_indices(len(images), options.bn_samples, options.seed))
     acc: dict[str, dict[int, float]] = {}
     acc_base: dict[str, dict[int, float]] = {}
     acc_bn: dict[str, dict[int, float]] = {}
