@@ -249,3 +249,32 @@ def test_bf16_training_keeps_depthwise_convolutions_in_fp32():
     assert len(depthwise) == 17  # one per inverted-residual block (V2 paper Table 2)
     assert all(dtypes[name] == torch.float32 for name in depthwise)
     assert all(dtype == torch.bfloat16 for name, dtype in dtypes.items() if name not in depthwise)
+
+
+def test_an_automatic_thread_count_is_rechecked_between_batches(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(acceleration.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(acceleration, "_chosen_threads", None)
+    monkeypatch.setattr(acceleration, "_threads_chosen_automatically", False)
+    busy = {"now": False}
+    monkeypatch.setattr(
+        acceleration,
+        "_probe_seconds",
+        lambda threads, rounds=3: (0.05 if busy["now"] else 0.01) if threads > 1 else 0.02,
+    )
+    try:
+        assert acceleration.configure_threads() == 2
+        busy["now"] = True  # another job starts
+        to_model_layout(images(1, 8))
+        assert torch.get_num_threads() == 2  # not due yet
+        monkeypatch.setattr(acceleration, "_last_thread_check", 0.0)
+        to_model_layout(images(1, 8))
+        assert torch.get_num_threads() == 1
+        # An explicit count is never second-guessed.
+        acceleration.configure_threads(2)
+        monkeypatch.setattr(acceleration, "_last_thread_check", 0.0)
+        to_model_layout(images(1, 8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

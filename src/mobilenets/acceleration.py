@@ -86,6 +86,12 @@ def _probe_seconds(threads: int, rounds: int = 3) -> float:
 
 
 _chosen_threads: int | None = None
+_threads_chosen_automatically = False
+_last_thread_check = 0.0
+# Other jobs come and go during a run: the automatic choice is re-probed this often (a probe costs
+# ~0.05 s on a quiet machine). A 2-core run measured 36 s epochs at the right count and 738 s in an
+# epoch where another job started and two threads kept fighting it (benchmarks/train_fashion_mnist.py).
+THREAD_RECHECK_SECONDS = 30.0
 
 
 def configure_threads(num_threads: int | None = None) -> int:
@@ -98,24 +104,40 @@ def configure_threads(num_threads: int | None = None) -> int:
     both counts and keeps the faster. ``OMP_NUM_THREADS`` or ``num_threads`` skip the probe.
     MobileNet graphs are chains: inter-op parallelism would only compete for the same cores.
     """
-    global _chosen_threads
+    global _chosen_threads, _threads_chosen_automatically, _last_thread_check
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel region
         torch.set_num_interop_threads(1)
     env = os.environ.get("OMP_NUM_THREADS", "")
     if num_threads is None and env.isdigit():
         num_threads = int(env)
+    if num_threads is not None:
+        _threads_chosen_automatically = False  # the user's or environment's count is never second-guessed
     if num_threads is None and _chosen_threads is not None:
         num_threads = _chosen_threads
     if num_threads is None:
-        cores = len(os.sched_getaffinity(0))
-        num_threads = cores
-        if cores > 1 and os.environ.get("MOBILENETS_THREAD_PROBE", "1") != "0":
-            _probe_seconds(cores, rounds=1)  # first call pays oneDNN primitive creation
-            if _probe_seconds(1) < _probe_seconds(cores):
-                num_threads = 1
-        _chosen_threads = num_threads
+        num_threads = _probe_thread_count()
+        _chosen_threads, _threads_chosen_automatically = num_threads, True
+        _last_thread_check = time.monotonic()
     torch.set_num_threads(max(1, num_threads))
     return torch.get_num_threads()
+
+
+def _probe_thread_count() -> int:
+    cores = len(os.sched_getaffinity(0))
+    if cores == 1 or os.environ.get("MOBILENETS_THREAD_PROBE", "1") == "0":
+        return cores
+    _probe_seconds(cores, rounds=1)  # first call pays oneDNN primitive creation
+    return 1 if _probe_seconds(1) < _probe_seconds(cores) else cores
+
+
+def retune_threads_if_due() -> None:
+    """Re-probe an automatically chosen thread count every ``THREAD_RECHECK_SECONDS`` (between steps)."""
+    global _chosen_threads, _last_thread_check
+    if not _threads_chosen_automatically or time.monotonic() - _last_thread_check < THREAD_RECHECK_SECONDS:
+        return
+    _chosen_threads = _probe_thread_count()
+    torch.set_num_threads(_chosen_threads)
+    _last_thread_check = time.monotonic()
 
 
 def training_precision(precision: Precision = "auto", device: torch.device | str = "cpu") -> torch.dtype:
@@ -212,7 +234,12 @@ def prepare_for_training(
 
 
 def to_model_layout(images: torch.Tensor) -> torch.Tensor:
-    """Put a batch in the layout ``prepare_for_training`` chose."""
+    """Put a batch in the layout ``prepare_for_training`` chose.
+
+    Called once per batch between steps, it is also where an automatic thread count is re-checked
+    (at most every ``THREAD_RECHECK_SECONDS``), so a run adapts when other jobs start or stop.
+    """
+    retune_threads_if_due()
     return images.contiguous(memory_format=torch.channels_last)
 
 
