@@ -89,8 +89,8 @@ _chosen_threads: int | None = None
 _threads_chosen_automatically = False
 _last_thread_check = 0.0
 # Other jobs come and go during a run: the automatic choice is re-probed this often (a probe costs
-# ~0.05 s on a quiet machine). A 2-core run measured 36 s epochs at the right count and 738 s in an
-# epoch where another job started and two threads kept fighting it (benchmarks/train_fashion_mnist.py).
+# ~0.05 s on a quiet machine). One Fashion-MNIST run here had 36 s epochs on a quiet machine and a
+# 738 s epoch while other jobs shared its 2 cores: a count chosen once at start cannot follow that.
 THREAD_RECHECK_SECONDS = 30.0
 
 
