@@ -81,6 +81,7 @@ def test_inference_from_a_model_prepared_for_bf16_training_is_fp32():
     model = prepare_for_training(with_trained_batchnorm(tiny()), precision="bf16", compile=False).eval()
     reference = with_trained_batchnorm(tiny()).eval()
     fast = prepare_for_inference(model, compile=False)
+    assert not any("forward" in vars(module) for module in fast.model.modules())
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-5)

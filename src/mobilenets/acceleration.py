@@ -218,8 +218,9 @@ def prepare_for_training(
     if dtype != torch.float32:
         model.forward = _AutocastForward(model.forward, dtype, torch.device(device).type)
         if torch.device(device).type == "cpu":
-            # oneDNN's bf16 depthwise backward is 3-8× slower than fp32 on CPU (5×5 kernels worst): measured
-            # in docs/performance.md. Depthwise convs are ~3% of the MACs, so they stay fp32 and the 1×1
+            # oneDNN's bf16 depthwise backward is slow on CPU: with every conv in bf16, V3-Small's convolution
+            # backward took 1.05 s per step against 0.30 s in fp32, nearly all of it depthwise (5×5 worst;
+            # docs/performance.md). Depthwise convs are ~3% of the MACs, so they stay fp32 and the 1×1
             # convs, ~95% of the MACs (MobileNet v1 Table 2), run in bf16.
             for module in model.modules():
                 if is_depthwise(module):
@@ -296,7 +297,8 @@ def prepare_for_inference(
     fused = copy.deepcopy(model).eval()
     # A model prepared for training carries an autocast forward and a compiled call: inference is fp32 eager
     # unless compiled below.
-    fused.__dict__.pop("forward", None)
+    for module in fused.modules():
+        module.__dict__.pop("forward", None)
     fused.__dict__["_compiled_call_impl"] = None
     fused = fuse_conv_bn(fused).to(memory_format=torch.channels_last)
     for parameter in fused.parameters():
