@@ -294,24 +294,30 @@ class Trainer:
     ) -> None:
         self.config = config
         self.context = context or TrainingContext()
-        self.model = prepare_for_training(model, self.context.device, precision=config.precision)
+        self.train_data, self.val_data = train_data, val_data
+        self.steps_per_epoch = len(self.batches(0))
+        if self.steps_per_epoch == 0:
+            raise MobilenetsError(
+                f"{len(train_data)} training images make no full batch of {config.batch_size}; lower --batch-size"
+            )
+        # The run's length decides whether compiling pays back its compile time (docs/performance.md).
+        self.model = prepare_for_training(
+            model,
+            self.context.device,
+            planned_steps=config.epochs * self.steps_per_epoch,
+            precision=config.precision,
+        )
         # fp16 (CUDA) needs loss scaling; for bf16 and fp32 the scaler is a pass-through.
         self.scaler = torch.amp.GradScaler(
             self.context.device.type, enabled=getattr(self.model, "training_precision", "") == "float16"
         )
         self.train_model = self.context.wrap_model(self.model)
-        self.train_data, self.val_data = train_data, val_data
         self.classes = classes
         self.run_dir = Path(run_dir)
         self.preprocessing = preprocessing
         self.log = log if self.context.is_main else (lambda _: None)
         self.show_progress = show_progress and self.context.is_main
         self.augment = BatchAugment(augment_config(config.augment))
-        self.steps_per_epoch = len(self.batches(0))
-        if self.steps_per_epoch == 0:
-            raise MobilenetsError(
-                f"{len(train_data)} training images make no full batch of {config.batch_size}; lower --batch-size"
-            )
         adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
