@@ -125,6 +125,23 @@ def init_distributed(
     return context
 
 
+PEER_FAILURE = (
+    "the distributed job is stopping (another rank failed or the job was cancelled). The last checkpoint "
+    "is intact; continue with the same command plus --resume RUN_DIR."
+)
+
+
+def explain_peer_failure(context: DistributedContext, error: BaseException) -> MobilenetsError | None:
+    """A collective that fails because a peer died (gloo: connection reset; NCCL: aborted) → one clear line."""
+    if not context.is_distributed:
+        return None
+    text = str(error)
+    markers = ("Connection reset", "Connection closed", "Broken pipe", "peer", "NCCL", "DistBackendError", "timed out")
+    if isinstance(error, dist.DistError) or any(marker in text for marker in markers):
+        return MobilenetsError(f"rank {context.rank}: {PEER_FAILURE} ({text.splitlines()[0][:160]})")
+    return None
+
+
 def stop_cleanly_when_a_peer_fails(context: DistributedContext) -> None:
     """torchrun sends SIGTERM to every surviving worker once one fails: say what happened, then exit.
 
@@ -133,14 +150,12 @@ def stop_cleanly_when_a_peer_fails(context: DistributedContext) -> None:
     """
 
     def on_terminate(signum, _frame) -> None:
-        if context.is_main:
-            print(
-                f"\nmobilenets train: rank {context.rank}: the distributed job is stopping (received "
-                f"{signal.Signals(signum).name}: another rank failed or the job was cancelled). The last "
-                "checkpoint is intact; continue with the same command plus --resume RUN_DIR.",
-                file=sys.stderr,
-                flush=True,
-            )
+        # Every surviving rank says it: the rank that failed may have been rank 0.
+        print(
+            f"\nmobilenets train: rank {context.rank}: {PEER_FAILURE} (received {signal.Signals(signum).name})",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_terminate)

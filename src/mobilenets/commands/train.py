@@ -15,7 +15,7 @@ from PIL import Image
 from mobilenets.augment import AUGMENT_LEVELS
 from mobilenets.data import DecodedImages, FolderScan, Sample, decode_samples, find_leakage, scan_folder, split_samples
 from mobilenets.disk_cache import choose_cache, decode_to_disk
-from mobilenets.distributed import DistributedContext, init_distributed, shutdown
+from mobilenets.distributed import DistributedContext, explain_peer_failure, init_distributed, shutdown
 from mobilenets.errors import MobilenetsError
 from mobilenets.models import create_model, list_models
 from mobilenets.preprocessing import Preprocessing
@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     CONTEXT = init_distributed(args.device, args.sync_bn)
     try:
         return train(args)
+    except RuntimeError as error:
+        raise explain_peer_failure(CONTEXT, error) or error from None
     finally:
         shutdown(CONTEXT)
 
