@@ -130,6 +130,11 @@ def test_drop_warning_names_layers_and_fixes():
     assert unlabelled.drop_points == pytest.approx(3.0)
 
 
+def test_losing_exactly_the_threshold_is_within_it():
+    """84% → 83% on 100 images is 1 point, not 1.0000000000000009: "exceeds 1 point" means more than 1."""
+    assert Comparison(100, 0.84, 0.83, 0.99, 4000, 1000).drop_points == 1.0
+
+
 def test_array_reader_feeds_batches_and_rewinds():
     reader = ArrayReader(np.zeros((5, 3, 4, 4), np.float32), batch_size=2)
     sizes = [len(batch["image"]) for batch in iter(reader.get_next, None)]
