@@ -100,11 +100,15 @@ def test_real_v2_weights_export_matches_pytorch_on_real_photos(real_v2_weights):
     assert path.stat().st_size < 14.5e6  # 3.5M float32 parameters, no stack traces or debug strings
 
 
-def deploy_snippet() -> str:
-    text = (ROOT / "docs" / "deployment.md").read_text()
+def deploy_snippet(page: str = "README.md") -> str:
+    text = (ROOT / page).read_text()
     match = re.search(r"<!-- deploy-snippet-start -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "docs/deployment.md lost its deployment snippet"
+    assert match, f"{page} lost its deployment snippet"
     return match.group(1)
+
+
+def test_readme_and_deployment_docs_show_the_same_snippet():
+    assert deploy_snippet("README.md") == deploy_snippet("docs/deployment.md")
 
 
 # Runs the snippet where importing torch or mobilenets fails, as on a deployment machine without them.
