@@ -297,39 +297,20 @@ def make_config(args: argparse.Namespace, num_train: int, train_samples: list[Sa
     resolution = choose_resolution(args.resolution, train_samples)
     args.model = args.model or architecture_of(args.weights)
     out = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return TrainConfig(
-        data=str(args.data),
-        val=str(args.val) if args.val else None,
-        model=args.model,
-        width=args.width,
-        resolution=resolution,
-        batch_size=batch_size,
-        epochs=epochs,
-        lr=lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        ema=args.ema,
-        ema_decay=args.ema_decay,
-        augment=augment,
-        dropout=args.dropout,
-        seed=args.seed,
-        weights=args.weights,
-        head_epochs=args.head_epochs,
-        early_stopping=args.early_stopping,
-        val_fraction=args.val_fraction,
-        out=str(out),
-        quantize=args.quantize,
-        recipe=args.recipe,
-        checkpoint_minutes=args.checkpoint_minutes,
-        checkpoint_steps=args.checkpoint_steps,
-        freeze_bn=args.freeze_bn,
-        sync_bn=args.sync_bn,
-        precision=args.precision,
-        device=args.device,
-        cache=args.cache,
-        cache_dir=str(args.cache_dir) if args.cache_dir else None,
+    # Every option has the name of its TrainConfig field; the values decided above replace the raw ones.
+    return TrainConfig.from_dict(
+        {
+            **vars(args),
+            "data": str(args.data),
+            "val": str(args.val) if args.val else None,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "lr": lr,
+            "augment": augment,
+            "out": str(out),
+            "cache_dir": str(args.cache_dir) if args.cache_dir else None,
+        }
     )
 
 
