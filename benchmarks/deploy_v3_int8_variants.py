@@ -1,0 +1,83 @@
+"""Why is int8 MobileNetV3-Small not faster than fp32 in ONNX Runtime? Quantization variants side by side.
+
+Exports an (untrained: speed does not depend on the weights) V3-Small at 224 px, quantizes it with ONNX
+Runtime in several forms and times all of them interleaved in one process, 2 threads:
+all ops QDQ (the product's form), convolutions/classifier only, QOperator format, depthwise convs in
+float. Prints medians and ratios against fp32 ONNX Runtime measured in the same run.
+
+    python benchmarks/deploy_v3_int8_variants.py [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from mobilenets import create_model
+from mobilenets.export import export_onnx
+from mobilenets.quantization import ArrayReader, prepare_for_quantization
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--model", default="mobilenet_v3_small")
+    args = parser.parse_args()
+    print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="v3-int8-"))
+    fp32 = export_onnx(create_model(args.model).eval(), work / "fp32.onnx")
+    prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
+    calibration = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+    depthwise = [
+        node.name
+        for node in onnx.load(str(prepared)).graph.node
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+    ]
+
+    def quantize(name: str, quant_format=QuantFormat.QDQ, **options) -> Path:
+        quantize_static(str(prepared), str(work / name), ArrayReader(calibration), quant_format=quant_format,
+                        per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, **options)  # fmt: skip
+        return work / name
+
+    models = {
+        "fp32 (baseline)": fp32,
+        "int8 QDQ, all ops (the product's form)": quantize("all.onnx"),
+        "int8 QDQ, Conv/Gemm only": quantize("conv.onnx", op_types_to_quantize=["Conv", "Gemm", "MatMul"]),
+        "int8 QOperator": quantize("qoperator.onnx", quant_format=QuantFormat.QOperator),
+        "int8 QDQ, depthwise in float": quantize("depthwise_float.onnx", nodes_to_exclude=depthwise),
+    }
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
+    for batch in (1, 32):
+        inputs = {"image": calibration[:batch]}
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for repeat in range(args.repeats + 3):
+            for name, session in sessions.items():  # interleaved: every candidate sees the same conditions
+                started = time.perf_counter()
+                session.run(None, inputs)
+                if repeat >= 3:
+                    times[name].append(time.perf_counter() - started)
+        baseline = statistics.median(times["fp32 (baseline)"])
+        print(f"batch {batch}:")
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(f"  {name:42s} {1000 * median:8.2f} ms [{1000 * min(values):.2f}–{1000 * max(values):.2f}]  "
+                  f"{baseline / median:.2f}× fp32, {models[name].stat().st_size / 1e6:.2f} MB")  # fmt: skip
+    print(f"load average after {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
