@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilenets.acceleration import prepare_for_inference
 from mobilenets.preprocessing import Preprocessing, load_image
 
 
@@ -45,11 +46,11 @@ def predict_images(
     metadata = metadata if metadata is not None else getattr(model, "weights_metadata", {}) or {}
     preprocessing = Preprocessing.from_dict(metadata.get("preprocessing", {}))
     labels = class_names(metadata, model.num_classes)
-    model.eval()
+    fast = prepare_for_inference(model)  # Conv+BN folded, channels_last: same outputs, faster
     results = []
     for path in images:
         batch = preprocessing(load_image(path)).unsqueeze(0)
-        probabilities = model(batch).softmax(dim=1)[0]
+        probabilities = fast(batch).softmax(dim=1)[0]
         values, indices = probabilities.topk(min(top_k, probabilities.numel()))
         results.append(
             Prediction(str(path), [(labels[i], int(i), float(v)) for v, i in zip(values, indices, strict=True)])
