@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
+from mobilenets import augment as augment_module
 from mobilenets.augment import (
     AUGMENT_LEVELS,
+    AUGMIX_ALL_OPS,
+    AUGMIX_GEOMETRIC_OPS,
+    AUGMIX_OPS,
+    AUGMIX_PHOTOMETRIC_OPS,
     AugmentConfig,
     BatchAugment,
+    adjust_contrast,
     augment_config,
     autocontrast,
+    equalize,
     jensen_shannon_consistency,
     posterize,
     rotate_affine,
@@ -85,3 +92,74 @@ def test_jensen_shannon_consistency():
     m = (2 * p + q) / 3
     expected = ((2 * (p * (p / m).log()).sum(1) + (q * (q / m).log()).sum(1)) / 3).mean()
     assert jensen_shannon_consistency(logits, logits, other).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_augmix_keeps_the_papers_operation_set_and_augmix_all_adds_the_four_overlapping_ones(monkeypatch):
+    # The reference code's `augmentations` and `augmentations_all` (google-research/augmix, augmentations.py).
+    paper = [
+        "autocontrast",
+        "equalize",
+        "posterize",
+        "rotate",
+        "solarize",
+        "shear_x",
+        "shear_y",
+        "translate_x",
+        "translate_y",
+    ]
+    assert list(AUGMIX_OPS) == paper
+    assert list(AUGMIX_ALL_OPS) == [*paper, "color", "contrast", "brightness", "sharpness"]
+    used = []
+    original = augment_module.apply_random_ops
+
+    def spy(images, op_names, *args):
+        used.append(op_names)
+        return original(images, op_names, *args)
+
+    monkeypatch.setattr(augment_module, "apply_random_ops", spy)
+    for level, expected in (("augmix", AUGMIX_OPS), ("augmix-all", AUGMIX_ALL_OPS)):
+        used.clear()
+        BatchAugment(augment_config(level, 32))(images(4, 16), torch.Generator().manual_seed(0))
+        # 2 views × 3 chains × up to 3 operations, all from the level's set.
+        assert len(used) == 2 * 3 * 3 and set(used) == {expected}
+
+
+def test_augmix_base_is_the_light_crop_for_small_images_and_the_same_for_all_three_views():
+    assert augment_config("augmix", 32).crop_scale == augment_config("light").crop_scale == (0.64, 1.0)
+    assert augment_config("augmix-all", 64).crop_scale == (0.64, 1.0)
+    assert augment_config("augmix", 224).crop_scale == augment_config("augmix").crop_scale == (0.25, 1.0)
+    assert all(augment_config(level, 32).color_jitter == 0 for level in ("augmix", "augmix-all"))
+    batch = images(8, 32)
+    mixed = BatchAugment(augment_config("augmix", 32))(batch, torch.Generator().manual_seed(3))
+    light = BatchAugment(augment_config("light"))(batch, torch.Generator().manual_seed(3))
+    # The clean third is exactly the light pipeline's output: same draws, same crop and flip.
+    assert torch.equal(mixed[:8], light)
+    # Each view is a convex mix of the clean image with its augmented chains, never the same as it.
+    assert not torch.equal(mixed[8:16], light) and not torch.equal(mixed[8:16], mixed[16:])
+
+
+def test_augmix_parameters_are_the_reference_codes():
+    level, sign = torch.tensor([3.0]), torch.tensor([1.0])
+    posterize_bits = AUGMIX_PHOTOMETRIC_OPS["posterize"][1]
+    assert posterize_bits(torch.tensor([2.4, 2.6, 10.0]), sign).tolist() == [4, 3, 0]  # 4 - int(level·4/10)
+    solarize_threshold = AUGMIX_PHOTOMETRIC_OPS["solarize"][1]
+    assert solarize_threshold(level, sign).item() * 255 == pytest.approx(256 - 76)  # 256 - int(level·256/10)
+    for name in ("color", "contrast", "brightness", "sharpness"):
+        assert AUGMIX_PHOTOMETRIC_OPS[name][1](level, sign).item() == pytest.approx(0.1 + 1.8 * 0.3)
+    rotation = AUGMIX_GEOMETRIC_OPS["rotate"](torch.tensor([3.5]), sign)  # int(3.5·30/10) = 10 degrees
+    assert torch.allclose(rotation, rotate_affine(torch.tensor([10.0])))
+    shear = AUGMIX_GEOMETRIC_OPS["shear_x"](level, -sign)
+    assert shear[0, 0, 1].item() == pytest.approx(-0.09)
+
+
+def test_contrast_and_equalize_match_pillow():
+    batch = images(3, 8)
+    x = batch.float() / 255
+    for i in range(len(batch)):
+        pil = as_pil(batch[i])
+        # PIL rounds the grey mean to an integer first: within a level of it.
+        expected = from_pil(ImageEnhance.Contrast(pil).enhance(0.4))
+        assert (adjust_contrast(x[i : i + 1], torch.tensor([0.4]))[0] - expected).abs().max() <= 1.5 / 255
+    constant = torch.full((2, 3, 4, 4), 64 / 255)  # one level: nothing to spread; PIL keeps it, so do we
+    assert torch.equal(equalize(constant), constant)
+    assert torch.equal(from_pil(ImageOps.equalize(as_pil(torch.full((3, 4, 4), 64, dtype=torch.uint8)))), constant[0])

@@ -12,10 +12,16 @@ Strengths, light → heavy, as the seed's recipes ask ("maximum augmentation" fo
 - ``heavy``: crop scale 0.25–1, flip, RandAugment (Cubuk et al. 2020; N=2, M=9 of 30). Inception's
   0.08 lower bound, made for 224-px ImageNet photos, left small low-resolution datasets unrecognisable
   (V3-Small on 400 Fashion-MNIST images: 65% validation accuracy after 40 epochs).
-- ``augmix``: medium crop/flip, then AugMix (Hendrycks et al. 2020): three chains of 1–3 operations
+- ``augmix``: a base crop and flip, then AugMix (Hendrycks et al. 2020): three chains of 1–3 operations
   mixed with Dirichlet weights, two augmented views per image for the Jensen–Shannon consistency loss.
-  The AugMix operation set leaves out colour, contrast, brightness and sharpness, which overlap the
+  The base is the reference code's: for images of at most 64 px (CIFAR scale) a mild crop (``light``'s,
+  standing in for CIFAR's pad-4 random crop) and flip; above, a random-resized crop (scale 0.25–1) and
+  flip, as its ImageNet script does. No colour jitter: AugMix's operations are the only photometric ones.
+  The paper's operation set leaves out colour, contrast, brightness and sharpness, which overlap the
   ImageNet-C corruptions it is evaluated on.
+- ``augmix-all``: the same with those four operations added (the reference code's ``--all-ops``, timm's
+  default). Scores under the contrast and brightness corruptions then measure overlap with the training
+  augmentation, not robustness to something unseen.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-AUGMENT_LEVELS = ("none", "light", "medium", "heavy", "augmix")
+AUGMENT_LEVELS = ("none", "light", "medium", "heavy", "augmix", "augmix-all")
+# The corruption tables switch from CIFAR-10-C to ImageNet-C above this size (corruptions.CIFAR_MAX_SIZE);
+# AugMix's base crop follows the same line between its CIFAR and ImageNet recipes.
+SMALL_IMAGE_SIZE = 64
+LIGHT_CROP_SCALE = (0.64, 1.0)
+INCEPTION_CROP_SCALE = (0.25, 1.0)  # Inception's 0.08 erased small low-resolution images (see ``heavy``)
 
 
 @dataclass(frozen=True)
@@ -39,18 +50,27 @@ class AugmentConfig:
     randaugment_ops: int = 0
     randaugment_magnitude: float = 9.0  # of 30, as in the paper's ImageNet setting
     augmix: bool = False
+    augmix_all_ops: bool = False  # add colour, contrast, brightness, sharpness (overlap ImageNet-C)
     augmix_severity: float = 3.0  # of 10
     augmix_width: int = 3
     augmix_depth: int = 3  # chains have 1..depth operations
 
 
-def augment_config(level: str) -> AugmentConfig:
+def augment_config(level: str, resolution: int | None = None) -> AugmentConfig:
+    """The configuration of an ``--augment`` level; ``resolution`` (None: ImageNet scale) picks AugMix's base crop."""
+    if level in ("augmix", "augmix-all"):
+        small = resolution is not None and resolution <= SMALL_IMAGE_SIZE
+        return AugmentConfig(
+            crop_scale=LIGHT_CROP_SCALE if small else INCEPTION_CROP_SCALE,
+            flip=True,
+            augmix=True,
+            augmix_all_ops=level == "augmix-all",
+        )
     configs = {
         "none": AugmentConfig(),
-        "light": AugmentConfig(crop_scale=(0.64, 1.0), flip=True),
-        "medium": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, color_jitter=0.3),
-        "heavy": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, randaugment_ops=2),
-        "augmix": AugmentConfig(crop_scale=(0.25, 1.0), flip=True, augmix=True),
+        "light": AugmentConfig(crop_scale=LIGHT_CROP_SCALE, flip=True),
+        "medium": AugmentConfig(crop_scale=INCEPTION_CROP_SCALE, flip=True, color_jitter=0.3),
+        "heavy": AugmentConfig(crop_scale=INCEPTION_CROP_SCALE, flip=True, randaugment_ops=2),
     }
     if level not in configs:
         raise ValueError(f"unknown augmentation {level!r}; choose one of {', '.join(AUGMENT_LEVELS)}")
@@ -188,7 +208,10 @@ def equalize(images: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tenso
     first = cdf.gather(2, (histogram > 0).float().argmax(2, keepdim=True))
     total = levels.shape[2]
     lut = ((cdf - first) / (total - first).clamp(min=1) * 255).clamp(0, 255)
-    return (lut.gather(2, levels) / 255).view_as(images)
+    equalized = (lut.gather(2, levels) / 255).view_as(images)
+    # A channel of one level has nothing to spread; PIL leaves it unchanged rather than turning it black.
+    single_level = ((histogram > 0).sum(2) <= 1).view(batch, channels, 1, 1)
+    return torch.where(single_level, images, equalized)
 
 
 # name → (kind, magnitude(m in 0..1, signs) → per-sample parameter)
@@ -218,7 +241,51 @@ GEOMETRIC_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "translate_y": lambda m, s: translate_affine(0.45 * m * s, 1),
 }
 RANDAUGMENT_OPS = tuple(PHOTOMETRIC_OPS) + tuple(GEOMETRIC_OPS)
-AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "solarize", *GEOMETRIC_OPS)
+
+# AugMix's operations as its reference code parameterizes them (google-research/augmix, augmentations.py):
+# every application draws a level uniformly in [0.1, severity] on a 0–10 scale, and each op maps it to
+# its parameter. These are milder and one-sided where RandAugment's are not: posterize keeps 3–4 bits at
+# the default severity 3, and the enhancement ops only ever weaken (factor 0.1 + 0.18·level: 0.12–0.64).
+
+
+def _augmix_enhance_factor(level: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    return 0.1 + 1.8 * level / 10
+
+
+AUGMIX_PHOTOMETRIC_OPS: dict[str, tuple[PhotometricOp, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "autocontrast": (autocontrast, lambda level, s: level),
+    "equalize": (equalize, lambda level, s: level),
+    "posterize": (posterize, lambda level, s: 4 - torch.floor(4 * level / 10)),
+    "solarize": (solarize, lambda level, s: (256 - torch.floor(256 * level / 10)) / 255),
+    # The four operations the paper leaves out because they overlap ImageNet-C ("--all-ops" adds them).
+    "color": (adjust_saturation, _augmix_enhance_factor),
+    "contrast": (adjust_contrast, _augmix_enhance_factor),
+    "brightness": (adjust_brightness, _augmix_enhance_factor),
+    "sharpness": (adjust_sharpness, _augmix_enhance_factor),
+}
+AUGMIX_GEOMETRIC_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "rotate": lambda level, s: rotate_affine(torch.floor(30 * level / 10) * s),  # whole degrees
+    "shear_x": lambda level, s: shear_affine(0.3 * level / 10 * s, 0),
+    "shear_y": lambda level, s: shear_affine(0.3 * level / 10 * s, 1),
+    # Up to a third of the image at level 10; sub-pixel here, whole pixels in the reference.
+    "translate_x": lambda level, s: translate_affine(level / 30 * s, 0),
+    "translate_y": lambda level, s: translate_affine(level / 30 * s, 1),
+}
+AUGMIX_FILL = 0.0  # the reference's PIL transforms fill with black
+# The paper's set, in the reference's order.
+AUGMIX_OPS = (
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "rotate",
+    "solarize",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
+AUGMIX_OVERLAPPING_OPS = ("color", "contrast", "brightness", "sharpness")
+AUGMIX_ALL_OPS = (*AUGMIX_OPS, *AUGMIX_OVERLAPPING_OPS)
 
 
 def apply_random_ops(
@@ -227,26 +294,32 @@ def apply_random_ops(
     chosen: torch.Tensor,
     magnitude: torch.Tensor,
     generator: torch.Generator,
+    geometric_ops: dict = GEOMETRIC_OPS,
+    photometric_ops: dict = PHOTOMETRIC_OPS,
+    fill: float = 0.5,
 ) -> torch.Tensor:
-    """Apply op ``op_names[chosen[i]]`` to image i (chosen = -1: none), all samples of one op at once."""
+    """Apply op ``op_names[chosen[i]]`` to image i (chosen = -1: none), all samples of one op at once.
+
+    ``magnitude`` is each sample's strength in the tables' unit (RandAugment: 0–1; AugMix: a level of 0–10).
+    """
     n = len(images)
     images = images.clone()  # never write into the caller's batch
     signs = _random_sign(n, generator)
     geometry = identity_affine(n)
     has_geometry = torch.zeros(n, dtype=torch.bool)
     for index, name in enumerate(op_names):
-        if name in GEOMETRIC_OPS:
+        if name in geometric_ops:
             mask = chosen == index
             if mask.any():
-                geometry[mask] = GEOMETRIC_OPS[name](magnitude[mask], signs[mask])
+                geometry[mask] = geometric_ops[name](magnitude[mask], signs[mask])
                 has_geometry |= mask
     if has_geometry.any():
-        images[has_geometry] = warp(images[has_geometry], geometry[has_geometry])
+        images[has_geometry] = warp(images[has_geometry], geometry[has_geometry], fill)
     for index, name in enumerate(op_names):
-        if name in PHOTOMETRIC_OPS:
+        if name in photometric_ops:
             mask = chosen == index
             if mask.any() and name != "identity":
-                op, parameter = PHOTOMETRIC_OPS[name]
+                op, parameter = photometric_ops[name]
                 images[mask] = op(images[mask], parameter(magnitude[mask], signs[mask]))
     return images
 
@@ -267,6 +340,7 @@ def augmix(images: torch.Tensor, config: AugmentConfig, generator: torch.Generat
     so everything comes from the step's generator and resuming replays it exactly.
     """
     n = len(images)
+    operations = augmix_operations(config)
     weights = -torch.rand(n, config.augmix_width, generator=generator).clamp(min=1e-12).log()
     weights = weights / weights.sum(1, keepdim=True)
     skip = torch.rand(n, generator=generator)
@@ -274,14 +348,20 @@ def augmix(images: torch.Tensor, config: AugmentConfig, generator: torch.Generat
     for chain in range(config.augmix_width):
         depth = torch.randint(1, config.augmix_depth + 1, (n,), generator=generator)
         view = images
-        for level in range(config.augmix_depth):
-            chosen = torch.randint(0, len(AUGMIX_OPS), (n,), generator=generator)
-            chosen = torch.where(depth > level, chosen, torch.full_like(chosen, -1))
-            # Severity s of 10: each op's magnitude drawn in [0.1, s/10], as in the reference code.
-            magnitude = _uniform(n, 0.1, config.augmix_severity / 10, generator)
-            view = apply_random_ops(view, AUGMIX_OPS, chosen, magnitude, generator)
+        for step in range(config.augmix_depth):
+            chosen = torch.randint(0, len(operations), (n,), generator=generator)
+            chosen = torch.where(depth > step, chosen, torch.full_like(chosen, -1))
+            level = _uniform(n, 0.1, config.augmix_severity, generator)  # the reference's sample_level
+            view = apply_random_ops(
+                view, operations, chosen, level, generator, AUGMIX_GEOMETRIC_OPS, AUGMIX_PHOTOMETRIC_OPS, AUGMIX_FILL
+            )
         mixed = mixed + _per_sample(weights[:, chain]) * view
     return _per_sample(skip) * images + _per_sample(1 - skip) * mixed
+
+
+def augmix_operations(config: AugmentConfig) -> tuple[str, ...]:
+    """The paper's operation set, or with ``augmix_all_ops`` the one that adds the four overlapping ops."""
+    return AUGMIX_ALL_OPS if config.augmix_all_ops else AUGMIX_OPS
 
 
 def jensen_shannon_consistency(logits_clean, logits_view1, logits_view2) -> torch.Tensor:

@@ -317,7 +317,7 @@ class Trainer:
         self.preprocessing = preprocessing
         self.log = log if self.context.is_main else (lambda _: None)
         self.show_progress = show_progress and self.context.is_main
-        self.augment = BatchAugment(augment_config(config.augment))
+        self.augment = BatchAugment(augment_config(config.augment, config.resolution))
         adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)

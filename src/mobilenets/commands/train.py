@@ -57,7 +57,12 @@ def add_parser(subparsers) -> None:
         help="auto: choose lr/epochs/batch/augmentation by dataset size; FILE: a YAML recipe "
         "(src/mobilenets/recipes/*.yaml) whose values replace the defaults, command-line options still win",
     )
-    parser.add_argument("--augment", choices=AUGMENT_LEVELS, help="augmentation strength (default medium)")
+    parser.add_argument(
+        "--augment",
+        choices=AUGMENT_LEVELS,
+        help="augmentation strength (default medium); augmix: AugMix with its consistency loss (the paper's ops); "
+        "augmix-all: AugMix plus colour/contrast/brightness/sharpness, which overlap the ImageNet-C corruptions",
+    )
     parser.add_argument("--optimizer", choices=["adamw", "rmsprop"], default="adamw")
     parser.add_argument("--weight-decay", type=float, help="default 0.02 (AdamW) / 1e-5 (RMSprop)")
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
