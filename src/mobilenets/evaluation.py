@@ -6,7 +6,7 @@ is a sum over images: shards of a distributed evaluation add their matrices and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,24 +108,29 @@ def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_class
 
 @torch.inference_mode()
 def evaluate_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    classes: Sequence[str],
 ) -> EvaluationResult:
-    """Evaluate on (normalized images, labels) batches."""
-    was_training = model.training
-    model.eval()
+    """Evaluate on (normalized images, labels) batches, with a model or an inference engine."""
+    is_module = isinstance(model, nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
     result = EvaluationResult(list(classes), np.zeros((len(classes), len(classes)), dtype=np.int64))
     for images, labels in batches:
-        logits = model(to_model_layout(images)).float()
+        logits = (model(to_model_layout(images)) if is_module else model(images)).float()
         loss = F.cross_entropy(logits, labels, reduction="sum").item()
         result = result.merge(
             EvaluationResult(result.classes, confusion_matrix(labels, logits.argmax(1), len(classes)), loss)
         )
-    model.train(was_training)
+    if is_module:
+        model.train(was_training)
     return result
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     labels: torch.Tensor,
     classes: Sequence[str] | None = None,

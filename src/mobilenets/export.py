@@ -27,6 +27,7 @@ from torch import nn
 from mobilenets.errors import MobilenetsError
 from mobilenets.predict import class_names
 from mobilenets.preprocessing import Preprocessing
+from mobilenets.weights import weights_fingerprint
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -67,6 +68,8 @@ def deployment_metadata(model: nn.Module) -> dict[str, str]:
             }
         ),
         "opset": str(OPSET),
+        # Lets the inference engine reuse this file only for exactly these weights (mobilenets.inference).
+        "weights_sha256": weights_fingerprint(model),
     }
 
 

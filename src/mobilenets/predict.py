@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.acceleration import prepare_for_inference
+from mobilenets.inference import Engine, load_engine
 from mobilenets.preprocessing import Preprocessing, load_image
 
 
@@ -40,19 +40,29 @@ class Prediction:
 
 @torch.no_grad()
 def predict_images(
-    model: nn.Module, images: list[Path | str], top_k: int = 5, metadata: dict | None = None
+    model: nn.Module,
+    images: list[Path | str],
+    top_k: int = 5,
+    metadata: dict | None = None,
+    engine: Engine = "auto",
+    run_dir: Path | str | None = None,
+    batch_size: int = 32,
 ) -> list[Prediction]:
-    """Classify image files; preprocessing and labels come from the weights' metadata."""
+    """Classify image files; preprocessing and labels come from the weights' metadata.
+
+    ``engine`` picks ONNX Runtime or PyTorch (mobilenets.inference); both give the same top-K.
+    """
     metadata = metadata if metadata is not None else getattr(model, "weights_metadata", {}) or {}
     preprocessing = Preprocessing.from_dict(metadata.get("preprocessing", {}))
     labels = class_names(metadata, model.num_classes)
-    fast = prepare_for_inference(model)  # Conv+BN folded, channels_last: same outputs, faster
+    runner = load_engine(model, engine, planned_images=len(images), batch_size=batch_size, run_dir=run_dir)
     results = []
-    for path in images:
-        batch = preprocessing(load_image(path)).unsqueeze(0)
-        probabilities = fast(batch).softmax(dim=1)[0]
-        values, indices = probabilities.topk(min(top_k, probabilities.numel()))
-        results.append(
-            Prediction(str(path), [(labels[i], int(i), float(v)) for v, i in zip(values, indices, strict=True)])
-        )
+    for start in range(0, len(images), batch_size):
+        paths = images[start : start + batch_size]
+        batch = torch.stack([preprocessing(load_image(path)) for path in paths])
+        for path, probabilities in zip(paths, runner(batch).softmax(dim=1), strict=True):
+            values, indices = probabilities.topk(min(top_k, probabilities.numel()))
+            results.append(
+                Prediction(str(path), [(labels[i], int(i), float(v)) for v, i in zip(values, indices, strict=True)])
+            )
     return results

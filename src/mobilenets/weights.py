@@ -174,6 +174,26 @@ def cache_dir() -> Path:
     return Path(root) / "weights"
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of everything an exported copy of ``model`` depends on: tensors, architecture, metadata.
+
+    An ONNX file carrying the same fingerprint computes the same function, so it can stand in for the
+    model (mobilenets.inference); any change to a weight, the classes or the input size changes it.
+    """
+    digest = hashlib.sha256()
+    architecture = getattr(model, "architecture", None)
+    description = {
+        "architecture": [architecture.name, architecture.options] if architecture is not None else None,
+        "metadata": getattr(model, "weights_metadata", None) or {},
+    }
+    digest.update(json.dumps(description, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:

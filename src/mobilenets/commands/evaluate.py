@@ -11,6 +11,7 @@ from mobilenets.augment import normalize_batch
 from mobilenets.data import decode_samples, scan_folder
 from mobilenets.errors import MobilenetsError
 from mobilenets.evaluation import evaluate
+from mobilenets.inference import ENGINES, load_engine
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.weights import load_model
 
@@ -26,6 +27,13 @@ def add_parser(subparsers) -> None:
         help="re-estimate BatchNorm statistics on these images first (test-time adaptation)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="onnxruntime (fastest on CPU), torch, or auto (default): ONNX Runtime when the run has a model.onnx "
+        "of these weights (or a cached export), or when there are enough images to pay back exporting one",
+    )
     parser.set_defaults(run=run)
 
 
@@ -49,11 +57,22 @@ def run(args: argparse.Namespace) -> int:
         raise MobilenetsError(f"{args.data}: no readable images of the classes {', '.join(classes)}")
     if args.bn_adapt:
         model = adapt(model, data.images, preprocessing, args.batch_size)
-    result = evaluate(model, data.images, data.labels, classes, preprocessing.mean, preprocessing.std, args.batch_size)
+    run_dir = args.run_dir if args.run_dir.is_dir() else None
+    # BN-adapted weights are a one-off: exporting them to the cache would only fill it.
+    choice = "torch" if args.bn_adapt and args.engine == "auto" else args.engine
+    engine = load_engine(model, choice, planned_images=len(data), batch_size=args.batch_size, run_dir=run_dir)
+    print(f"engine: {engine.name}" + (f" ({engine.path})" if engine.path else ""), file=sys.stderr)
+    result = evaluate(engine, data.images, data.labels, classes, preprocessing.mean, preprocessing.std, args.batch_size)
     if args.json:
         print(
             json.dumps(
-                {"run": str(args.run_dir), "data": str(args.data), "bn_adapt": args.bn_adapt, **result.to_dict()},
+                {
+                    "run": str(args.run_dir),
+                    "data": str(args.data),
+                    "bn_adapt": args.bn_adapt,
+                    "engine": engine.name,
+                    **result.to_dict(),
+                },
                 indent=2,
             )
         )

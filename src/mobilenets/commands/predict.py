@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mobilenets.errors import MobilenetsError
+from mobilenets.inference import ENGINES
 from mobilenets.models import create_model, list_models
 from mobilenets.predict import predict_images
 from mobilenets.weights import list_weights
@@ -25,6 +26,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--width", type=float, default=None)
     parser.add_argument("--top", type=int, default=5, help="how many labels per image (default 5)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="onnxruntime (fastest on CPU; exported once and cached), torch, or auto (default): ONNX Runtime "
+        "when an exported copy of these weights exists or there are enough images to pay back the export",
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)
 
@@ -33,15 +41,16 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise MobilenetsError("--top must be at least 1")
     weights = Path(args.weights)
+    run_dir = None
     if weights.is_dir() and (weights / "model.safetensors").exists():
-        weights = weights / "model.safetensors"
+        run_dir, weights = weights, weights / "model.safetensors"
     options = {"width": args.width} if args.width else {}
     model = (
         create_model(args.model, weights=str(weights), **options)
         if args.model
         else _from_weights(str(weights), options)
     )
-    predictions = predict_images(model, args.images, args.top)
+    predictions = predict_images(model, args.images, args.top, engine=args.engine, run_dir=run_dir)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
