@@ -1,11 +1,13 @@
 """Why is int8 MobileNetV3-Small not faster than fp32 in ONNX Runtime? Quantization variants side by side.
 
-Exports an (untrained: speed does not depend on the weights) V3-Small at 224 px, quantizes it with ONNX
-Runtime in several forms and times all of them interleaved in one process, 2 threads:
-all ops QDQ (the product's form), convolutions/classifier only, QOperator format, depthwise convs in
-float. Prints medians and ratios against fp32 ONNX Runtime measured in the same run.
+Exports an (untrained: speed does not depend on the weights) V3-Small at 224 px, or a trained run's model
+at its resolution (``--run``), quantizes it with ONNX Runtime in several forms and times all of them
+interleaved in one process, 2 threads: the product's int8 form (hard-swish, hard-sigmoid and SE pooling
+rewritten so ORT runs them in int8, ``quantization.int8_friendly_form``), and the earlier forms on the
+graph as exported: all ops QDQ, convolutions/classifier only, QOperator format, depthwise convs in float.
+Prints medians and ratios against fp32 ONNX Runtime measured in the same run.
 
-    python benchmarks/deploy_v3_int8_variants.py [--repeats 20]
+    python benchmarks/deploy_v3_int8_variants.py [--repeats 20] [--model NAME | --run RUN_DIR] [--batches 1,32]
 """
 
 from __future__ import annotations
@@ -25,20 +27,30 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from mobilenets import create_model
 from mobilenets.export import export_onnx
-from mobilenets.quantization import ArrayReader, prepare_for_quantization
+from mobilenets.quantization import ArrayReader, prepare_for_quantization, quantize_ptq
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--model", default="mobilenet_v3_small")
+    parser.add_argument("--run", help="a trained run directory (its model, at its resolution) instead of --model")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="v3-int8-"))
-    fp32 = export_onnx(create_model(args.model).eval(), work / "fp32.onnx")
-    prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
-    calibration = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+    if args.run:
+        from mobilenets.weights import load_model
+
+        model = load_model(args.run)
+        size = model.weights_metadata["preprocessing"]["input_size"]
+    else:
+        model, size = create_model(args.model).eval(), 224
+    fp32 = export_onnx(model, work / "fp32.onnx")
+    prepared = prepare_for_quantization(fp32, work / "prepared.onnx", int8_form=False)  # the graph as exported
+    calibration = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
     depthwise = [
         node.name
         for node in onnx.load(str(prepared)).graph.node
@@ -53,15 +65,16 @@ def main() -> None:
 
     models = {
         "fp32 (baseline)": fp32,
-        "int8 QDQ, all ops (the product's form)": quantize("all.onnx"),
+        "int8 QDQ, int8 graph form (the product's)": quantize_ptq(fp32, work / "form.onnx", calibration),
+        "int8 QDQ, all ops, as exported": quantize("all.onnx"),
         "int8 QDQ, Conv/Gemm only": quantize("conv.onnx", op_types_to_quantize=["Conv", "Gemm", "MatMul"]),
         "int8 QOperator": quantize("qoperator.onnx", quant_format=QuantFormat.QOperator),
         "int8 QDQ, depthwise in float": quantize("depthwise_float.onnx", nodes_to_exclude=depthwise),
     }
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = args.threads
     sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
-    for batch in (1, 32):
+    for batch in map(int, args.batches.split(",")):
         inputs = {"image": calibration[:batch]}
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for repeat in range(args.repeats + 3):

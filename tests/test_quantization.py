@@ -25,6 +25,7 @@ from mobilenets.quantization import (
     ImageSet,
     LayerError,
     fold_batchnorm,
+    int8_friendly_form,
     layer_errors,
     onnx_logits,
     quantize_ptq,
@@ -79,7 +80,8 @@ def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
     model = fold_batchnorm(create_model("mobilenet_v1", num_classes=4, width=0.25))
     model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict()}
     fp32 = export_onnx(model, tmp_path / "fp32.onnx")
-    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", np.random.default_rng(0).standard_normal((4, 3, 32, 32), "f"))
+    calibration = np.random.default_rng(0).standard_normal((4, 3, 32, 32), "f")
+    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", calibration, weight_rounding="nearest")
     graph = onnx.load(str(int8)).graph
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     weight_dequantizers = {
@@ -98,7 +100,8 @@ def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
 
     # The diagnosis behind the drop warning: per-layer SQNR, the layers losing the most first.
     errors = layer_errors(fp32, int8, np.random.default_rng(1).standard_normal((4, 3, 32, 32), "f"))
-    node_names = {node.name for node in onnx.load(str(fp32)).graph.node}
+    # Named as in the graph that was quantized (its int8 form), so they can be passed to nodes_to_exclude.
+    node_names = {node.name for node in int8_friendly_form(onnx.load(str(fp32))).graph.node}
     assert len(errors) >= 27 and all(e.node in node_names for e in errors)
     assert [e.loss_db for e in errors] == sorted((e.loss_db for e in errors), reverse=True)
     assert all(np.isfinite(e.sqnr_db) for e in errors)
@@ -156,6 +159,9 @@ def check_run_dir_contract(run_dir: Path, result: dict, method: str) -> None:
     assert 0.0 <= result["int8_val_accuracy"] <= 1.0 and 0.0 <= result["fp32_val_accuracy"] <= 1.0
     assert result["int8_val_images"] == 12
     assert result["fp32_onnx_latency_ms"] > 0 and result["int8_latency_ms"] > 0 and result["latency_batch"] == 1
+    assert result["int8_speedup_batch1"] > 0 and result["int8_speedup_batch32"] > 0
+    slower = result["int8_speedup_batch1"] < 1 or result["int8_speedup_batch32"] < 1
+    assert result["int8_slower_than_fp32"] is slower
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_val_accuracy"] == 0.5  # the training run's keys are kept
     assert metrics["int8_val_accuracy"] == result["int8_val_accuracy"]
@@ -169,6 +175,8 @@ def test_quantize_run_writes_int8_model_and_merges_metrics(tiny_run):
     result = quantize_run(tiny_run, method="ptq", calibration_images=8, threshold=100.0, report=lines.append)
     check_run_dir_contract(tiny_run, result, "ptq (minmax)")
     assert lines[0].startswith("ptq (minmax): top-1 fp32 ")
+    verdict = lines[-1]  # always said, in one of two plain forms
+    assert verdict.startswith("speed: int8 is faster than fp32") or verdict.startswith("WARNING: int8 is SLOWER")
 
 
 @pytest.mark.slow
@@ -250,3 +258,75 @@ def test_mixed_method_tries_percentile_then_float_layers_and_keeps_the_best(tmp_
     assert any(line.startswith("WARNING: no int8 model is within -1 points") for line in lines)
     float_nodes = json.loads(read_metadata(tmp_path / "m_int8.onnx")["quantization"])["float_nodes"]
     assert bool(float_nodes) == result.method.startswith("mixed")
+
+
+def test_v3_int8_form_is_the_same_function_and_runs_entirely_in_int8(tmp_path):
+    """Hard-swish, hard-sigmoid and SE pooling rewritten for int8 kernels: exact in fp32, no float island in ORT."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=3, width=0.25).eval()
+    for module in model.modules():  # initialised classifiers give ~1e-8 logits: make the outputs comparable
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=1.0)
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict()}
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    form = tmp_path / "form.onnx"
+    onnx.save(int8_friendly_form(onnx.load(str(fp32))), str(form))
+    ops = Counter(node.op_type for node in onnx.load(str(form)).graph.node)
+    assert ops["HardSwish"] == ops["HardSigmoid"] == ops["ReduceMean"] == 0
+    assert ops["GlobalAveragePool"] == 10  # 9 SE blocks and the head
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), "f")
+    np.testing.assert_allclose(onnx_logits(form, x), onnx_logits(fp32, x), rtol=1e-4, atol=1e-5)
+
+    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", np.random.default_rng(1).standard_normal((8, 3, 32, 32), "f"))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "int8.optimized.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    ran = Counter(node.op_type for node in onnx.load(str(tmp_path / "int8.optimized.onnx")).graph.node)
+    # One QuantizeLinear for the image, and nothing after it runs in float: the classifier's QGemm writes
+    # float logits itself (no DequantizeLinear at all).
+    assert ran["QuantizeLinear"] == 1 and ran["DequantizeLinear"] == 0
+    assert ran["QLinearConv"] == 52 and ran["QLinearGlobalAveragePool"] == 10 and ran["QGemm"] == 2
+    assert ran["HardSigmoid"] == ran["ReduceMean"] == ran["Mul"] == 0
+    # The folded 1/6 keeps int8 close to fp32 (a wrong scale would be off by 6×).
+    reference = onnx_logits(fp32, x)
+    assert np.abs(onnx_logits(int8, x) - reference).max() < 0.25 * np.abs(reference).max()
+
+
+def test_speed_verdict_says_plainly_when_int8_is_slower_and_what_to_do():
+    from mobilenets.quantization import SpeedCheck, speed_verdict
+
+    faster = [SpeedCheck(1, 2.0, 1.0), SpeedCheck(32, 40.0, 20.0)]
+    assert speed_verdict(faster, "mobilenet_v2") == (
+        "speed: int8 is faster than fp32 ONNX Runtime on this machine "
+        "(batch 1: 2.00× (1.0 vs 2.0 ms), batch 32: 2.00× (20.0 vs 40.0 ms))"
+    )
+    slower = [SpeedCheck(1, 1.0, 0.8), SpeedCheck(32, 4.0, 5.0)]
+    message = speed_verdict(slower, "mobilenet_v3_small")
+    assert message.startswith("WARNING: int8 is SLOWER than fp32 ONNX Runtime on this machine at batch 32 ")
+    assert "batch 32: 0.80× (5.0 vs 4.0 ms)" in message and "deploy the fp32 ONNX model" in message
+    assert "mobilenet_v3_small_minimal (ReLU, no squeeze-excite" in message
+    assert "_minimal" not in speed_verdict(slower, "mobilenet_v3_small_minimal")
+
+
+def test_gptq_rounding_is_nearest_for_uncorrelated_inputs_and_better_for_correlated_ones():
+    from mobilenets.quantization import gptq_round
+
+    rng = np.random.default_rng(0)
+    weight = torch.from_numpy(rng.standard_normal((16, 24)))
+    scale = weight.abs().amax(1) / 127
+    nearest = torch.clamp(torch.round(weight / scale[:, None]), -127, 127)
+    # Uncorrelated inputs (H diagonal): no error can be moved onto another input, so GPTQ is nearest rounding.
+    assert torch.equal(gptq_round(weight, torch.eye(24)[None] * 5.0, scale).double(), nearest)
+    # Correlated inputs: the layer's output error ‖(W − sQ)X‖ is what GPTQ minimises, and it is smaller.
+    x = torch.from_numpy(
+        rng.standard_normal((512, 4)) @ rng.standard_normal((4, 24)) + 0.1 * rng.standard_normal((512, 24))
+    )
+    q = gptq_round(weight, (x.T @ x)[None], scale).double()
+    assert q.abs().max() <= 127
+    error = lambda values: ((weight - scale[:, None] * values) @ x.T).norm()  # noqa: E731
+    assert error(q) < 0.7 * error(nearest)
+    # One Hessian per row (a depthwise conv's channels) gives the same answer as each row alone.
+    per_row = torch.stack([(x.T @ x)] * 16)
+    assert torch.equal(gptq_round(weight, per_row, scale), gptq_round(weight, (x.T @ x)[None], scale))
