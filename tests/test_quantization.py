@@ -42,17 +42,17 @@ def to_array(images, preprocessing: Preprocessing) -> np.ndarray:
 @pytest.fixture(scope="module")
 def v2_int8(real_v2_weights) -> tuple[Path, Path]:
     fp32 = exported_v2("mobilenet_v2.tv_in1k")
-    calibration = to_array(random_crops(64, seed=1), Preprocessing(224, 224))
+    calibration = to_array(random_crops(128, seed=1), Preprocessing(224, 224))
     return fp32, quantize_ptq(fp32, WORK / "mobilenet_v2_int8.onnx", calibration)
 
 
 def test_real_v2_ptq_agrees_with_fp32_on_real_photo_crops(v2_int8):
     fp32, int8 = v2_int8
-    images = to_array(random_crops(96, seed=2), Preprocessing(224, 224))  # other crops than calibration
+    images = to_array(random_crops(192, seed=2), Preprocessing(224, 224))  # other crops than calibration
     reference = softmax(onnx_logits(fp32, images))
     agree = reference.argmax(1) == onnx_logits(int8, images).argmax(1)
     confident = reference.max(1) >= 0.5
-    assert confident.sum() >= 30
+    assert confident.sum() >= 60
     assert agree[confident].mean() >= 0.97
     assert agree.mean() >= 0.85
 
@@ -81,7 +81,7 @@ def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
     model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict()}
     fp32 = export_onnx(model, tmp_path / "fp32.onnx")
     calibration = np.random.default_rng(0).standard_normal((4, 3, 32, 32), "f")
-    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", calibration, weight_rounding="nearest")
+    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", calibration)
     graph = onnx.load(str(int8)).graph
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     weight_dequantizers = {
@@ -308,25 +308,3 @@ def test_speed_verdict_says_plainly_when_int8_is_slower_and_what_to_do():
     assert "batch 32: 0.80× (5.0 vs 4.0 ms)" in message and "deploy the fp32 ONNX model" in message
     assert "mobilenet_v3_small_minimal (ReLU, no squeeze-excite" in message
     assert "_minimal" not in speed_verdict(slower, "mobilenet_v3_small_minimal")
-
-
-def test_gptq_rounding_is_nearest_for_uncorrelated_inputs_and_better_for_correlated_ones():
-    from mobilenets.quantization import gptq_round
-
-    rng = np.random.default_rng(0)
-    weight = torch.from_numpy(rng.standard_normal((16, 24)))
-    scale = weight.abs().amax(1) / 127
-    nearest = torch.clamp(torch.round(weight / scale[:, None]), -127, 127)
-    # Uncorrelated inputs (H diagonal): no error can be moved onto another input, so GPTQ is nearest rounding.
-    assert torch.equal(gptq_round(weight, torch.eye(24)[None] * 5.0, scale).double(), nearest)
-    # Correlated inputs: the layer's output error ‖(W − sQ)X‖ is what GPTQ minimises, and it is smaller.
-    x = torch.from_numpy(
-        rng.standard_normal((512, 4)) @ rng.standard_normal((4, 24)) + 0.1 * rng.standard_normal((512, 24))
-    )
-    q = gptq_round(weight, (x.T @ x)[None], scale).double()
-    assert q.abs().max() <= 127
-    error = lambda values: ((weight - scale[:, None] * values) @ x.T).norm()  # noqa: E731
-    assert error(q) < 0.7 * error(nearest)
-    # One Hessian per row (a depthwise conv's channels) gives the same answer as each row alone.
-    per_row = torch.stack([(x.T @ x)] * 16)
-    assert torch.equal(gptq_round(weight, per_row, scale), gptq_round(weight, (x.T @ x)[None], scale))

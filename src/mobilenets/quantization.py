@@ -361,16 +361,8 @@ def quantize_ptq(
     nodes_to_exclude: Sequence[str] = (),
     description: str = "ptq",
     percentile: float = 99.99,
-    weight_rounding: str = "nearest",
 ) -> Path:
-    """int8 QDQ model of ``fp32_onnx``: per-channel int8 weights, uint8 activations calibrated on ``calibration``.
-
-    ``weight_rounding``: ``gptq`` rounds each layer's weights to ORT's int8 grid so as to minimise the error of
-    its output on the calibration images (``gptq_rounding``); ``nearest`` is ORT's own rounding (what QAT's
-    fake quantization trains against).
-    """
-    if weight_rounding not in ("gptq", "nearest"):
-        raise MobilenetsError(f"unknown weight rounding {weight_rounding!r}; choose gptq or nearest")
+    """int8 QDQ model of ``fp32_onnx``: per-channel int8 weights, uint8 activations calibrated on ``calibration``."""
     if calibration_method not in CALIBRATION_METHODS:
         raise MobilenetsError(
             f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
@@ -396,10 +388,7 @@ def quantize_ptq(
             calibrate_method=CALIBRATION_METHODS[calibration_method],
             extra_options={"CalibPercentile": percentile},
         )
-        int8 = float_logits(fold_constant_scales(onnx.load(str(temporary))))
-        if weight_rounding == "gptq":
-            int8 = gptq_rounding(prepared, int8, calibration)
-        onnx.save(int8, str(temporary))
+        onnx.save(float_logits(fold_constant_scales(onnx.load(str(temporary)))), str(temporary))
         copy_metadata(
             fp32_onnx,
             temporary,
@@ -408,7 +397,6 @@ def quantize_ptq(
                     "method": description,
                     "format": "QDQ",
                     "weights": "int8 per-channel symmetric",
-                    "weight_rounding": weight_rounding,
                     "activations": f"uint8 per-tensor, {calibration_method} calibration on {len(calibration)} images",
                     "float_nodes": list(nodes_to_exclude),
                 }
@@ -416,129 +404,6 @@ def quantize_ptq(
         )
         shutil.move(temporary, out)
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Weight rounding that minimises each layer's output error (GPTQ)
-# --------------------------------------------------------------------------------------------------
-#
-# Rounding every weight to its nearest int8 value is what dominates MobileNetV2's int8 error on real photos:
-# the fp32 network with only its weights rounded (per-channel, activations in float) already disagrees with
-# fp32 on 11% of our crops. GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
-# Generative Pre-trained Transformers", after Optimal Brain Quantization) rounds the weights of one output
-# channel one input at a time and moves each rounding error onto the inputs not yet rounded, weighted by
-# the inverse of H = XᵀX of the layer's real inputs X: the layer's output on the calibration images, not
-# each weight, is what is kept close. The grid (ORT's per-channel scales) is unchanged, so the file,
-# its speed and every op stay exactly those of plain PTQ: only which int8 value each weight gets changes.
-
-
-def layer_input_hessians(prepared: onnx.ModelProto, layers: Sequence, images: np.ndarray, batch_size: int = 4) -> list:
-    """H = Σ xxᵀ over the calibration images for each Conv/Gemm (per channel for a depthwise conv)."""
-    import onnxruntime as ort
-
-    augmented = copy.deepcopy(prepared)
-    present = {o.name for o in augmented.graph.output}
-    for name in dict.fromkeys(node.input[0] for node in layers):
-        if name not in present:
-            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    hessians: list = [None] * len(layers)
-    for start in range(0, len(images), batch_size):
-        values = dict(zip(names, session.run(None, {INPUT_NAME: images[start : start + batch_size]}), strict=True))
-        for index, node in enumerate(layers):
-            x = torch.from_numpy(values[node.input[0]])
-            if node.op_type == "Gemm":
-                h = (x.T @ x)[None]
-            else:
-                found = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                kernel, group = found["kernel_shape"], found.get("group", 1)
-                pads = found.get("pads", [0, 0, 0, 0])
-                patches = nn.functional.unfold(
-                    x,
-                    kernel,
-                    dilation=found.get("dilations", [1, 1]),
-                    padding=pads[:2],
-                    stride=found.get("strides", [1, 1]),
-                )  # N × (C·kh·kw) × L, channel-major like the weight's reshape
-                if group == 1:
-                    columns = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-                    h = (columns.T @ columns)[None]
-                else:  # depthwise: each channel's kh·kw taps see only that channel
-                    per_channel = patches.view(x.shape[0], x.shape[1], -1, patches.shape[-1])
-                    h = torch.einsum("ncil,ncjl->cij", per_channel, per_channel)
-            h = h.double()  # summed over many images: accumulate in double
-            hessians[index] = h if hessians[index] is None else hessians[index] + h
-    return hessians
-
-
-def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
-    """int8 values for ``weight`` (rows × d) on the grid ``scale`` (per row) minimising ‖(W − s·Q)X‖ (GPTQ).
-
-    ``hessian`` is d × d shared by all rows, or one d × d per row (depthwise), as 1 × d × d or rows × d × d.
-    """
-    w = weight.double().clone()
-    h = hessian.double().clone()
-    diagonal = torch.diagonal(h, dim1=1, dim2=2)
-    dead = diagonal == 0  # an input that is always zero (a dead ReLU channel): its weight does not matter
-    diagonal[dead] = 1.0
-    diagonal += damping * diagonal.mean(dim=1, keepdim=True)
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    s = scale.double()
-    q = torch.zeros_like(w)
-    for j in range(w.shape[1]):
-        q[:, j] = torch.clamp(torch.round(w[:, j] / s), -127, 127)
-        error = (w[:, j] - q[:, j] * s) / upper[:, j, j]
-        w[:, j + 1 :] -= error[:, None] * upper[:, j, j + 1 :]
-    return q.to(torch.int8)
-
-
-def gptq_rounding(
-    prepared_path: Path, int8: onnx.ModelProto, calibration: np.ndarray, damping: float = 0.01
-) -> onnx.ModelProto:
-    """Re-round every per-channel symmetric int8 weight of ``int8`` with GPTQ (scales and graph unchanged).
-
-    Each layer's H comes from its inputs as the int8 model computes them (dequantized, with the error of
-    every layer before it), not from fp32's: rounding that relies on fine correlations between clean
-    inputs undoes itself on the inputs the int8 model really sees (measured: worse agreement than nearest).
-    """
-    from onnx import numpy_helper
-
-    floats = {i.name: i for i in onnx.load(str(prepared_path)).graph.initializer}
-    quantized = {i.name: i for i in int8.graph.initializer}
-    producers = {output: node for node in int8.graph.node for output in node.output}
-    layers, names = [], []
-    for node in int8.graph.node:
-        weight_dq = producers.get(node.input[1]) if node.op_type in ("Conv", "Gemm") else None
-        if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in quantized:
-            continue  # a float layer (mixed precision), or not a layer
-        name = weight_dq.input[0].removesuffix("_quantized")
-        if name not in floats or f"{name}_scale" not in quantized:
-            continue
-        found = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Gemm" and (found.get("transB", 0) != 1 or found.get("transA", 0)):
-            continue
-        pads = found.get("pads", [0, 0, 0, 0])
-        if node.op_type == "Conv" and (pads[:2] != pads[2:] or found.get("group", 1) not in (1, floats[name].dims[0])):
-            continue
-        zero_point = quantized.get(f"{name}_zero_point")
-        if (zero_point is not None and np.any(numpy_helper.to_array(zero_point))) or list(
-            quantized[f"{name}_scale"].dims
-        ) != [floats[name].dims[0]]:
-            continue  # not symmetric per-channel weights: not a form we deploy
-        layers.append(node)
-        names.append(name)
-    hessians = layer_input_hessians(int8, layers, calibration)
-    for name, hessian in zip(names, hessians, strict=True):
-        weight = torch.from_numpy(numpy_helper.to_array(floats[name]).copy())
-        scale = torch.from_numpy(numpy_helper.to_array(quantized[f"{name}_scale"]).astype(np.float64))
-        rows = weight.reshape(weight.shape[0], -1)
-        values = gptq_round(rows, hessian, scale, damping).reshape(weight.shape).numpy()
-        quantized[f"{name}_quantized"].CopyFrom(numpy_helper.from_array(values, f"{name}_quantized"))
-    return int8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1006,9 +871,7 @@ def quantize_model(
             tuned = qat_finetune(model, qat_data, epochs=qat_epochs)
             qat_fp32 = export_onnx(tuned, work / "qat_fp32.onnx")
             copy_metadata(fp32_onnx, qat_fp32)
-            qat = quantize_ptq(
-                qat_fp32, work / "qat.onnx", calibration.images, calibration_method, "qat", weight_rounding="nearest"
-            )
+            qat = quantize_ptq(qat_fp32, work / "qat.onnx", calibration.images, calibration_method, description="qat")
             attempt("qat", qat)
         if not candidates:
             raise MobilenetsError("nothing was quantized")
