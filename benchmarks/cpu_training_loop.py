@@ -6,7 +6,9 @@ forward, label-smoothed loss, backward, AdamW, LR schedule and EMA update. Only 
 acceleration differ:
 
   <peer> channels_last eager fp32   torchvision's model (timm's for v1) in our loop, bf16 and compile off
-  ours default                       our model exactly as ``mobilenets train`` runs it
+  ours default                       our model exactly as ``mobilenets train`` runs it for a short run (eager)
+  ours default, long run (compiled)  the same for a run planned ≥ 4,000 steps, where ``mobilenets train``
+                                     compiles the model (--compile; compile time reported, not in the medians)
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/cpu_training_loop.py --models mobilenet_v3_small mobilenet_v1
 
@@ -84,7 +86,9 @@ def trainer_step(trainer: Trainer):
     return step
 
 
-def candidates_for(model_name: str, batch: int, resolution: int, steps: int, run_dir: Path) -> list[Candidate]:
+def candidates_for(
+    model_name: str, batch: int, resolution: int, steps: int, run_dir: Path, compile: bool = False
+) -> list[Candidate]:
     data = cached_dataset(batch * steps, resolution)
     config = TrainConfig(data="(cached)", model=model_name, resolution=resolution, batch_size=batch, epochs=10)
     preprocessing = Preprocessing.for_resolution(resolution)
@@ -97,9 +101,19 @@ def candidates_for(model_name: str, batch: int, resolution: int, steps: int, run
     with environment(MOBILENETS_BF16="0", MOBILENETS_COMPILE="0"):
         baseline = trainer(build_peer(peer, model_name, NUM_CLASSES), "peer")
     ours = trainer(create_model(model_name, num_classes=NUM_CLASSES), "ours")
+    runs = [(f"{peer} channels_last eager fp32", baseline), ("ours default (mobilenets train)", ours)]
+    if compile:
+        # What Trainer does when the planned run reaches COMPILE_TRAINING_MIN_STEPS.
+        with environment(MOBILENETS_COMPILE="1"):
+            runs.append(
+                (
+                    "ours default, long run (compiled)",
+                    trainer(create_model(model_name, num_classes=NUM_CLASSES), "long"),
+                )
+            )
     macs = macs_per_image(model_name, resolution, NUM_CLASSES)
     candidates = []
-    for name, each in ((f"{peer} channels_last eager fp32", baseline), ("ours default (mobilenets train)", ours)):
+    for name, each in runs:
         step = trainer_step(each)
         start = time.perf_counter()
         step()
@@ -114,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (one step per candidate each)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: the product's choice)")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled long-run path (minutes)")
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
@@ -125,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for model_name in args.models:
         with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as folder:
-            candidates = candidates_for(model_name, args.batch, args.resolution, args.repeats + 2, Path(folder))
+            candidates = candidates_for(
+                model_name, args.batch, args.resolution, args.repeats + 2, Path(folder), args.compile
+            )
             measure(candidates, args.repeats, warmup=1)
         baseline = candidates[0]
         rows = [
@@ -140,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             for c in candidates
         ]
         print(table(rows, ["model", "candidate", "ms/step", "images/s", f"vs {baseline.name}", "GFLOP/s (of peak)"]))
+        for c in candidates:
+            if "compiled" in c.name:
+                print(f"({c.name}: compile + first step {c.setup_seconds:.0f} s)")
         sys.stdout.flush()
     print(f"load average at end: {load_average()}")
     return 0
