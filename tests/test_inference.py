@@ -42,6 +42,7 @@ def test_fingerprint_follows_weights_and_metadata(run_dir):
     with torch.no_grad():
         same.classifier.bias[0] += 1e-3
     assert weights_fingerprint(model) != weights_fingerprint(same)
+    assert weights_fingerprint(load_model(run_dir / "model.safetensors")) == weights_fingerprint(model)
     renamed = load_model(run_dir)
     renamed.weights_metadata = {**renamed.weights_metadata, "classes": ["a", "b", "c"]}
     assert weights_fingerprint(model) != weights_fingerprint(renamed)

@@ -182,9 +182,12 @@ def weights_fingerprint(model: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     architecture = getattr(model, "architecture", None)
+    metadata = getattr(model, "weights_metadata", None) or {}
     description = {
         "architecture": [architecture.name, architecture.options] if architecture is not None else None,
-        "metadata": getattr(model, "weights_metadata", None) or {},
+        # What an export writes into the file; not where the weights were read from.
+        "classes": metadata.get("classes"),
+        "preprocessing": metadata.get("preprocessing"),
     }
     digest.update(json.dumps(description, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
