@@ -7,7 +7,8 @@ rewritten so ORT runs them in int8, ``quantization.int8_friendly_form``), and th
 graph as exported: all ops QDQ, convolutions/classifier only, QOperator format, depthwise convs in float.
 Prints medians and ratios against fp32 ONNX Runtime measured in the same run.
 
-    python benchmarks/deploy_v3_int8_variants.py [--repeats 20] [--model NAME | --run RUN_DIR] [--batches 1,32]
+    python benchmarks/deploy_v3_int8_variants.py [--repeats 20] [--model NAME [--resolution 224] | --run RUN_DIR]
+        [--batches 1,32] [--no-spinning]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from mobilenets import create_model
 from mobilenets.export import export_onnx
+from mobilenets.preprocessing import Preprocessing
 from mobilenets.quantization import ArrayReader, prepare_for_quantization, quantize_ptq
 
 
@@ -36,7 +38,13 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenet_v3_small")
     parser.add_argument("--run", help="a trained run directory (its model, at its resolution) instead of --model")
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--resolution", type=int, default=224, help="input size for --model (a run uses its own)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--no-spinning",
+        action="store_true",
+        help="intra-op threads sleep between runs: interleaved sessions otherwise spin against each other",
+    )
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
     torch.manual_seed(0)
@@ -47,7 +55,8 @@ def main() -> None:
         model = load_model(args.run)
         size = model.weights_metadata["preprocessing"]["input_size"]
     else:
-        model, size = create_model(args.model).eval(), 224
+        model, size = create_model(args.model).eval(), args.resolution
+        model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(size).to_dict()}  # the export's size
     fp32 = export_onnx(model, work / "fp32.onnx")
     prepared = prepare_for_quantization(fp32, work / "prepared.onnx", int8_form=False)  # the graph as exported
     calibration = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
@@ -73,6 +82,8 @@ def main() -> None:
     }
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    if args.no_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
     for batch in map(int, args.batches.split(",")):
         inputs = {"image": calibration[:batch]}

@@ -6,7 +6,10 @@ QuantizeLinear/DequantizeLinear left around HardSwish, HardSigmoid, the SE Mul, 
 sums ORT's own per-node profile (``enable_profiling``) by op type at the given batch.
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/deploy_v3_profile.py [--model mobilenet_v3_small]
-        [--run RUN_DIR] [--resolution 224] [--batch 32] [--threads 2] [--form ...]
+        [--run RUN_DIR] [--resolution 224] [--batch 32] [--threads 2] [--int8 FILE]
+
+ORT's profiler adds a fixed cost to every node, so with ~130 small nodes the profiled wall time is
+several times the unprofiled one: read the shares and the node counts, and time with ``mobilenets bench``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mobilenets.quantization import quantize_ptq
 
 def session(path: Path, threads: int, optimized: Path | None = None, profile: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    options.profile_file_prefix = str(path.parent / f"{path.stem}.profile")  # next to the model, not in the cwd
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3

@@ -1,0 +1,286 @@
+"""The V2 PTQ recipes tried in the second round that lost, on the same inputs as ``deploy_v2_ptq.py``.
+
+Same photos, crop generator, seeds and 256 calibration crops as ``deploy_v2_ptq.py``; accuracy only (no lock
+needed). Recipes (``--recipes``), each on top of the product's ``pctearly3`` (percentile 99.99, stem and first
+block in float) or ``minmax`` quantization:
+
+- ``biascorr``: Nagel et al. 2019 bias correction of the weight rounding (the mean output shift E[ΔW·x] of
+  each conv, measured on the calibration images, subtracted from its bias), then ``pctearly3``;
+- ``mse``: per-tensor activation ranges minimising the quantization MSE of ORT's |x| histograms instead of
+  the 99.99th percentile;
+- ``othercal``: ``pctearly3`` calibrated on 18 photos unlike the evaluation photos;
+- ``gptq_fp32h`` / ``gptq_int8h``: min-max PTQ whose int8 weights are re-rounded with GPTQ (Frantar et al.
+  2022) from each layer's input Hessian, taken from fp32's inputs or from the int8 model's own;
+- ``weights_only``: PyTorch, only the weights rounded to int8 (nearest, per-channel), activations in float;
+- ``fresh``: the product's ``pctearly3`` on three new crop sets (seeds 4, 5, 6).
+
+    .venv/bin/python benchmarks/deploy_v2_ptq_tried.py --recipes biascorr,mse,othercal,gptq_fp32h,gptq_int8h,weights_only,fresh
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from deploy_v2_ptq import photos, random_crops
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator
+from PIL import Image
+from torch import nn
+
+from mobilenets.export import INPUT_NAME, export_onnx
+from mobilenets.preprocessing import Preprocessing
+from mobilenets.quantization import (
+    ArrayReader,
+    FakeQuantizeWeight,
+    constant_scale_nodes,
+    float_logits,
+    float_nodes_for,
+    fold_batchnorm,
+    fold_constant_scales,
+    onnx_logits,
+    prepare_for_quantization,
+    quantize_ptq,
+)
+from mobilenets.runtime import softmax
+from mobilenets.weights import load_model
+
+
+def other_photos() -> list[Image.Image]:
+    """Photos unlike the evaluation ones: scikit-image's grey photos, Grace Hopper, the frost images."""
+    import matplotlib
+    from skimage import data
+
+    found = [Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("camera", "moon", "coins", "brick")]
+    found += [Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("grass", "gravel", "clock", "cell")]
+    found.append(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
+    found.append(Image.fromarray(data.stereo_motorcycle()[1]).convert("RGB"))
+    frost = Path(__file__).resolve().parents[1] / "src" / "mobilenets" / "data" / "frost"
+    return found + [Image.open(p).convert("RGB") for p in sorted(frost.glob("*.jpg"))]
+
+
+def bias_corrected(model: nn.Module, calibration: np.ndarray, batch_size: int = 32) -> nn.Module:
+    """BN-folded copy whose conv biases absorb the mean output shift of int8 weight rounding (Nagel et al. 2019)."""
+    folded = fold_batchnorm(model)
+    shifts: dict[nn.Module, torch.Tensor] = {}
+    counts: dict[nn.Module, int] = {}
+    handles = []
+    for module in folded.modules():
+        if isinstance(module, nn.Conv2d):
+            delta = FakeQuantizeWeight()(module.weight).detach() - module.weight.detach()
+
+            def hook(conv, inputs, delta=delta):
+                y = nn.functional.conv2d(inputs[0], delta, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+                shifts[conv] = shifts.get(conv, 0) + y.sum((0, 2, 3)).double()
+                counts[conv] = counts.get(conv, 0) + y.shape[0] * y.shape[2] * y.shape[3]
+
+            handles.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        for start in range(0, len(calibration), batch_size):
+            folded(torch.from_numpy(calibration[start : start + batch_size]))
+        for handle in handles:
+            handle.remove()
+        for conv, shift in shifts.items():
+            conv.bias -= (shift / counts[conv]).float()
+    folded.weights_metadata = model.weights_metadata
+    return folded
+
+
+def mse_threshold(hist: np.ndarray, edges: np.ndarray, signed: bool) -> float:
+    """The clipping threshold t minimising clipping + rounding MSE for 256 levels over [−t, t] or [0, t]."""
+    centers = (edges[:-1] + edges[1:]) / 2
+    best, best_t = np.inf, float(edges[-1])
+    for t in np.unique(np.concatenate([edges[1::8], edges[-1:]])):
+        step = (2 * t if signed else t) / 255
+        over = centers > t
+        mse = (hist[over] * (centers[over] - t) ** 2).sum() + hist[~over].sum() * step**2 / 12
+        if mse < best:
+            best, best_t = mse, float(t)
+    return best_t
+
+
+def quantize_mse(fp32: Path, out: Path, calibration: np.ndarray, nodes_to_exclude: list[str]) -> Path:
+    with tempfile.TemporaryDirectory() as work:
+        prepared = prepare_for_quantization(fp32, Path(work) / "prepared.onnx")
+        calibrator = create_calibrator(
+            str(prepared), None, str(Path(work) / "augmented.onnx"), CalibrationMethod.Percentile,
+            extra_options={"symmetric": True, "num_bins": 2048},
+        )  # fmt: skip
+        calibrator.collect_data(ArrayReader(calibration))
+        overrides = {}
+        for tensor, (hist, edges, low, high) in calibrator.collector.histogram_dict.items():
+            signed = float(low) < 0
+            t = mse_threshold(hist.astype(np.float64), edges.astype(np.float64), signed)
+            rmin = max(-t, float(low)) if signed else 0.0
+            overrides[tensor] = [{"rmin": np.float32(rmin), "rmax": np.float32(min(t, float(high)))}]
+        temporary = Path(work) / "int8.onnx"
+        quantize_static(
+            str(prepared), str(temporary), ArrayReader(calibration[:16]), quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=[*nodes_to_exclude, *constant_scale_nodes(onnx.load(str(prepared)))],
+            calibrate_method=CalibrationMethod.MinMax, extra_options={"TensorQuantOverrides": overrides},
+        )  # fmt: skip
+        onnx.save(float_logits(fold_constant_scales(onnx.load(str(temporary)))), str(out))
+    return out
+
+
+def layer_input_hessians(graph_model: onnx.ModelProto, layers: list, images: np.ndarray, batch_size: int = 4) -> list:
+    """H = Σ xxᵀ of each Conv/Gemm's input over the images (one 9×9 per channel for a depthwise conv)."""
+    import onnxruntime as ort
+
+    augmented = copy.deepcopy(graph_model)
+    present = {o.name for o in augmented.graph.output}
+    for name in dict.fromkeys(node.input[0] for node in layers):
+        if name not in present:
+            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    hessians: list = [None] * len(layers)
+    for start in range(0, len(images), batch_size):
+        values = dict(zip(names, session.run(None, {INPUT_NAME: images[start : start + batch_size]}), strict=True))
+        for index, node in enumerate(layers):
+            x = torch.from_numpy(values[node.input[0]])
+            if node.op_type == "Gemm":
+                h = (x.T @ x)[None]
+            else:
+                found = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                patches = nn.functional.unfold(
+                    x, found["kernel_shape"], dilation=found.get("dilations", [1, 1]),
+                    padding=found.get("pads", [0, 0, 0, 0])[:2], stride=found.get("strides", [1, 1]),
+                )  # fmt: skip
+                if found.get("group", 1) == 1:
+                    columns = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+                    h = (columns.T @ columns)[None]
+                else:
+                    per_channel = patches.view(x.shape[0], x.shape[1], -1, patches.shape[-1])
+                    h = torch.einsum("ncil,ncjl->cij", per_channel, per_channel)
+            hessians[index] = h.double() if hessians[index] is None else hessians[index] + h.double()
+    return hessians
+
+
+def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
+    """GPTQ: round one input column at a time, moving each rounding error onto the columns not yet rounded."""
+    w, h = weight.double().clone(), hessian.double().clone()
+    diagonal = torch.diagonal(h, dim1=1, dim2=2)
+    diagonal[diagonal == 0] = 1.0
+    diagonal += damping * diagonal.mean(dim=1, keepdim=True)
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    s, q = scale.double(), torch.zeros_like(w)
+    for j in range(w.shape[1]):
+        q[:, j] = torch.clamp(torch.round(w[:, j] / s), -127, 127)
+        error = (w[:, j] - q[:, j] * s) / upper[:, j, j]
+        w[:, j + 1 :] -= error[:, None] * upper[:, j, j + 1 :]
+    return q.to(torch.int8)
+
+
+def gptq_rounded(fp32: Path, int8_path: Path, out: Path, calibration: np.ndarray, int8_inputs: bool) -> Path:
+    """``int8_path`` with every per-channel int8 weight re-rounded by GPTQ (scales and graph unchanged)."""
+    with tempfile.TemporaryDirectory() as work:
+        prepared = onnx.load(str(prepare_for_quantization(fp32, Path(work) / "prepared.onnx")))
+    int8 = onnx.load(str(int8_path))
+    floats = {i.name: i for i in prepared.graph.initializer}
+    quantized = {i.name: i for i in int8.graph.initializer}
+    source = int8 if int8_inputs else prepared
+    producers = {output: node for node in source.graph.node for output in node.output}
+    layers, names = [], []
+    for node in source.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        weight = node.input[1]
+        if int8_inputs:
+            dequantize = producers.get(weight)
+            weight = dequantize.input[0].removesuffix("_quantized") if dequantize is not None else ""
+        if f"{weight}_quantized" in quantized and weight in floats:
+            layers.append(node)
+            names.append(weight)
+    for name, hessian in zip(names, layer_input_hessians(source, layers, calibration), strict=True):
+        w = torch.from_numpy(numpy_helper.to_array(floats[name]).copy())
+        scale = torch.from_numpy(numpy_helper.to_array(quantized[f"{name}_scale"]).astype(np.float64))
+        values = gptq_round(w.reshape(w.shape[0], -1), hessian, scale).reshape(w.shape).numpy()
+        quantized[f"{name}_quantized"].CopyFrom(numpy_helper.from_array(values, f"{name}_quantized"))
+    onnx.save(int8, str(out))
+    return out
+
+
+def agreement(reference: np.ndarray, logits: np.ndarray) -> str:
+    agree = reference.argmax(1) == logits.argmax(1)
+    confident = reference.max(1) >= 0.5
+    return f"{100 * agree.mean():.1f}% all, {100 * agree[confident].mean():.1f}% p>=0.5 ({confident.sum()})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default="biascorr,mse,othercal,gptq_fp32h,gptq_int8h,weights_only,fresh")
+    parser.add_argument("--crops", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = load_model("mobilenet_v2.tv_in1k").eval()
+    tensor = Preprocessing(224, 224)  # the crops are already 224×224
+    preprocessing = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    images = photos()
+
+    def crops(count: int, seed: int, smallest: float, source=images) -> np.ndarray:
+        return np.stack([tensor(c).numpy() for c in random_crops(source, count, seed, smallest)])
+
+    full = np.stack([preprocessing(image).numpy() for image in images])
+    sets = {
+        "crops 25-100%": np.concatenate([full, crops(args.crops, 2, 0.25)]),
+        "crops 8-100%": crops(args.crops, 3, 0.08),
+    }
+    calibration = crops(256, 1, 0.25)
+    work = Path(tempfile.mkdtemp(prefix="deploy-v2-tried-"))
+    fp32 = export_onnx(model, work / "fp32.onnx")
+    references = {name: softmax(onnx_logits(fp32, x)) for name, x in sets.items()}
+    early3 = float_nodes_for(fp32, 3)
+
+    def report(recipe: str, path: Path, chosen: dict | None = None) -> None:
+        chosen = chosen or sets
+        refs = references if chosen is sets else {k: softmax(onnx_logits(fp32, x)) for k, x in chosen.items()}
+        figures = " | ".join(f"{k}: {agreement(refs[k], onnx_logits(path, x))}" for k, x in chosen.items())
+        print(f"{recipe:<13} {path.stat().st_size / 1e6:.2f} MB | {figures}", flush=True)
+
+    for recipe in args.recipes.split(","):
+        out = work / f"{recipe}.onnx"
+        if recipe == "biascorr":
+            corrected = export_onnx(bias_corrected(model, calibration), work / "corrected.onnx")
+            report(recipe, quantize_ptq(corrected, out, calibration, "percentile", float_nodes_for(corrected, 3)))
+        elif recipe == "mse":
+            report(recipe, quantize_mse(fp32, out, calibration, early3))
+        elif recipe == "othercal":
+            report(recipe, quantize_ptq(fp32, out, crops(256, 1, 0.25, other_photos()), "percentile", early3))
+        elif recipe.startswith("gptq"):
+            plain = quantize_ptq(fp32, work / "minmax.onnx", calibration, "minmax")
+            report(recipe, gptq_rounded(fp32, plain, out, calibration, int8_inputs=recipe.endswith("int8h")))
+        elif recipe == "weights_only":
+            folded, rounded = fold_batchnorm(model), fold_batchnorm(model)
+            with torch.no_grad():
+                for module in rounded.modules():
+                    if isinstance(module, (nn.Conv2d, nn.Linear)):
+                        module.weight.copy_(FakeQuantizeWeight()(module.weight))
+                for name, x in sets.items():
+                    batches = [torch.from_numpy(x[i : i + 32]) for i in range(0, len(x), 32)]
+                    reference = torch.cat([folded(b) for b in batches]).softmax(1).numpy()
+                    print(
+                        f"weights_only  {name}: {agreement(reference, torch.cat([rounded(b) for b in batches]).numpy())}"
+                    )
+        elif recipe == "fresh":
+            fresh = {
+                f"seed {seed}, crops {lo:.0%}-100%": crops(300, seed, lo)
+                for seed, lo in ((4, 0.25), (5, 0.08), (6, 0.25))
+            }
+            report("fresh", quantize_ptq(fp32, out, calibration, "percentile", early3), fresh)
+        else:
+            raise SystemExit(f"unknown recipe {recipe!r}")
+
+
+if __name__ == "__main__":
+    main()
