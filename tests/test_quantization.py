@@ -77,6 +77,7 @@ def test_real_v2_int8_file_is_small_per_channel_qdq_with_metadata(v2_int8):
 
 def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
     """QAT trains against the same grid ORT deploys: dequantized ORT weights == our fake-quantized weights."""
+    torch.manual_seed(0)  # the same weights whatever ran before
     model = fold_batchnorm(create_model("mobilenet_v1", num_classes=4, width=0.25))
     model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict()}
     fp32 = export_onnx(model, tmp_path / "fp32.onnx")
@@ -93,10 +94,18 @@ def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
             dq = weight_dequantizers[node.input[1]]
             q, scale = values[dq.input[0]].astype(np.float32), values[dq.input[1]]
             dequantized.append(q * scale.reshape(-1, 1, 1, 1))
-    ours = [FakeQuantizeWeight()(m.weight).detach().numpy() for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(dequantized) == len(ours) == 27
-    for theirs, mine in zip(dequantized, ours, strict=True):
-        np.testing.assert_allclose(theirs, mine, rtol=0, atol=1e-6)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(dequantized) == len(convs) == 27
+    for theirs, conv in zip(dequantized, convs, strict=True):
+        mine = FakeQuantizeWeight()(conv.weight).detach().numpy()
+        weight = conv.weight.detach().numpy()
+        step = np.abs(weight).reshape(len(weight), -1).max(1).reshape(-1, 1, 1, 1) / 127 * np.ones_like(weight)
+        off = ~np.isclose(theirs, mine, rtol=0, atol=1e-6)
+        # Only a weight halfway between two grid points may round the other way (float32 vs float64
+        # division), and then by exactly one step (seed 0 has one such weight).
+        assert off.sum() <= 2
+        assert np.allclose(np.abs(weight / step)[off] % 1, 0.5, atol=1e-3)
+        assert np.allclose(np.abs(theirs - mine)[off], step[off], rtol=1e-3)
 
     # The diagnosis behind the drop warning: per-layer SQNR, the layers losing the most first.
     errors = layer_errors(fp32, int8, np.random.default_rng(1).standard_normal((4, 3, 32, 32), "f"))
