@@ -2,7 +2,9 @@
 
 The deployed form is always an ONNX Runtime QDQ model: int8 weights quantized per output channel
 (per-tensor weights collapse MobileNetV3, REFERENCE §5.1), uint8 activations calibrated on training
-images, BatchNorm already folded into the convolutions by the exporter.
+images, BatchNorm already folded into the convolutions by the exporter. Before quantizing, hard-swish,
+hard-sigmoid and spatial means are rewritten in a form ORT runs in int8 (``int8_friendly_form``: no float
+islands in MobileNetV3), and the classifier keeps float logits (``float_logits``).
 
 - **PTQ**: ``onnxruntime.quantization.quantize_static`` with min-max, percentile or entropy calibration.
 - **Mixed precision**: when PTQ loses more than the threshold, the layers whose activations carry the
