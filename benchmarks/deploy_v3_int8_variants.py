@@ -29,7 +29,14 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from mobilenets import create_model
 from mobilenets.export import export_onnx
 from mobilenets.preprocessing import Preprocessing
-from mobilenets.quantization import ArrayReader, prepare_for_quantization, quantize_ptq
+from mobilenets.quantization import (
+    ArrayReader,
+    constant_scale_nodes,
+    float_logits,
+    fold_constant_scales,
+    prepare_for_quantization,
+    quantize_ptq,
+)
 
 
 def main() -> None:
@@ -72,9 +79,23 @@ def main() -> None:
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, **options)  # fmt: skip
         return work / name
 
+    form = prepare_for_quantization(fp32, work / "form_prepared.onnx")  # the product's int8 graph form
+
+    def quantize_form(name: str, activation_type=QuantType.QUInt8, **extra_options) -> Path:
+        """The product's form with other ORT quantizer options (same scale folding and float logits)."""
+        quantize_static(str(form), str(work / name), ArrayReader(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=False, activation_type=activation_type,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=constant_scale_nodes(onnx.load(str(form))), extra_options=extra_options)  # fmt: skip
+        onnx.save(float_logits(fold_constant_scales(onnx.load(str(work / name)))), str(work / name))
+        return work / name
+
     models = {
         "fp32 (baseline)": fp32,
         "int8 QDQ, int8 graph form (the product's)": quantize_ptq(fp32, work / "form.onnx", calibration),
+        "  form, int8 activations, symmetric": quantize_form("form_s8.onnx", QuantType.QInt8, ActivationSymmetric=True),
+        "  form, QDQKeepRemovableActivations": quantize_form("form_keep.onnx", QDQKeepRemovableActivations=True),
+        "  form, QuantizeBias=False (float bias)": quantize_form("form_fbias.onnx", QuantizeBias=False),
         "int8 QDQ, all ops, as exported": quantize("all.onnx"),
         "int8 QDQ, Conv/Gemm only": quantize("conv.onnx", op_types_to_quantize=["Conv", "Gemm", "MatMul"]),
         "int8 QOperator": quantize("qoperator.onnx", quant_format=QuantFormat.QOperator),
