@@ -72,8 +72,16 @@ class Candidate:
         return 2 * self.macs_per_image * self.flop_factor * self.images_per_second / 1e9
 
 
-def measure(candidates: list[Candidate], repeats: int, warmup: int = 2, calls_per_repeat: int = 1) -> None:
-    """Warm every candidate up, then time ``repeats`` interleaved rounds; fills ``candidate.times``."""
+def measure(
+    candidates: list[Candidate], repeats: int, warmup: int = 2, calls_per_repeat: int = 1, settle_calls: int = 0
+) -> None:
+    """Warm every candidate up, then time ``repeats`` interleaved rounds; fills ``candidate.times``.
+
+    ``settle_calls`` untimed calls precede each timed one. Thread pools keep spinning for a while after
+    a call (ONNX Runtime's by default, OpenMP's too), so the candidate timed right after another engine
+    shares the cores with the other engine's spinning threads: measured here, one ONNX Runtime session
+    ran V3-Small at batch 32 in 59 ms right after another session and in 31 ms right after itself.
+    """
     for candidate in candidates:
         for _ in range(warmup):
             candidate.run()
@@ -81,6 +89,8 @@ def measure(candidates: list[Candidate], repeats: int, warmup: int = 2, calls_pe
         order = candidates[round_index % len(candidates) :] + candidates[: round_index % len(candidates)]
         for candidate in order:
             gc.collect()
+            for _ in range(settle_calls):
+                candidate.run()
             start = time.perf_counter()
             for _ in range(calls_per_repeat):
                 candidate.run()

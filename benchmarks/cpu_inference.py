@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batches:
                 candidates = candidates_for(model_name, batch, args.resolution, onnx, ours, args.compile)
                 # Batch-1 calls are short: several per timed round keep timer and scheduler noise down.
-                measure(candidates, args.repeats, warmup=2, calls_per_repeat=max(1, 8 // batch))
+                # One untimed call first: several engines' thread pools share this process (common.measure).
+                measure(candidates, args.repeats, warmup=2, calls_per_repeat=max(1, 8 // batch), settle_calls=1)
                 baseline = candidates[0]
                 ort_fp32 = next(c for c in candidates if c.name == "ORT fp32")
                 rows = [
