@@ -257,6 +257,18 @@ def main() -> None:
             report(recipe, quantize_mse(fp32, out, calibration, early3))
         elif recipe == "othercal":
             report(recipe, quantize_ptq(fp32, out, crops(256, 1, 0.25, other_photos()), "percentile", early3))
+        elif recipe == "gptq_pct":
+            # GPTQ on the product's recipe (percentile, stem + first block float, float logits), fp32 Hessians,
+            # scored on the two table sets and the three fresh ones.
+            product = quantize_ptq(fp32, work / "pct.onnx", calibration, "percentile", early3)
+            rounded = gptq_rounded(fp32, product, out, calibration, int8_inputs=False)
+            fresh = {
+                f"seed {seed}, crops {lo:.0%}-100%": crops(300, seed, lo)
+                for seed, lo in ((4, 0.25), (5, 0.08), (6, 0.25))
+            }
+            for name, chosen in (("product", product), ("gptq_pct", rounded)):
+                report(name, chosen)
+                report(name + " fresh", chosen, fresh)
         elif recipe.startswith("gptq"):
             plain = quantize_ptq(fp32, work / "minmax.onnx", calibration, "minmax")
             report(recipe, gptq_rounded(fp32, plain, out, calibration, int8_inputs=recipe.endswith("int8h")))
