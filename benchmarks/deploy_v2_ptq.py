@@ -132,9 +132,11 @@ def main() -> None:
             quantize_ptq(fp32, out, calibration, "percentile", percentile=float(recipe[3:5] + "." + recipe[5:]))
         elif recipe.startswith("early"):
             quantize_ptq(fp32, out, calibration, "minmax", nodes_to_exclude=float_nodes_for(fp32, int(recipe[5:])))
-        elif recipe.startswith("pctearly"):
-            float_nodes = float_nodes_for(fp32, int(recipe[8:]))
-            quantize_ptq(fp32, out, calibration, "percentile", nodes_to_exclude=float_nodes)
+        elif recipe.startswith("pctearly"):  # e.g. pctearly3, or pctearly3gptq with GPTQ weight rounding
+            convs, gptq = recipe[8:].removesuffix("gptq"), recipe.endswith("gptq")
+            float_nodes = float_nodes_for(fp32, int(convs))
+            rounding = "gptq" if gptq else "nearest"
+            quantize_ptq(fp32, out, calibration, "percentile", nodes_to_exclude=float_nodes, weight_rounding=rounding)
         else:
             quantize_ptq(fp32, out, calibration, recipe)
         seconds = time.perf_counter() - start

@@ -317,3 +317,43 @@ def test_speed_verdict_says_plainly_when_int8_is_slower_and_what_to_do():
     assert "batch 32: 0.80× (5.0 vs 4.0 ms)" in message and "deploy the fp32 ONNX model" in message
     assert "mobilenet_v3_small_minimal (ReLU, no squeeze-excite" in message
     assert "_minimal" not in speed_verdict(slower, "mobilenet_v3_small_minimal")
+
+
+def test_gptq_rounding_lowers_the_layer_output_error():
+    from mobilenets.quantization import gptq_round
+
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(32, 32, generator=generator)
+    inputs = torch.randn(2000, 32, generator=generator) @ mixing  # correlated inputs, as a layer's are
+    weight = torch.randn(16, 32, generator=generator)
+    scale = weight.abs().amax(1) / 127
+    nearest = torch.clamp(torch.round(weight / scale[:, None]), -127, 127)
+    hessian = (inputs.T @ inputs)[None].double()
+    rounded = gptq_round(weight, hessian, scale)
+    assert rounded.dtype == torch.int8 and int(rounded.abs().max()) <= 127
+
+    def output_error(q: torch.Tensor) -> float:
+        return float((inputs @ (weight - q.float() * scale[:, None]).T).pow(2).mean())
+
+    assert output_error(rounded) < 0.7 * output_error(nearest)
+    assert (rounded.float() != nearest).any()
+
+
+def test_gptq_weights_keep_ort_scales_and_size(tmp_path):
+    model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    images = np.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=np.float32)
+    nearest = onnx.load(str(quantize_ptq(fp32, tmp_path / "nearest.onnx", images)))
+    gptq = onnx.load(str(quantize_ptq(fp32, tmp_path / "gptq.onnx", images, weight_rounding="gptq")))
+    before = {i.name: numpy_helper.to_array(i) for i in nearest.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in gptq.graph.initializer}
+    assert before.keys() == after.keys()
+    weights = [name for name in before if name.endswith("_quantized")]
+    assert len(weights) == 28  # the stem, 13 depthwise and 13 pointwise convs, the classifier
+    for name in before:
+        if name.endswith("_scale") or name.endswith("_zero_point"):
+            np.testing.assert_array_equal(before[name], after[name])
+    assert sum((before[n] != after[n]).any() for n in weights) >= 10
+    assert "gptq rounding" in json.loads(read_metadata(tmp_path / "gptq.onnx")["quantization"])["weights"]
+    assert onnx_logits(tmp_path / "gptq.onnx", images).shape == (16, 3)
