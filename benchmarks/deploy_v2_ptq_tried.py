@@ -20,7 +20,6 @@ block in float) or ``minmax`` quantization:
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from onnxruntime.quantization.calibrate import create_calibrator
 from PIL import Image
 from torch import nn
 
-from mobilenets.export import INPUT_NAME, export_onnx
+from mobilenets.export import export_onnx
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.quantization import (
     ArrayReader,
@@ -44,6 +43,8 @@ from mobilenets.quantization import (
     float_nodes_for,
     fold_batchnorm,
     fold_constant_scales,
+    gptq_round,
+    layer_input_hessians,
     onnx_logits,
     prepare_for_quantization,
     quantize_ptq,
@@ -128,58 +129,6 @@ def quantize_mse(fp32: Path, out: Path, calibration: np.ndarray, nodes_to_exclud
         )  # fmt: skip
         onnx.save(float_logits(fold_constant_scales(onnx.load(str(temporary)))), str(out))
     return out
-
-
-def layer_input_hessians(graph_model: onnx.ModelProto, layers: list, images: np.ndarray, batch_size: int = 4) -> list:
-    """H = Σ xxᵀ of each Conv/Gemm's input over the images (one 9×9 per channel for a depthwise conv)."""
-    import onnxruntime as ort
-
-    augmented = copy.deepcopy(graph_model)
-    present = {o.name for o in augmented.graph.output}
-    for name in dict.fromkeys(node.input[0] for node in layers):
-        if name not in present:
-            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    hessians: list = [None] * len(layers)
-    for start in range(0, len(images), batch_size):
-        values = dict(zip(names, session.run(None, {INPUT_NAME: images[start : start + batch_size]}), strict=True))
-        for index, node in enumerate(layers):
-            x = torch.from_numpy(values[node.input[0]])
-            if node.op_type == "Gemm":
-                h = (x.T @ x)[None]
-            else:
-                found = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                patches = nn.functional.unfold(
-                    x, found["kernel_shape"], dilation=found.get("dilations", [1, 1]),
-                    padding=found.get("pads", [0, 0, 0, 0])[:2], stride=found.get("strides", [1, 1]),
-                )  # fmt: skip
-                if found.get("group", 1) == 1:
-                    columns = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-                    h = (columns.T @ columns)[None]
-                else:
-                    per_channel = patches.view(x.shape[0], x.shape[1], -1, patches.shape[-1])
-                    h = torch.einsum("ncil,ncjl->cij", per_channel, per_channel)
-            hessians[index] = h.double() if hessians[index] is None else hessians[index] + h.double()
-    return hessians
-
-
-def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
-    """GPTQ: round one input column at a time, moving each rounding error onto the columns not yet rounded."""
-    w, h = weight.double().clone(), hessian.double().clone()
-    diagonal = torch.diagonal(h, dim1=1, dim2=2)
-    diagonal[diagonal == 0] = 1.0
-    diagonal += damping * diagonal.mean(dim=1, keepdim=True)
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    s, q = scale.double(), torch.zeros_like(w)
-    for j in range(w.shape[1]):
-        q[:, j] = torch.clamp(torch.round(w[:, j] / s), -127, 127)
-        error = (w[:, j] - q[:, j] * s) / upper[:, j, j]
-        w[:, j + 1 :] -= error[:, None] * upper[:, j, j + 1 :]
-    return q.to(torch.int8)
 
 
 def gptq_rounded(fp32: Path, int8_path: Path, out: Path, calibration: np.ndarray, int8_inputs: bool) -> Path:

@@ -357,3 +357,20 @@ def test_gptq_weights_keep_ort_scales_and_size(tmp_path):
     assert sum((before[n] != after[n]).any() for n in weights) >= 10
     assert "gptq rounding" in json.loads(read_metadata(tmp_path / "gptq.onnx")["quantization"])["weights"]
     assert onnx_logits(tmp_path / "gptq.onnx", images).shape == (16, 3)
+
+
+def test_calibration_is_fed_in_slices_that_cover_every_batch_once():
+    from mobilenets.quantization import calibration_stride
+
+    assert [calibration_stride(n) for n in (1, 2, 3, 4, 6, 7, 16)] == [1, 2, 3, 4, 3, 1, 4]
+    images = np.arange(10 * 3 * 2 * 2, dtype=np.float32).reshape(10, 3, 2, 2)
+    reader = ArrayReader(images, batch_size=2)
+    assert len(reader) == 5
+    seen = []
+    for start in range(0, len(reader), 1):  # what ORT's CalibStridedMinMax does, stride 1
+        reader.set_range(start, start + 1)
+        while (batch := reader.get_next()) is not None:
+            seen.append(batch["image"][:, 0, 0, 0])
+    np.testing.assert_array_equal(np.concatenate(seen), images[:, 0, 0, 0])
+    reader.rewind()
+    assert sum(1 for _ in iter(reader.get_next, None)) == 5
