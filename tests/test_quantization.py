@@ -262,7 +262,10 @@ def test_mixed_method_tries_percentile_then_float_layers_and_keeps_the_best(tmp_
     assert names[:2] == ["ptq (minmax)", "ptq (percentile)"]
     assert names[2].startswith("mixed precision (stem and first block), ") and names[2].endswith("nodes in float")
     assert names[3].startswith("mixed precision (first blocks and worst layers), ")
-    assert result.comparison.drop_points == min(a["drop_points"] for a in result.attempts)
+    # The most accurate of the attempts at most 25% larger than the smallest int8 file.
+    smallest = min(a["int8_size_bytes"] for a in result.attempts)
+    compact = [a for a in result.attempts if a["int8_size_bytes"] <= 1.25 * smallest]
+    assert result.comparison.drop_points == min(a["drop_points"] for a in compact)
     assert any(line.startswith("WARNING: int8 loses") for line in lines)
     assert any(line.startswith("WARNING: no int8 model is within -1 points") for line in lines)
     float_nodes = json.loads(read_metadata(tmp_path / "m_int8.onnx")["quantization"])["float_nodes"]
