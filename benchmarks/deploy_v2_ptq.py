@@ -101,7 +101,7 @@ def main() -> None:
         out = work / f"{recipe}.onnx"
         # A "gptq" suffix (e.g. pct9999gptq, minmaxgptq, pctearly3gptq): GPTQ weight rounding instead of nearest.
         rounding = "gptq" if recipe.endswith("gptq") else "nearest"
-        base = recipe.removesuffix("gptq")
+        kind = recipe.removesuffix("gptq")
         if recipe == "naive":  # per-tensor weights: what REFERENCE §5.1 warns about
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -131,17 +131,17 @@ def main() -> None:
             qat_fp32 = export_onnx(tuned, work / "distill_fp32.onnx")
             quantize_ptq(qat_fp32, out, calibration, "minmax", description="qat (distillation)")
             model.eval()
-        elif base.startswith("pct9"):  # e.g. pct9999: percentile 99.99
-            percentile = float(base[3:5] + "." + base[5:])
+        elif kind.startswith("pct9"):  # e.g. pct9999: percentile 99.99
+            percentile = float(kind[3:5] + "." + kind[5:])
             quantize_ptq(fp32, out, calibration, "percentile", percentile=percentile, weight_rounding=rounding)
-        elif base.startswith("early"):
-            float_nodes = float_nodes_for(fp32, int(base[5:]))
+        elif kind.startswith("early"):
+            float_nodes = float_nodes_for(fp32, int(kind[5:]))
             quantize_ptq(fp32, out, calibration, "minmax", nodes_to_exclude=float_nodes, weight_rounding=rounding)
-        elif base.startswith("pctearly"):  # e.g. pctearly3: percentile 99.99, stem and first block in float
-            float_nodes = float_nodes_for(fp32, int(base[8:]))
+        elif kind.startswith("pctearly"):  # e.g. pctearly3: percentile 99.99, stem and first block in float
+            float_nodes = float_nodes_for(fp32, int(kind[8:]))
             quantize_ptq(fp32, out, calibration, "percentile", nodes_to_exclude=float_nodes, weight_rounding=rounding)
         else:
-            quantize_ptq(fp32, out, calibration, base, weight_rounding=rounding)
+            quantize_ptq(fp32, out, calibration, kind, weight_rounding=rounding)
         seconds = time.perf_counter() - start
         figures = []
         for name, x in sets.items():
