@@ -72,7 +72,7 @@ def test_real_v2_int8_file_is_small_per_channel_qdq_with_metadata(v2_int8):
     assert all(scale.ndim == 1 and scale.size > 1 for scale in conv_scales)
     metadata = read_metadata(int8)
     assert metadata["labels"] == read_metadata(fp32)["labels"]
-    assert json.loads(metadata["quantization"])["weights"] == "int8 per-channel symmetric"
+    assert json.loads(metadata["quantization"])["weights"] == "int8 per-channel symmetric, nearest rounding"
 
 
 def test_fake_quantized_weights_are_exactly_ort_int8_weights(tmp_path):
