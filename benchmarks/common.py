@@ -80,7 +80,8 @@ def measure(
     ``settle_calls`` untimed calls precede each timed one. Thread pools keep spinning for a while after
     a call (ONNX Runtime's by default, OpenMP's too), so the candidate timed right after another engine
     shares the cores with the other engine's spinning threads: measured here, one ONNX Runtime session
-    ran V3-Small at batch 32 in 59 ms right after another session and in 31 ms right after itself.
+    ran V3-Small at batch 32 in 55 ms right after another session and in 29 ms right after itself
+    (benchmarks/ort_session_interference.py).
     """
     for candidate in candidates:
         for _ in range(warmup):

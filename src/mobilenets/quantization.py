@@ -645,7 +645,8 @@ def speed_check(
 
     Each timed run follows an untimed one of the same session: ONNX Runtime's threads keep spinning for
     a while after a run, and a session timed right after the other one shares the cores with them
-    (measured: V3-Small fp32 at batch 32 took 58 ms right after another session, 30 ms after itself).
+    (benchmarks/ort_session_interference.py: V3-Small fp32 at batch 32 took 55 ms right after another
+    session, 29 ms after itself).
     """
     sessions = [create_session(fp32_onnx), create_session(int8_onnx)]
     checks = []
