@@ -27,7 +27,6 @@ import numpy as np
 import onnx
 import torch
 from deploy_v2_ptq import photos, random_crops
-from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import create_calibrator
 from PIL import Image
@@ -43,11 +42,11 @@ from mobilenets.quantization import (
     float_nodes_for,
     fold_batchnorm,
     fold_constant_scales,
-    gptq_round,
     layer_input_hessians,
     onnx_logits,
     prepare_for_quantization,
     quantize_ptq,
+    write_gptq_weights,
 )
 from mobilenets.runtime import softmax
 from mobilenets.weights import load_model
@@ -151,11 +150,7 @@ def gptq_rounded(fp32: Path, int8_path: Path, out: Path, calibration: np.ndarray
         if f"{weight}_quantized" in quantized and weight in floats:
             layers.append(node)
             names.append(weight)
-    for name, hessian in zip(names, layer_input_hessians(source, layers, calibration), strict=True):
-        w = torch.from_numpy(numpy_helper.to_array(floats[name]).copy())
-        scale = torch.from_numpy(numpy_helper.to_array(quantized[f"{name}_scale"]).astype(np.float64))
-        values = gptq_round(w.reshape(w.shape[0], -1), hessian, scale).reshape(w.shape).numpy()
-        quantized[f"{name}_quantized"].CopyFrom(numpy_helper.from_array(values, f"{name}_quantized"))
+    write_gptq_weights(floats, quantized, names, layer_input_hessians(source, layers, calibration))
     onnx.save(int8, str(out))
     return out
 

@@ -178,17 +178,22 @@ def prepare_for_quantization(fp32_onnx: Path, out: Path, int8_form: bool = True)
 CONSTANT_SCALE_PREFIX = "int8_form_scale/"
 
 
+def graph_index(graph: onnx.GraphProto) -> tuple[dict, dict, dict[str, list]]:
+    """Initializers by name, the node producing each tensor, and the nodes reading each tensor."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    producers = {output: node for node in graph.node for output in node.output}
+    return {i.name: i for i in graph.initializer}, producers, readers
+
+
 def int8_friendly_form(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same function with hard-swish/hard-sigmoid as Add/Clip/Mul and spatial ReduceMean as GlobalAveragePool."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    initializers, producers, readers = graph_index(graph)
     nodes, constants = [], []
 
     def constant(name: str, value: float) -> str:
@@ -224,7 +229,12 @@ def int8_friendly_form(model: onnx.ModelProto) -> onnx.ModelProto:
             (z,), (y,) = node.input, node.output
             conv = producers.get(z)
             bias = initializers.get(conv.input[2]) if conv is not None and len(conv.input) == 3 else None
-            if bias is not None and conv.op_type == "Conv" and readers.get(z) == 1 and readers.get(bias.name) == 1:
+            if (
+                bias is not None
+                and conv.op_type == "Conv"
+                and len(readers.get(z, ())) == 1
+                and len(readers.get(bias.name, ())) == 1
+            ):
                 # The SE's second conv alone reads z: the shift goes into its bias, no Add at all.
                 bias.CopyFrom(
                     numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(beta / alpha), bias.name)
@@ -280,11 +290,7 @@ def float_logits(model: onnx.ModelProto) -> onnx.ModelProto:
     with fp32 from 89.3% to 90.9% (BENCHMARKS.md).
     """
     graph = model.graph
-    producers = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    _, producers, readers = graph_index(graph)
     removed: set[int] = set()
     for output in graph.output:
         dequantize = producers.get(output.name)
@@ -292,9 +298,9 @@ def float_logits(model: onnx.ModelProto) -> onnx.ModelProto:
         if dequantize is None or dequantize.op_type != "DequantizeLinear" or quantize is None:
             continue
         source = producers.get(quantize.input[0])
-        if quantize.op_type != "QuantizeLinear" or source is None or readers.get(quantize.output[0]) != 1:
+        if quantize.op_type != "QuantizeLinear" or source is None or len(readers.get(quantize.output[0], ())) != 1:
             continue
-        if readers.get(quantize.input[0]) != 1:
+        if len(readers.get(quantize.input[0], ())) != 1:
             continue
         source.output[list(source.output).index(quantize.input[0])] = output.name
         removed |= {id(quantize), id(dequantize)}
@@ -327,12 +333,7 @@ def fold_constant_scales(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import numpy_helper
 
     graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    initializers, producers, readers = graph_index(graph)
     outputs = {o.name for o in graph.output}
     removed: set[int] = set()
     for node in graph.node:
@@ -528,8 +529,6 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor,
 def gptq_round_weights(prepared: onnx.ModelProto, quantized: onnx.ModelProto, calibration: np.ndarray) -> int:
     """Re-round, in place, every per-channel int8 weight of ``quantized`` (ORT's QDQ model of ``prepared``)
     with GPTQ, from the fp32 layer inputs of ``prepared`` on ``calibration``. Returns the layers changed."""
-    from onnx import numpy_helper
-
     floats = {i.name: i for i in prepared.graph.initializer}
     ints = {i.name: i for i in quantized.graph.initializer}
     layers, names = [], []
@@ -539,12 +538,19 @@ def gptq_round_weights(prepared: onnx.ModelProto, quantized: onnx.ModelProto, ca
         if f"{weight}_quantized" in ints and weight in floats and scale is not None and len(scale.dims) == 1:
             layers.append(node)
             names.append(weight)
-    for name, hessian in zip(names, layer_input_hessians(prepared, layers, calibration), strict=True):
+    write_gptq_weights(floats, ints, names, layer_input_hessians(prepared, layers, calibration))
+    return len(names)
+
+
+def write_gptq_weights(floats: dict, ints: dict, names: Sequence[str], hessians: Sequence[torch.Tensor]) -> None:
+    """Replace each ``NAME_quantized`` initializer in ``ints`` by GPTQ's rounding of the float ``NAME``."""
+    from onnx import numpy_helper
+
+    for name, hessian in zip(names, hessians, strict=True):
         w = torch.from_numpy(numpy_helper.to_array(floats[name]).copy())
         scale = torch.from_numpy(numpy_helper.to_array(ints[f"{name}_scale"]).astype(np.float64))
         values = gptq_round(w.reshape(w.shape[0], -1), hessian, scale).reshape(w.shape).numpy()
         ints[f"{name}_quantized"].CopyFrom(numpy_helper.from_array(values, f"{name}_quantized"))
-    return len(names)
 
 
 # --------------------------------------------------------------------------------------------------
