@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mobilenets import kernels
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 # torch.compile pays back only when (eager step − compiled step) × steps exceeds the compile time.
@@ -158,6 +160,14 @@ def training_precision(precision: Precision = "auto", device: torch.device | str
     return torch.bfloat16 if use_bf16 else torch.float32
 
 
+def use_fused_kernels(fused: bool | None = None) -> bool:
+    """Whether training routes ConvBNAct layers through ``mobilenets.kernels``: explicit choice, then
+    ``MOBILENETS_FUSED_KERNELS``, then on. False where the C++ extension cannot be built."""
+    if fused is None:
+        fused = _env_flag("MOBILENETS_FUSED_KERNELS")
+    return fused is not False and kernels.available()
+
+
 def should_compile(
     planned_steps: int | None, compile: bool | None = None, min_steps: int = COMPILE_TRAINING_MIN_STEPS
 ) -> bool:
@@ -205,6 +215,7 @@ def prepare_for_training(
     planned_steps: int | None = None,
     compile: bool | None = None,
     precision: Precision = "auto",
+    fused: bool | None = None,
 ) -> nn.Module:
     """Put ``model`` on ``device`` in the product's fastest training configuration, in place.
 
@@ -215,18 +226,23 @@ def prepare_for_training(
     configure_threads()
     model = model.to(device=device, memory_format=torch.channels_last)
     dtype = training_precision(precision, device)
+    on_cpu = torch.device(device).type == "cpu"
+    model.fused_layers = kernels.fuse_for_training(model) if on_cpu and use_fused_kernels(fused) else 0
     if dtype != torch.float32:
         model.forward = _AutocastForward(model.forward, dtype, torch.device(device).type)
-        if torch.device(device).type == "cpu":
+        if on_cpu and not model.fused_layers:
             # oneDNN's bf16 depthwise backward is slow on CPU: with every conv in bf16, V3-Small's convolution
             # backward took 1.05 s per step against 0.30 s in fp32, nearly all of it depthwise (5×5 worst;
             # docs/performance.md). Depthwise convs are ~3% of the MACs, so they stay fp32 and the 1×1
-            # convs, ~95% of the MACs (MobileNet v1 Table 2), run in bf16.
+            # convs, ~95% of the MACs (MobileNet v1 Table 2), run in bf16. (The fused kernels compute
+            # depthwise layers in fp32 themselves, reading and writing bf16.)
             for module in model.modules():
                 if is_depthwise(module):
                     module.forward = _Float32Forward(module.forward)
     model.training_precision = str(dtype).removeprefix("torch.")
-    model.compiled = should_compile(planned_steps, compile)
+    # Inductor cannot trace the fused kernels, and they beat it: a long run compiles only without them
+    # (or when compile=True / MOBILENETS_COMPILE=1 asks for it explicitly).
+    model.compiled = should_compile(planned_steps, compile) and (not model.fused_layers or bool(compile))
     if model.compiled:
         # A graph that dynamo cannot capture or a failing C++ build falls back to eager, not an error.
         torch._dynamo.config.suppress_errors = True

@@ -1,0 +1,219 @@
+"""Fused CPU training kernels: Conv → BatchNorm → activation as one autograd op per layer.
+
+A MobileNet training step on a CPU is bound by memory traffic: PyTorch runs every ``ConvBNAct`` as
+separate passes (convolution, BatchNorm statistics, normalization, activation, and bf16↔fp32 casts
+around the fp32 depthwise convolutions), each reading and writing the whole activation tensor, and
+oneDNN's depthwise weight gradient takes 5–40× its forward pass for 5×5 kernels (docs/performance.md).
+``conv_bn_act.cpp`` computes the same function in fewer passes, in NHWC, with fp32 arithmetic:
+
+- depthwise ConvBNAct: the convolution writes y and its batch sums in one pass, then z = act(BN(y));
+  backward makes one reduction pass over (dz, y), then forms dy on the fly and scatters it into dx and
+  the weight gradient, so dy is never stored.
+- other ConvBNAct (1×1 and the stem): the convolution stays PyTorch's (oneDNN, bf16 under autocast);
+  BatchNorm and the activation run as one forward pass after the statistics, and two backward passes.
+
+``prepare_for_training`` applies them (``fuse_for_training``) when the C++ builds; the parameters,
+buffers, ``state_dict`` and module tree are unchanged, and any case the kernels do not cover (eval
+mode, frozen BatchNorm, other devices, other activations) runs the module's own forward. The
+extension is compiled once per machine with the local C++ compiler (~30 s) and cached under
+``$MOBILENETS_HOME/kernels``; without a compiler everything runs in PyTorch as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SOURCE = Path(__file__).with_name("conv_bn_act.cpp")
+ACTIVATION_CODES: dict[type[nn.Module], int] = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2, nn.Hardswish: 3}
+
+_lock = threading.Lock()
+_loaded: bool | None = None
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
+def _cpu_fingerprint() -> str:
+    """The build uses -march=native: a cached binary is only reused on a CPU with the same features."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+
+
+def build_directory() -> Path:
+    home = Path(os.environ.get("MOBILENETS_HOME", Path.home() / ".cache" / "mobilenets"))
+    source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    torch_version = torch.__version__.replace("+", "_")
+    return home / "kernels" / f"torch{torch_version}-{_cpu_fingerprint()}-{source_hash}"
+
+
+def available() -> bool:
+    """True when the fused kernels are built and loaded (``MOBILENETS_FUSED_KERNELS=0`` turns them off).
+
+    The first call on a machine compiles the C++ source (~30 s); later calls load the cached library.
+    A missing compiler or a failed build gives a warning once and False: training then runs in PyTorch.
+    """
+    global _loaded
+    if _env_flag("MOBILENETS_FUSED_KERNELS") is False:
+        return False
+    with _lock:
+        if _loaded is None:
+            _loaded = _load()
+    return _loaded
+
+
+def _load() -> bool:
+    if platform.system() != "Linux" and platform.system() != "Darwin":
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        directory = build_directory()
+        directory.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(
+            name="mobilenets_kernels",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=False,
+        )
+        return hasattr(torch.ops.mobilenets_kernels, "depthwise_forward")
+    except Exception as error:  # no compiler, no ninja, a read-only cache: PyTorch's kernels still work
+        warnings.warn(
+            f"mobilenets: fused CPU training kernels unavailable ({type(error).__name__}: {error}); "
+            "training runs in PyTorch's kernels (slower). Install a C++ compiler and `ninja` to enable them.",
+            stacklevel=3,
+        )
+        return False
+
+
+def _update_running_statistics(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """What ``nn.BatchNorm2d`` does in training mode: running averages with the unbiased variance."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.lerp_(mean, momentum)
+        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
+
+
+class DepthwiseConvBNActFunction(torch.autograd.Function):
+    """z = act(BN_batch(depthwise_conv(x))); returns z and the batch mean and (biased) variance."""
+
+    @staticmethod
+    def forward(ctx, x, weight, gamma, beta, stride: int, padding: int, eps: float, act: int, out_dtype):
+        y, mean, var, invstd = torch.ops.mobilenets_kernels.depthwise_forward(x, weight, stride, padding, eps)
+        z = torch.ops.mobilenets_kernels.bn_act_forward(y, mean, invstd, gamma, beta, act, out_dtype)
+        ctx.save_for_backward(x, weight, y, mean, invstd, gamma, beta)
+        ctx.config = (stride, padding, act)
+        ctx.mark_non_differentiable(mean, var)
+        return z, mean, var
+
+    @staticmethod
+    def backward(ctx, dz, _mean_grad, _var_grad):
+        x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
+        stride, padding, act = ctx.config
+        dx, dweight, dgamma, dbeta = torch.ops.mobilenets_kernels.depthwise_bn_act_backward(
+            dz, x, weight, y, mean, invstd, gamma, beta, act, stride, padding, ctx.needs_input_grad[0]
+        )
+        return (dx if ctx.needs_input_grad[0] else None), dweight, dgamma, dbeta, None, None, None, None, None
+
+
+class BNActFunction(torch.autograd.Function):
+    """z = act(BN_batch(y)) for a y some other op produced; returns z, batch mean and variance."""
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, eps: float, act: int):
+        mean, var, invstd = torch.ops.mobilenets_kernels.batch_statistics(y, eps)
+        z = torch.ops.mobilenets_kernels.bn_act_forward(y, mean, invstd, gamma, beta, act, y.dtype)
+        ctx.save_for_backward(y, mean, invstd, gamma, beta)
+        ctx.act = act
+        ctx.mark_non_differentiable(mean, var)
+        return z, mean, var
+
+    @staticmethod
+    def backward(ctx, dz, _mean_grad, _var_grad):
+        y, mean, invstd, gamma, beta = ctx.saved_tensors
+        dy, dgamma, dbeta = torch.ops.mobilenets_kernels.bn_act_backward(dz, y, mean, invstd, gamma, beta, ctx.act)
+        return dy, dgamma, dbeta, None, None
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def fusible(module: nn.Module) -> bool:
+    """A ConvBNAct (children conv, bn, act) whose parts the kernels implement."""
+    conv, bn, act = (getattr(module, name, None) for name in ("conv", "bn", "act"))
+    if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and type(act) in ACTIVATION_CODES):
+        return False
+    if conv.bias is not None or conv.dilation != (1, 1) or not bn.affine:
+        return False
+    if _is_depthwise(conv):
+        return conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1] == conv.kernel_size[0] // 2
+    return True
+
+
+class FusedConvBNActForward:
+    """``ConvBNAct.forward`` through the fused kernels in training mode; the module's own forward otherwise."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        conv, bn, act = module.conv, module.bn, module.act
+        if not (bn.training and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)):
+            return nn.Sequential.forward(module, x)
+        code = ACTIVATION_CODES[type(act)]
+        if _is_depthwise(conv):
+            out_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
+            z, mean, var = DepthwiseConvBNActFunction.apply(
+                x, conv.weight, bn.weight, bn.bias, conv.stride[0], conv.padding[0], bn.eps, code, out_dtype
+            )
+            count = z.shape[0] * z.shape[2] * z.shape[3]
+        else:
+            y = conv(x)
+            z, mean, var = BNActFunction.apply(y, bn.weight, bn.bias, bn.eps, code)
+            count = y.shape[0] * y.shape[2] * y.shape[3]
+        _update_running_statistics(bn, mean, var, count)
+        return z
+
+
+def fuse_for_training(model: nn.Module) -> int:
+    """Route every fusible ConvBNAct of ``model`` through the fused kernels (in place). Returns how many.
+
+    Nothing happens (0) when the kernels are unavailable. The module tree, parameters and buffers are
+    unchanged: the routing is an instance ``forward`` that ``prepare_for_inference`` removes.
+    """
+    if not available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if fusible(module):
+            module.forward = FusedConvBNActForward(module)
+            count += 1
+    return count

@@ -1,0 +1,593 @@
+// Fused training kernels for the CPU: BatchNorm (batch statistics) + activation, and the depthwise
+// convolution in front of it, on channels_last (NHWC) tensors.
+//
+// Why: a MobileNet training step on a CPU is bound by memory traffic, not arithmetic. PyTorch runs
+// conv → BatchNorm → activation as separate passes over each activation tensor (and casts between
+// bf16 and fp32 in between); oneDNN's depthwise weight gradient is 5-40x its forward for 5x5 kernels.
+// Here each layer reads its tensors once per pass it truly needs:
+//   forward:  the depthwise conv writes y and, while the image is in cache, its channel sums;
+//             then z = act(BN(y)) in one pass.
+//   backward: one reduction pass over (dz, y); then one pass that forms dy row by row and scatters
+//             it into dx and the weight gradient, so dy never exists as a tensor.
+// Every layout is NHWC: the innermost loops run over a block of contiguous channels held in one
+// SIMD register (GCC/Clang vector types: AVX-512 where the CPU has it, narrower vectors elsewhere).
+// Arithmetic is fp32, batch sums are accumulated in double; tensors may be fp32 or bf16. Reductions
+// are per image, then summed in image order: results do not depend on the thread count.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#define RESTRICT __restrict__
+
+namespace {
+
+using at::BFloat16;
+
+enum Activation : int64_t { kIdentity = 0, kReLU = 1, kReLU6 = 2, kHardswish = 3 };
+
+// ------------------------------------------------------------------------------------------------
+// SIMD blocks of B channels
+// ------------------------------------------------------------------------------------------------
+
+template <int64_t B>
+struct Lanes;
+template <>
+struct Lanes<16> {
+  typedef float f32 __attribute__((vector_size(64)));
+  typedef uint32_t u32 __attribute__((vector_size(64)));
+  typedef uint16_t u16 __attribute__((vector_size(32)));
+};
+template <>
+struct Lanes<8> {
+  typedef float f32 __attribute__((vector_size(32)));
+  typedef uint32_t u32 __attribute__((vector_size(32)));
+  typedef uint16_t u16 __attribute__((vector_size(16)));
+};
+template <>
+struct Lanes<1> {
+  typedef float f32 __attribute__((vector_size(4)));
+  typedef uint32_t u32 __attribute__((vector_size(4)));
+  typedef uint16_t u16 __attribute__((vector_size(2)));
+};
+
+template <int64_t B>
+using Vec = typename Lanes<B>::f32;
+
+template <int64_t B>
+inline Vec<B> load(const float* p) {
+  Vec<B> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// bf16 is the top half of an fp32: widen and shift.
+template <int64_t B>
+inline Vec<B> load(const BFloat16* p) {
+  typename Lanes<B>::u16 half;
+  std::memcpy(&half, p, sizeof(half));
+  const typename Lanes<B>::u32 word = __builtin_convertvector(half, typename Lanes<B>::u32) << 16;
+  Vec<B> v;
+  std::memcpy(&v, &word, sizeof(v));
+  return v;
+}
+
+template <int64_t B>
+inline void store(float* p, Vec<B> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// fp32 → bf16 with round-to-nearest-even, as c10::BFloat16 does for finite values.
+template <int64_t B>
+inline void store(BFloat16* p, Vec<B> v) {
+  typename Lanes<B>::u32 word;
+  std::memcpy(&word, &v, sizeof(v));
+  word = (word + (((word >> 16) & 1) + 0x7FFFu)) >> 16;
+  const typename Lanes<B>::u16 half = __builtin_convertvector(word, typename Lanes<B>::u16);
+  std::memcpy(p, &half, sizeof(half));
+}
+
+template <int64_t B>
+inline Vec<B> splat(float value) {
+  Vec<B> v = {};
+  return v + value;
+}
+
+// Channels in blocks of 16, then 8, then singles: every loop over a block has a compile-time width.
+template <typename F>
+inline void for_channel_blocks(int64_t C, F&& body) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= C; c0 += 16) body(c0, std::integral_constant<int64_t, 16>{});
+  for (; c0 + 8 <= C; c0 += 8) body(c0, std::integral_constant<int64_t, 8>{});
+  for (; c0 < C; ++c0) body(c0, std::integral_constant<int64_t, 1>{});
+}
+
+template <int64_t B>
+inline Vec<B> clamp_0_6(Vec<B> a) {
+  const Vec<B> zero = {}, six = splat<B>(6.f);
+  const Vec<B> low = a > zero ? a : zero;
+  return low < six ? low : six;
+}
+
+template <int64_t ACT, int64_t B>
+inline Vec<B> activate(Vec<B> a) {
+  const Vec<B> zero = {};
+  if constexpr (ACT == kReLU) return a > zero ? a : zero;
+  if constexpr (ACT == kReLU6) return clamp_0_6<B>(a);
+  if constexpr (ACT == kHardswish) return a * clamp_0_6<B>(a + 3.f) * (1.f / 6.f);
+  return a;
+}
+
+// d act(a) / da, with PyTorch's conventions at the kinks (relu: 0 at 0; hardswish: a/3 + 1/2 on [-3, 3]).
+template <int64_t ACT, int64_t B>
+inline Vec<B> activation_slope(Vec<B> a) {
+  const Vec<B> zero = {}, one = splat<B>(1.f);
+  if constexpr (ACT == kReLU) return a > zero ? one : zero;
+  if constexpr (ACT == kReLU6) return (a > zero) & (a < splat<B>(6.f)) ? one : zero;
+  if constexpr (ACT == kHardswish) {
+    const Vec<B> middle = a * (1.f / 3.f) + 0.5f;
+    return a < splat<B>(-3.f) ? zero : (a <= splat<B>(3.f) ? middle : one);
+  }
+  return one;
+}
+
+// The activation as a compile-time constant.
+template <typename F>
+void dispatch_activation(int64_t act, F&& body) {
+  switch (act) {
+    case kIdentity: body(std::integral_constant<int64_t, kIdentity>{}); break;
+    case kReLU: body(std::integral_constant<int64_t, kReLU>{}); break;
+    case kReLU6: body(std::integral_constant<int64_t, kReLU6>{}); break;
+    case kHardswish: body(std::integral_constant<int64_t, kHardswish>{}); break;
+    default: TORCH_CHECK(false, "mobilenets kernels: unknown activation code ", act);
+  }
+}
+
+template <typename F>
+void dispatch_float_or_bf16(at::ScalarType type, const char* name, F&& body) {
+  if (type == at::kFloat) {
+    body(float{});
+  } else if (type == at::kBFloat16) {
+    body(BFloat16{});
+  } else {
+    TORCH_CHECK(false, name, ": expected float32 or bfloat16, got ", type);
+  }
+}
+
+at::Tensor nhwc(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+at::Tensor empty_nhwc(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return at::empty(sizes, at::TensorOptions().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-channel constants
+// ------------------------------------------------------------------------------------------------
+
+// The normalization as a = y * scale + shift per channel.
+struct Affine {
+  std::vector<float> scale, shift;
+};
+
+Affine bn_affine(const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta) {
+  const int64_t C = mean.numel();
+  Affine a{std::vector<float>(C), std::vector<float>(C)};
+  const float *m = mean.data_ptr<float>(), *r = invstd.data_ptr<float>();
+  const float *g = gamma.data_ptr<float>(), *b = beta.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    a.scale[c] = g[c] * r[c];
+    a.shift[c] = b[c] - m[c] * a.scale[c];
+  }
+  return a;
+}
+
+// Per-image partial sums [N][C] (double), summed in image order.
+std::vector<double> sum_over_images(const std::vector<double>& per_image, int64_t N, int64_t C) {
+  std::vector<double> total(C, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) total[c] += per_image[n * C + c];
+  return total;
+}
+
+// mean, biased variance and 1/sqrt(var + eps) from sums of y and y² over `count` values per channel.
+std::vector<at::Tensor> finish_statistics(const std::vector<double>& sums, const std::vector<double>& squares,
+                                          int64_t N, int64_t C, int64_t count, double eps) {
+  const auto s = sum_over_images(sums, N, C), q = sum_over_images(squares, N, C);
+  auto mean = at::empty({C}, at::kFloat), var = at::empty({C}, at::kFloat), invstd = at::empty({C}, at::kFloat);
+  for (int64_t c = 0; c < C; ++c) {
+    const double mu = s[c] / count;
+    const double v = std::max(q[c] / count - mu * mu, 0.0);
+    mean.data_ptr<float>()[c] = static_cast<float>(mu);
+    var.data_ptr<float>()[c] = static_cast<float>(v);
+    invstd.data_ptr<float>()[c] = static_cast<float>(1.0 / std::sqrt(v + eps));
+  }
+  return {mean, var, invstd};
+}
+
+// Adds the channel sums and sums of squares of `count` NHWC pixels at `v` to s and q. fp32 partials
+// over runs of 64 pixels keep the vector loop in registers; the runs are summed in double.
+template <typename T>
+void add_channel_moments(const T* v, int64_t count, int64_t C, double* RESTRICT s, double* RESTRICT q) {
+  for (int64_t p0 = 0; p0 < count; p0 += 64) {
+    const int64_t p1 = std::min(count, p0 + 64);
+    for_channel_blocks(C, [&](int64_t c0, auto block) {
+      constexpr int64_t B = decltype(block)::value;
+      Vec<B> sum = {}, square = {};
+      for (int64_t p = p0; p < p1; ++p) {
+        const Vec<B> x = load<B>(v + p * C + c0);
+        sum += x;
+        square += x * x;
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        s[c0 + b] += sum[b];
+        q[c0 + b] += square[b];
+      }
+    });
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// BatchNorm + activation after another op (the 1×1 convolutions, computed by oneDNN)
+// ------------------------------------------------------------------------------------------------
+
+// Batch mean, biased variance and 1/sqrt(var + eps) per channel of an NHWC tensor.
+std::vector<at::Tensor> batch_statistics(const at::Tensor& y_in, double eps) {
+  const auto y = nhwc(y_in);
+  const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3);
+  std::vector<double> sums(N * C, 0.0), squares(N * C, 0.0);
+  dispatch_float_or_bf16(y.scalar_type(), "batch_statistics", [&](auto tag) {
+    using T = decltype(tag);
+    const T* py = y.data_ptr<T>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) add_channel_moments(py + n * HW * C, HW, C, &sums[n * C], &squares[n * C]);
+    });
+  });
+  return finish_statistics(sums, squares, N, C, N * HW, eps);
+}
+
+// z = act(gamma * (y - mean) * invstd + beta), written as `out_dtype`.
+at::Tensor bn_act_forward(const at::Tensor& y_in, const at::Tensor& mean, const at::Tensor& invstd,
+                          const at::Tensor& gamma, const at::Tensor& beta, int64_t act, at::ScalarType out_dtype) {
+  const auto y = nhwc(y_in);
+  const int64_t C = y.size(1), pixels = y.size(0) * y.size(2) * y.size(3);
+  auto z = empty_nhwc(y.sizes(), out_dtype);
+  const Affine affine = bn_affine(mean, invstd, gamma, beta);
+  const float* scale = affine.scale.data();
+  const float* shift = affine.shift.data();
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr int64_t ACT = decltype(act_tag)::value;
+    dispatch_float_or_bf16(y.scalar_type(), "bn_act_forward", [&](auto in_tag) {
+      using TI = decltype(in_tag);
+      dispatch_float_or_bf16(out_dtype, "bn_act_forward", [&](auto out_tag) {
+        using TO = decltype(out_tag);
+        const TI* py = y.data_ptr<TI>();
+        TO* pz = z.data_ptr<TO>();
+        at::parallel_for(0, pixels, 256, [&](int64_t begin, int64_t end) {
+          for (int64_t p = begin; p < end; ++p) {
+            for_channel_blocks(C, [&](int64_t c0, auto block) {
+              constexpr int64_t B = decltype(block)::value;
+              const Vec<B> a = load<B>(py + p * C + c0) * load<B>(scale + c0) + load<B>(shift + c0);
+              store<B>(pz + p * C + c0, activate<ACT, B>(a));
+            });
+          }
+        });
+      });
+    });
+  });
+  return z;
+}
+
+// The backward's two per-channel reductions: sum_g = Σ g and sum_gxhat = Σ g·xhat over the batch, with
+// g = dz · act'(a) and xhat = (y − mean) · invstd. They are dbeta and dgamma, and the two means that
+// the input gradient needs.
+struct BackwardSums {
+  std::vector<double> g, gxhat;
+};
+
+template <int64_t ACT, typename TG, typename TY>
+BackwardSums bn_act_backward_sums(const TG* pdz, const TY* py, int64_t N, int64_t HW, int64_t C, const Affine& affine,
+                                  const float* mean, const float* invstd) {
+  std::vector<double> per_image_g(N * C, 0.0), per_image_gy(N * C, 0.0);
+  const float* scale = affine.scale.data();
+  const float* shift = affine.shift.data();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t p0 = 0; p0 < HW; p0 += 64) {
+        const int64_t p1 = std::min(HW, p0 + 64);
+        for_channel_blocks(C, [&](int64_t c0, auto block) {
+          constexpr int64_t B = decltype(block)::value;
+          const Vec<B> k = load<B>(scale + c0), d = load<B>(shift + c0);
+          Vec<B> sum_g = {}, sum_gy = {};
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t e = (n * HW + p) * C + c0;
+            const Vec<B> y = load<B>(py + e);
+            const Vec<B> g = load<B>(pdz + e) * activation_slope<ACT, B>(y * k + d);
+            sum_g += g;
+            sum_gy += g * y;  // Σ g·xhat = invstd · (Σ g·y − mean · Σ g), centred after the sum
+          }
+          for (int64_t b = 0; b < B; ++b) {
+            per_image_g[n * C + c0 + b] += sum_g[b];
+            per_image_gy[n * C + c0 + b] += sum_gy[b];
+          }
+        });
+      }
+    }
+  });
+  BackwardSums sums{sum_over_images(per_image_g, N, C), sum_over_images(per_image_gy, N, C)};
+  for (int64_t c = 0; c < C; ++c) sums.gxhat[c] = (sums.gxhat[c] - mean[c] * sums.g[c]) * invstd[c];
+  return sums;
+}
+
+// dy = gamma · invstd · (g − mean(g) − xhat · mean(g·xhat)), written dy = g·k1 + y·k2 + k3 per channel.
+struct InputGradient {
+  std::vector<float> k1, k2, k3;
+};
+
+InputGradient input_gradient_coefficients(const BackwardSums& sums, const float* mean, const float* invstd,
+                                          const float* gamma, int64_t count) {
+  const int64_t C = sums.g.size();
+  InputGradient k{std::vector<float>(C), std::vector<float>(C), std::vector<float>(C)};
+  for (int64_t c = 0; c < C; ++c) {
+    const double r = invstd[c], mean_g = sums.g[c] / count, mean_gx = sums.gxhat[c] / count;
+    const double a = gamma[c] * r;
+    k.k1[c] = static_cast<float>(a);
+    k.k2[c] = static_cast<float>(-a * mean_gx * r);
+    k.k3[c] = static_cast<float>(-a * mean_g + a * mean_gx * r * mean[c]);
+  }
+  return k;
+}
+
+std::vector<at::Tensor> gamma_beta_gradients(const BackwardSums& sums) {
+  const int64_t C = sums.g.size();
+  auto dgamma = at::empty({C}, at::kFloat), dbeta = at::empty({C}, at::kFloat);
+  for (int64_t c = 0; c < C; ++c) {
+    dgamma.data_ptr<float>()[c] = static_cast<float>(sums.gxhat[c]);
+    dbeta.data_ptr<float>()[c] = static_cast<float>(sums.g[c]);
+  }
+  return {dgamma, dbeta};
+}
+
+// One block of dy at pixel offset e: from dz and y, with the per-channel constants at c0.
+template <int64_t ACT, int64_t B, typename TG, typename TY>
+inline Vec<B> input_gradient_block(const TG* pdz, const TY* py, int64_t e, int64_t c0, const Affine& affine,
+                                   const InputGradient& k) {
+  const Vec<B> y = load<B>(py + e);
+  const Vec<B> g = load<B>(pdz + e) * activation_slope<ACT, B>(y * load<B>(&affine.scale[c0]) + load<B>(&affine.shift[c0]));
+  return g * load<B>(&k.k1[c0]) + y * load<B>(&k.k2[c0]) + load<B>(&k.k3[c0]);
+}
+
+// Returns dy (dtype of y), dgamma, dbeta.
+std::vector<at::Tensor> bn_act_backward(const at::Tensor& dz_in, const at::Tensor& y_in, const at::Tensor& mean,
+                                        const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta,
+                                        int64_t act) {
+  const auto y = nhwc(y_in);
+  const auto dz = nhwc(dz_in);
+  const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3);
+  const Affine affine = bn_affine(mean, invstd, gamma, beta);
+  auto dy = empty_nhwc(y.sizes(), y.scalar_type());
+  BackwardSums sums;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr int64_t ACT = decltype(act_tag)::value;
+    dispatch_float_or_bf16(dz.scalar_type(), "bn_act_backward", [&](auto g_tag) {
+      using TG = decltype(g_tag);
+      dispatch_float_or_bf16(y.scalar_type(), "bn_act_backward", [&](auto y_tag) {
+        using TY = decltype(y_tag);
+        const TG* pdz = dz.data_ptr<TG>();
+        const TY* py = y.data_ptr<TY>();
+        sums = bn_act_backward_sums<ACT>(pdz, py, N, HW, C, affine, mean.data_ptr<float>(), invstd.data_ptr<float>());
+        const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
+                                                            gamma.data_ptr<float>(), N * HW);
+        TY* pdy = dy.data_ptr<TY>();
+        at::parallel_for(0, N * HW, 256, [&](int64_t begin, int64_t end) {
+          for (int64_t p = begin; p < end; ++p) {
+            for_channel_blocks(C, [&](int64_t c0, auto block) {
+              constexpr int64_t B = decltype(block)::value;
+              store<B>(pdy + p * C + c0, input_gradient_block<ACT, B>(pdz, py, p * C + c0, c0, affine, k));
+            });
+          }
+        });
+      });
+    });
+  });
+  auto gb = gamma_beta_gradients(sums);
+  return {dy, gb[0], gb[1]};
+}
+
+// ------------------------------------------------------------------------------------------------
+// Depthwise convolution → BatchNorm → activation
+// ------------------------------------------------------------------------------------------------
+
+struct DepthwiseGeometry {
+  int64_t N, C, H, W, K, stride, pad, OH, OW;
+
+  // Kernel rows i (columns j) whose tap lands inside the image for output row oh (column ow).
+  int64_t first_tap(int64_t o) const { return std::max<int64_t>(0, pad - o * stride); }
+  int64_t end_tap_row(int64_t oh) const { return std::min<int64_t>(K, H + pad - oh * stride); }
+  int64_t end_tap_column(int64_t ow) const { return std::min<int64_t>(K, W + pad - ow * stride); }
+  // Output columns whose tap column j lands inside the image.
+  int64_t first_output_column(int64_t j) const { return std::max<int64_t>(0, (pad - j + stride - 1) / stride); }
+  int64_t end_output_column(int64_t j) const { return std::min<int64_t>(OW, (W - 1 + pad - j) / stride + 1); }
+};
+
+DepthwiseGeometry geometry_of(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t pad) {
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == 1 && weight.size(0) == x.size(1) &&
+                  weight.size(2) == weight.size(3),
+              "depthwise kernels: expected x (N, C, H, W) and weight (C, 1, k, k)");
+  DepthwiseGeometry g{x.size(0), x.size(1), x.size(2), x.size(3), weight.size(2), stride, pad, 0, 0};
+  g.OH = (g.H + 2 * pad - g.K) / stride + 1;
+  g.OW = (g.W + 2 * pad - g.K) / stride + 1;
+  return g;
+}
+
+// Weights as [tap][channel], so that a block of channels reads them contiguously.
+std::vector<float> taps_by_channel(const at::Tensor& weight) {
+  const auto w = weight.contiguous().to(at::kFloat);
+  const int64_t C = w.size(0), taps = w.size(2) * w.size(3);
+  std::vector<float> out(taps * C);
+  const float* pw = w.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < taps; ++t) out[t * C + c] = pw[c * taps + t];
+  return out;
+}
+
+// y = depthwise(x) in fp32, with per-channel batch statistics of y. Returns y, mean, var, invstd.
+std::vector<at::Tensor> depthwise_forward(const at::Tensor& x_in, const at::Tensor& weight, int64_t stride,
+                                          int64_t pad, double eps) {
+  const auto x = nhwc(x_in);
+  const auto g = geometry_of(x, weight, stride, pad);
+  const int64_t C = g.C;
+  const auto taps = taps_by_channel(weight);
+  auto y = empty_nhwc({g.N, C, g.OH, g.OW}, at::kFloat);
+  std::vector<double> sums(g.N * C, 0.0), squares(g.N * C, 0.0);
+  dispatch_float_or_bf16(x.scalar_type(), "depthwise_forward", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data_ptr<T>();
+    float* py = y.data_ptr<float>();
+    const float* w = taps.data();
+    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const int64_t i0 = g.first_tap(oh), i1 = g.end_tap_row(oh);
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t j0 = g.first_tap(ow), j1 = g.end_tap_column(ow);
+            float* out = py + ((n * g.OH + oh) * g.OW + ow) * C;
+            for_channel_blocks(C, [&](int64_t c0, auto block) {
+              constexpr int64_t B = decltype(block)::value;
+              Vec<B> acc = {};
+              for (int64_t i = i0; i < i1; ++i) {
+                const T* row = px + ((n * g.H + oh * g.stride - g.pad + i) * g.W - g.pad + ow * g.stride) * C + c0;
+                for (int64_t j = j0; j < j1; ++j) acc += load<B>(row + j * C) * load<B>(w + (i * g.K + j) * C + c0);
+              }
+              store<B>(out + c0, acc);
+            });
+          }
+        }
+        // The image's output is still in cache: its moments cost no extra trip to memory.
+        add_channel_moments(py + n * g.OH * g.OW * C, g.OH * g.OW, C, &sums[n * C], &squares[n * C]);
+      }
+    });
+  });
+  auto stats = finish_statistics(sums, squares, g.N, C, g.N * g.OH * g.OW, eps);
+  return {y, stats[0], stats[1], stats[2]};
+}
+
+// Backward of z = act(BN(depthwise(x))) given dz: returns dx (dtype of x), dweight, dgamma, dbeta.
+// Per output row, dy is formed from (dz, y) into a row buffer; then each kernel tap scatters the row
+// into dx and accumulates its weight gradient in a register.
+std::vector<at::Tensor> depthwise_bn_act_backward(const at::Tensor& dz_in, const at::Tensor& x_in,
+                                                  const at::Tensor& weight, const at::Tensor& y_in,
+                                                  const at::Tensor& mean, const at::Tensor& invstd,
+                                                  const at::Tensor& gamma, const at::Tensor& beta, int64_t act,
+                                                  int64_t stride, int64_t pad, bool input_gradient) {
+  const auto x = nhwc(x_in);
+  const auto y = nhwc(y_in);
+  const auto dz = nhwc(dz_in);
+  TORCH_CHECK(y.scalar_type() == at::kFloat, "depthwise_bn_act_backward: y must be float32");
+  const auto g = geometry_of(x, weight, stride, pad);
+  const int64_t C = g.C, taps = g.K * g.K, OHW = g.OH * g.OW, HWC = g.H * g.W * C;
+  const auto tap_weights = taps_by_channel(weight);
+  const Affine affine = bn_affine(mean, invstd, gamma, beta);
+  const float* py = y.data_ptr<float>();
+  auto dx = input_gradient ? empty_nhwc(x.sizes(), x.scalar_type()) : at::Tensor();
+  std::vector<float> per_image_dw(g.N * taps * C, 0.f);
+  BackwardSums sums;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr int64_t ACT = decltype(act_tag)::value;
+    dispatch_float_or_bf16(dz.scalar_type(), "depthwise_bn_act_backward", [&](auto g_tag) {
+      using TG = decltype(g_tag);
+      const TG* pdz = dz.data_ptr<TG>();
+      sums = bn_act_backward_sums<ACT>(pdz, py, g.N, OHW, C, affine, mean.data_ptr<float>(), invstd.data_ptr<float>());
+      const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
+                                                          gamma.data_ptr<float>(), g.N * OHW);
+      const float* w = tap_weights.data();
+      dispatch_float_or_bf16(x.scalar_type(), "depthwise_bn_act_backward", [&](auto x_tag) {
+        using TX = decltype(x_tag);
+        const TX* px = x.data_ptr<TX>();
+        TX* pdx = input_gradient ? dx.data_ptr<TX>() : nullptr;
+        at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+          std::vector<float> dy_row(g.OW * C);
+          std::vector<float> image_dx(input_gradient ? HWC : 0);
+          for (int64_t n = begin; n < end; ++n) {
+            float* dw = &per_image_dw[n * taps * C];
+            std::fill(image_dx.begin(), image_dx.end(), 0.f);
+            const TX* image_x = px + n * HWC;
+            for (int64_t oh = 0; oh < g.OH; ++oh) {
+              const int64_t row = (n * g.OH + oh) * g.OW * C;
+              for (int64_t ow = 0; ow < g.OW; ++ow) {
+                for_channel_blocks(C, [&](int64_t c0, auto block) {
+                  constexpr int64_t B = decltype(block)::value;
+                  const int64_t e = row + ow * C + c0;
+                  store<B>(&dy_row[ow * C + c0], input_gradient_block<ACT, B>(pdz, py, e, c0, affine, k));
+                });
+              }
+              for (int64_t i = g.first_tap(oh); i < g.end_tap_row(oh); ++i) {
+                const int64_t ih = oh * g.stride - g.pad + i;
+                for (int64_t j = 0; j < g.K; ++j) {
+                  const int64_t t = i * g.K + j, ow0 = g.first_output_column(j), ow1 = g.end_output_column(j);
+                  for_channel_blocks(C, [&](int64_t c0, auto block) {
+                    constexpr int64_t B = decltype(block)::value;
+                    const Vec<B> wt = load<B>(w + t * C + c0);
+                    Vec<B> acc = {};
+                    for (int64_t ow = ow0; ow < ow1; ++ow) {
+                      const int64_t offset = (ih * g.W + ow * g.stride - g.pad + j) * C + c0;
+                      const Vec<B> d = load<B>(&dy_row[ow * C + c0]);
+                      acc += d * load<B>(image_x + offset);
+                      if (input_gradient) store<B>(&image_dx[offset], load<B>(&image_dx[offset]) + d * wt);
+                    }
+                    store<B>(dw + t * C + c0, load<B>(dw + t * C + c0) + acc);
+                  });
+                }
+              }
+            }
+            if (input_gradient) {
+              for_channel_blocks(C, [&](int64_t c0, auto block) {
+                constexpr int64_t B = decltype(block)::value;
+                for (int64_t p = 0; p < g.H * g.W; ++p) store<B>(pdx + n * HWC + p * C + c0, load<B>(&image_dx[p * C + c0]));
+              });
+            }
+          }
+        });
+      });
+    });
+  });
+  auto dweight = at::empty({C, 1, g.K, g.K}, at::kFloat);
+  float* pdw = dweight.data_ptr<float>();
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t n = 0; n < g.N; ++n) s += per_image_dw[(n * taps + t) * C + c];
+      pdw[c * taps + t] = static_cast<float>(s);
+    }
+  }
+  auto gb = gamma_beta_gradients(sums);
+  return {input_gradient ? dx : at::Tensor(), dweight.to(weight.scalar_type()), gb[0], gb[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(mobilenets_kernels, m) {
+  m.def("batch_statistics(Tensor y, float eps) -> Tensor[]");
+  m.def(
+      "bn_act_forward(Tensor y, Tensor mean, Tensor invstd, Tensor gamma, Tensor beta, int act, ScalarType out_dtype)"
+      " -> Tensor");
+  m.def("bn_act_backward(Tensor dz, Tensor y, Tensor mean, Tensor invstd, Tensor gamma, Tensor beta, int act) -> Tensor[]");
+  m.def("depthwise_forward(Tensor x, Tensor weight, int stride, int pad, float eps) -> Tensor[]");
+  m.def(
+      "depthwise_bn_act_backward(Tensor dz, Tensor x, Tensor weight, Tensor y, Tensor mean, Tensor invstd, "
+      "Tensor gamma, Tensor beta, int act, int stride, int pad, bool input_gradient) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(mobilenets_kernels, CPU, m) {
+  m.impl("batch_statistics", &batch_statistics);
+  m.impl("bn_act_forward", &bn_act_forward);
+  m.impl("bn_act_backward", &bn_act_backward);
+  m.impl("depthwise_forward", &depthwise_forward);
+  m.impl("depthwise_bn_act_backward", &depthwise_bn_act_backward);
+}
