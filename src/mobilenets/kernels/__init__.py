@@ -161,6 +161,56 @@ class BNActFunction(torch.autograd.Function):
         return dy, dgamma, dbeta, None, None
 
 
+class SqueezeExcitationFunction(torch.autograd.Function):
+    """out = x · gate(mean_hw(x)) (MobileNetV3 §5.3) with the gate's small graph kept inside.
+
+    PyTorch's backward of this expression writes three full-size tensors (the gate's product, the
+    broadcast of the mean's gradient, and their sum); here the gate gradient is one reduction over
+    (dout, x) and dx = dout · s + dmean / HW is one pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gate, *parameters):
+        pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
+        with torch.enable_grad():
+            scale = gate(pooled)
+        ctx.save_for_backward(x)
+        ctx.graph = (pooled, scale, parameters)
+        return x * scale.detach()
+
+    @staticmethod
+    def backward(ctx, dout):
+        (x,) = ctx.saved_tensors
+        pooled, scale, parameters = ctx.graph
+        n, c, h, w = x.shape
+        dscale = torch.ops.mobilenets_kernels.channel_dot(dout, x).view(n, c, 1, 1).to(scale.dtype)
+        wanted = [pooled] + [p for p in parameters if p.requires_grad]
+        grads = iter(torch.autograd.grad(scale, wanted, dscale))
+        dpooled = next(grads)
+        dx = torch.ops.mobilenets_kernels.scale_shift_channels(
+            dout, scale.detach().view(n, c), (dpooled.float() / (h * w)).view(n, c)
+        )
+        dparameters = [next(grads) if p.requires_grad else None for p in parameters]
+        return (dx, None, *dparameters)
+
+
+class FusedSqueezeExcitationForward:
+    """``SqueezeExcitation.forward`` through ``SqueezeExcitationFunction`` while training on a CPU."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        return module.gate(module.expand(module.act(module.reduce(pooled))))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        if not (module.training and x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled()):
+            return type(module).forward(module, x)
+        return SqueezeExcitationFunction.apply(x, self.gate, *module.parameters())
+
+
 def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
@@ -211,9 +261,14 @@ def fuse_for_training(model: nn.Module) -> int:
     """
     if not available():
         return 0
+    from mobilenets.layers import SqueezeExcitation
+
     count = 0
     for module in model.modules():
         if fusible(module):
             module.forward = FusedConvBNActForward(module)
+            count += 1
+        elif type(module) is SqueezeExcitation:
+            module.forward = FusedSqueezeExcitationForward(module)
             count += 1
     return count

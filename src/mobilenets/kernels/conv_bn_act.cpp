@@ -570,6 +570,74 @@ std::vector<at::Tensor> depthwise_bn_act_backward(const at::Tensor& dz_in, const
   return {input_gradient ? dx : at::Tensor(), dweight.to(weight.scalar_type()), gb[0], gb[1]};
 }
 
+// ------------------------------------------------------------------------------------------------
+// Squeeze-and-excitation: out = x · s, with s (N, C) a gate computed from the spatial mean of x
+// ------------------------------------------------------------------------------------------------
+
+// Σ over pixels of dout · x per (image, channel): the gate's gradient. Returns (N, C) float32.
+at::Tensor channel_dot(const at::Tensor& dout_in, const at::Tensor& x_in) {
+  const auto dout = nhwc(dout_in);
+  const auto x = nhwc(x_in);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto out = at::zeros({N, C}, at::kFloat);
+  dispatch_float_or_bf16(dout.scalar_type(), "channel_dot", [&](auto g_tag) {
+    using TG = decltype(g_tag);
+    dispatch_float_or_bf16(x.scalar_type(), "channel_dot", [&](auto x_tag) {
+      using TX = decltype(x_tag);
+      const TG* pg = dout.data_ptr<TG>();
+      const TX* px = x.data_ptr<TX>();
+      float* po = out.data_ptr<float>();
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        std::vector<double> total(C);
+        for (int64_t n = begin; n < end; ++n) {
+          std::fill(total.begin(), total.end(), 0.0);
+          for (int64_t p0 = 0; p0 < HW; p0 += 64) {
+            const int64_t p1 = std::min(HW, p0 + 64);
+            for_channel_blocks(C, [&](int64_t c0, auto block) {
+              constexpr int64_t B = decltype(block)::value;
+              Vec<B> acc = {};
+              for (int64_t p = p0; p < p1; ++p) {
+                const int64_t e = (n * HW + p) * C + c0;
+                acc += load<B>(pg + e) * load<B>(px + e);
+              }
+              for (int64_t b = 0; b < B; ++b) total[c0 + b] += acc[b];
+            });
+          }
+          for (int64_t c = 0; c < C; ++c) po[n * C + c] = static_cast<float>(total[c]);
+        }
+      });
+    });
+  });
+  return out;
+}
+
+// dx = dout · scale[n, c] + shift[n, c] (scale and shift (N, C) float32), in the dtype of dout.
+at::Tensor scale_shift_channels(const at::Tensor& dout_in, const at::Tensor& scale_in, const at::Tensor& shift_in) {
+  const auto dout = nhwc(dout_in);
+  const auto scale = scale_in.to(at::kFloat).contiguous();
+  const auto shift = shift_in.to(at::kFloat).contiguous();
+  const int64_t N = dout.size(0), C = dout.size(1), HW = dout.size(2) * dout.size(3);
+  auto dx = empty_nhwc(dout.sizes(), dout.scalar_type());
+  dispatch_float_or_bf16(dout.scalar_type(), "scale_shift_channels", [&](auto tag) {
+    using T = decltype(tag);
+    const T* pg = dout.data_ptr<T>();
+    T* pdx = dx.data_ptr<T>();
+    const float* ps = scale.data_ptr<float>();
+    const float* pt = shift.data_ptr<float>();
+    at::parallel_for(0, N * HW, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / HW;
+        for_channel_blocks(C, [&](int64_t c0, auto block) {
+          constexpr int64_t B = decltype(block)::value;
+          const Vec<B> v = load<B>(pg + p * C + c0) * load<B>(ps + n * C + c0) + load<B>(pt + n * C + c0);
+          store<B>(pdx + p * C + c0, v);
+        });
+      }
+    });
+  });
+  return dx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mobilenets_kernels, m) {
@@ -582,6 +650,8 @@ TORCH_LIBRARY(mobilenets_kernels, m) {
   m.def(
       "depthwise_bn_act_backward(Tensor dz, Tensor x, Tensor weight, Tensor y, Tensor mean, Tensor invstd, "
       "Tensor gamma, Tensor beta, int act, int stride, int pad, bool input_gradient) -> Tensor[]");
+  m.def("channel_dot(Tensor dout, Tensor x) -> Tensor");
+  m.def("scale_shift_channels(Tensor dout, Tensor scale, Tensor shift) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mobilenets_kernels, CPU, m) {
@@ -590,4 +660,6 @@ TORCH_LIBRARY_IMPL(mobilenets_kernels, CPU, m) {
   m.impl("bn_act_backward", &bn_act_backward);
   m.impl("depthwise_forward", &depthwise_forward);
   m.impl("depthwise_bn_act_backward", &depthwise_bn_act_backward);
+  m.impl("channel_dot", &channel_dot);
+  m.impl("scale_shift_channels", &scale_shift_channels);
 }
