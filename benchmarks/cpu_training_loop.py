@@ -5,10 +5,13 @@ Each candidate runs the product's own ``Trainer.train_step`` on the same decoded
 forward, label-smoothed loss, backward, AdamW, LR schedule and EMA update. Only the model and the
 acceleration differ:
 
-  <peer> channels_last eager fp32   torchvision's model (timm's for v1) in our loop, bf16 and compile off
-  ours default                       our model exactly as ``mobilenets train`` runs it for a short run (eager)
-  ours default, long run (compiled)  the same for a run planned ≥ 4,000 steps, where ``mobilenets train``
-                                     compiles the model (--compile; compile time reported, not in the medians)
+  <peer> channels_last eager fp32   torchvision's model (timm's for v1) in our loop, bf16, compile and the
+                                     fused kernels off
+  ours default                       our model exactly as ``mobilenets train`` runs it: channels_last, bf16
+                                     1×1 convolutions, the fused C++ ConvBNAct / SE kernels (mobilenets.kernels)
+  ours, PyTorch kernels              the same with MOBILENETS_FUSED_KERNELS=0 (--ablation): what the kernels add
+  ours, compiled                     torch.compile instead of the fused kernels (--compile; compile time
+                                     reported, not in the medians)
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/cpu_training_loop.py --models mobilenet_v3_small mobilenet_v1
 
@@ -87,7 +90,13 @@ def trainer_step(trainer: Trainer):
 
 
 def candidates_for(
-    model_name: str, batch: int, resolution: int, steps: int, run_dir: Path, compile: bool = False
+    model_name: str,
+    batch: int,
+    resolution: int,
+    steps: int,
+    run_dir: Path,
+    compile: bool = False,
+    ablation: bool = False,
 ) -> list[Candidate]:
     data = cached_dataset(batch * steps, resolution)
     config = TrainConfig(data="(cached)", model=model_name, resolution=resolution, batch_size=batch, epochs=10)
@@ -98,19 +107,16 @@ def candidates_for(
     def trainer(model, folder: str) -> Trainer:
         return Trainer(config, model, data, data, classes, run_dir / folder, preprocessing, show_progress=False)
 
-    with environment(MOBILENETS_BF16="0", MOBILENETS_COMPILE="0"):
+    with environment(MOBILENETS_BF16="0", MOBILENETS_COMPILE="0", MOBILENETS_FUSED_KERNELS="0"):
         baseline = trainer(build_peer(peer, model_name, NUM_CLASSES), "peer")
     ours = trainer(create_model(model_name, num_classes=NUM_CLASSES), "ours")
     runs = [(f"{peer} channels_last eager fp32", baseline), ("ours default (mobilenets train)", ours)]
+    if ablation:
+        with environment(MOBILENETS_FUSED_KERNELS="0"):
+            runs.append(("ours, PyTorch kernels", trainer(create_model(model_name, num_classes=NUM_CLASSES), "plain")))
     if compile:
-        # What Trainer does when the planned run reaches COMPILE_TRAINING_MIN_STEPS.
         with environment(MOBILENETS_COMPILE="1"):
-            runs.append(
-                (
-                    "ours default, long run (compiled)",
-                    trainer(create_model(model_name, num_classes=NUM_CLASSES), "long"),
-                )
-            )
+            runs.append(("ours, compiled", trainer(create_model(model_name, num_classes=NUM_CLASSES), "long")))
     macs = macs_per_image(model_name, resolution, NUM_CLASSES)
     candidates = []
     for name, each in runs:
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (one step per candidate each)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: the product's choice)")
-    parser.add_argument("--compile", action="store_true", help="also time the compiled long-run path (minutes)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile's path (minutes)")
+    parser.add_argument("--ablation", action="store_true", help="also time ours with the fused kernels off")
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for model_name in args.models:
         with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as folder:
             candidates = candidates_for(
-                model_name, args.batch, args.resolution, args.repeats + 2, Path(folder), args.compile
+                model_name, args.batch, args.resolution, args.repeats + 2, Path(folder), args.compile, args.ablation
             )
             measure(candidates, args.repeats, warmup=1)
         baseline = candidates[0]

@@ -233,7 +233,8 @@ def test_thread_count_is_probed_once_and_prefers_the_faster(monkeypatch):
 
 
 def test_bf16_training_keeps_depthwise_convolutions_in_fp32():
-    model = prepare_for_training(tiny("mobilenet_v2"), precision="bf16", compile=False).train()
+    """Without the fused kernels (which compute depthwise layers in fp32 themselves, tests/test_kernels.py)."""
+    model = prepare_for_training(tiny("mobilenet_v2"), precision="bf16", compile=False, fused=False).train()
     dtypes: dict[str, torch.dtype] = {}
     hooks = [
         module.register_forward_hook(lambda m, _i, out, name=name: dtypes.__setitem__(name, out.dtype))

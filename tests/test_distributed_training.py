@@ -74,8 +74,12 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     run([*TORCHRUN, "2", "-m", "mobilenets", "train", *FINE_TUNE, "--batch-size", "16", "--out", str(tmp_path / "ddp")])
     run([sys.executable, "-m", "mobilenets", "train", *FINE_TUNE, "--batch-size", "32", "--out", str(tmp_path / "one")])
     ddp, one = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ddp", "one"))
-    assert ddp["final_val_accuracy"] == one["final_val_accuracy"] > 0.3  # it learned, and identically
-    assert abs(ddp["final_val_loss"] - one["final_val_loss"]) < 0.01 * one["final_val_loss"]
+    # It learned, and alike. Not to the image: on an AMD EPYC (2026-12-01) the two runs ended 2-5 validation
+    # images apart (0.61 vs 0.63, 0.60 vs 0.65) while the Xeon they were written on gave equal accuracies;
+    # sums of 16 + 16 gradients taken in another order change the last bits, and fine-tuning amplifies them.
+    assert min(ddp["final_val_accuracy"], one["final_val_accuracy"]) > 0.3
+    assert abs(ddp["final_val_accuracy"] - one["final_val_accuracy"]) <= 0.06
+    assert abs(ddp["final_val_loss"] - one["final_val_loss"]) < 0.05 * one["final_val_loss"]
     ddp_weights, one_weights = (load_file(tmp_path / d / "model.safetensors") for d in ("ddp", "one"))
     # Adam normalises every gradient, so sums taken in another order differ by ~1e-3 after 24 steps.
     assert max((ddp_weights[k] - one_weights[k]).abs().max().item() for k in one_weights) < 1e-2

@@ -221,13 +221,20 @@ def prepare_for_training(
 
     The same module comes back (same parameters, same ``state_dict`` keys), so optimizers, EMA and
     ``save_weights`` work unchanged. ``planned_steps`` lets the compile decision weigh compile time
-    against the run's length; ``compile``/``precision`` override the automatic choices.
+    against the run's length; ``compile``/``precision`` override the automatic choices. On a CPU, every
+    ConvBNAct and squeeze-and-excitation block runs through ``mobilenets.kernels`` (``fused=False`` or
+    ``MOBILENETS_FUSED_KERNELS=0`` turn that off); ``model.fused_layers`` says how many.
     """
     configure_threads()
     model = model.to(device=device, memory_format=torch.channels_last)
     dtype = training_precision(precision, device)
     on_cpu = torch.device(device).type == "cpu"
-    model.fused_layers = kernels.fuse_for_training(model) if on_cpu and use_fused_kernels(fused) else 0
+    # Inductor cannot trace the fused kernels, and on the CPUs measured they beat it (docs/performance.md):
+    # a run compiles (long runs, or compile=True / MOBILENETS_COMPILE=1) only without them.
+    asked_to_compile = compile if compile is not None else _env_flag("MOBILENETS_COMPILE")
+    compiled = should_compile(planned_steps, compile) and (asked_to_compile is True or fused is False or not on_cpu)
+    fuse = on_cpu and not compiled and use_fused_kernels(fused)
+    model.fused_layers = kernels.fuse_for_training(model) if fuse else 0
     if dtype != torch.float32:
         model.forward = _AutocastForward(model.forward, dtype, torch.device(device).type)
         if on_cpu and not model.fused_layers:
@@ -240,9 +247,7 @@ def prepare_for_training(
                 if is_depthwise(module):
                     module.forward = _Float32Forward(module.forward)
     model.training_precision = str(dtype).removeprefix("torch.")
-    # Inductor cannot trace the fused kernels, and they beat it: a long run compiles only without them
-    # (or when compile=True / MOBILENETS_COMPILE=1 asks for it explicitly).
-    model.compiled = should_compile(planned_steps, compile) and (not model.fused_layers or bool(compile))
+    model.compiled = compiled
     if model.compiled:
         # A graph that dynamo cannot capture or a failing C++ build falls back to eager, not an error.
         torch._dynamo.config.suppress_errors = True

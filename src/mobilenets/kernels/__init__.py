@@ -12,11 +12,16 @@ oneDNN's depthwise weight gradient takes 5–40× its forward pass for 5×5 kern
 - other ConvBNAct (1×1 and the stem): the convolution stays PyTorch's (oneDNN, bf16 under autocast);
   BatchNorm and the activation run as one forward pass after the statistics, and two backward passes.
 
+- squeeze-and-excitation: the gate's gradient is one reduction over (dout, x) and dx one pass,
+  instead of PyTorch's three full-size temporaries.
+
 ``prepare_for_training`` applies them (``fuse_for_training``) when the C++ builds; the parameters,
 buffers, ``state_dict`` and module tree are unchanged, and any case the kernels do not cover (eval
-mode, frozen BatchNorm, other devices, other activations) runs the module's own forward. The
-extension is compiled once per machine with the local C++ compiler (~30 s) and cached under
-``$MOBILENETS_HOME/kernels``; without a compiler everything runs in PyTorch as before.
+mode, frozen BatchNorm, other devices, other activations or kernel sizes) runs the module's own
+forward. Results equal PyTorch's to fp32 rounding and do not depend on the thread count
+(tests/test_kernels.py). The extension is compiled once per machine with the local C++ compiler
+(~30 s) and cached under ``$MOBILENETS_HOME/kernels``; without a compiler, or with
+``MOBILENETS_FUSED_KERNELS=0``, everything runs in PyTorch's kernels.
 """
 
 from __future__ import annotations
@@ -61,10 +66,12 @@ def _cpu_fingerprint() -> str:
 
 
 def build_directory() -> Path:
-    home = Path(os.environ.get("MOBILENETS_HOME", Path.home() / ".cache" / "mobilenets"))
+    """``$MOBILENETS_HOME/kernels/<torch>-<cpu>-<source>``: a new torch, CPU or source builds anew."""
+    from mobilenets.weights import cache_dir
+
     source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     torch_version = torch.__version__.replace("+", "_")
-    return home / "kernels" / f"torch{torch_version}-{_cpu_fingerprint()}-{source_hash}"
+    return cache_dir().parent / "kernels" / f"torch{torch_version}-{_cpu_fingerprint()}-{source_hash}"
 
 
 def available() -> bool:
@@ -88,6 +95,7 @@ def _load() -> bool:
     try:
         from torch.utils import cpp_extension
 
+        _put_ninja_on_path()
         directory = build_directory()
         directory.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(
@@ -107,6 +115,18 @@ def _load() -> bool:
             stacklevel=3,
         )
         return False
+
+
+def _put_ninja_on_path() -> None:
+    """torch's extension builder runs ``ninja`` from PATH; the pip package's copy is not on PATH unless
+    the virtual environment is activated."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    directory = str(getattr(ninja, "BIN_DIR", ""))
+    if directory and directory not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([directory, os.environ.get("PATH", "")])
 
 
 def _update_running_statistics(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -223,7 +243,8 @@ def fusible(module: nn.Module) -> bool:
     if conv.bias is not None or conv.dilation != (1, 1) or not bn.affine:
         return False
     if _is_depthwise(conv):
-        return conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1] == conv.kernel_size[0] // 2
+        square = conv.stride[0] == conv.stride[1] and conv.kernel_size[0] == conv.kernel_size[1]
+        return square and conv.kernel_size[0] in (3, 5, 7) and conv.padding == (conv.kernel_size[0] // 2,) * 2
     return True
 
 

@@ -26,6 +26,8 @@
 #include <vector>
 
 #define RESTRICT __restrict__
+// Tap loops have compile-time bounds; unrolled, a block's K² accumulators and weights stay in registers.
+#define UNROLL _Pragma("GCC unroll 64")
 
 namespace {
 
@@ -437,41 +439,91 @@ std::vector<float> taps_by_channel(const at::Tensor& weight) {
   return out;
 }
 
+// Per-image buffers are channel-blocked (channels c0..c0+B-1 of every pixel stored together, as
+// oneDNN's nChw16c): a block's loops then walk contiguous memory. In NHWC the same loops stride by C
+// floats per pixel and touch a new page every pixel or two, and ran ~3x slower on TLB misses.
+struct BlockedImage {
+  int64_t pixels;  // per channel
+  std::vector<float> data;
+  float* block(int64_t c0) { return data.data() + c0 * pixels; }
+  const float* block(int64_t c0) const { return data.data() + c0 * pixels; }
+};
+
+// One image of x (NHWC), converted to fp32 and zero-padded by `pad` on every side, channel-blocked.
+// Every kernel tap then reads inside the buffer, so the tap loops need no bounds checks.
+template <typename T>
+void pad_image(const T* x, const DepthwiseGeometry& g, BlockedImage& padded) {
+  const int64_t C = g.C, PW = g.W + 2 * g.pad;
+  padded.pixels = (g.H + 2 * g.pad) * PW;
+  padded.data.assign(padded.pixels * C, 0.f);
+  for (int64_t h = 0; h < g.H; ++h) {
+    for (int64_t w = 0; w < g.W; ++w) {
+      const int64_t pixel = (h + g.pad) * PW + w + g.pad;
+      for_channel_blocks(C, [&](int64_t c0, auto block) {
+        constexpr int64_t B = decltype(block)::value;
+        store<B>(padded.block(c0) + pixel * B, load<B>(x + (h * g.W + w) * C + c0));
+      });
+    }
+  }
+}
+
+// The kernel size as a compile-time constant: a channel block's K² taps then live in registers.
+template <typename F>
+void dispatch_kernel_size(int64_t K, F&& body) {
+  switch (K) {
+    case 3: body(std::integral_constant<int64_t, 3>{}); break;
+    case 5: body(std::integral_constant<int64_t, 5>{}); break;
+    case 7: body(std::integral_constant<int64_t, 7>{}); break;
+    default: TORCH_CHECK(false, "depthwise kernels: kernel size ", K, " (3, 5 or 7 supported)");
+  }
+}
+
 // y = depthwise(x) in fp32, with per-channel batch statistics of y. Returns y, mean, var, invstd.
 std::vector<at::Tensor> depthwise_forward(const at::Tensor& x_in, const at::Tensor& weight, int64_t stride,
                                           int64_t pad, double eps) {
   const auto x = nhwc(x_in);
   const auto g = geometry_of(x, weight, stride, pad);
-  const int64_t C = g.C;
+  const int64_t C = g.C, PW = g.W + 2 * g.pad;
   const auto taps = taps_by_channel(weight);
   auto y = empty_nhwc({g.N, C, g.OH, g.OW}, at::kFloat);
   std::vector<double> sums(g.N * C, 0.0), squares(g.N * C, 0.0);
-  dispatch_float_or_bf16(x.scalar_type(), "depthwise_forward", [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = x.data_ptr<T>();
-    float* py = y.data_ptr<float>();
-    const float* w = taps.data();
-    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
-          const int64_t i0 = g.first_tap(oh), i1 = g.end_tap_row(oh);
-          for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const int64_t j0 = g.first_tap(ow), j1 = g.end_tap_column(ow);
-            float* out = py + ((n * g.OH + oh) * g.OW + ow) * C;
+  dispatch_kernel_size(g.K, [&](auto k_tag) {
+    constexpr int64_t K = decltype(k_tag)::value;
+    dispatch_float_or_bf16(x.scalar_type(), "depthwise_forward", [&](auto tag) {
+      using T = decltype(tag);
+      const T* px = x.data_ptr<T>();
+      float* py = y.data_ptr<float>();
+      at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+        BlockedImage padded, image_y{g.OH * g.OW, std::vector<float>(g.OH * g.OW * C)};
+        for (int64_t n = begin; n < end; ++n) {
+          pad_image(px + n * g.H * g.W * C, g, padded);
+          for_channel_blocks(C, [&](int64_t c0, auto block) {
+            constexpr int64_t B = decltype(block)::value;
+            Vec<B> w[K * K];
+            UNROLL for (int64_t t = 0; t < K * K; ++t) w[t] = load<B>(&taps[t * C + c0]);
+            const float* in = padded.block(c0);
+            float* out = image_y.block(c0);
+            for (int64_t oh = 0; oh < g.OH; ++oh) {
+              for (int64_t ow = 0; ow < g.OW; ++ow) {
+                const float* corner = in + (oh * g.stride * PW + ow * g.stride) * B;
+                Vec<B> acc = {};
+                UNROLL for (int64_t i = 0; i < K; ++i)
+                  UNROLL for (int64_t j = 0; j < K; ++j) acc += load<B>(corner + (i * PW + j) * B) * w[i * K + j];
+                store<B>(out + (oh * g.OW + ow) * B, acc);
+              }
+            }
+          });
+          float* out = py + n * g.OH * g.OW * C;
+          for (int64_t p = 0; p < g.OH * g.OW; ++p) {
             for_channel_blocks(C, [&](int64_t c0, auto block) {
               constexpr int64_t B = decltype(block)::value;
-              Vec<B> acc = {};
-              for (int64_t i = i0; i < i1; ++i) {
-                const T* row = px + ((n * g.H + oh * g.stride - g.pad + i) * g.W - g.pad + ow * g.stride) * C + c0;
-                for (int64_t j = j0; j < j1; ++j) acc += load<B>(row + j * C) * load<B>(w + (i * g.K + j) * C + c0);
-              }
-              store<B>(out + c0, acc);
+              store<B>(out + p * C + c0, load<B>(image_y.block(c0) + p * B));
             });
           }
+          // The image's output is still in cache: its moments cost no extra trip to memory.
+          add_channel_moments(out, g.OH * g.OW, C, &sums[n * C], &squares[n * C]);
         }
-        // The image's output is still in cache: its moments cost no extra trip to memory.
-        add_channel_moments(py + n * g.OH * g.OW * C, g.OH * g.OW, C, &sums[n * C], &squares[n * C]);
-      }
+      });
     });
   });
   auto stats = finish_statistics(sums, squares, g.N, C, g.N * g.OH * g.OW, eps);
@@ -479,8 +531,9 @@ std::vector<at::Tensor> depthwise_forward(const at::Tensor& x_in, const at::Tens
 }
 
 // Backward of z = act(BN(depthwise(x))) given dz: returns dx (dtype of x), dweight, dgamma, dbeta.
-// Per output row, dy is formed from (dz, y) into a row buffer; then each kernel tap scatters the row
-// into dx and accumulates its weight gradient in a register.
+// Per image: dy is formed from (dz, y) into a buffer the size of one image's output; the weight
+// gradient of a channel block accumulates all K² taps in registers over the image; dx is scattered
+// into a padded buffer with the block's K² weights in registers. dy never exists as a tensor.
 std::vector<at::Tensor> depthwise_bn_act_backward(const at::Tensor& dz_in, const at::Tensor& x_in,
                                                   const at::Tensor& weight, const at::Tensor& y_in,
                                                   const at::Tensor& mean, const at::Tensor& invstd,
@@ -491,81 +544,103 @@ std::vector<at::Tensor> depthwise_bn_act_backward(const at::Tensor& dz_in, const
   const auto dz = nhwc(dz_in);
   TORCH_CHECK(y.scalar_type() == at::kFloat, "depthwise_bn_act_backward: y must be float32");
   const auto g = geometry_of(x, weight, stride, pad);
-  const int64_t C = g.C, taps = g.K * g.K, OHW = g.OH * g.OW, HWC = g.H * g.W * C;
+  const int64_t C = g.C, taps = g.K * g.K, OHW = g.OH * g.OW, PW = g.W + 2 * g.pad;
   const auto tap_weights = taps_by_channel(weight);
   const Affine affine = bn_affine(mean, invstd, gamma, beta);
   const float* py = y.data_ptr<float>();
   auto dx = input_gradient ? empty_nhwc(x.sizes(), x.scalar_type()) : at::Tensor();
   std::vector<float> per_image_dw(g.N * taps * C, 0.f);
   BackwardSums sums;
-  dispatch_activation(act, [&](auto act_tag) {
-    constexpr int64_t ACT = decltype(act_tag)::value;
-    dispatch_float_or_bf16(dz.scalar_type(), "depthwise_bn_act_backward", [&](auto g_tag) {
-      using TG = decltype(g_tag);
-      const TG* pdz = dz.data_ptr<TG>();
-      sums = bn_act_backward_sums<ACT>(pdz, py, g.N, OHW, C, affine, mean.data_ptr<float>(), invstd.data_ptr<float>());
-      const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
-                                                          gamma.data_ptr<float>(), g.N * OHW);
-      const float* w = tap_weights.data();
-      dispatch_float_or_bf16(x.scalar_type(), "depthwise_bn_act_backward", [&](auto x_tag) {
-        using TX = decltype(x_tag);
-        const TX* px = x.data_ptr<TX>();
-        TX* pdx = input_gradient ? dx.data_ptr<TX>() : nullptr;
-        at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-          std::vector<float> dy_row(g.OW * C);
-          std::vector<float> image_dx(input_gradient ? HWC : 0);
-          for (int64_t n = begin; n < end; ++n) {
-            float* dw = &per_image_dw[n * taps * C];
-            std::fill(image_dx.begin(), image_dx.end(), 0.f);
-            const TX* image_x = px + n * HWC;
-            for (int64_t oh = 0; oh < g.OH; ++oh) {
-              const int64_t row = (n * g.OH + oh) * g.OW * C;
-              for (int64_t ow = 0; ow < g.OW; ++ow) {
+  dispatch_kernel_size(g.K, [&](auto k_tag) {
+    constexpr int64_t K = decltype(k_tag)::value;
+    dispatch_activation(act, [&](auto act_tag) {
+      constexpr int64_t ACT = decltype(act_tag)::value;
+      dispatch_float_or_bf16(dz.scalar_type(), "depthwise_bn_act_backward", [&](auto g_tag) {
+        using TG = decltype(g_tag);
+        const TG* pdz = dz.data_ptr<TG>();
+        sums = bn_act_backward_sums<ACT>(pdz, py, g.N, OHW, C, affine, mean.data_ptr<float>(),
+                                         invstd.data_ptr<float>());
+        const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
+                                                            gamma.data_ptr<float>(), g.N * OHW);
+        dispatch_float_or_bf16(x.scalar_type(), "depthwise_bn_act_backward", [&](auto x_tag) {
+          using TX = decltype(x_tag);
+          const TX* px = x.data_ptr<TX>();
+          TX* pdx = input_gradient ? dx.data_ptr<TX>() : nullptr;
+          at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+            BlockedImage padded, padded_dx, dy{OHW, std::vector<float>(OHW * C)};
+            for (int64_t n = begin; n < end; ++n) {
+              pad_image(px + n * g.H * g.W * C, g, padded);
+              for (int64_t p = 0; p < OHW; ++p) {
                 for_channel_blocks(C, [&](int64_t c0, auto block) {
                   constexpr int64_t B = decltype(block)::value;
-                  const int64_t e = row + ow * C + c0;
-                  store<B>(&dy_row[ow * C + c0], input_gradient_block<ACT, B>(pdz, py, e, c0, affine, k));
+                  const int64_t e = (n * OHW + p) * C + c0;
+                  store<B>(dy.block(c0) + p * B, input_gradient_block<ACT, B>(pdz, py, e, c0, affine, k));
                 });
               }
-              for (int64_t i = g.first_tap(oh); i < g.end_tap_row(oh); ++i) {
-                const int64_t ih = oh * g.stride - g.pad + i;
-                for (int64_t j = 0; j < g.K; ++j) {
-                  const int64_t t = i * g.K + j, ow0 = g.first_output_column(j), ow1 = g.end_output_column(j);
-                  for_channel_blocks(C, [&](int64_t c0, auto block) {
-                    constexpr int64_t B = decltype(block)::value;
-                    const Vec<B> wt = load<B>(w + t * C + c0);
-                    Vec<B> acc = {};
-                    for (int64_t ow = ow0; ow < ow1; ++ow) {
-                      const int64_t offset = (ih * g.W + ow * g.stride - g.pad + j) * C + c0;
-                      const Vec<B> d = load<B>(&dy_row[ow * C + c0]);
-                      acc += d * load<B>(image_x + offset);
-                      if (input_gradient) store<B>(&image_dx[offset], load<B>(&image_dx[offset]) + d * wt);
+              if (input_gradient) {
+                padded_dx.pixels = padded.pixels;
+                padded_dx.data.assign(padded.data.size(), 0.f);  // keeps its capacity: no page faults per image
+              }
+              float* dw = &per_image_dw[n * taps * C];
+              for_channel_blocks(C, [&](int64_t c0, auto block) {
+                constexpr int64_t B = decltype(block)::value;
+                const float* d_block = dy.block(c0);
+                const float* x_block = padded.block(c0);
+                Vec<B> acc[K * K] = {};
+                for (int64_t oh = 0; oh < g.OH; ++oh) {
+                  for (int64_t ow = 0; ow < g.OW; ++ow) {
+                    const Vec<B> d = load<B>(d_block + (oh * g.OW + ow) * B);
+                    const float* corner = x_block + (oh * g.stride * PW + ow * g.stride) * B;
+                    UNROLL for (int64_t i = 0; i < K; ++i)
+                      UNROLL for (int64_t j = 0; j < K; ++j) acc[i * K + j] += d * load<B>(corner + (i * PW + j) * B);
+                  }
+                }
+                UNROLL for (int64_t t = 0; t < K * K; ++t) store<B>(dw + t * C + c0, acc[t]);
+                if (!input_gradient) return;
+                Vec<B> w[K * K];
+                UNROLL for (int64_t t = 0; t < K * K; ++t) w[t] = load<B>(&tap_weights[t * C + c0]);
+                float* dx_block = padded_dx.block(c0);
+                for (int64_t oh = 0; oh < g.OH; ++oh) {
+                  for (int64_t ow = 0; ow < g.OW; ++ow) {
+                    const Vec<B> d = load<B>(d_block + (oh * g.OW + ow) * B);
+                    float* corner = dx_block + (oh * g.stride * PW + ow * g.stride) * B;
+                    UNROLL for (int64_t i = 0; i < K; ++i) {
+                      UNROLL for (int64_t j = 0; j < K; ++j) {
+                        float* at_tap = corner + (i * PW + j) * B;
+                        store<B>(at_tap, load<B>(at_tap) + d * w[i * K + j]);
+                      }
                     }
-                    store<B>(dw + t * C + c0, load<B>(dw + t * C + c0) + acc);
-                  });
+                  }
+                }
+              });
+              if (input_gradient) {
+                TX* out = pdx + n * g.H * g.W * C;
+                for (int64_t h = 0; h < g.H; ++h) {
+                  for (int64_t w = 0; w < g.W; ++w) {
+                    const int64_t pixel = (h + g.pad) * PW + w + g.pad;
+                    for_channel_blocks(C, [&](int64_t c0, auto block) {
+                      constexpr int64_t B = decltype(block)::value;
+                      store<B>(out + (h * g.W + w) * C + c0, load<B>(padded_dx.block(c0) + pixel * B));
+                    });
+                  }
                 }
               }
             }
-            if (input_gradient) {
-              for_channel_blocks(C, [&](int64_t c0, auto block) {
-                constexpr int64_t B = decltype(block)::value;
-                for (int64_t p = 0; p < g.H * g.W; ++p) store<B>(pdx + n * HWC + p * C + c0, load<B>(&image_dx[p * C + c0]));
-              });
-            }
-          }
+          });
         });
       });
     });
   });
+  // Sum the images' weight gradients in image order (contiguous rows), then transpose to (C, 1, k, k).
+  std::vector<double> total(taps * C, 0.0);
+  for (int64_t n = 0; n < g.N; ++n) {
+    const float* image_dw = &per_image_dw[n * taps * C];
+    for (int64_t e = 0; e < taps * C; ++e) total[e] += image_dw[e];
+  }
   auto dweight = at::empty({C, 1, g.K, g.K}, at::kFloat);
   float* pdw = dweight.data_ptr<float>();
-  for (int64_t t = 0; t < taps; ++t) {
-    for (int64_t c = 0; c < C; ++c) {
-      double s = 0;
-      for (int64_t n = 0; n < g.N; ++n) s += per_image_dw[(n * taps + t) * C + c];
-      pdw[c * taps + t] = static_cast<float>(s);
-    }
-  }
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < C; ++c) pdw[c * taps + t] = static_cast<float>(total[t * C + c]);
   auto gb = gamma_beta_gradients(sums);
   return {input_gradient ? dx : at::Tensor(), dweight.to(weight.scalar_type()), gb[0], gb[1]};
 }
