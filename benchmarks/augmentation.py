@@ -57,10 +57,10 @@ def pairs(batch: int, size: int) -> list[tuple[str, list[Candidate]]]:
         (
             "sampling grid",
             [
+                Candidate("F.affine_grid", lambda: F.affine_grid(matrices[:, :2], shape, align_corners=False), batch),
                 Candidate(
-                    "F.affine_grid", lambda: F.affine_grid(matrices[:, :2], shape, align_corners=False), batch
+                    "affine_sampling_grid", lambda: affine_sampling_grid(matrices, size, size, images.dtype), batch
                 ),
-                Candidate("affine_sampling_grid", lambda: affine_sampling_grid(matrices, size, size, images.dtype), batch),
             ],
         ),
         (
@@ -93,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     print_machine(machine_info())
-    print(f"batch {args.batch}, {args.resolution} px, {args.repeats} interleaved rounds, {torch.get_num_threads()} threads")
+    print(
+        f"batch {args.batch}, {args.resolution} px, {args.repeats} interleaved rounds, {torch.get_num_threads()} threads"
+    )
     for title, candidates in pairs(args.batch, args.resolution):
         measure(candidates, args.repeats)
         baseline = candidates[0]
-        rows = [[c.name, f"{c.median * 1000:.1f} ±{c.spread:.0%}", f"{paired_ratio(baseline, c):.2f}×"] for c in candidates]
+        rows = [
+            [c.name, f"{c.median * 1000:.1f} ±{c.spread:.0%}", f"{paired_ratio(baseline, c):.2f}×"] for c in candidates
+        ]
         print(f"\n{title}\n" + table(rows, ["candidate", "ms per batch", f"vs {baseline.name}"]))
     levels = [pipeline(level, args.batch, args.resolution) for level in AUGMENT_LEVELS]
     measure(levels, max(3, args.repeats // 3))

@@ -4,11 +4,12 @@
     .venv/bin/python benchmarks/training_profile.py --model mobilenet_v1 --skip-depthwise
 
 Part 1 profiles ``prepare_for_training``'s step (forward, cross-entropy, backward, AdamW; batch 32,
-224 px, channels_last, one thread so shares do not depend on how threads were scheduled) with
+224 px, channels_last, one thread by default so shares do not depend on how threads were scheduled) with
 torch.profiler and prints the self time of the largest operators and of the convolutions split by
 kind (depthwise, 1×1, other). Part 2 times, per depthwise layer shape of MobileNetV3-Small, oneDNN's
-forward, its input gradient and its weight gradient, channels_last and NCHW. Shares, not absolute
-times, are what to read on a shared machine.
+forward, its input gradient and its weight gradient, channels_last and NCHW, and the fused kernels'
+conv + BatchNorm + hard-swish forward and backward (mobilenets.kernels). Shares, not absolute times,
+are what to read on a shared machine.
 """
 
 from __future__ import annotations
@@ -97,12 +98,34 @@ def depthwise_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     )
 
 
+def fused_cells(x: torch.Tensor, weight: torch.Tensor, stride: int) -> list[float]:
+    """mobilenets.kernels' depthwise conv + BatchNorm + hard-swish: forward, and backward (dx, dweight, dgamma, dbeta)."""
+    ops = torch.ops.mobilenets_kernels
+    padding, channels = weight.shape[-1] // 2, weight.shape[0]
+    gamma, beta = torch.ones(channels), torch.zeros(channels)
+    y, mean, _var, invstd = ops.depthwise_forward(x, weight, stride, padding, 1e-3)
+    dz = torch.randn_like(y)
+
+    def forward():
+        y, mean, _var, invstd = ops.depthwise_forward(x, weight, stride, padding, 1e-3)
+        return ops.bn_act_forward(y, mean, invstd, gamma, beta, 3, torch.float32)
+
+    def backward():
+        return ops.depthwise_bn_act_backward(dz, x, weight, y, mean, invstd, gamma, beta, 3, stride, padding, True)
+
+    return [median_ms(forward), median_ms(backward)]
+
+
 def depthwise_table(batch: int) -> None:
-    print(f"\noneDNN depthwise convolution, batch {batch}, ms (median of 5), 1 thread")
+    from mobilenets import kernels
+
+    fused = kernels.available()
+    print(f"\nDepthwise convolution, batch {batch}, ms (median of 5), {torch.get_num_threads()} thread(s)")
     print(
         "| channels, side, kernel, stride | forward CL | grad input CL | grad weight CL | grad input NCHW | grad weight NCHW |"
+        + (" fused conv+BN+act forward | fused backward |" if fused else "")
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|" + ("---|---|" if fused else ""))
     for channels, side, kernel, stride in V3_SMALL_DEPTHWISE:
         x = torch.randn(batch, channels, side, side)
         weight = torch.randn(channels, 1, kernel, kernel)
@@ -113,6 +136,8 @@ def depthwise_table(batch: int) -> None:
             xl, gl = x.contiguous(memory_format=layout), grad.contiguous(memory_format=layout)
             for which in ("input", "weight"):
                 cells.append(median_ms(partial(depthwise_backward, gl, xl, weight, stride, which)))
+        if fused:
+            cells += fused_cells(cl, weight, stride)
         row = " | ".join(f"{ms:.1f}" for ms in cells)
         print(f"| {channels}, {side}, {kernel}×{kernel}, {stride} | {row} |")
 
@@ -124,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--skip-depthwise", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     with open("/proc/loadavg") as loadavg:
         print(f"load average at start: {' '.join(loadavg.read().split()[:3])}")
     for precision in args.precisions:

@@ -95,7 +95,9 @@ def test_fused_bf16_path_is_as_close_to_fp32_as_pytorchs(layer):
     pytorch = forward_backward(conv_bn_act(layer), batch(layer[0]), torch.bfloat16)
     fused = forward_backward(fused_copy(conv_bn_act(layer)), batch(layer[0]), torch.bfloat16)
     for index in (0, 1):  # output, input gradient
-        assert relative_error(fused[index], fp32[index]) <= max(1.25 * relative_error(pytorch[index], fp32[index]), 1e-2)
+        assert relative_error(fused[index], fp32[index]) <= max(
+            1.25 * relative_error(pytorch[index], fp32[index]), 1e-2
+        )
     weight_error = relative_error(fused[2]["conv.weight"], fp32[2]["conv.weight"])
     assert weight_error <= max(1.25 * relative_error(pytorch[2]["conv.weight"], fp32[2]["conv.weight"]), 1e-2)
 

@@ -423,9 +423,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
         images = self.augment(self.train_data.images[indices], generator)
-        images = to_model_layout(
-            normalize_batch(images, self.preprocessing.mean, self.preprocessing.std, inplace=True)
-        )
+        images = to_model_layout(normalize_batch(images, self.preprocessing.mean, self.preprocessing.std, inplace=True))
         self.state.augment_seconds += time.perf_counter() - started
         labels = self.train_data.labels[indices]
         logits = self.train_model(images)
