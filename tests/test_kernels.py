@@ -102,6 +102,26 @@ def test_fused_bf16_path_is_as_close_to_fp32_as_pytorchs(layer):
     assert weight_error <= max(1.25 * relative_error(pytorch[2]["conv.weight"], fp32[2]["conv.weight"]), 1e-2)
 
 
+def test_bf16_batchnorm_backward_is_closer_to_float64_than_pytorchs():
+    generator = torch.Generator().manual_seed(5)
+    y = (torch.randn(4, 24, 13, 13, generator=generator) * 2 + 0.3).contiguous(memory_format=torch.channels_last)
+    y, dz = y.bfloat16(), torch.randn(y.shape, generator=generator).bfloat16()
+    gamma, beta = torch.rand(24, generator=generator) + 0.5, torch.randn(24, generator=generator) * 0.5
+
+    def dy(dtype: torch.dtype) -> torch.Tensor:
+        x = y.to(dtype).requires_grad_()
+        normalized = nn.functional.batch_norm(x, None, None, gamma.to(dtype), beta.to(dtype), True, 0.0, 1e-3)
+        nn.functional.hardswish(normalized).backward(dz.to(dtype))
+        return x.grad
+
+    exact = dy(torch.float64)
+    mean, _var, invstd = torch.ops.mobilenets_kernels.batch_statistics(y, 1e-3)
+    fused = torch.ops.mobilenets_kernels.bn_act_backward(dz, y, mean, invstd, gamma, beta, 3)[0]
+    error = {name: float((d.double() - exact).abs().max() / exact.abs().max()) for name, d in
+             (("fused", fused), ("pytorch", dy(torch.bfloat16)))}  # fmt: skip
+    assert error["fused"] < 0.01 and 10 * error["fused"] < error["pytorch"]
+
+
 def test_squeeze_excitation_equals_pytorch():
     torch.manual_seed(0)
     reference = SqueezeExcitation(24, 8).train()

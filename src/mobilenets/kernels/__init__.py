@@ -43,15 +43,6 @@ _lock = threading.Lock()
 _loaded: bool | None = None
 
 
-def _env_flag(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return None
-
-
 def _cpu_fingerprint() -> str:
     """The build uses -march=native: a cached binary is only reused on a CPU with the same features."""
     flags = ""
@@ -80,6 +71,8 @@ def available() -> bool:
     The first call on a machine compiles the C++ source (~30 s); later calls load the cached library.
     A missing compiler or a failed build gives a warning once and False: training then runs in PyTorch.
     """
+    from mobilenets.acceleration import _env_flag  # acceleration imports this module
+
     global _loaded
     if _env_flag("MOBILENETS_FUSED_KERNELS") is False:
         return False
