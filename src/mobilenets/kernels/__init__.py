@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -91,6 +92,12 @@ def _load() -> bool:
         _put_ninja_on_path()
         directory = build_directory()
         directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / "mobilenets_kernels.so").exists():
+            print(
+                f"mobilenets: compiling the fused CPU training kernels, once per machine (~30 s) into {directory}",
+                file=sys.stderr,
+                flush=True,
+            )
         cpp_extension.load(
             name="mobilenets_kernels",
             sources=[str(SOURCE)],
