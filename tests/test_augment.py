@@ -163,3 +163,16 @@ def test_contrast_and_equalize_match_pillow():
     constant = torch.full((2, 3, 4, 4), 64 / 255)  # one level: nothing to spread; PIL keeps it, so do we
     assert torch.equal(equalize(constant), constant)
     assert torch.equal(from_pil(ImageOps.equalize(as_pil(torch.full((3, 4, 4), 64, dtype=torch.uint8)))), constant[0])
+
+
+@pytest.mark.parametrize("level", AUGMENT_LEVELS)
+def test_the_training_steps_normalized_batch_equals_the_pytorch_path(level):
+    """``BatchAugment.normalized`` (one C++ kernel for crops, flips and colour jitter where it is built)
+    gives what augmenting, ``normalize_batch`` and channels_last give, from the same random draws."""
+    batch = images(6, 20)
+    augment = BatchAugment(augment_config(level, 20))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    fast = augment.normalized(batch, torch.Generator().manual_seed(3), mean, std)
+    expected = augment_module.normalize_batch(augment(batch, torch.Generator().manual_seed(3)), mean, std)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, expected, rtol=0, atol=1e-4)

@@ -432,30 +432,59 @@ class BatchAugment:
     def views(self) -> int:
         return 3 if self.config.augmix else 1
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _geometry_and_jitter(self, n: int, generator: torch.Generator):
+        """The batch's crop/flip matrices and brightness/contrast/saturation factors, in draw order."""
         config = self.config
-        x = images.float().div_(255)
-        n = len(x)
         geometry = identity_affine(n)
         if config.crop_scale is not None:
             geometry = geometry @ random_resized_crop_affine(n, config.crop_scale, config.crop_ratio, generator)
         if config.flip:
             geometry = geometry @ flip_affine(n, generator)
+        c = config.color_jitter
+        jitter = [_uniform(n, 1 - c, 1 + c, generator) for _ in range(3)] if c else None
+        return geometry, jitter
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        config = self.config
+        x = images.float().div_(255)
+        geometry, jitter = self._geometry_and_jitter(len(x), generator)
         if config.crop_scale is not None or config.flip:
             x = warp(x, geometry)
-        if config.color_jitter:
-            c = config.color_jitter
-            x = color_jitter_(
-                x,
-                _uniform(n, 1 - c, 1 + c, generator),
-                _uniform(n, 1 - c, 1 + c, generator),
-                _uniform(n, 1 - c, 1 + c, generator),
-            )
+        if jitter is not None:
+            x = color_jitter_(x, *jitter)
         if config.randaugment_ops:
             x = randaugment(x, config.randaugment_ops, config.randaugment_magnitude, generator)
         if config.augmix:
             x = torch.cat([x, augmix(x, config, generator), augmix(x, config, generator)])
         return x.clamp_(0, 1)
+
+    def normalized(self, images: torch.Tensor, generator: torch.Generator, mean, std) -> torch.Tensor:
+        """``normalize_batch(self(images, generator), mean, std)`` in channels_last: the training step's input.
+
+        Crops, flips and colour jitter (``none``, ``light``, ``medium``) of a 3-channel uint8 batch run as
+        one C++ kernel (mobilenets.kernels) when it is built: same random draws, same numbers to float
+        rounding (tests/test_augment.py), 2 passes per image instead of ~25 over the batch
+        (benchmarks/augmentation.py). Everything else runs the PyTorch operations above.
+        """
+        from mobilenets import kernels
+
+        config = self.config
+        simple = not (config.randaugment_ops or config.augmix)
+        if (
+            simple
+            and images.dtype == torch.uint8
+            and images.dim() == 4
+            and images.shape[1] == 3
+            and kernels.available()
+        ):
+            geometry, jitter = self._geometry_and_jitter(len(images), generator)
+            ones = torch.ones(len(images))
+            factors = jitter if jitter is not None else [ones, ones, ones]
+            return torch.ops.mobilenets_kernels.augment_crop_flip_jitter(
+                images, geometry, *factors, jitter is not None, torch.tensor(mean), torch.tensor(std), 0.5
+            )
+        x = normalize_batch(self(images, generator), mean, std, inplace=True)
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 def normalize_batch(images: torch.Tensor, mean, std, inplace: bool = False) -> torch.Tensor:

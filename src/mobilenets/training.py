@@ -422,8 +422,10 @@ class Trainer:
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
-        images = self.augment(self.train_data.images[indices], generator)
-        images = to_model_layout(normalize_batch(images, self.preprocessing.mean, self.preprocessing.std, inplace=True))
+        images = self.augment.normalized(
+            self.train_data.images[indices], generator, self.preprocessing.mean, self.preprocessing.std
+        )
+        images = to_model_layout(images)  # also where the thread count is re-checked
         self.state.augment_seconds += time.perf_counter() - started
         labels = self.train_data.labels[indices]
         logits = self.train_model(images)
