@@ -7,8 +7,9 @@ The training loop augments whole uint8 batches (mobilenets.augment.BatchAugment)
                    against ``affine_sampling_grid`` (the same grid by broadcasting a row and a column term)
   colour jitter    adjust_brightness → adjust_contrast → adjust_saturation out of place (the baseline)
                    against ``color_jitter_`` (the same three in the batch's own memory)
-  whole pipeline   each --augment level, uint8 cache → normalised channels_last batch (what
-                   Trainer.train_step does before the forward pass)
+  whole pipeline   each --augment level, uint8 cache → normalised channels_last batch: the PyTorch
+                   operations, and ``BatchAugment.normalized`` (what Trainer.train_step runs: one C++
+                   kernel for none / light / medium where mobilenets.kernels is built)
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/augmentation.py --threads 2
 """
@@ -73,15 +74,19 @@ def pairs(batch: int, size: int) -> list[tuple[str, list[Candidate]]]:
     ]
 
 
-def pipeline(level: str, batch: int, size: int) -> Candidate:
+def pipeline(level: str, batch: int, size: int) -> list[Candidate]:
     cache = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     augment = BatchAugment(augment_config(level, size))
 
-    def run():
+    def pytorch_operations():
         x = augment(cache, torch.Generator().manual_seed(2))
         return to_model_layout(normalize_batch(x, IMAGENET_MEAN, IMAGENET_STD, inplace=True))
 
-    return Candidate(level, run, batch * augment.views)
+    def training_step_input():
+        return augment.normalized(cache, torch.Generator().manual_seed(2), IMAGENET_MEAN, IMAGENET_STD)
+
+    views = batch * augment.views
+    return [Candidate(f"{level}: PyTorch ops", pytorch_operations, views), Candidate(level, training_step_input, views)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,10 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(f"\n{title}\n" + table(rows, ["candidate", "ms per batch", f"vs {baseline.name}"]))
     levels = [pipeline(level, args.batch, args.resolution) for level in AUGMENT_LEVELS]
-    measure(levels, max(3, args.repeats // 3))
-    rows = [[c.name, f"{c.median * 1000:.1f} ±{c.spread:.0%}", f"{c.images_per_second:.0f}"] for c in levels]
+    measure([c for pair in levels for c in pair], max(3, args.repeats // 3))
+    rows = [
+        [
+            ours.name,
+            f"{baseline.median * 1000:.1f} ±{baseline.spread:.0%}",
+            f"{ours.median * 1000:.1f} ±{ours.spread:.0%}",
+            f"{paired_ratio(baseline, ours):.2f}×",
+            f"{ours.images_per_second:.0f}",
+        ]
+        for baseline, ours in levels
+    ]
     print("\nwhole pipeline, uint8 cache → normalised channels_last batch\n")
-    print(table(rows, ["--augment", "ms per batch", "images/s"]))
+    header = ["--augment", "PyTorch ops, ms", "BatchAugment.normalized, ms", "speed-up", "images/s"]
+    print(table(rows, header))
     print(f"load average at end: {load_average()}")
     return 0
 

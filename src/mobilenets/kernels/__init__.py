@@ -1,4 +1,4 @@
-"""Fused CPU training kernels: Conv → BatchNorm → activation as one autograd op per layer.
+"""Fused CPU training kernels: Conv → BatchNorm → activation as one autograd op per layer, and the batch.
 
 A MobileNet training step on a CPU is bound by memory traffic: PyTorch runs every ``ConvBNAct`` as
 separate passes (convolution, BatchNorm statistics, normalization, activation, and bf16↔fp32 casts
@@ -14,6 +14,8 @@ oneDNN's depthwise weight gradient takes 5–40× its forward pass for 5×5 kern
 
 - squeeze-and-excitation: the gate's gradient is one reduction over (dout, x) and dx one pass,
   instead of PyTorch's three full-size temporaries.
+- the training batch: crop, flip, colour jitter and normalisation of the uint8 cache in one kernel
+  (``augment_crop_flip_jitter``, used by ``BatchAugment.normalized``).
 
 ``prepare_for_training`` applies them (``fuse_for_training``) when the C++ builds; the parameters,
 buffers, ``state_dict`` and module tree are unchanged, and any case the kernels do not cover (eval

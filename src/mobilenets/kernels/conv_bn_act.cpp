@@ -1,5 +1,6 @@
 // Fused training kernels for the CPU: BatchNorm (batch statistics) + activation, and the depthwise
-// convolution in front of it, on channels_last (NHWC) tensors.
+// convolution in front of it, on channels_last (NHWC) tensors; squeeze-and-excitation's backward;
+// and the training batch's crop, flip, colour jitter and normalisation.
 //
 // Why: a MobileNet training step on a CPU is bound by memory traffic, not arithmetic. PyTorch runs
 // conv → BatchNorm → activation as separate passes over each activation tensor (and casts between
