@@ -181,10 +181,12 @@ def test_a_fused_training_step_equals_pytorchs(name):
     scale = max(g.abs().max() for g in grads[0][1].values())
     for parameter, expected in grads[0][1].items():
         # In norm, not element by element: an activation input within float rounding of a ReLU/ReLU6
-        # kink may take the other side in either implementation. Biases of the linear projections'
-        # BatchNorm have zero gradient in exact arithmetic (the next BatchNorm removes any shift).
+        # kink may take the other side in either implementation, and the stem's gradient sums every such
+        # flip above it (v1: up to 0.2% when the thread count changes oneDNN's summation order). A wrong
+        # formula is off by O(1). Biases of the linear projections' BatchNorm have zero gradient in exact
+        # arithmetic (the next BatchNorm removes any shift).
         difference = (grads[1][1][parameter] - expected).norm()
-        assert difference <= 1e-3 * expected.norm() + 1e-6 * scale, parameter
+        assert difference <= 1e-2 * expected.norm() + 1e-6 * scale, parameter
     assert list(fused.state_dict()) == list(plain.state_dict())
 
 

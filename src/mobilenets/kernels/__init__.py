@@ -259,7 +259,9 @@ class FusedConvBNActForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         module = self.module
         conv, bn, act = module.conv, module.bn, module.act
-        if not (bn.training and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)):
+        # type(bn) is exact: a SyncBatchNorm swapped in later (DDP) must keep its synchronised statistics.
+        supported = type(bn) is nn.BatchNorm2d and x.device.type == "cpu" and x.dim() == 4
+        if not (bn.training and supported and x.dtype in (torch.float32, torch.bfloat16)):
             return nn.Sequential.forward(module, x)
         code = ACTIVATION_CODES[type(act)]
         if _is_depthwise(conv):
