@@ -151,8 +151,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.resolved_weight_decay)
     if config.optimizer == "adamw":
-        # One fused kernel for all parameters: V3-Small's AdamW step took 11.5 ms per-parameter, 8.5 ms
-        # with foreach and 2.2 ms fused on 2 cores (docs/performance.md).
+        # One fused kernel for all parameters: V3-Small's AdamW step took 11.4 ms per parameter, 10.0 ms
+        # with foreach and 3.8 ms fused on 2 cores (benchmarks/optimizer_step.py, BENCHMARKS.md).
         return torch.optim.AdamW(groups, lr=config.lr, fused=True)
     if config.optimizer == "rmsprop":
         # MobileNetV3 §6.1: RMSprop, momentum 0.9; TF's decay 0.9 and a large epsilon keep early steps sane.
