@@ -111,9 +111,12 @@ def _load() -> bool:
         )
         return hasattr(torch.ops.mobilenets_kernels, "depthwise_forward")
     except Exception as error:  # no compiler, no ninja, a read-only cache: PyTorch's kernels still work
+        from mobilenets.weights import cache_dir
+
         warnings.warn(
             f"mobilenets: fused CPU training kernels unavailable ({type(error).__name__}: {error}); "
-            "training runs in PyTorch's kernels (slower). Install a C++ compiler and `ninja` to enable them.",
+            "training runs in PyTorch's kernels (slower). They need a C++ compiler, `ninja` and a writable "
+            f"cache folder (set MOBILENETS_HOME; now {cache_dir().parent / 'kernels'}).",
             stacklevel=3,
         )
         return False
