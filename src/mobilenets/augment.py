@@ -141,9 +141,10 @@ def translate_affine(fraction: torch.Tensor, axis: int) -> torch.Tensor:
 def affine_sampling_grid(matrices: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
     """``F.affine_grid(matrices[:, :2], (n, c, height, width), align_corners=False)``, by broadcasting.
 
-    affine_grid multiplies every pixel's (x, y, 1) by the matrix in a batched matmul; on a CPU that took
-    27 ms of a 32-image 224-px batch (benchmarks/augmentation.py), while the grid is separable: x' = a·x + b·y + c
-    is a row term plus a column term. Same values to float rounding (tests/test_augment.py).
+    affine_grid multiplies every pixel's (x, y, 1) by the matrix in a batched matmul, while the grid is
+    separable: x' = a·x + b·y + c is a row term plus a column term. For a 32-image 224-px batch on 2 cores:
+    15.3 ms against 1.5 ms (benchmarks/augmentation.py, BENCHMARKS.md). Same values to float rounding
+    (tests/test_augment.py).
     """
     xs = (torch.arange(width, dtype=dtype) * 2 + 1) / width - 1  # pixel centres in [-1, 1]
     ys = (torch.arange(height, dtype=dtype) * 2 + 1) / height - 1
