@@ -180,13 +180,18 @@ def test_a_fused_training_step_equals_pytorchs(name):
     assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
     scale = max(g.abs().max() for g in grads[0][1].values())
     for parameter, expected in grads[0][1].items():
-        # In norm, not element by element: an activation input within float rounding of a ReLU/ReLU6
-        # kink may take the other side in either implementation, and the stem's gradient sums every such
-        # flip above it (v1: up to 0.2% when the thread count changes oneDNN's summation order). A wrong
-        # formula is off by O(1). Biases of the linear projections' BatchNorm have zero gradient in exact
-        # arithmetic (the next BatchNorm removes any shift).
+        # In norm, not element by element. With ReLU/ReLU6 an activation input within float rounding of
+        # a kink may take the other side in either implementation: a whole element's gradient then flips,
+        # at this tiny batch (a few values per channel in the last blocks) a few percent of a BatchNorm
+        # bias's gradient, and every gradient below it inherits that. Measured, with the kernels of this
+        # and of the previous commit alike (their depthwise sums round differently): v1 up to 0.6% at
+        # 48 px and 3.8% at 96 px, V2 5.0% and 2.3%. A wrong formula or a mis-wired layer is off by O(1).
+        # V3-Small's kinks are hard-swish's at ±3, rarely hit: it is held to fp32 rounding.
+        # Biases of the linear projections' BatchNorm have zero gradient in exact arithmetic (the next
+        # BatchNorm removes any shift).
+        tolerance = 1e-4 if name == "mobilenet_v3_small" else 0.1
         difference = (grads[1][1][parameter] - expected).norm()
-        assert difference <= 1e-2 * expected.norm() + 1e-6 * scale, parameter
+        assert difference <= tolerance * expected.norm() + 1e-6 * scale, parameter
     assert list(fused.state_dict()) == list(plain.state_dict())
 
 

@@ -19,11 +19,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #define RESTRICT __restrict__
@@ -74,6 +79,13 @@ inline Vec<B> load(const float* p) {
 // bf16 is the top half of an fp32: widen and shift.
 template <int64_t B>
 inline Vec<B> load(const BFloat16* p) {
+#ifdef __AVX512F__
+  // GCC splits the generic widening below into two 256-bit halves; one zero-extend does all 16.
+  if constexpr (B == 16) {
+    const __m512i word = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+    return reinterpret_cast<Vec<B>>(_mm512_castsi512_ps(word));
+  }
+#endif
   typename Lanes<B>::u16 half;
   std::memcpy(&half, p, sizeof(half));
   const typename Lanes<B>::u32 word = __builtin_convertvector(half, typename Lanes<B>::u32) << 16;
@@ -90,6 +102,13 @@ inline void store(float* p, Vec<B> v) {
 // fp32 → bf16 with round-to-nearest-even, as c10::BFloat16 does for finite values.
 template <int64_t B>
 inline void store(BFloat16* p, Vec<B> v) {
+#ifdef __AVX512BF16__
+  // One instruction (AVX512-BF16) instead of the five of the rounding below; the same rounding.
+  if constexpr (B == 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(reinterpret_cast<__m512>(v))));
+    return;
+  }
+#endif
   typename Lanes<B>::u32 word;
   std::memcpy(&word, &v, sizeof(v));
   word = (word + (((word >> 16) & 1) + 0x7FFFu)) >> 16;
@@ -214,26 +233,84 @@ std::vector<at::Tensor> finish_statistics(const std::vector<double>& sums, const
   return {mean, var, invstd};
 }
 
-// Adds the channel sums and sums of squares of `count` NHWC pixels at `v` to s and q. fp32 partials
-// over runs of 64 pixels keep the vector loop in registers; the runs are summed in double.
-template <typename T>
-void add_channel_moments(const T* v, int64_t count, int64_t C, double* RESTRICT s, double* RESTRICT q) {
+// The per-channel sums Σ first and Σ second over a run of pixels [p0, p1), for the channels
+// c0 .. c0 + 16·NB (+ 8 more when `tail`), with terms(p, c, block) giving both for a block of channels
+// of pixel p; added to s and q. The accumulators of all the blocks live in registers (NB ≤ 8: up to
+// 18 vectors), so that the loop reads each pixel's channels contiguously: sweeping one block at a
+// time down the pixels instead strides by C and stalled on its loads.
+template <int64_t NB, typename F>
+inline void add_run_sums(int64_t p0, int64_t p1, int64_t c0, bool tail, F& terms, double* RESTRICT s,
+                         double* RESTRICT q) {
+  using Wide = std::integral_constant<int64_t, 16>;
+  using Narrow = std::integral_constant<int64_t, 8>;
+  Vec<16> first[NB > 0 ? NB : 1] = {}, second[NB > 0 ? NB : 1] = {};
+  Vec<8> first_tail = {}, second_tail = {};
+  for (int64_t p = p0; p < p1; ++p) {
+    UNROLL for (int64_t b = 0; b < NB; ++b) {
+      const auto [x, y] = terms(p, c0 + 16 * b, Wide{});
+      first[b] += x;
+      second[b] += y;
+    }
+    if (tail) {
+      const auto [x, y] = terms(p, c0 + 16 * NB, Narrow{});
+      first_tail += x;
+      second_tail += y;
+    }
+  }
+  for (int64_t b = 0; b < NB; ++b) {
+    for (int64_t l = 0; l < 16; ++l) {
+      s[c0 + 16 * b + l] += first[b][l];
+      q[c0 + 16 * b + l] += second[b][l];
+    }
+  }
+  if (tail) {
+    for (int64_t l = 0; l < 8; ++l) {
+      s[c0 + 16 * NB + l] += first_tail[l];
+      q[c0 + 16 * NB + l] += second_tail[l];
+    }
+  }
+}
+
+// Adds Σ first and Σ second over `count` NHWC pixels to s and q per channel (see add_run_sums). fp32
+// partials over runs of 64 pixels, summed in double; channels in groups of up to 128, the last
+// group's 8-wide tail with it, and any channels left over (C not a multiple of 8) one at a time.
+template <typename F>
+void add_channel_sums(int64_t count, int64_t C, double* RESTRICT s, double* RESTRICT q, F&& terms) {
   for (int64_t p0 = 0; p0 < count; p0 += 64) {
     const int64_t p1 = std::min(count, p0 + 64);
-    for_channel_blocks(C, [&](int64_t c0, auto block) {
-      constexpr int64_t B = decltype(block)::value;
-      Vec<B> sum = {}, square = {};
+    int64_t c0 = 0;
+    for (; C - c0 >= 128; c0 += 128) add_run_sums<8>(p0, p1, c0, false, terms, s, q);
+    // The remaining 0..7 blocks as groups of 4, 2 and 1 (fewer instantiations than one per count),
+    // the 8-wide tail with the last of them.
+    const int64_t blocks = (C - c0) / 16;
+    const bool tail = (C - c0) % 16 >= 8;
+    const int64_t last = blocks & 1 ? 1 : blocks & 2 ? 2 : blocks & 4 ? 4 : 0;
+    if (blocks & 4) add_run_sums<4>(p0, p1, c0, tail && last == 4, terms, s, q), c0 += 64;
+    if (blocks & 2) add_run_sums<2>(p0, p1, c0, tail && last == 2, terms, s, q), c0 += 32;
+    if (blocks & 1) add_run_sums<1>(p0, p1, c0, tail && last == 1, terms, s, q), c0 += 16;
+    if (tail && last == 0) add_run_sums<0>(p0, p1, c0, true, terms, s, q);
+    if (tail) c0 += 8;
+    for (int64_t c = c0; c < C; ++c) {
+      float first = 0.f, second = 0.f;
       for (int64_t p = p0; p < p1; ++p) {
-        const Vec<B> x = load<B>(v + p * C + c0);
-        sum += x;
-        square += x * x;
+        const auto [x, y] = terms(p, c, std::integral_constant<int64_t, 1>{});
+        first += x[0];
+        second += y[0];
       }
-      for (int64_t b = 0; b < B; ++b) {
-        s[c0 + b] += sum[b];
-        q[c0 + b] += square[b];
-      }
-    });
+      s[c] += first;
+      q[c] += second;
+    }
   }
+}
+
+// Adds the channel sums and sums of squares of `count` NHWC pixels at `v` to s and q.
+template <typename T>
+void add_channel_moments(const T* RESTRICT v, int64_t count, int64_t C, double* RESTRICT s, double* RESTRICT q) {
+  add_channel_sums(count, C, s, q, [v, C](int64_t p, int64_t c0, auto block) {
+    constexpr int64_t B = decltype(block)::value;
+    const Vec<B> x = load<B>(v + p * C + c0);
+    return std::pair<Vec<B>, Vec<B>>{x, x * x};
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -273,11 +350,18 @@ at::Tensor bn_act_forward(const at::Tensor& y_in, const at::Tensor& mean, const 
         const TI* py = y.data_ptr<TI>();
         TO* pz = z.data_ptr<TO>();
         at::parallel_for(0, pixels, 256, [&](int64_t begin, int64_t end) {
+          // Locals, not captures: the vector stores may alias anything in memory, so captured pointers
+          // would be reloaded from the closure on every block.
+          const TI* RESTRICT src = py;
+          TO* RESTRICT dst = pz;
+          const float* RESTRICT sc = scale;
+          const float* RESTRICT sh = shift;
+          const int64_t channels = C;
           for (int64_t p = begin; p < end; ++p) {
-            for_channel_blocks(C, [&](int64_t c0, auto block) {
+            for_channel_blocks(channels, [&](int64_t c0, auto block) {
               constexpr int64_t B = decltype(block)::value;
-              const Vec<B> a = load<B>(py + p * C + c0) * load<B>(scale + c0) + load<B>(shift + c0);
-              store<B>(pz + p * C + c0, activate<ACT, B>(a));
+              const Vec<B> a = load<B>(src + p * channels + c0) * load<B>(sc + c0) + load<B>(sh + c0);
+              store<B>(dst + p * channels + c0, activate<ACT, B>(a));
             });
           }
         });
@@ -302,25 +386,17 @@ BackwardSums bn_act_backward_sums(const TG* pdz, const TY* py, int64_t N, int64_
   const float* shift = affine.shift.data();
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      for (int64_t p0 = 0; p0 < HW; p0 += 64) {
-        const int64_t p1 = std::min(HW, p0 + 64);
-        for_channel_blocks(C, [&](int64_t c0, auto block) {
-          constexpr int64_t B = decltype(block)::value;
-          const Vec<B> k = load<B>(scale + c0), d = load<B>(shift + c0);
-          Vec<B> sum_g = {}, sum_gy = {};
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t e = (n * HW + p) * C + c0;
-            const Vec<B> y = load<B>(py + e);
-            const Vec<B> g = load<B>(pdz + e) * activation_slope<ACT, B>(y * k + d);
-            sum_g += g;
-            sum_gy += g * y;  // Σ g·xhat = invstd · (Σ g·y − mean · Σ g), centred after the sum
-          }
-          for (int64_t b = 0; b < B; ++b) {
-            per_image_g[n * C + c0 + b] += sum_g[b];
-            per_image_gy[n * C + c0 + b] += sum_gy[b];
-          }
-        });
-      }
+      const TG* RESTRICT dz = pdz + n * HW * C;
+      const TY* RESTRICT yy = py + n * HW * C;
+      add_channel_sums(HW, C, &per_image_g[n * C], &per_image_gy[n * C],
+                       [dz, yy, scale, shift, C](int64_t p, int64_t c0, auto block) {
+                         constexpr int64_t B = decltype(block)::value;
+                         const Vec<B> y = load<B>(yy + p * C + c0);
+                         const Vec<B> g = load<B>(dz + p * C + c0) *
+                                          activation_slope<ACT, B>(y * load<B>(scale + c0) + load<B>(shift + c0));
+                         // Σ g·xhat = invstd · (Σ g·y − mean · Σ g), centred after the sum
+                         return std::pair<Vec<B>, Vec<B>>{g, g * y};
+                       });
     }
   });
   BackwardSums sums{sum_over_images(per_image_g, N, C), sum_over_images(per_image_gy, N, C)};
@@ -358,12 +434,18 @@ std::vector<at::Tensor> gamma_beta_gradients(const BackwardSums& sums) {
 }
 
 // One block of dy at pixel offset e: from dz and y, with the per-channel constants at c0.
+// The five per-channel constants of dy as plain pointers, copied into each loop (see bn_act_forward).
+struct InputGradientConstants {
+  const float *scale, *shift, *k1, *k2, *k3;
+  InputGradientConstants(const Affine& affine, const InputGradient& k)
+      : scale(affine.scale.data()), shift(affine.shift.data()), k1(k.k1.data()), k2(k.k2.data()), k3(k.k3.data()) {}
+};
+
 template <int64_t ACT, int64_t B, typename TG, typename TY>
-inline Vec<B> input_gradient_block(const TG* pdz, const TY* py, int64_t e, int64_t c0, const Affine& affine,
-                                   const InputGradient& k) {
+inline Vec<B> input_gradient_block(const TG* pdz, const TY* py, int64_t e, int64_t c0, const InputGradientConstants k) {
   const Vec<B> y = load<B>(py + e);
-  const Vec<B> g = load<B>(pdz + e) * activation_slope<ACT, B>(y * load<B>(&affine.scale[c0]) + load<B>(&affine.shift[c0]));
-  return g * load<B>(&k.k1[c0]) + y * load<B>(&k.k2[c0]) + load<B>(&k.k3[c0]);
+  const Vec<B> g = load<B>(pdz + e) * activation_slope<ACT, B>(y * load<B>(k.scale + c0) + load<B>(k.shift + c0));
+  return g * load<B>(k.k1 + c0) + y * load<B>(k.k2 + c0) + load<B>(k.k3 + c0);
 }
 
 // Returns dy (dtype of y), dgamma, dbeta.
@@ -388,11 +470,17 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& dz_in, const at::Tenso
         const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
                                                             gamma.data_ptr<float>(), N * HW);
         TY* pdy = dy.data_ptr<TY>();
+        const InputGradientConstants constants(affine, k);
         at::parallel_for(0, N * HW, 256, [&](int64_t begin, int64_t end) {
+          const TG* RESTRICT dz_ = pdz;  // locals: see bn_act_forward
+          const TY* RESTRICT y_ = py;
+          TY* RESTRICT dy_ = pdy;
+          const InputGradientConstants kc = constants;
+          const int64_t channels = C;
           for (int64_t p = begin; p < end; ++p) {
-            for_channel_blocks(C, [&](int64_t c0, auto block) {
+            for_channel_blocks(channels, [&](int64_t c0, auto block) {
               constexpr int64_t B = decltype(block)::value;
-              store<B>(pdy + p * C + c0, input_gradient_block<ACT, B>(pdz, py, p * C + c0, c0, affine, k));
+              store<B>(dy_ + p * channels + c0, input_gradient_block<ACT, B>(dz_, y_, p * channels + c0, c0, kc));
             });
           }
         });
@@ -496,21 +584,25 @@ std::vector<at::Tensor> depthwise_forward(const at::Tensor& x_in, const at::Tens
       float* py = y.data_ptr<float>();
       at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
         BlockedImage padded, image_y{g.OH * g.OW, std::vector<float>(g.OH * g.OW * C)};
+        // Locals, not captures: the vector stores may alias anything, and captured values would be
+        // reloaded on every tap.
+        const int64_t OH = g.OH, OW = g.OW, stride = g.stride, row = PW;
+        const float* RESTRICT tap_weights = taps.data();
         for (int64_t n = begin; n < end; ++n) {
           pad_image(px + n * g.H * g.W * C, g, padded);
           for_channel_blocks(C, [&](int64_t c0, auto block) {
             constexpr int64_t B = decltype(block)::value;
             Vec<B> w[K * K];
-            UNROLL for (int64_t t = 0; t < K * K; ++t) w[t] = load<B>(&taps[t * C + c0]);
-            const float* in = padded.block(c0);
-            float* out = image_y.block(c0);
-            for (int64_t oh = 0; oh < g.OH; ++oh) {
-              for (int64_t ow = 0; ow < g.OW; ++ow) {
-                const float* corner = in + (oh * g.stride * PW + ow * g.stride) * B;
+            UNROLL for (int64_t t = 0; t < K * K; ++t) w[t] = load<B>(&tap_weights[t * C + c0]);
+            const float* RESTRICT in = padded.block(c0);
+            float* RESTRICT out = image_y.block(c0);
+            for (int64_t oh = 0; oh < OH; ++oh) {
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const float* corner = in + (oh * stride * row + ow * stride) * B;
                 Vec<B> acc = {};
                 UNROLL for (int64_t i = 0; i < K; ++i)
-                  UNROLL for (int64_t j = 0; j < K; ++j) acc += load<B>(corner + (i * PW + j) * B) * w[i * K + j];
-                store<B>(out + (oh * g.OW + ow) * B, acc);
+                  UNROLL for (int64_t j = 0; j < K; ++j) acc += load<B>(corner + (i * row + j) * B) * w[i * K + j];
+                store<B>(out + (oh * OW + ow) * B, acc);
               }
             }
           });
@@ -531,10 +623,140 @@ std::vector<at::Tensor> depthwise_forward(const at::Tensor& x_in, const at::Tens
   return {y, stats[0], stats[1], stats[2]};
 }
 
+// One image's dy = d(BN + activation)/dy · dz, written channel-blocked into `dy`, whose border of
+// `border` pixels (zeroed once by the caller) is left alone. Instantiated per activation and dz type
+// only: the convolution's loops below do not depend on either.
+template <int64_t ACT, typename TG>
+void form_image_dy(const void* dz_tensor, const float* py, int64_t n, const DepthwiseGeometry& g,
+                   const InputGradientConstants constants, int64_t border, BlockedImage& dy) {
+  const TG* RESTRICT pdz = static_cast<const TG*>(dz_tensor);
+  const int64_t C = g.C, OH = g.OH, OW = g.OW, DW = OW + 2 * border;
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const int64_t e = (n * OH * OW + oh * OW + ow) * C, q = (oh + border) * DW + ow + border;
+      for_channel_blocks(C, [&](int64_t c0, auto block) {
+        constexpr int64_t B = decltype(block)::value;
+        store<B>(dy.block(c0) + q * B, input_gradient_block<ACT, B>(pdz, py, e + c0, c0, constants));
+      });
+    }
+  }
+}
+
+// Per-thread buffers of the depthwise backward, reused image after image.
+struct DepthwiseBackwardBuffers {
+  BlockedImage padded_x, padded_dx, image_dx, dy;
+};
+
+// One image's weight gradient (into dw, [tap][channel]) and, when dx_image is not null, its input
+// gradient, from its dy. Instantiated per kernel size and x type only.
+//
+// dx is gathered: each input pixel sums the taps of dy that it fed, in registers, and is stored
+// once. (Scattering dy into dx costs K² read-modify-writes per output pixel, each waiting on the
+// previous one's store, and ran at half the speed.) With stride 1, dx is dy, zero-padded by `pad`,
+// correlated with the flipped kernel; with stride 2, the taps that reach an input pixel depend on
+// its row and column parity. Other geometries scatter.
+template <int64_t K, typename TX>
+void depthwise_image_backward(const void* x_tensor, void* dx_tensor, int64_t n, const DepthwiseGeometry& g,
+                              const float* RESTRICT weights_by_tap, bool gather, int64_t border,
+                              DepthwiseBackwardBuffers& buffers, float* RESTRICT dw) {
+  const int64_t C = g.C, OH = g.OH, OW = g.OW, H = g.H, W = g.W, stride = g.stride;
+  const int64_t row = W + 2 * g.pad, DW = OW + 2 * border;
+  const TX* x_image = static_cast<const TX*>(x_tensor) + n * H * W * C;
+  TX* dx_image = dx_tensor ? static_cast<TX*>(dx_tensor) + n * H * W * C : nullptr;
+  BlockedImage& padded = buffers.padded_x;
+  pad_image(x_image, g, padded);
+  if (dx_image && !gather) {
+    buffers.padded_dx.pixels = padded.pixels;
+    buffers.padded_dx.data.assign(padded.data.size(), 0.f);  // keeps its capacity: no page faults per image
+  }
+  for_channel_blocks(C, [&](int64_t c0, auto block) {
+    constexpr int64_t B = decltype(block)::value;
+    const float* RESTRICT d_block = buffers.dy.block(c0);
+    const float* RESTRICT x_block = padded.block(c0);
+    Vec<B> acc[K * K] = {};
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Vec<B> d = load<B>(d_block + ((oh + border) * DW + ow + border) * B);
+        const float* corner = x_block + (oh * stride * row + ow * stride) * B;
+        UNROLL for (int64_t i = 0; i < K; ++i)
+          UNROLL for (int64_t j = 0; j < K; ++j) acc[i * K + j] += d * load<B>(corner + (i * row + j) * B);
+      }
+    }
+    UNROLL for (int64_t t = 0; t < K * K; ++t) store<B>(dw + t * C + c0, acc[t]);
+    if (!dx_image) return;
+    Vec<B> w[K * K];
+    UNROLL for (int64_t t = 0; t < K * K; ++t) w[t] = load<B>(&weights_by_tap[t * C + c0]);
+    if (gather && stride == 1) {
+      float* RESTRICT out = buffers.image_dx.block(c0);
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t x_w = 0; x_w < W; ++x_w) {
+          const float* corner = d_block + (h * DW + x_w) * B;
+          Vec<B> sum = {};
+          UNROLL for (int64_t i = 0; i < K; ++i)
+            UNROLL for (int64_t j = 0; j < K; ++j) sum += load<B>(corner + (i * DW + j) * B) * w[K * K - 1 - (i * K + j)];
+          store<B>(out + (h * W + x_w) * B, sum);
+        }
+      }
+      return;
+    }
+    if (gather) {  // stride 2: input pixel (2a + PH, 2b + PV) gets tap (i, j) of dy pixel
+                   // (a + (PH + PAD - i) / 2, b + (PV + PAD - j) / 2) when both are whole
+      constexpr int64_t PAD = (K - 1) / 2;
+      float* RESTRICT out = buffers.image_dx.block(c0);
+      auto one_parity = [&](auto row_parity, auto column_parity) {
+        constexpr int64_t PH = decltype(row_parity)::value, PV = decltype(column_parity)::value;
+        for (int64_t h = PH, a = 0; h < H; h += 2, ++a) {
+          for (int64_t x_w = PV, b = 0; x_w < W; x_w += 2, ++b) {
+            const float* centre = d_block + ((a + border) * DW + b + border) * B;
+            Vec<B> sum = {};
+            UNROLL for (int64_t i = 0; i < K; ++i) {
+              if ((PH + PAD - i) % 2 != 0) continue;
+              UNROLL for (int64_t j = 0; j < K; ++j) {
+                if ((PV + PAD - j) % 2 != 0) continue;
+                sum += load<B>(centre + ((PH + PAD - i) / 2 * DW + (PV + PAD - j) / 2) * B) * w[i * K + j];
+              }
+            }
+            store<B>(out + (h * W + x_w) * B, sum);
+          }
+        }
+      };
+      one_parity(std::integral_constant<int64_t, 0>{}, std::integral_constant<int64_t, 0>{});
+      one_parity(std::integral_constant<int64_t, 0>{}, std::integral_constant<int64_t, 1>{});
+      one_parity(std::integral_constant<int64_t, 1>{}, std::integral_constant<int64_t, 0>{});
+      one_parity(std::integral_constant<int64_t, 1>{}, std::integral_constant<int64_t, 1>{});
+      return;
+    }
+    float* RESTRICT dx_block = buffers.padded_dx.block(c0);
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const Vec<B> d = load<B>(d_block + (oh * OW + ow) * B);  // border is 0 when scattering
+        float* corner = dx_block + (oh * stride * row + ow * stride) * B;
+        UNROLL for (int64_t i = 0; i < K; ++i) {
+          UNROLL for (int64_t j = 0; j < K; ++j) {
+            float* at_tap = corner + (i * row + j) * B;
+            store<B>(at_tap, load<B>(at_tap) + d * w[i * K + j]);
+          }
+        }
+      }
+    }
+  });
+  if (!dx_image) return;
+  const BlockedImage& source = gather ? buffers.image_dx : buffers.padded_dx;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t w = 0; w < W; ++w) {
+      const int64_t pixel = gather ? h * W + w : (h + g.pad) * row + w + g.pad;
+      for_channel_blocks(C, [&](int64_t c0, auto block) {
+        constexpr int64_t B = decltype(block)::value;
+        store<B>(dx_image + (h * W + w) * C + c0, load<B>(source.block(c0) + pixel * B));
+      });
+    }
+  }
+}
+
 // Backward of z = act(BN(depthwise(x))) given dz: returns dx (dtype of x), dweight, dgamma, dbeta.
-// Per image: dy is formed from (dz, y) into a buffer the size of one image's output; the weight
-// gradient of a channel block accumulates all K² taps in registers over the image; dx is scattered
-// into a padded buffer with the block's K² weights in registers. dy never exists as a tensor.
+// One reduction pass over (dz, y) for BatchNorm's sums; then per image, dy is formed into a buffer
+// the size of one image's output, the weight gradient of a channel block accumulates all K² taps in
+// registers over the image, and dx is gathered from dy. dy never exists as a tensor.
 std::vector<at::Tensor> depthwise_bn_act_backward(const at::Tensor& dz_in, const at::Tensor& x_in,
                                                   const at::Tensor& weight, const at::Tensor& y_in,
                                                   const at::Tensor& mean, const at::Tensor& invstd,
@@ -545,92 +767,52 @@ std::vector<at::Tensor> depthwise_bn_act_backward(const at::Tensor& dz_in, const
   const auto dz = nhwc(dz_in);
   TORCH_CHECK(y.scalar_type() == at::kFloat, "depthwise_bn_act_backward: y must be float32");
   const auto g = geometry_of(x, weight, stride, pad);
-  const int64_t C = g.C, taps = g.K * g.K, OHW = g.OH * g.OW, PW = g.W + 2 * g.pad;
+  const int64_t C = g.C, taps = g.K * g.K, OHW = g.OH * g.OW;
   const auto tap_weights = taps_by_channel(weight);
   const Affine affine = bn_affine(mean, invstd, gamma, beta);
   const float* py = y.data_ptr<float>();
   auto dx = input_gradient ? empty_nhwc(x.sizes(), x.scalar_type()) : at::Tensor();
   std::vector<float> per_image_dw(g.N * taps * C, 0.f);
+
+  using FormDy = void (*)(const void*, const float*, int64_t, const DepthwiseGeometry&, const InputGradientConstants,
+                          int64_t, BlockedImage&);
+  using ImageBackward = void (*)(const void*, void*, int64_t, const DepthwiseGeometry&, const float*, bool, int64_t,
+                                 DepthwiseBackwardBuffers&, float*);
+  FormDy form_dy = nullptr;
+  ImageBackward image_backward = nullptr;
   BackwardSums sums;
+  dispatch_activation(act, [&](auto act_tag) {
+    constexpr int64_t ACT = decltype(act_tag)::value;
+    dispatch_float_or_bf16(dz.scalar_type(), "depthwise_bn_act_backward", [&](auto g_tag) {
+      using TG = decltype(g_tag);
+      sums = bn_act_backward_sums<ACT>(dz.data_ptr<TG>(), py, g.N, OHW, C, affine, mean.data_ptr<float>(),
+                                       invstd.data_ptr<float>());
+      form_dy = &form_image_dy<ACT, TG>;
+    });
+  });
   dispatch_kernel_size(g.K, [&](auto k_tag) {
     constexpr int64_t K = decltype(k_tag)::value;
-    dispatch_activation(act, [&](auto act_tag) {
-      constexpr int64_t ACT = decltype(act_tag)::value;
-      dispatch_float_or_bf16(dz.scalar_type(), "depthwise_bn_act_backward", [&](auto g_tag) {
-        using TG = decltype(g_tag);
-        const TG* pdz = dz.data_ptr<TG>();
-        sums = bn_act_backward_sums<ACT>(pdz, py, g.N, OHW, C, affine, mean.data_ptr<float>(),
-                                         invstd.data_ptr<float>());
-        const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
-                                                            gamma.data_ptr<float>(), g.N * OHW);
-        dispatch_float_or_bf16(x.scalar_type(), "depthwise_bn_act_backward", [&](auto x_tag) {
-          using TX = decltype(x_tag);
-          const TX* px = x.data_ptr<TX>();
-          TX* pdx = input_gradient ? dx.data_ptr<TX>() : nullptr;
-          at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-            BlockedImage padded, padded_dx, dy{OHW, std::vector<float>(OHW * C)};
-            for (int64_t n = begin; n < end; ++n) {
-              pad_image(px + n * g.H * g.W * C, g, padded);
-              for (int64_t p = 0; p < OHW; ++p) {
-                for_channel_blocks(C, [&](int64_t c0, auto block) {
-                  constexpr int64_t B = decltype(block)::value;
-                  const int64_t e = (n * OHW + p) * C + c0;
-                  store<B>(dy.block(c0) + p * B, input_gradient_block<ACT, B>(pdz, py, e, c0, affine, k));
-                });
-              }
-              if (input_gradient) {
-                padded_dx.pixels = padded.pixels;
-                padded_dx.data.assign(padded.data.size(), 0.f);  // keeps its capacity: no page faults per image
-              }
-              float* dw = &per_image_dw[n * taps * C];
-              for_channel_blocks(C, [&](int64_t c0, auto block) {
-                constexpr int64_t B = decltype(block)::value;
-                const float* d_block = dy.block(c0);
-                const float* x_block = padded.block(c0);
-                Vec<B> acc[K * K] = {};
-                for (int64_t oh = 0; oh < g.OH; ++oh) {
-                  for (int64_t ow = 0; ow < g.OW; ++ow) {
-                    const Vec<B> d = load<B>(d_block + (oh * g.OW + ow) * B);
-                    const float* corner = x_block + (oh * g.stride * PW + ow * g.stride) * B;
-                    UNROLL for (int64_t i = 0; i < K; ++i)
-                      UNROLL for (int64_t j = 0; j < K; ++j) acc[i * K + j] += d * load<B>(corner + (i * PW + j) * B);
-                  }
-                }
-                UNROLL for (int64_t t = 0; t < K * K; ++t) store<B>(dw + t * C + c0, acc[t]);
-                if (!input_gradient) return;
-                Vec<B> w[K * K];
-                UNROLL for (int64_t t = 0; t < K * K; ++t) w[t] = load<B>(&tap_weights[t * C + c0]);
-                float* dx_block = padded_dx.block(c0);
-                for (int64_t oh = 0; oh < g.OH; ++oh) {
-                  for (int64_t ow = 0; ow < g.OW; ++ow) {
-                    const Vec<B> d = load<B>(d_block + (oh * g.OW + ow) * B);
-                    float* corner = dx_block + (oh * g.stride * PW + ow * g.stride) * B;
-                    UNROLL for (int64_t i = 0; i < K; ++i) {
-                      UNROLL for (int64_t j = 0; j < K; ++j) {
-                        float* at_tap = corner + (i * PW + j) * B;
-                        store<B>(at_tap, load<B>(at_tap) + d * w[i * K + j]);
-                      }
-                    }
-                  }
-                }
-              });
-              if (input_gradient) {
-                TX* out = pdx + n * g.H * g.W * C;
-                for (int64_t h = 0; h < g.H; ++h) {
-                  for (int64_t w = 0; w < g.W; ++w) {
-                    const int64_t pixel = (h + g.pad) * PW + w + g.pad;
-                    for_channel_blocks(C, [&](int64_t c0, auto block) {
-                      constexpr int64_t B = decltype(block)::value;
-                      store<B>(out + (h * g.W + w) * C + c0, load<B>(padded_dx.block(c0) + pixel * B));
-                    });
-                  }
-                }
-              }
-            }
-          });
-        });
-      });
+    dispatch_float_or_bf16(x.scalar_type(), "depthwise_bn_act_backward", [&](auto x_tag) {
+      image_backward = &depthwise_image_backward<K, decltype(x_tag)>;
     });
+  });
+  const InputGradient k = input_gradient_coefficients(sums, mean.data_ptr<float>(), invstd.data_ptr<float>(),
+                                                      gamma.data_ptr<float>(), g.N * OHW);
+  const InputGradientConstants constants(affine, k);
+  const bool gather = (g.stride == 1 || g.stride == 2) && 2 * g.pad == g.K - 1;
+  const int64_t border = gather ? g.pad : 0;
+  const void* dz_data = dz.data_ptr();
+  const void* x_data = x.data_ptr();
+  void* dx_data = input_gradient ? dx.data_ptr() : nullptr;
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    DepthwiseBackwardBuffers buffers;
+    const int64_t dy_pixels = (g.OH + 2 * border) * (g.OW + 2 * border);
+    buffers.dy = BlockedImage{dy_pixels, std::vector<float>(dy_pixels * C, 0.f)};  // its border stays 0
+    if (input_gradient && gather) buffers.image_dx = BlockedImage{g.H * g.W, std::vector<float>(g.H * g.W * C)};
+    for (int64_t n = begin; n < end; ++n) {
+      form_dy(dz_data, py, n, g, constants, border, buffers.dy);
+      image_backward(x_data, dx_data, n, g, tap_weights.data(), gather, border, buffers, &per_image_dw[n * taps * C]);
+    }
   });
   // Sum the images' weight gradients in image order (contiguous rows), then transpose to (C, 1, k, k).
   std::vector<double> total(taps * C, 0.0);
