@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -18,10 +19,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobilenets.cli import main
 from mobilenets.models import create_model
-from mobilenets.training import TrainConfig, make_scheduler, parameter_groups, recompute_batchnorm_statistics
+from mobilenets.training import (
+    ExponentialMovingAverage,
+    TrainConfig,
+    make_scheduler,
+    parameter_groups,
+    recompute_batchnorm_statistics,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
 TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--quiet"]
@@ -375,3 +383,25 @@ def test_ctrl_c_saves_exits_cleanly_and_resumes(tmp_path, uninterrupted_run):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(reference, interrupted)
+
+
+def test_the_ema_equals_torchs_averaged_model_step_for_step():
+    """ExponentialMovingAverage is AveragedModel + get_ema_multi_avg_fn + use_buffers, only faster."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=3, width=0.25).train()
+    ours = ExponentialMovingAverage(model, decay=0.9)
+    torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(4):
+        loss = model(torch.randn(4, 3, 32, 32)).square().mean()  # also moves the BatchNorm buffers
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ours.update_parameters(model)
+        torchs.update_parameters(model)
+    assert list(ours.state_dict()) == list(torchs.state_dict())
+    for name, value in torchs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+    assert int(ours.n_averaged) == 4
+    twin = copy.deepcopy(ours)  # EMA copies do not carry the training model
+    assert twin._lists is None and torch.equal(twin.n_averaged, ours.n_averaged)

@@ -180,6 +180,63 @@ def ema_decay_for(config: TrainConfig, steps_per_epoch: int) -> float:
     return 1 - 1 / horizon
 
 
+class ExponentialMovingAverage(AveragedModel):
+    """``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)``, updated
+    by the same arithmetic from tensor lists built once.
+
+    torch's own update walks and regroups every parameter and buffer in Python at each step: 4.5 ms
+    for V3-Small's ~350 tensors against ~0.4 ms for the lerp itself (``benchmarks/optimizer_step.py``),
+    a few percent of a 224 px step and much more of a small-image one. The module tree, ``state_dict``
+    and ``n_averaged`` are AveragedModel's, so checkpoints and resuming are unchanged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+        self._lists: tuple[nn.Module, list, list] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_lists"] = None  # a copy or a pickle does not drag the training model along
+        return state
+
+    def _tensor_lists(self, model: nn.Module) -> tuple[list, list]:
+        """(float pairs grouped by device and dtype, integer pairs), cached for this model."""
+        if self._lists is None or self._lists[0] is not model:
+            groups: dict[tuple, tuple[list, list]] = {}
+            integers: list[tuple[torch.Tensor, torch.Tensor]] = []
+            averaged = [*self.module.parameters(), *self.module.buffers()]
+            current = [*model.parameters(), *model.buffers()]
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine, theirs = mine.detach(), theirs.detach()
+                if mine.is_floating_point() or mine.is_complex():
+                    group = groups.setdefault((mine.device, mine.dtype, theirs.device, theirs.dtype), ([], []))
+                    group[0].append(mine)
+                    group[1].append(theirs)
+                else:
+                    integers.append((mine, theirs))
+            self._lists = (model, list(groups.values()), integers)
+        return self._lists[1], self._lists[2]
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self.n_averaged == 0:
+            super().update_parameters(model)  # the first update copies the model
+            return
+        float_groups, integers = self._tensor_lists(model)
+        for mine, theirs in float_groups:
+            if theirs[0].device != mine[0].device or theirs[0].dtype != mine[0].dtype:
+                theirs = [t.to(mine[0].device, mine[0].dtype) for t in theirs]
+            torch._foreach_lerp_(mine, theirs, 1 - self.decay)
+        if integers:  # num_batches_tracked: get_ema_multi_avg_fn's formula, over all of them at once
+            mine, theirs = [m for m, _ in integers], [t.to(m.device) for m, t in integers]
+            blended = torch._foreach_add(
+                torch._foreach_mul(mine, self.decay), torch._foreach_mul(theirs, 1 - self.decay)
+            )
+            torch._foreach_copy_(mine, blended)
+        self.n_averaged += 1
+
+
 def adapt_batchnorm_momentum(model: nn.Module, total_steps: int) -> None:
     """Use PyTorch's BN momentum 0.1 on short runs.
 
@@ -324,13 +381,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.ema = (
-            AveragedModel(
-                self.model,
-                multi_avg_fn=get_ema_multi_avg_fn(ema_decay_for(config, self.steps_per_epoch)),
-                use_buffers=True,
-            )
-            if config.ema
-            else None
+            ExponentialMovingAverage(self.model, ema_decay_for(config, self.steps_per_epoch)) if config.ema else None
         )
         self.state = TrainingState()
         self.last_checkpoint_time = time.monotonic()
