@@ -196,18 +196,21 @@ class SqueezeExcitationFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gate, *parameters):
-        pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
-        with torch.enable_grad():
+        pooled = x.detach().mean((2, 3), keepdim=True, dtype=torch.float32).requires_grad_()
+        # The gate's layers see one value per image and channel: in fp32 they cost nothing, where
+        # autocast would cast their inputs, weights and gradients to and from bf16 at every step.
+        with torch.enable_grad(), torch.autocast("cpu", enabled=False):
             scale = gate(pooled)
         ctx.save_for_backward(x)
         ctx.graph = (pooled, scale, parameters)
-        return x * scale.detach()
+        return x * scale.detach().to(x.dtype)
 
     @staticmethod
     def backward(ctx, dout):
         (x,) = ctx.saved_tensors
         pooled, scale, parameters = ctx.graph
         n, c, h, w = x.shape
+        dout = dout.contiguous(memory_format=torch.channels_last)  # once, not in each of the two kernels
         dscale = torch.ops.mobilenets_kernels.channel_dot(dout, x).view(n, c, 1, 1).to(scale.dtype)
         wanted = [pooled] + [p for p in parameters if p.requires_grad]
         grads = iter(torch.autograd.grad(scale, wanted, dscale))
