@@ -6,7 +6,7 @@ QuantizeLinear/DequantizeLinear left around HardSwish, HardSigmoid, the SE Mul, 
 sums ORT's own per-node profile (``enable_profiling``) by op type at the given batch.
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/deploy_v3_profile.py [--model mobilenet_v3_small]
-        [--run RUN_DIR] [--resolution 224] [--batch 32] [--threads 2] [--int8 FILE]
+        [--run RUN_DIR] [--resolution 224] [--batch 32] [--threads 2] [--int8 FILE] [--nodes 10]
 
 ORT's profiler adds a fixed cost to every node, so with ~130 small nodes the profiled wall time is
 several times the unprofiled one: read the shares and the node counts, and time with ``mobilenets bench``.
@@ -48,8 +48,13 @@ def node_counts(optimized: Path) -> collections.Counter:
     return collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
 
 
-def profile_by_op(path: Path, batch: np.ndarray, threads: int, runs: int) -> tuple[dict[str, float], float]:
-    """Mean microseconds per run spent in each op type (ORT's node events), and the mean wall time."""
+def profile_by_op(
+    path: Path, batch: np.ndarray, threads: int, runs: int, nodes: int = 0
+) -> tuple[dict[str, float], float]:
+    """Mean microseconds per run spent in each op type (ORT's node events), and the mean wall time.
+
+    With ``nodes``, also prints that many of the slowest nodes with their input and output shapes.
+    """
     s = session(path, threads, profile=True)
     for _ in range(3):
         s.run(None, {"image": batch})
@@ -60,11 +65,20 @@ def profile_by_op(path: Path, batch: np.ndarray, threads: int, runs: int) -> tup
     events = json.loads(Path(s.end_profiling()).read_text())
     totals: dict[str, float] = collections.defaultdict(float)
     node_runs = collections.Counter()
+    node_times: dict[str, float] = collections.defaultdict(float)
+    node_shapes: dict[str, str] = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             totals[event["args"]["op_name"]] += event["dur"]
             node_runs[event["name"]] += 1
+            node_times[event["name"]] += event["dur"]
+            shapes = [next(iter(shape.values())) for shape in event["args"].get("input_type_shape", [])]
+            outputs = [next(iter(shape.values())) for shape in event["args"].get("output_type_shape", [])]
+            node_shapes[event["name"]] = f"{event['args']['op_name']} in {[x for x in shapes if x][:2]} out {outputs}"
     calls = max(node_runs.values()) if node_runs else 1  # warm-up runs are profiled too
+    slowest = sorted(node_times.items(), key=lambda item: -item[1])[:nodes]
+    for name, us in slowest:
+        print(f"    {us / node_runs[name] / 1000:7.2f} ms  {node_shapes[name]}")
     return {op: us / calls for op, us in totals.items()}, 1e6 * wall
 
 
@@ -77,6 +91,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--int8", help="an int8 ONNX file to profile instead of quantizing here")
+    parser.add_argument("--nodes", type=int, default=0, help="also print this many of the slowest nodes")
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
     work = Path(tempfile.mkdtemp(prefix="v3-profile-"))
@@ -97,7 +112,8 @@ def main() -> None:
         optimized = work / f"{name}.optimized.onnx"
         session(path, args.threads, optimized)
         counts = node_counts(optimized)
-        by_op, wall = profile_by_op(path, batch, args.threads, args.runs)
+        print(f"\n{name}: slowest nodes" if args.nodes else "", end="\n" if args.nodes else "")
+        by_op, wall = profile_by_op(path, batch, args.threads, args.runs, args.nodes)
         total = sum(by_op.values())
         print(f"\n{name}: {path}  ({resolution} px, batch {args.batch}, {args.threads} threads)")
         print(f"  mean wall {wall / 1000:.2f} ms/run; node time {total / 1000:.2f} ms/run")
