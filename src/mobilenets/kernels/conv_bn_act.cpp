@@ -948,29 +948,41 @@ at::Tensor augment_crop_flip_jitter(const at::Tensor& images_in, const at::Tenso
     return t;
   };
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> blended(W);
+    // The image is built in three planes (R, G, B), interleaved into NHWC at the end: every loop then
+    // runs over contiguous floats and vectorizes, where per-pixel RGB triples kept it scalar.
+    std::vector<float> blended(W), planes(3 * HW);
+    std::vector<int32_t> low(W), high(W);
     for (int64_t n = begin; n < end; ++n) {
       const float* m = pm + n * 9;
       const uint8_t* image = px + n * 3 * HW;
       float* o = po + n * HW * 3;
       const float b = jitter ? brightness.data_ptr<float>()[n] : 1.f;
       const Taps columns = taps_of(m[0], m[2], W), rows = taps_of(m[4], m[5], H);
+      for (int64_t x = 0; x < W; ++x) {  // 32-bit indices: the gather below vectorizes
+        low[x] = static_cast<int32_t>(columns.low[x]);
+        high[x] = static_cast<int32_t>(columns.high[x]);
+      }
+      const float* RESTRICT w_low = columns.w_low.data();
+      const float* RESTRICT w_high = columns.w_high.data();
       double gray_sum = 0;
       for (int64_t y = 0; y < H; ++y) {
         const float wt = rows.w_low[y], wb = rows.w_high[y];
         float row_gray = 0;
         for (int64_t c = 0; c < 3; ++c) {
-          // Separable: first the two source rows blended (contiguous, vectorized), then the columns.
+          // Separable: first the two source rows blended, then the columns.
           const uint8_t* top = image + c * HW + rows.low[y] * W;
           const uint8_t* bottom = image + c * HW + rows.high[y] * W;
-          for (int64_t x = 0; x < W; ++x) blended[x] = wt * (top[x] * (1 / 255.f) - f) + wb * (bottom[x] * (1 / 255.f) - f);
-          float* dst = o + y * W * 3 + c;
-          for (int64_t x = 0; x < W; ++x) {
-            float v = columns.w_low[x] * blended[columns.low[x]] + columns.w_high[x] * blended[columns.high[x]] + f;
-            if (jitter) v = std::min(std::max(v * b, 0.f), 1.f);
-            dst[x * 3] = v;
-            row_gray += v * gray_weight[c];
-          }
+          float* RESTRICT row = blended.data();
+          for (int64_t x = 0; x < W; ++x) row[x] = wt * (top[x] * (1 / 255.f) - f) + wb * (bottom[x] * (1 / 255.f) - f);
+          float* RESTRICT v = planes.data() + c * HW + y * W;
+          const int32_t* RESTRICT l = low.data();
+          const int32_t* RESTRICT h = high.data();
+          for (int64_t x = 0; x < W; ++x) v[x] = w_low[x] * row[l[x]] + w_high[x] * row[h[x]] + f;
+          if (jitter)
+            for (int64_t x = 0; x < W; ++x) v[x] = std::min(std::max(v[x] * b, 0.f), 1.f);
+          float channel_sum = 0;
+          for (int64_t x = 0; x < W; ++x) channel_sum += v[x];
+          row_gray += channel_sum * gray_weight[c];
         }
         gray_sum += row_gray;
       }
@@ -978,15 +990,32 @@ at::Tensor augment_crop_flip_jitter(const at::Tensor& images_in, const at::Tenso
       const float k = contrast.data_ptr<float>()[n], s = saturation.data_ptr<float>()[n];
       const float* mu = mean.data_ptr<float>();
       const float* sd = std_.data_ptr<float>();
-      const float inverse_std[3] = {1 / sd[0], 1 / sd[1], 1 / sd[2]};
-      for (int64_t p = 0; p < HW; ++p) {
-        float* v = o + p * 3;
-        if (jitter) {
-          for (int64_t c = 0; c < 3; ++c) v[c] = std::min(std::max(mean_gray + k * (v[c] - mean_gray), 0.f), 1.f);
-          const float gray = v[0] * gray_weight[0] + v[1] * gray_weight[1] + v[2] * gray_weight[2];
-          for (int64_t c = 0; c < 3; ++c) v[c] = std::min(std::max(gray + s * (v[c] - gray), 0.f), 1.f);
+      const float m0 = mu[0], m1 = mu[1], m2 = mu[2], i0 = 1 / sd[0], i1 = 1 / sd[1], i2 = 1 / sd[2];
+      float* RESTRICT red = planes.data();
+      float* RESTRICT green = red + HW;
+      float* RESTRICT blue = green + HW;
+      const float gw0 = gray_weight[0], gw1 = gray_weight[1], gw2 = gray_weight[2];
+      auto unit = [](float v) { return std::min(std::max(v, 0.f), 1.f); };
+      if (jitter) {
+        for (int64_t p = 0; p < HW; ++p) {
+          const float r = unit(mean_gray + k * (red[p] - mean_gray));
+          const float g = unit(mean_gray + k * (green[p] - mean_gray));
+          const float bl = unit(mean_gray + k * (blue[p] - mean_gray));
+          const float gray = r * gw0 + g * gw1 + bl * gw2;
+          red[p] = unit(gray + s * (r - gray));
+          green[p] = unit(gray + s * (g - gray));
+          blue[p] = unit(gray + s * (bl - gray));
         }
-        for (int64_t c = 0; c < 3; ++c) v[c] = (std::min(std::max(v[c], 0.f), 1.f) - mu[c]) * inverse_std[c];
+      }
+      for (int64_t p = 0; p < HW; ++p) {
+        red[p] = (unit(red[p]) - m0) * i0;
+        green[p] = (unit(green[p]) - m1) * i1;
+        blue[p] = (unit(blue[p]) - m2) * i2;
+      }
+      for (int64_t p = 0; p < HW; ++p) {
+        o[p * 3] = red[p];
+        o[p * 3 + 1] = green[p];
+        o[p * 3 + 2] = blue[p];
       }
     }
   });
