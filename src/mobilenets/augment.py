@@ -464,7 +464,7 @@ class BatchAugment:
 
         Crops, flips and colour jitter (``none``, ``light``, ``medium``) of a 3-channel uint8 batch run as
         one C++ kernel (mobilenets.kernels) when it is built: same random draws, same numbers to float
-        rounding (tests/test_augment.py), 2 passes per image instead of ~25 over the batch
+        rounding (tests/test_augment.py), a few passes per image in cache instead of ~25 over the batch
         (benchmarks/augmentation.py). Everything else runs the PyTorch operations above.
         """
         from mobilenets import kernels

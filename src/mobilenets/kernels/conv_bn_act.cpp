@@ -903,7 +903,8 @@ at::Tensor scale_shift_channels(const at::Tensor& dout_in, const at::Tensor& sca
 // What mobilenets.augment's PyTorch path computes for crops, flips and colour jitter — uint8 / 255,
 // grid_sample's bilinear rule (align_corners=False) with `fill` outside the image, brightness, contrast
 // and saturation (each clamped to [0, 1]), then (x − mean) / std — written as an NHWC float batch.
-// Two passes over each output image, which stays in cache, instead of ~25 passes over the batch.
+// A few passes over each output image (built in R, G, B planes, then interleaved), which stays in
+// cache, instead of ~25 passes over the batch.
 // matrices: (N, 3, 3) output→input affine matrices in normalized coordinates, axis-aligned.
 at::Tensor augment_crop_flip_jitter(const at::Tensor& images_in, const at::Tensor& matrices_in,
                                     const at::Tensor& brightness_in, const at::Tensor& contrast_in,
