@@ -7,8 +7,8 @@ oneDNN's depthwise weight gradient takes 5–40× its forward pass for 5×5 kern
 ``conv_bn_act.cpp`` computes the same function in fewer passes, in NHWC, with fp32 arithmetic:
 
 - depthwise ConvBNAct: the convolution writes y and its batch sums in one pass, then z = act(BN(y));
-  backward makes one reduction pass over (dz, y), then forms dy on the fly and scatters it into dx and
-  the weight gradient, so dy is never stored.
+  backward makes one reduction pass over (dz, y), then per image forms dy into a buffer, accumulates
+  the weight gradient and gathers dx from it, so dy is never stored.
 - other ConvBNAct (1×1 and the stem): the convolution stays PyTorch's (oneDNN, bf16 under autocast);
   BatchNorm and the activation run as one forward pass after the statistics, and two backward passes.
 

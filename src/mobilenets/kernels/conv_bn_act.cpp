@@ -8,8 +8,9 @@
 // Here each layer reads its tensors once per pass it truly needs:
 //   forward:  the depthwise conv writes y and, while the image is in cache, its channel sums;
 //             then z = act(BN(y)) in one pass.
-//   backward: one reduction pass over (dz, y); then one pass that forms dy row by row and scatters
-//             it into dx and the weight gradient, so dy never exists as a tensor.
+//   backward: one reduction pass over (dz, y); then, per image, dy is formed into a buffer, the
+//             weight gradient is accumulated from it and dx gathered from it, so dy never exists
+//             as a tensor.
 // Every layout is NHWC: the innermost loops run over a block of contiguous channels held in one
 // SIMD register (GCC/Clang vector types: AVX-512 where the CPU has it, narrower vectors elsewhere).
 // Arithmetic is fp32, batch sums are accumulated in double; tensors may be fp32 or bf16. Reductions
