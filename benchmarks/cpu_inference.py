@@ -18,6 +18,8 @@ Candidates:
   ORT int8                     ``quantize_ptq`` (QDQ, per-channel int8 weights) → ONNX Runtime; calibrated on
                                random images here, so this row measures speed only (accuracy: BENCHMARKS.md's
                                deployment section)
+  ours int8 engine             ``--engine int8``: mobilenets' own int8 engine (``mobilenets.int8_engine``),
+                               calibrated on the same random images (speed only, like ORT int8)
 """
 
 from __future__ import annotations
@@ -62,15 +64,29 @@ def torch_runner(model: torch.nn.Module, images: torch.Tensor):
     return run
 
 
+def calibration_images(resolution: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((32, 3, resolution, resolution)).astype(np.float32)
+
+
 def onnx_paths(model: torch.nn.Module, folder: Path, resolution: int) -> tuple[Path, Path]:
     """fp32 and int8 ONNX files of ``model`` made by the deploy path (src/mobilenets/export.py, quantization.py)."""
     from mobilenets.export import export_onnx
     from mobilenets.quantization import quantize_ptq
 
     fp32 = export_onnx(model, folder / "model.onnx")
-    calibration = np.random.default_rng(0).standard_normal((32, 3, resolution, resolution)).astype(np.float32)
-    int8 = quantize_ptq(fp32, folder / "model.int8.onnx", calibration, calibration_method="minmax")
+    int8 = quantize_ptq(fp32, folder / "model.int8.onnx", calibration_images(resolution), calibration_method="minmax")
     return fp32, int8
+
+
+def int8_engine_runner(model: torch.nn.Module, images: torch.Tensor, resolution: int):
+    from mobilenets.int8_engine import Int8Engine, batches_of
+
+    engine = Int8Engine(model, batches_of(calibration_images(resolution)))
+
+    def run():
+        return engine(images)
+
+    return run
 
 
 def ort_runner(path: Path, images: torch.Tensor):
@@ -119,6 +135,10 @@ def candidates_for(
     if compile:
         runners.append(("ours compiled", torch_runner(prepare_for_inference(ours, compile=True), images)))
     runners += [("ORT fp32", ort_runner(onnx[0], images)), ("ORT int8", ort_runner(onnx[1], images))]
+    from mobilenets import kernels
+
+    if kernels.available():
+        runners.append(("ours int8 engine", int8_engine_runner(ours, images, resolution)))
     candidates = []
     for name, run in runners:
         start = time.perf_counter()

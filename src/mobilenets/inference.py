@@ -22,8 +22,9 @@ from mobilenets.acceleration import prepare_for_inference
 from mobilenets.errors import MobilenetsError
 from mobilenets.weights import cache_dir, weights_fingerprint
 
-Engine = Literal["auto", "onnxruntime", "torch"]
-ENGINES: tuple[str, ...] = ("auto", "onnxruntime", "torch")
+Engine = Literal["auto", "onnxruntime", "torch", "int8"]
+# int8: mobilenets' own int8 engine (mobilenets.int8_engine), for a run that `mobilenets quantize` calibrated.
+ENGINES: tuple[str, ...] = ("auto", "onnxruntime", "torch", "int8")
 
 # V3-Small at 224 px: export ≈ 9 s, ONNX Runtime saves ≈ 0.9 ms per image at batch 32 and ≈ 3 ms at
 # batch 1 over PyTorch's fused path, so an export pays back after a few thousand images.
@@ -111,11 +112,18 @@ def load_engine(
     ``auto``: ONNX Runtime when an exported copy of these exact weights exists, or when
     ``planned_images`` is at least ``EXPORT_PAYS_BACK_IMAGES`` (then it is exported once and cached);
     PyTorch otherwise, and also when the export fails (with a warning naming the error).
-    ``onnxruntime`` exports if needed and fails loudly; ``torch`` never exports.
+    ``onnxruntime`` exports if needed and fails loudly; ``torch`` never exports. ``int8`` is mobilenets'
+    own int8 engine, with the ranges ``mobilenets quantize`` measured for the run in ``run_dir``.
     """
     if engine not in ENGINES:
         raise MobilenetsError(f"unknown inference engine {engine!r}; choose one of {', '.join(ENGINES)}")
     planned_batches = None if planned_images is None else -(-planned_images // max(1, batch_size))
+    if engine == "int8":
+        from mobilenets.int8_engine import load_for_run
+
+        if run_dir is None:
+            raise MobilenetsError("--engine int8 needs a run directory that `mobilenets quantize` has calibrated")
+        return load_for_run(model, run_dir)
     if engine == "torch":
         return TorchEngine(model, planned_batches)
     path = exported_copy(model, run_dir)

@@ -1,4 +1,4 @@
-"""``mobilenets bench``: fp32 PyTorch eager, fp32 ONNX Runtime and int8 ONNX Runtime, side by side.
+"""``mobilenets bench``: fp32 PyTorch eager, fp32 and int8 ONNX Runtime, mobilenets' int8 engine, side by side.
 
 Each engine gets warm-up runs, then ``--repeats`` timed runs of one batch; we report the median, the
 spread (min and max) and the throughput at the median. All engines use the same thread count.
@@ -52,9 +52,9 @@ def measure(run: Callable[[], object], engine: str, batch: int, warmup: int = 3,
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="latency/throughput: fp32 PyTorch, fp32 ONNX Runtime, int8 ONNX Runtime",
-        description="Median latency and throughput of fp32 PyTorch eager, fp32 ONNX Runtime and int8 ONNX Runtime "
-        "on the same batch, after warm-up, with the spread of the repeated runs.",
+        help="latency/throughput: fp32 PyTorch, fp32 and int8 ONNX Runtime, mobilenets int8",
+        description="Median latency and throughput of fp32 PyTorch eager, fp32 ONNX Runtime, int8 ONNX Runtime "
+        "and mobilenets' int8 engine on the same batch, after warm-up, with the spread of the repeated runs.",
     )
     parser.add_argument(
         "target",
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as work:
         model, fp32_onnx, int8_onnx, size, notes = resolve_engines(args, Path(work))
+        native = native_int8_engine(model, args, size, notes) if model is not None else None
         sessions = {
             name: create_session(path, threads)
             for name, path in (("onnxruntime fp32", fp32_onnx), ("onnxruntime int8", int8_onnx))
@@ -112,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
                 results.append(
                     measure(lambda s=session, f=feed: s.run(None, f), name, batch, args.warmup, args.repeats)
                 )
+            if native is not None:
+                tensor = torch.from_numpy(images)
+                results.append(measure(lambda t=tensor: native(t), "mobilenets int8", batch, args.warmup, args.repeats))
     if args.json:
         print(json.dumps({"threads": threads, "notes": notes, "results": [r.to_dict() for r in results]}, indent=2))
         return 0
@@ -158,17 +162,39 @@ def resolve_engines(args: argparse.Namespace, work: Path):
     return model.eval(), fp32, int8, size, notes
 
 
-def quantize_for_timing(model, fp32: Path, out: Path, data: Path | None, size: int) -> Path:
+def calibration_for_timing(model, data: Path | None, size: int) -> np.ndarray:
     from mobilenets.preprocessing import Preprocessing
-    from mobilenets.quantization import folder_images, load_images, quantize_ptq, sample
+    from mobilenets.quantization import folder_images, load_images, sample
 
     if data is not None:
         paths, _, _ = folder_images(data)
         preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
-        calibration = load_images(sample(paths, 64), None, preprocessing, str(data)).images
-    else:
-        calibration = np.random.default_rng(1).standard_normal((16, 3, size, size), dtype=np.float32)
-    return quantize_ptq(fp32, out, calibration, "minmax")
+        return load_images(sample(paths, 64), None, preprocessing, str(data)).images
+    return np.random.default_rng(1).standard_normal((16, 3, size, size), dtype=np.float32)
+
+
+def quantize_for_timing(model, fp32: Path, out: Path, data: Path | None, size: int) -> Path:
+    from mobilenets.quantization import quantize_ptq
+
+    return quantize_ptq(fp32, out, calibration_for_timing(model, data, size), "minmax")
+
+
+def native_int8_engine(model, args: argparse.Namespace, size: int, notes: list[str]):
+    """mobilenets' int8 engine: the run's calibration when it has one, else calibrated like the PTQ above."""
+    from mobilenets import kernels
+    from mobilenets.int8_engine import CALIBRATION_FILE, Int8Engine, batches_of, load_for_run
+
+    if not kernels.available():
+        notes.append("mobilenets int8: not timed (the compiled CPU kernels are unavailable)")
+        return None
+    target = Path(args.target)
+    try:
+        if target.is_dir() and (target / CALIBRATION_FILE).exists():
+            return load_for_run(model, target)
+        return Int8Engine(model, batches_of(calibration_for_timing(model, args.data, size)))
+    except MobilenetsError as error:
+        notes.append(f"mobilenets int8: not timed ({error})")
+        return None
 
 
 def print_table(results: list[Timing], threads: int, notes: list[str]) -> None:

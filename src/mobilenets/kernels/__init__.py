@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SOURCE = Path(__file__).with_name("conv_bn_act.cpp")
+# The training kernels, and the int8 inference engine (mobilenets.int8_engine): one library, one build.
+SOURCES = (Path(__file__).with_name("conv_bn_act.cpp"), Path(__file__).with_name("int8_inference.cpp"))
 ACTIVATION_CODES: dict[type[nn.Module], int] = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2, nn.Hardswish: 3}
 
 _lock = threading.Lock()
@@ -63,7 +64,7 @@ def build_directory() -> Path:
     """``$MOBILENETS_HOME/kernels/<torch>-<cpu>-<source>``: a new torch, CPU or source builds anew."""
     from mobilenets.weights import cache_dir
 
-    source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    source_hash = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
     torch_version = torch.__version__.replace("+", "_")
     return cache_dir().parent / "kernels" / f"torch{torch_version}-{_cpu_fingerprint()}-{source_hash}"
 
@@ -102,7 +103,7 @@ def _load() -> bool:
             )
         cpp_extension.load(
             name="mobilenets_kernels",
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
             extra_ldflags=["-fopenmp"],
             build_directory=str(directory),
