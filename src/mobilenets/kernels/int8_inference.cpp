@@ -33,6 +33,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <optional>
 #include <cmath>
@@ -673,12 +674,25 @@ at::Tensor int8_forward(const at::Tensor& images, const at::Tensor& ints, const 
                 "int8_forward: op_seconds is a float64 tensor with one element per op");
     seconds = op_seconds->data_ptr<double>();
   }
-  auto run_images = [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> storage(3 * largest + 64);
-    uint8_t* buffer[3] = {storage.data(), storage.data() + largest, storage.data() + 2 * largest};
+  // One per thread, reused for all its images: three activation buffers and each op's scratch.
+  struct Workspace {
+    std::vector<uint8_t> storage;
+    uint8_t* buffer[3];
     std::vector<float> scratch, padded;
     std::vector<uint8_t> bytes;
-    std::vector<int32_t> channel_sums(largest_channels);
+    std::vector<int32_t> channel_sums;
+  };
+  auto run_images = [&](int64_t begin, int64_t end, Workspace& w) {
+    if (w.storage.empty()) {
+      w.storage.resize(3 * largest + 64);
+      for (int k = 0; k < 3; ++k) w.buffer[k] = w.storage.data() + k * largest;
+      w.channel_sums.resize(largest_channels);
+    }
+    uint8_t* const* buffer = w.buffer;
+    std::vector<float>& scratch = w.scratch;
+    std::vector<float>& padded = w.padded;
+    std::vector<uint8_t>& bytes = w.bytes;
+    std::vector<int32_t>& channel_sums = w.channel_sums;
     for (int64_t n = begin; n < end; ++n) {
       int current = -1;
       std::vector<int> input_buffer(ops, -1);
@@ -763,8 +777,20 @@ at::Tensor int8_forward(const at::Tensor& images, const at::Tensor& ints, const 
       }
     }
   };
-  if (seconds) run_images(0, N);
-  else at::parallel_for(0, N, 1, run_images);
+  if (seconds) {
+    Workspace w;
+    run_images(0, N, w);
+  } else {
+    // Images are handed out one at a time, not in fixed halves: on a shared or virtual machine one core
+    // is often briefly slower, and a static split makes the whole batch wait for it.
+    std::atomic<int64_t> next_image{0};
+    const int64_t workers = std::min<int64_t>(at::get_num_threads(), N);
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      Workspace w;
+      for (int64_t worker = begin; worker < end; ++worker)
+        for (int64_t n = next_image.fetch_add(1); n < N; n = next_image.fetch_add(1)) run_images(n, n + 1, w);
+    });
+  }
   if (pooled_output) return result.narrow(1, 0, last.out_channels);
   return result;
 }
