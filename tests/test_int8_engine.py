@@ -169,3 +169,16 @@ def test_evaluate_and_predict_run_a_quantized_run_on_the_int8_engine(capsys):
     assert main(["predict", str(image), "--weights", str(run), "--engine", "int8", "--top", "2"]) == 0
     printed = capsys.readouterr().out
     assert any(name in printed for name in ("astronaut", "chelsea", "coffee"))  # untrained: labels, right or wrong
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("march", ["-march=haswell", "-march=cascadelake"], ids=["portable", "vnni-without-vbmi"])
+def test_other_instruction_sets_compute_the_same(march, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("int8_engine_builds.py")
+    result = subprocess.run([sys.executable, str(script), march, str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "vnni False" in result.stdout if march == "-march=haswell" else "vnni True" in result.stdout

@@ -17,6 +17,9 @@ oneDNN's depthwise weight gradient takes 5–40× its forward pass for 5×5 kern
 - the training batch: crop, flip, colour jitter and normalisation of the uint8 cache in one kernel
   (``augment_crop_flip_jitter``, used by ``BatchAugment.normalized``).
 
+``int8_inference.cpp``, built into the same library, is the int8 inference engine
+(``mobilenets.int8_engine``): the whole network per image with AVX-512 VNNI.
+
 ``prepare_for_training`` applies them (``fuse_for_training``) when the C++ builds; the parameters,
 buffers, ``state_dict`` and module tree are unchanged, and any case the kernels do not cover (eval
 mode, frozen BatchNorm, other devices, other activations or kernel sizes) runs the module's own
