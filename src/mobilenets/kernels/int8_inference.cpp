@@ -36,9 +36,13 @@
 #include <atomic>
 #include <chrono>
 #include <optional>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #define RESTRICT __restrict__
@@ -623,6 +627,41 @@ __attribute__((noinline)) void squeeze_excite(const SqueezeExciteArgs& a, std::v
 // The program: ops in order, one image at a time per thread.
 // ------------------------------------------------------------------------------------------------
 
+// One per thread: three activation buffers and each op's scratch. They are kept between calls in a
+// free list (a fresh megabyte per call would be fresh pages to fault in for every batch).
+struct Workspace {
+  std::vector<uint8_t> storage;
+  uint8_t* buffer[3];
+  std::vector<float> scratch, padded;
+  std::vector<uint8_t> bytes;
+  std::vector<int32_t> channel_sums;
+};
+
+struct WorkspaceLease {
+  static std::mutex& lock() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::unique_ptr<Workspace>>& free_list() {
+    static std::vector<std::unique_ptr<Workspace>> list;
+    return list;
+  }
+  std::unique_ptr<Workspace> w;
+  WorkspaceLease() {
+    std::lock_guard<std::mutex> guard(lock());
+    if (free_list().empty()) {
+      w = std::make_unique<Workspace>();
+    } else {
+      w = std::move(free_list().back());
+      free_list().pop_back();
+    }
+  }
+  ~WorkspaceLease() {
+    std::lock_guard<std::mutex> guard(lock());
+    free_list().push_back(std::move(w));
+  }
+};
+
 // Each op's tensors, in the order Python appends them (see int8_engine.py).
 constexpr int64_t kTensorsPerOp = 6;
 
@@ -674,20 +713,10 @@ at::Tensor int8_forward(const at::Tensor& images, const at::Tensor& ints, const 
                 "int8_forward: op_seconds is a float64 tensor with one element per op");
     seconds = op_seconds->data_ptr<double>();
   }
-  // One per thread, reused for all its images: three activation buffers and each op's scratch.
-  struct Workspace {
-    std::vector<uint8_t> storage;
-    uint8_t* buffer[3];
-    std::vector<float> scratch, padded;
-    std::vector<uint8_t> bytes;
-    std::vector<int32_t> channel_sums;
-  };
   auto run_images = [&](int64_t begin, int64_t end, Workspace& w) {
-    if (w.storage.empty()) {
-      w.storage.resize(3 * largest + 64);
-      for (int k = 0; k < 3; ++k) w.buffer[k] = w.storage.data() + k * largest;
-      w.channel_sums.resize(largest_channels);
-    }
+    if (int64_t(w.storage.size()) < 3 * largest + 64) w.storage.resize(3 * largest + 64);
+    for (int k = 0; k < 3; ++k) w.buffer[k] = w.storage.data() + k * largest;
+    if (int64_t(w.channel_sums.size()) < largest_channels) w.channel_sums.resize(largest_channels);
     uint8_t* const* buffer = w.buffer;
     std::vector<float>& scratch = w.scratch;
     std::vector<float>& padded = w.padded;
@@ -778,18 +807,30 @@ at::Tensor int8_forward(const at::Tensor& images, const at::Tensor& ints, const 
     }
   };
   if (seconds) {
-    Workspace w;
-    run_images(0, N, w);
+    WorkspaceLease lease;
+    run_images(0, N, *lease.w);
   } else {
     // Images are handed out one at a time, not in fixed halves: on a shared or virtual machine one core
-    // is often briefly slower, and a static split makes the whole batch wait for it.
+    // is often briefly slower, and a static split makes the whole batch wait for it. Plain threads, not
+    // OpenMP's pool: its idle threads spin after each call and slow whatever runs next on the cores
+    // (measured: another engine timed right after, or this one right after ONNX Runtime's).
     std::atomic<int64_t> next_image{0};
-    const int64_t workers = std::min<int64_t>(at::get_num_threads(), N);
-    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-      Workspace w;
-      for (int64_t worker = begin; worker < end; ++worker)
-        for (int64_t n = next_image.fetch_add(1); n < N; n = next_image.fetch_add(1)) run_images(n, n + 1, w);
-    });
+    std::vector<std::exception_ptr> errors(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N)));
+    auto work = [&](size_t worker) {
+      try {
+        WorkspaceLease lease;
+        for (int64_t n = next_image.fetch_add(1); n < N; n = next_image.fetch_add(1)) run_images(n, n + 1, *lease.w);
+      } catch (...) {
+        errors[worker] = std::current_exception();
+        next_image = N;  // the others stop at their next image
+      }
+    };
+    std::vector<std::thread> helpers;
+    for (size_t t = 1; t < errors.size(); ++t) helpers.emplace_back(work, t);
+    work(0);
+    for (auto& helper : helpers) helper.join();
+    for (auto& error : errors)
+      if (error) std::rethrow_exception(error);
   }
   if (pooled_output) return result.narrow(1, 0, last.out_channels);
   return result;
