@@ -182,3 +182,16 @@ def test_other_instruction_sets_compute_the_same(march, tmp_path):
     result = subprocess.run([sys.executable, str(script), march, str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "vnni False" in result.stdout if march == "-march=haswell" else "vnni True" in result.stdout
+
+
+def test_a_loss_beyond_the_threshold_is_said_with_what_to_use_instead(tmp_path):
+    from mobilenets.export import export_onnx
+    from mobilenets.int8_engine import check_engine
+
+    model = settled("mobilenet_v3_small", 224, width=0.5)  # the export's input size
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    images = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)
+    lines = []
+    _, figures = check_engine(model, images, images, np.zeros(4, dtype=int), fp32, (1,), lines.append, threshold=-1.0)
+    assert figures["int8_engine_within_threshold"] is False
+    assert lines[-1].startswith("WARNING: the int8 engine loses") and "--engine onnxruntime" in lines[-1]

@@ -585,8 +585,11 @@ def check_engine(
     fp32_onnx: Path | str,
     batches: Sequence[int] = (1, 32),
     report=print,
+    threshold: float = 1.0,
 ) -> tuple[Int8Engine, dict]:
-    """Calibrate the int8 engine, compare it with fp32 ONNX Runtime (accuracy, agreement, speed), report."""
+    """Calibrate the int8 engine, compare it with fp32 ONNX Runtime (accuracy, agreement, speed), report.
+
+    A loss of more than ``threshold`` top-1 points is said plainly, with what to use instead."""
     from mobilenets.quantization import SpeedCheck, onnx_logits
     from mobilenets.runtime import create_session
 
@@ -619,4 +622,14 @@ def check_engine(
         f"int8 engine ({kind}): {accuracy}agreement with fp32 {100 * figures['int8_engine_agreement']:.2f}% "
         f"on {len(evaluation)} images; against fp32 ONNX Runtime {speed}"
     )
+    if labels is not None:
+        drop = 100 * (figures["int8_engine_fp32_val_accuracy"] - figures["int8_engine_val_accuracy"])
+        figures["int8_engine_within_threshold"] = drop <= threshold + 1e-9
+        if drop > threshold + 1e-9:
+            report(
+                f"WARNING: the int8 engine loses {drop:.2f} points of top-1 on these {len(evaluation)} images "
+                f"(threshold {threshold:g}; one image is {100 / len(evaluation):.2f} points here); for this run "
+                "prefer the ONNX int8 model (--engine onnxruntime), or quantize again with more calibration "
+                "images (--calibration N)"
+            )
     return engine, figures

@@ -1170,14 +1170,20 @@ def quantize_run(
     )
     figures = result.figures()
     figures["int8_val_images"] = figures.pop("int8_eval_images")
-    figures.update(calibrate_int8_engine(model, run_dir, calibration, evaluation, fp32_onnx, report))
+    figures.update(calibrate_int8_engine(model, run_dir, calibration, evaluation, fp32_onnx, threshold, report))
     merge_metrics(run_dir / "metrics.json", figures)
     (run_dir / "quantization.json").write_text(json.dumps(result.to_dict(), indent=2))
     return figures
 
 
 def calibrate_int8_engine(
-    model: nn.Module, run_dir: Path, calibration: ImageSet, evaluation: ImageSet, fp32_onnx: Path, report=print
+    model: nn.Module,
+    run_dir: Path,
+    calibration: ImageSet,
+    evaluation: ImageSet,
+    fp32_onnx: Path,
+    threshold: float = DEFAULT_THRESHOLD,
+    report=print,
 ) -> dict:
     """mobilenets' own int8 engine (``int8_engine``) for this run, calibrated on the same images as the
     ONNX model, checked on the same validation images, and kept as ``RUN_DIR/int8_engine.json``.
@@ -1191,7 +1197,13 @@ def calibrate_int8_engine(
         return {}
     try:
         engine, figures = check_engine(
-            model, calibration.images, evaluation.images, evaluation.labels, fp32_onnx, report=report
+            model,
+            calibration.images,
+            evaluation.images,
+            evaluation.labels,
+            fp32_onnx,
+            report=report,
+            threshold=threshold,
         )
     except MobilenetsError as error:
         report(f"int8 engine: skipped ({error})")
