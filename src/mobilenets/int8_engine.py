@@ -563,12 +563,15 @@ def load_for_run(model: nn.Module, run_dir: Path | str) -> Int8Engine:
 def interleaved_medians(runs: Sequence[Callable[[], object]], repeats: int = 7) -> list[float]:
     """Median ms of each callable, timed in alternation so that all see the same machine load.
 
-    Each timed run follows an untimed one of the same engine: ONNX Runtime's threads keep spinning for
-    a while after a run and would share the cores with the next engine's (see quantization.speed_check).
+    Each timed run follows a 50 ms pause and an untimed run of the same engine: ONNX Runtime's threads
+    keep spinning for a while after a run and would share the cores with the next engine's (see
+    quantization.speed_check). Without the pause the demo's V2 at 96 px timed the engine at 20 ms a
+    batch of 32, with it at 13 ms (`make demo`, then `mobilenets quantize runs/demo/... --method ptq`).
     """
     times: list[list[float]] = [[] for _ in runs]
     for repeat in range(repeats + 1):  # the first round warms up
         for run, found in zip(runs, times, strict=True):
+            time.sleep(0.05)  # the previous engine's idle threads stop spinning (ORT's spin for a while)
             run()
             start = time.perf_counter()
             run()
