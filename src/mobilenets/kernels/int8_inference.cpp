@@ -328,7 +328,9 @@ __attribute__((noinline)) void depthwise_int8(const DepthwiseArgs& a, std::vecto
   constexpr int G = (K + 3) / 4;  // dwords per kernel row
   const int64_t C = a.in.channels, H = a.in.height, W = a.in.width, pad = a.padding;
   const int64_t Ho = a.out.height, Wo = a.out.width;
-  const int64_t Hp = H + 2 * pad, Wq = W + 2 * pad + 4 * S, plane = Hp * Wq * 64;
+  // Only the K input rows the current output row reads are kept, in a ring (row y in slot y mod K):
+  // a whole rewritten plane of a 56×56 layer would not fit in L2.
+  const int64_t Wq = W + 2 * pad + 4 * S, plane = K * Wq * 64;
   const int64_t row_bytes = (Wq + 4) * 16;
   if (int64_t(storage.size()) < plane + row_bytes) storage.resize(plane + row_bytes);
   uint8_t* RESTRICT quads = storage.data();
@@ -343,12 +345,12 @@ __attribute__((noinline)) void depthwise_int8(const DepthwiseArgs& a, std::vecto
   for (int64_t c0 = 0; c0 < C; c0 += 16) {
     const __mmask16 mask = lane_mask(C - c0);
     const __m128i zeros = _mm_set1_epi8(static_cast<char>(zero_point));
-    for (int64_t y = 0; y < Hp; ++y) {
+    auto rewrite_row = [&](int64_t y) {  // padded row y (image row y - pad) into its ring slot
       const int64_t iy = y - pad;
-      uint8_t* RESTRICT target = quads + y * Wq * 64;
+      uint8_t* RESTRICT target = quads + (y % K) * Wq * 64;
       if (iy < 0 || iy >= H) {
         std::memset(target, zero_point, Wq * 64);
-        continue;
+        return;
       }
       std::memset(row, zero_point, row_bytes);
       const uint8_t* RESTRICT source = a.in.data + iy * W * C + c0;
@@ -356,20 +358,23 @@ __attribute__((noinline)) void depthwise_int8(const DepthwiseArgs& a, std::vecto
         _mm_storeu_si128(reinterpret_cast<__m128i*>(row + (x + pad) * 16), _mm_mask_loadu_epi8(zeros, mask, source + x * C));
       for (int64_t x = 0; x < Wq; ++x)
         _mm512_storeu_si512(target + x * 64, _mm512_permutexvar_epi8(interleave, _mm512_loadu_si512(row + x * 16)));
-    }
+    };
+    int64_t rewritten = 0;  // padded rows [0, rewritten) have been through the ring
     __m512i w[K * G];
     for (int t = 0; t < K * G; ++t) w[t] = _mm512_loadu_si512(static_cast<const int8_t*>(a.int8_weights) + (c0 / 16 * K * G + t) * 64);
     const __m512i correction = _mm512_loadu_si512(a.int_correction + c0);
     const __m512 mul = _mm512_loadu_ps(a.multiplier + c0), bias = _mm512_loadu_ps(a.bias + c0);
     __m512i sums = _mm512_setzero_si512();
     for (int64_t oy = 0; oy < Ho; ++oy) {
-      const uint8_t* RESTRICT top = quads + oy * S * Wq * 64;
+      while (rewritten < oy * S + K) rewrite_row(rewritten++);
+      const uint8_t* rows[K];
+      for (int ky = 0; ky < K; ++ky) rows[ky] = quads + ((oy * S + ky) % K) * Wq * 64;
       uint8_t* RESTRICT out_row = a.out.data + oy * Wo * C + c0;
       for (int64_t ox = 0; ox < Wo; ox += 4) {
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
 #pragma GCC unroll 7
         for (int ky = 0; ky < K; ++ky) {
-          const uint8_t* RESTRICT at = top + (ky * Wq + ox * S) * 64;
+          const uint8_t* RESTRICT at = rows[ky] + ox * S * 64;
 #pragma GCC unroll 2
           for (int g = 0; g < G; ++g)
 #pragma GCC unroll 4
