@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import statistics
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenets.errors import MobilenetsError
+from mobilenets.kernels import ACTIVATION_CODES  # the codes both C++ files read
 from mobilenets.layers import ConvBNAct, DepthwiseSeparable, InvertedResidual, SqueezeExcitation
 
 STEM, POINTWISE, DEPTHWISE, SQUEEZE_EXCITE = 0, 1, 2, 3
-ACTIVATION_CODES: dict[type[nn.Module], int] = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2, nn.Hardswish: 3}
 TENSORS_PER_OP = 6  # kernels/int8_inference.cpp: kTensorsPerOp
 
 
@@ -105,11 +103,6 @@ def _conv_op(kind: int, block: ConvBNAct, **extra) -> Op:
         output_point=block,
         **extra,
     )
-
-
-def _is_depthwise(block: ConvBNAct) -> bool:
-    conv = block.conv
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
 def plan(model: nn.Module) -> list[Op]:
@@ -560,26 +553,6 @@ def load_for_run(model: nn.Module, run_dir: Path | str) -> Int8Engine:
     return Int8Engine(model, ranges=ranges)
 
 
-def interleaved_medians(runs: Sequence[Callable[[], object]], repeats: int = 7) -> list[float]:
-    """Median ms of each callable, timed in alternation so that all see the same machine load.
-
-    Each timed run follows a 50 ms pause and an untimed run of the same engine: ONNX Runtime's threads
-    keep spinning for a while after a run and would share the cores with the next engine's (see
-    quantization.speed_check). Without the pause the demo's V2 at 96 px timed the engine at 20 ms a
-    batch of 32, with it at 13 ms (`make demo`, then `mobilenets quantize runs/demo/... --method ptq`).
-    """
-    times: list[list[float]] = [[] for _ in runs]
-    for repeat in range(repeats + 1):  # the first round warms up
-        for run, found in zip(runs, times, strict=True):
-            time.sleep(0.05)  # the previous engine's idle threads stop spinning (ORT's spin for a while)
-            run()
-            start = time.perf_counter()
-            run()
-            if repeat:
-                found.append(1000.0 * (time.perf_counter() - start))
-    return [statistics.median(found) for found in times]
-
-
 def check_engine(
     model: nn.Module,
     calibration: np.ndarray,
@@ -593,7 +566,7 @@ def check_engine(
     """Calibrate the int8 engine, compare it with fp32 ONNX Runtime (accuracy, agreement, speed), report.
 
     A loss of more than ``threshold`` top-1 points is said plainly, with what to use instead."""
-    from mobilenets.quantization import SpeedCheck, onnx_logits
+    from mobilenets.quantization import SpeedCheck, interleaved_medians, onnx_logits
     from mobilenets.runtime import create_session
 
     engine = Int8Engine(model, batches_of(calibration))

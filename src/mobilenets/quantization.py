@@ -23,6 +23,7 @@ import copy
 import json
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -644,29 +645,37 @@ class SpeedCheck:
         return {**asdict(self), "speedup": round(self.speedup, 3)}
 
 
+def interleaved_medians(runs: Sequence[Callable[[], object]], repeats: int = 7) -> list[float]:
+    """Median ms of each callable, timed in alternation so that all see the same machine load.
+
+    Each timed run follows a 50 ms pause and an untimed run of the same engine: ONNX Runtime's threads
+    keep spinning for a while after a run and would share the cores with the next engine's
+    (benchmarks/ort_session_interference.py: V3-Small fp32 at batch 32 took 55 ms right after another
+    session, 29 ms after itself). Without the pause the demo's V2 at 96 px timed the engine at 20 ms a
+    batch of 32, with it at 13 ms (`make demo`, then `mobilenets quantize runs/demo/... --method ptq`).
+    """
+    times: list[list[float]] = [[] for _ in runs]
+    for repeat in range(repeats + 1):  # the first round warms up
+        for run, found in zip(runs, times, strict=True):
+            time.sleep(0.05)  # the previous engine's idle threads stop spinning (ORT's spin for a while)
+            run()
+            start = time.perf_counter()
+            run()
+            if repeat:
+                found.append(1000.0 * (time.perf_counter() - start))
+    return [statistics.median(found) for found in times]
+
+
 def speed_check(
     fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarray, batches: Sequence[int] = (1, 32), repeats: int = 7
 ) -> list[SpeedCheck]:
-    """Median latency of both models per batch size, runs alternating so both see the same machine load.
-
-    Each timed run follows an untimed one of the same session: ONNX Runtime's threads keep spinning for
-    a while after a run, and a session timed right after the other one shares the cores with them
-    (benchmarks/ort_session_interference.py: V3-Small fp32 at batch 32 took 55 ms right after another
-    session, 29 ms after itself).
-    """
+    """Median latency of both models per batch size, runs alternating so both see the same machine load."""
     sessions = [create_session(fp32_onnx), create_session(int8_onnx)]
     checks = []
     for batch_size in batches:
         feed = {INPUT_NAME: np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])))}
-        times: list[list[float]] = [[], []]
-        for repeat in range(repeats + 1):  # the first round warms up
-            for session, found in zip(sessions, times, strict=True):
-                session.run(None, feed)
-                start = time.perf_counter()
-                session.run(None, feed)
-                if repeat:
-                    found.append(1000.0 * (time.perf_counter() - start))
-        checks.append(SpeedCheck(batch_size, float(np.median(times[0])), float(np.median(times[1]))))
+        fp32_ms, int8_ms = interleaved_medians([lambda s=s, f=feed: s.run(None, f) for s in sessions], repeats)
+        checks.append(SpeedCheck(batch_size, fp32_ms, int8_ms))
     return checks
 
 
