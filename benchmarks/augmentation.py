@@ -1,6 +1,6 @@
 """What batch augmentation costs per training step, and what its two rewrites save.
 
-The training loop augments whole uint8 batches (mobilenets.augment.BatchAugment). This times, on one
+The training loop augments whole uint8 batches (mobilenets.data.augment.BatchAugment). This times, on one
 32-image 224-px batch and in interleaved rounds:
 
   sampling grid    PyTorch's F.affine_grid (a batched matmul over every pixel; the baseline)
@@ -26,8 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Candidate, load_average, machine_info, measure, paired_ratio, print_machine, set_threads, table
 
-from mobilenets.acceleration import to_model_layout
-from mobilenets.augment import (
+from mobilenets.data.augment import (
     AUGMENT_LEVELS,
     BatchAugment,
     adjust_brightness,
@@ -40,6 +39,7 @@ from mobilenets.augment import (
     normalize_batch,
     random_resized_crop_affine,
 )
+from mobilenets.kernels.acceleration import to_model_layout
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

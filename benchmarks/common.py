@@ -105,7 +105,7 @@ def paired_ratio(baseline: Candidate, candidate: Candidate) -> float:
 
 def set_threads(threads: int | None) -> int:
     """The product's thread choice (``configure_threads``), or a fixed count for a reproducible table."""
-    from mobilenets.acceleration import configure_threads
+    from mobilenets.kernels.acceleration import configure_threads
 
     return configure_threads(threads)
 
@@ -138,7 +138,7 @@ def machine_info() -> dict[str, str]:
         pass
     import onnxruntime
 
-    from mobilenets.acceleration import cpu_supports_bf16
+    from mobilenets.kernels.acceleration import cpu_supports_bf16
 
     try:
         commit = subprocess.run(
@@ -214,7 +214,7 @@ def build_peer(library: str, model_name: str, num_classes: int) -> torch.nn.Modu
 
 
 def macs_per_image(model_name: str, resolution: int, num_classes: int) -> int:
-    from mobilenets.models import create_model
-    from mobilenets.profiling import profile_model
+    from mobilenets.models.factory import create_model
+    from mobilenets.models.profiling import profile_model
 
     return profile_model(create_model(model_name, num_classes=num_classes), resolution).macs

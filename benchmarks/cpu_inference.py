@@ -7,7 +7,7 @@ Latency at batch 1 and throughput at batch 32, fp32 unless named, in one run wit
 Candidates:
   <peer> channels_last eager   the baseline: the peer library's model, eval, no_grad, channels_last
   ours eager NCHW              our model as a user would first run it (model.eval(), no_grad)
-  ours default                 the product's default engine (``mobilenets.inference.load_engine``, as
+  ours default                 the product's default engine (``mobilenets.deployment.engines.load_engine``, as
                                ``predict``/``evaluate`` use it) once an exported copy exists: ONNX Runtime
                                (its one-time export is reported, not in the medians)
   ours torch engine            ``--engine torch``: ``prepare_for_inference(model)``, Conv+BN fused,
@@ -50,8 +50,8 @@ from common import (
     table,
 )
 
-from mobilenets.acceleration import prepare_for_inference
-from mobilenets.models import create_model
+from mobilenets.kernels.acceleration import prepare_for_inference
+from mobilenets.models.factory import create_model
 
 NUM_CLASSES = 1000
 
@@ -70,8 +70,8 @@ def calibration_images(resolution: int) -> np.ndarray:
 
 def onnx_paths(model: torch.nn.Module, folder: Path, resolution: int) -> tuple[Path, Path]:
     """fp32 and int8 ONNX files of ``model`` made by the deploy path (src/mobilenets/export.py, quantization.py)."""
-    from mobilenets.export import export_onnx
-    from mobilenets.quantization import quantize_ptq
+    from mobilenets.deployment.onnx import export_onnx
+    from mobilenets.deployment.quantization import quantize_ptq
 
     fp32 = export_onnx(model, folder / "model.onnx")
     int8 = quantize_ptq(fp32, folder / "model.int8.onnx", calibration_images(resolution), calibration_method="minmax")
@@ -79,7 +79,7 @@ def onnx_paths(model: torch.nn.Module, folder: Path, resolution: int) -> tuple[P
 
 
 def int8_engine_runner(model: torch.nn.Module, images: torch.Tensor, resolution: int):
-    from mobilenets.int8_engine import Int8Engine, batches_of
+    from mobilenets.deployment.int8_engine import Int8Engine, batches_of
 
     engine = Int8Engine(model, batches_of(calibration_images(resolution)))
 
@@ -90,7 +90,7 @@ def int8_engine_runner(model: torch.nn.Module, images: torch.Tensor, resolution:
 
 
 def ort_runner(path: Path, images: torch.Tensor):
-    from mobilenets.runtime import create_session
+    from mobilenets.deployment.onnx_runtime import create_session
 
     session = create_session(path, threads=torch.get_num_threads())
     name = session.get_inputs()[0].name
@@ -103,7 +103,7 @@ def ort_runner(path: Path, images: torch.Tensor):
 
 
 def engine_runner(model: torch.nn.Module, images: torch.Tensor):
-    from mobilenets.inference import load_engine
+    from mobilenets.deployment.engines import load_engine
 
     start = time.perf_counter()
     engine = load_engine(model, "auto", planned_images=10**6)  # a long job: the export is paid once

@@ -20,8 +20,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Candidate, load_average, measure, paired_ratio, table
 
-from mobilenets.acceleration import prepare_for_training, to_model_layout
-from mobilenets.models import create_model
+from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+from mobilenets.models.factory import create_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,8 +42,8 @@ from common import (
     table,
 )
 
-from mobilenets.acceleration import prepare_for_training, to_model_layout
-from mobilenets.models import create_model
+from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+from mobilenets.models.factory import create_model
 
 NUM_CLASSES = 1000
 

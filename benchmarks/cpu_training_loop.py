@@ -46,10 +46,10 @@ from common import (
     table,
 )
 
-from mobilenets.data import DecodedImages
-from mobilenets.models import create_model
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.training import TrainConfig, Trainer
+from mobilenets.data.folders import DecodedImages
+from mobilenets.models.factory import create_model
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.training.loop import TrainConfig, Trainer
 
 NUM_CLASSES = 10
 

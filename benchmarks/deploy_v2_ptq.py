@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from mobilenets.export import INPUT_NAME, export_onnx
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.quantization import float_nodes_for, onnx_logits, quantize_ptq
-from mobilenets.runtime import create_session, softmax
-from mobilenets.weights import load_model
+from mobilenets.deployment.onnx import INPUT_NAME, export_onnx
+from mobilenets.deployment.onnx_runtime import create_session, onnx_logits, softmax
+from mobilenets.deployment.quantization import float_nodes_for, quantize_ptq
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import load_model
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "retina", "hubble_deep_field")
 
@@ -105,7 +105,7 @@ def main() -> None:
         if recipe == "naive":  # per-tensor weights: what REFERENCE §5.1 warns about
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-            from mobilenets.quantization import ArrayReader, prepare_for_quantization
+            from mobilenets.deployment.quantization import ArrayReader, prepare_for_quantization
 
             prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
             quantize_static(
@@ -115,7 +115,7 @@ def main() -> None:
         elif recipe == "minmax_rr":
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-            from mobilenets.quantization import ArrayReader, prepare_for_quantization
+            from mobilenets.deployment.quantization import ArrayReader, prepare_for_quantization
 
             prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
             quantize_static(
@@ -123,7 +123,7 @@ def main() -> None:
                 per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )  # fmt: skip
         elif recipe.startswith("distill"):  # label-free QAT: fake-quant fine-tune towards fp32's predictions
-            from mobilenets.quantization import ImageSet, qat_finetune
+            from mobilenets.deployment.quantization import ImageSet, qat_finetune
 
             epochs = int(recipe[7:] or 2)
             tuned = qat_finetune(model, ImageSet(calibration, None, "calibration"), epochs=epochs, learning_rate=1e-4)

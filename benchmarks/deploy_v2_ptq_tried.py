@@ -32,24 +32,23 @@ from onnxruntime.quantization.calibrate import create_calibrator
 from PIL import Image
 from torch import nn
 
-from mobilenets.export import export_onnx
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.quantization import (
+from mobilenets.deployment.onnx import export_onnx
+from mobilenets.deployment.onnx_runtime import onnx_logits, softmax
+from mobilenets.deployment.quantization import (
     ArrayReader,
     FakeQuantizeWeight,
     constant_scale_nodes,
     float_logits,
     float_nodes_for,
-    fold_batchnorm,
     fold_constant_scales,
     layer_input_hessians,
-    onnx_logits,
     prepare_for_quantization,
     quantize_ptq,
     write_gptq_weights,
 )
-from mobilenets.runtime import softmax
-from mobilenets.weights import load_model
+from mobilenets.models.fusion import fold_batchnorm
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import load_model
 
 
 def other_photos() -> list[Image.Image]:
@@ -61,7 +60,7 @@ def other_photos() -> list[Image.Image]:
     found += [Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("grass", "gravel", "clock", "cell")]
     found.append(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
     found.append(Image.fromarray(data.stereo_motorcycle()[1]).convert("RGB"))
-    frost = Path(__file__).resolve().parents[1] / "src" / "mobilenets" / "data" / "frost"
+    frost = Path(__file__).resolve().parents[1] / "src" / "mobilenets" / "robustness" / "frost"
     return found + [Image.open(p).convert("RGB") for p in sorted(frost.glob("*.jpg"))]
 
 

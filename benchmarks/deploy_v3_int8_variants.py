@@ -27,9 +27,8 @@ import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from mobilenets import create_model
-from mobilenets.export import export_onnx
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.quantization import (
+from mobilenets.deployment.onnx import export_onnx
+from mobilenets.deployment.quantization import (
     ArrayReader,
     constant_scale_nodes,
     float_logits,
@@ -37,6 +36,7 @@ from mobilenets.quantization import (
     prepare_for_quantization,
     quantize_ptq,
 )
+from mobilenets.models.preprocessing import Preprocessing
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="v3-int8-"))
     if args.run:
-        from mobilenets.weights import load_model
+        from mobilenets.models.weights import load_model
 
         model = load_model(args.run)
         size = model.weights_metadata["preprocessing"]["input_size"]

@@ -28,8 +28,8 @@ import onnxruntime as ort
 import torch
 
 from mobilenets import create_model
-from mobilenets.export import export_onnx
-from mobilenets.quantization import quantize_ptq
+from mobilenets.deployment.onnx import export_onnx
+from mobilenets.deployment.quantization import quantize_ptq
 
 
 def session(path: Path, threads: int, optimized: Path | None = None, profile: bool = False) -> ort.InferenceSession:
@@ -96,7 +96,7 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
     work = Path(tempfile.mkdtemp(prefix="v3-profile-"))
     if args.run:
-        from mobilenets.weights import load_model
+        from mobilenets.models.weights import load_model
 
         model = load_model(args.run)
         resolution = model.weights_metadata["preprocessing"]["input_size"]

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, machine_info, print_machine, table
 
-from mobilenets.int8_engine import DEPTHWISE, POINTWISE, SQUEEZE_EXCITE, STEM, Int8Engine
-from mobilenets.models import create_model
+from mobilenets.deployment.int8_engine import DEPTHWISE, POINTWISE, SQUEEZE_EXCITE, STEM, Int8Engine
+from mobilenets.models.factory import create_model
 
 KINDS = {STEM: "stem", POINTWISE: "1×1", DEPTHWISE: "depthwise", SQUEEZE_EXCITE: "squeeze-excite"}
 

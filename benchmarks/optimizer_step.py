@@ -23,8 +23,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Candidate, load_average, machine_info, measure, paired_ratio, print_machine, set_threads, table
 
-from mobilenets.models import create_model
-from mobilenets.training import ExponentialMovingAverage
+from mobilenets.models.factory import create_model
+from mobilenets.training.loop import ExponentialMovingAverage
 
 
 def main(argv: list[str] | None = None) -> int:

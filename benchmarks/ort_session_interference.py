@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from mobilenets.inference import load_engine
-from mobilenets.models import create_model
-from mobilenets.runtime import create_session
+from mobilenets.deployment.engines import load_engine
+from mobilenets.deployment.onnx_runtime import create_session
+from mobilenets.models.factory import create_model
 
 
 def main() -> int:

@@ -51,9 +51,9 @@ def run_one(candidate: str, model_name: str, batch: int, resolution: int, steps:
     import torch
     from common import baseline_library, build_peer
 
-    from mobilenets.acceleration import prepare_for_training, to_model_layout
-    from mobilenets.inference import load_engine
-    from mobilenets.models import create_model
+    from mobilenets.deployment.engines import load_engine
+    from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+    from mobilenets.models.factory import create_model
 
     torch.set_num_threads(2)
     torch.manual_seed(0)  # the same weights in every process, so the "export" process's file is found

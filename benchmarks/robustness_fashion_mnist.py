@@ -104,7 +104,7 @@ def ensure_folders(binary: str, root: Path, train_per_class: int, test_per_class
 def latency_minimal_vs_full(resolutions=(32, 224), repeats: int = 20) -> list[dict]:
     import torch
 
-    from mobilenets.models import create_model
+    from mobilenets.models.factory import create_model
 
     rows = []
     for resolution in resolutions:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilenets import create_model
-from mobilenets.acceleration import prepare_for_training, to_model_layout
+from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
 
 SETTINGS = ((32, 128), (64, 64), (224, 32))  # (resolution, batch): Fashion-MNIST scales and ImageNet's
 

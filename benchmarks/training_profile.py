@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from mobilenets.acceleration import prepare_for_training
-from mobilenets.models import create_model
+from mobilenets.kernels.acceleration import prepare_for_training
+from mobilenets.models.factory import create_model
 
 # (channels, input side, kernel, stride) of V3-Small's depthwise convolutions at 224 px
 V3_SMALL_DEPTHWISE = ((16, 112, 3, 2), (72, 56, 3, 2), (88, 28, 3, 1), (96, 28, 5, 2), (240, 14, 5, 1), (576, 7, 5, 1))

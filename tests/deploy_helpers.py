@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mobilenets.models import create_model
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.weights import save_weights
+from mobilenets.models.factory import create_model
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import save_weights
 
 WORK = Path(tempfile.mkdtemp(prefix="mobilenets-deploy-tests-"))
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "retina", "hubble_deep_field")
@@ -75,7 +75,7 @@ def tiny_run_dir(folder: Path, data: Path, model: str = "mobilenet_v3_small", wi
 @cache
 def exported_v2(weights: str) -> Path:
     """torchvision's ImageNet MobileNetV2 exported to ONNX once per session."""
-    from mobilenets.export import export_onnx
-    from mobilenets.weights import load_model
+    from mobilenets.deployment.onnx import export_onnx
+    from mobilenets.models.weights import load_model
 
     return export_onnx(load_model(weights), WORK / "mobilenet_v2.onnx")

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from mobilenets import create_model
-from mobilenets.data import DecodedImages, scan_folder
-from mobilenets.disk_cache import decode_to_disk
-from mobilenets.distributed import init_distributed, shutdown
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.training import TrainConfig, Trainer
+from mobilenets.core.distributed import init_distributed, shutdown
+from mobilenets.data.disk_cache import decode_to_disk
+from mobilenets.data.folders import DecodedImages, scan_folder
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.training.loop import TrainConfig, Trainer
 
 
 def main(out: Path) -> None:

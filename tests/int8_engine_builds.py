@@ -28,8 +28,8 @@ cpp_extension.load(
 )
 kernels._loaded = True  # the engine needs only this library's ops
 
-from mobilenets import int8_engine  # noqa: E402
-from mobilenets.models import create_model  # noqa: E402
+from mobilenets.deployment import int8_engine  # noqa: E402
+from mobilenets.models.factory import create_model  # noqa: E402
 
 failed = False
 for name, options, size in [

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mobilenets import acceleration
-from mobilenets.acceleration import (
+from mobilenets.kernels import acceleration
+from mobilenets.kernels.acceleration import (
     COMPILE_TRAINING_MIN_STEPS,
     fuse_conv_bn,
     prepare_for_inference,
@@ -18,7 +18,7 @@ from mobilenets.acceleration import (
     to_model_layout,
     training_precision,
 )
-from mobilenets.models import create_model
+from mobilenets.models.factory import create_model
 
 TINY_FAMILY = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"]
 

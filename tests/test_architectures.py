@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mobilenets import create_model, list_models
-from mobilenets.architectures import MOBILENET_V1_ROWS, MOBILENET_V2_ROWS, MOBILENET_V3_SMALL_ROWS
-from mobilenets.profiling import count_parameters, profile_model
+from mobilenets.models.architectures import MOBILENET_V1_ROWS, MOBILENET_V2_ROWS, MOBILENET_V3_SMALL_ROWS
+from mobilenets.models.profiling import count_parameters, profile_model
 
 EXACT_PARAMS = [
     ("mobilenet_v1", 1.0, {}, 4_231_976),

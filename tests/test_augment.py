@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from mobilenets import augment as augment_module
-from mobilenets.augment import (
+from mobilenets.data import augment as augment_module
+from mobilenets.data.augment import (
     AUGMENT_LEVELS,
     AUGMIX_ALL_OPS,
     AUGMIX_GEOMETRIC_OPS,

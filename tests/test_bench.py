@@ -8,8 +8,8 @@ import pytest
 from deploy_helpers import WORK, tiny_run_dir, write_class_folder
 
 from mobilenets import kernels
-from mobilenets.cli import main
-from mobilenets.commands.bench import Timing, measure, parse_batches
+from mobilenets.cli.commands.bench import Timing, measure, parse_batches
+from mobilenets.cli.main import main
 
 
 def test_measure_counts_repeats_and_reports_spread():

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from mobilenets.cli import main
+from mobilenets.cli.main import main
 
 
 def test_profile_json_has_exact_counts(capsys):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenets.corruptions import (
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.robustness.corruptions import (
     ALL_CORRUPTIONS,
     CORRUPTIONS,
     HELD_OUT_CORRUPTIONS,
@@ -19,7 +20,6 @@ from mobilenets.corruptions import (
     severity_parameters,
     table_for,
 )
-from mobilenets.errors import MobilenetsError
 
 SMALL, LARGE = 32, 96  # CIFAR-10-C table, ImageNet-C table
 

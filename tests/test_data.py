@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets.augment import normalize_batch
-from mobilenets.data import (
+from mobilenets.data.augment import normalize_batch
+from mobilenets.data.folders import (
     DatasetError,
     EpochBatches,
     Sample,
@@ -23,7 +23,8 @@ from mobilenets.data import (
     split_samples,
     write_class_folders,
 )
-from mobilenets.preprocessing import Preprocessing, load_image
+from mobilenets.data.images import load_image
+from mobilenets.models.preprocessing import Preprocessing
 
 
 def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:

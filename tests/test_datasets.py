@@ -8,8 +8,8 @@ import struct
 import numpy as np
 from PIL import Image
 
-from mobilenets import data
-from mobilenets.cli import main
+from mobilenets.cli.main import main
+from mobilenets.data import folders as data
 
 
 def write_idx(path, array: np.ndarray) -> None:

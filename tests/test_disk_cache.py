@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobilenets.data import decode_samples, scan_folder
-from mobilenets.disk_cache import choose_cache, decode_to_disk
+from mobilenets.data.disk_cache import choose_cache, decode_to_disk
+from mobilenets.data.folders import decode_samples, scan_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

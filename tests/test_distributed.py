@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobilenets.distributed import init_distributed, sampler_indices
-from mobilenets.errors import MobilenetsError
+from mobilenets.core.distributed import init_distributed, sampler_indices
+from mobilenets.core.errors import MobilenetsError
 
 
 def test_single_process_is_a_world_of_one(monkeypatch):

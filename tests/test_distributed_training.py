@@ -63,7 +63,7 @@ def test_ranks_see_disjoint_data_and_hold_identical_parameters(tmp_path):
     assert ranks[0]["parameters_sum"] == ranks[1]["parameters_sum"]  # DDP keeps replicas identical
     assert ranks[0]["parameters_head"] == ranks[1]["parameters_head"]
     # Both ranks decoded half of the shipped dataset into one shared on-disk cache; it equals one process's.
-    from mobilenets.data import decode_samples, scan_folder
+    from mobilenets.data.folders import decode_samples, scan_folder
 
     single = decode_samples(scan_folder(DATASET).samples, 32)
     assert {r["decoded_count"] for r in ranks} == {len(single)}

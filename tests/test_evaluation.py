@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mobilenets.evaluation import EvaluationResult, confusion_matrix, evaluate
-from mobilenets.report import write_report
+from mobilenets.reporting.run_report import write_report
+from mobilenets.training.evaluation import EvaluationResult, confusion_matrix, evaluate
 
 
 class BrightestChannel(nn.Module):

@@ -14,12 +14,12 @@ import pytest
 import torch
 from deploy_helpers import WORK, exported_v2, photos, tiny_run_dir, write_class_folder
 
-from mobilenets.cli import main
-from mobilenets.export import OPSET, check_export, read_metadata
-from mobilenets.predict import predict_images
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.runtime import OnnxClassifier
-from mobilenets.weights import load_model
+from mobilenets.cli.main import main
+from mobilenets.deployment.onnx import OPSET, check_export, read_metadata
+from mobilenets.deployment.onnx_runtime import OnnxClassifier
+from mobilenets.deployment.predict import predict_images
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_onnx_runtime_matches_pytorch_at_several_batch_sizes(tiny_run, tiny_onnx
 
 
 def test_runtime_preprocessing_matches_pytorch_preprocessing():
-    from mobilenets.runtime import ImagePreprocessing
+    from mobilenets.deployment.onnx_runtime import ImagePreprocessing
 
     for name, image in photos()[:3]:
         for interpolation in ("bilinear", "bicubic"):

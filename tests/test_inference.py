@@ -9,12 +9,12 @@ import pytest
 import torch
 from deploy_helpers import WORK, tiny_run_dir, write_class_folder
 
-from mobilenets import inference
-from mobilenets.cli import main
-from mobilenets.errors import MobilenetsError
-from mobilenets.export import read_metadata
-from mobilenets.inference import load_engine
-from mobilenets.weights import load_model, weights_fingerprint
+from mobilenets.cli.main import main
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.deployment import engines as inference
+from mobilenets.deployment.engines import load_engine
+from mobilenets.deployment.onnx import read_metadata
+from mobilenets.models.weights import load_model, weights_fingerprint
 
 
 @pytest.fixture(scope="module", autouse=True)

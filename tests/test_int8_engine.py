@@ -9,8 +9,8 @@ import torch
 from deploy_helpers import random_crops
 
 from mobilenets import kernels
-from mobilenets.errors import MobilenetsError
-from mobilenets.int8_engine import (
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.deployment.int8_engine import (
     CALIBRATION_FILE,
     SQUEEZE_EXCITE,
     Int8Engine,
@@ -21,10 +21,10 @@ from mobilenets.int8_engine import (
     reference_head,
     save_calibration,
 )
-from mobilenets.models import create_model
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.quantization import fold_batchnorm, onnx_logits
-from mobilenets.runtime import softmax
+from mobilenets.deployment.onnx_runtime import onnx_logits, softmax
+from mobilenets.models.factory import create_model
+from mobilenets.models.fusion import fold_batchnorm
+from mobilenets.models.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="the compiled CPU kernels are unavailable")
 
@@ -108,7 +108,7 @@ def test_results_do_not_depend_on_the_thread_count():
 def test_real_v2_int8_engine_agrees_with_fp32_on_real_photo_crops(real_v2_weights):
     from deploy_helpers import exported_v2
 
-    from mobilenets.weights import load_model
+    from mobilenets.models.weights import load_model
 
     preprocessing = Preprocessing(224, 224)
     model = load_model("mobilenet_v2.tv_in1k")
@@ -154,8 +154,8 @@ def test_evaluate_and_predict_run_a_quantized_run_on_the_int8_engine(capsys):
 
     from deploy_helpers import WORK, tiny_run_dir, write_class_folder
 
-    from mobilenets.cli import main
-    from mobilenets.quantization import quantize_run
+    from mobilenets.cli.main import main
+    from mobilenets.deployment.quantization import quantize_run
 
     data = write_class_folder(WORK / "int8-engine-data", classes=3, per_class=6)
     run = tiny_run_dir(WORK / "int8-engine-run", data)
@@ -185,8 +185,8 @@ def test_other_instruction_sets_compute_the_same(march, tmp_path):
 
 
 def test_a_loss_beyond_the_threshold_is_said_with_what_to_use_instead(tmp_path):
-    from mobilenets.export import export_onnx
-    from mobilenets.int8_engine import check_engine
+    from mobilenets.deployment.int8_engine import check_engine
+    from mobilenets.deployment.onnx import export_onnx
 
     model = settled("mobilenet_v3_small", 224, width=0.5)  # the export's input size
     fp32 = export_onnx(model, tmp_path / "model.onnx")

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from mobilenets import kernels
-from mobilenets.acceleration import prepare_for_training, to_model_layout
-from mobilenets.layers import ConvBNAct, SqueezeExcitation
-from mobilenets.models import create_model
+from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+from mobilenets.models.factory import create_model
+from mobilenets.models.layers import ConvBNAct, SqueezeExcitation
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="fused kernels need a C++ compiler")
 

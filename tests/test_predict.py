@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mobilenets import create_model
-from mobilenets.cli import main
-from mobilenets.predict import predict_images
-from mobilenets.preprocessing import load_image
+from mobilenets.cli.main import main
+from mobilenets.data.images import load_image
+from mobilenets.deployment.predict import predict_images
 
 
 def torchvision_top5(torchvision_models, weights_path, image_path):

@@ -14,25 +14,24 @@ import torch
 from deploy_helpers import WORK, exported_v2, random_crops, tiny_run_dir, write_class_folder
 from onnx import numpy_helper
 
-from mobilenets.cli import main
-from mobilenets.export import export_onnx, read_metadata
-from mobilenets.models import create_model
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.quantization import (
+from mobilenets.cli.main import main
+from mobilenets.deployment.onnx import export_onnx, read_metadata
+from mobilenets.deployment.onnx_runtime import onnx_logits, softmax
+from mobilenets.deployment.quantization import (
     ArrayReader,
     Comparison,
     FakeQuantizeWeight,
     ImageSet,
     LayerError,
-    fold_batchnorm,
     int8_friendly_form,
     layer_errors,
-    onnx_logits,
     quantize_ptq,
     quantize_run,
     warn_drop,
 )
-from mobilenets.runtime import softmax
+from mobilenets.models.factory import create_model
+from mobilenets.models.fusion import fold_batchnorm
+from mobilenets.models.preprocessing import Preprocessing
 
 
 def to_array(images, preprocessing: Preprocessing) -> np.ndarray:
@@ -241,7 +240,7 @@ def test_label_free_qat_returns_a_plain_folded_float_model():
     """Without labels QAT distils fp32's predictions; the result has no BN, no fake-quant left, same function shape."""
     from torch.nn.utils import parametrize
 
-    from mobilenets.quantization import qat_finetune
+    from mobilenets.deployment.quantization import qat_finetune
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v1", num_classes=4, width=0.25).eval()
@@ -257,7 +256,7 @@ def test_label_free_qat_returns_a_plain_folded_float_model():
 
 
 def test_mixed_method_tries_percentile_then_float_layers_and_keeps_the_best(tmp_path):
-    from mobilenets.quantization import quantize_model
+    from mobilenets.deployment.quantization import quantize_model
 
     model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
     model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
@@ -317,7 +316,7 @@ def test_v3_int8_form_is_the_same_function_and_runs_entirely_in_int8(tmp_path):
 
 
 def test_speed_verdict_says_plainly_when_int8_is_slower_and_what_to_do():
-    from mobilenets.quantization import SpeedCheck, speed_verdict
+    from mobilenets.deployment.timing import SpeedCheck, speed_verdict
 
     faster = [SpeedCheck(1, 2.0, 1.0), SpeedCheck(32, 40.0, 20.0)]
     assert speed_verdict(faster, "mobilenet_v2") == (
@@ -333,7 +332,7 @@ def test_speed_verdict_says_plainly_when_int8_is_slower_and_what_to_do():
 
 
 def test_gptq_rounding_lowers_the_layer_output_error():
-    from mobilenets.quantization import gptq_round
+    from mobilenets.deployment.quantization import gptq_round
 
     generator = torch.Generator().manual_seed(0)
     mixing = torch.randn(32, 32, generator=generator)
@@ -373,7 +372,7 @@ def test_gptq_weights_keep_ort_scales_and_size(tmp_path):
 
 
 def test_calibration_is_fed_in_slices_that_cover_every_batch_once():
-    from mobilenets.quantization import calibration_stride
+    from mobilenets.deployment.quantization import calibration_stride
 
     assert [calibration_stride(n) for n in (1, 2, 3, 4, 6, 7, 16)] == [1, 2, 3, 4, 3, 1, 4]
     images = np.arange(10 * 3 * 2 * 2, dtype=np.float32).reshape(10, 3, 2, 2)

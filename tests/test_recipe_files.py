@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mobilenets.cli import build_parser
-from mobilenets.commands.train import apply_recipe_file
-from mobilenets.errors import MobilenetsError
+from mobilenets.cli.commands.train import apply_recipe_file
+from mobilenets.cli.main import build_parser
+from mobilenets.core.errors import MobilenetsError
 
 
 def parse(*argv: str):

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mobilenets.cli import main
-from mobilenets.layers import SqueezeExcitation
-from mobilenets.models import create_model
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.robustness import (
+from mobilenets.cli.main import main
+from mobilenets.models.factory import create_model
+from mobilenets.models.layers import SqueezeExcitation
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import save_weights
+from mobilenets.robustness.evaluate import (
     adapt_batchnorm,
     adaptation_indices,
     apply_gamma,
@@ -29,7 +30,6 @@ from mobilenets.robustness import (
     with_relu_for_hardswish,
     without_squeeze_excitation,
 )
-from mobilenets.weights import save_weights
 
 CLASSES = ["red", "green", "blue"]
 

@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from mobilenets.cli import main
-from mobilenets.models import create_model
-from mobilenets.training import (
+from mobilenets.cli.main import main
+from mobilenets.models.factory import create_model
+from mobilenets.training.loop import (
     ExponentialMovingAverage,
     TrainConfig,
     make_scheduler,

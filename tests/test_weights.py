@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mobilenets import WeightsError, create_model, load_model, save_weights
-from mobilenets.preprocessing import Preprocessing
-from mobilenets.weights import PUBLISHED_WEIGHTS, fetch_published, sha256_of
+from mobilenets.core.files import sha256_of
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import PUBLISHED_WEIGHTS, fetch_published
 
 
 def randomize_batchnorm(model: torch.nn.Module) -> None:

@@ -1,12 +1,31 @@
-"""MobileNet v1/V2/V3 as real software: build, train, quantize, export and check small image classifiers."""
+"""MobileNet v1/V2/V3 as real software: build, train, quantize, export and check small image classifiers.
 
-from mobilenets.architectures import MobileNet
-from mobilenets.models import create_model, get_architecture, list_models
-from mobilenets.weights import WeightsError, list_weights, load_model, save_weights
+Public names are imported on first use (PEP 562), so that ``import mobilenets`` and
+``mobilenets --help`` do not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_PUBLIC = {
+    "MobileNet": "mobilenets.models.architectures",
+    "create_model": "mobilenets.models.factory",
+    "get_architecture": "mobilenets.models.registry",
+    "list_models": "mobilenets.models.registry",
+    "WeightsError": "mobilenets.models.weights",
+    "list_weights": "mobilenets.models.weights",
+    "load_model": "mobilenets.models.weights",
+    "save_weights": "mobilenets.models.weights",
+    "MobilenetsError": "mobilenets.core.errors",
+}
 __all__ = [
     "MobileNet",
+    "MobilenetsError",
     "WeightsError",
     "create_model",
     "get_architecture",
@@ -15,3 +34,22 @@ __all__ = [
     "load_model",
     "save_weights",
 ]
+
+if TYPE_CHECKING:
+    from mobilenets.core.errors import MobilenetsError
+    from mobilenets.models.architectures import MobileNet
+    from mobilenets.models.factory import create_model
+    from mobilenets.models.registry import get_architecture, list_models
+    from mobilenets.models.weights import WeightsError, list_weights, load_model, save_weights
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -2,6 +2,6 @@
 
 import sys
 
-from mobilenets.cli import main
+from mobilenets.cli.main import main
 
 sys.exit(main())

@@ -65,7 +65,7 @@ def _cpu_fingerprint() -> str:
 
 def build_directory() -> Path:
     """``$MOBILENETS_HOME/kernels/<torch>-<cpu>-<source>``: a new torch, CPU or source builds anew."""
-    from mobilenets.weights import cache_dir
+    from mobilenets.core.files import cache_dir
 
     source_hash = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
     torch_version = torch.__version__.replace("+", "_")
@@ -78,10 +78,10 @@ def available() -> bool:
     The first call on a machine compiles the C++ source (~30 s); later calls load the cached library.
     A missing compiler or a failed build gives a warning once and False: training then runs in PyTorch.
     """
-    from mobilenets.acceleration import _env_flag  # acceleration imports this module
+    from mobilenets.core.settings import env_flag  # acceleration imports this module
 
     global _loaded
-    if _env_flag("MOBILENETS_FUSED_KERNELS") is False:
+    if env_flag("MOBILENETS_FUSED_KERNELS") is False:
         return False
     with _lock:
         if _loaded is None:
@@ -115,7 +115,7 @@ def _load() -> bool:
         )
         return hasattr(torch.ops.mobilenets_kernels, "depthwise_forward")
     except Exception as error:  # no compiler, no ninja, a read-only cache: PyTorch's kernels still work
-        from mobilenets.weights import cache_dir
+        from mobilenets.core.files import cache_dir
 
         warnings.warn(
             f"mobilenets: fused CPU training kernels unavailable ({type(error).__name__}: {error}); "
@@ -296,7 +296,7 @@ def fuse_for_training(model: nn.Module) -> int:
     """
     if not available():
         return 0
-    from mobilenets.layers import SqueezeExcitation
+    from mobilenets.models.layers import SqueezeExcitation
 
     count = 0
     for module in model.modules():

