@@ -18,7 +18,7 @@ _PUBLIC = {
     "get_architecture": "mobilenets.models.registry",
     "list_models": "mobilenets.models.registry",
     "WeightsError": "mobilenets.models.weights",
-    "list_weights": "mobilenets.models.weights",
+    "list_weights": "mobilenets.models.published",
     "load_model": "mobilenets.models.weights",
     "save_weights": "mobilenets.models.weights",
     "MobilenetsError": "mobilenets.core.errors",
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from mobilenets.core.errors import MobilenetsError
     from mobilenets.models.architectures import MobileNet
     from mobilenets.models.factory import create_model
+    from mobilenets.models.published import list_weights
     from mobilenets.models.registry import get_architecture, list_models
-    from mobilenets.models.weights import WeightsError, list_weights, load_model, save_weights
+    from mobilenets.models.weights import WeightsError, load_model, save_weights
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Command line: ``mobilenets COMMAND ...``. One module per command in ``mobilenets/commands/``.
+"""Command line: ``mobilenets COMMAND ...``. One module per command in ``mobilenets/cli/commands/``.
 
 Every command module defines ``add_parser(subparsers)`` and ``run(args) -> int``. Bad input becomes
 one line on stderr naming the problem and the fix, never a traceback.
@@ -11,21 +11,27 @@ import importlib
 import os
 import sys
 
-COMMANDS = (
-    "models",
-    "profile",
-    "predict",
-    "datasets",
-    "train",
-    "evaluate",
-    "export",
-    "quantize",
-    "bench",
-    "robustness",
-)
+from mobilenets.core.console import configure_logging
+
+# name -> one-line help. Only the command being run is imported (its module may load torch), so that
+# ``mobilenets --help`` and ``mobilenets models`` start instantly.
+COMMANDS = {
+    "models": "list architectures and published weights",
+    "profile": "parameters, multiply-adds, sizes, breakdown by layer type",
+    "predict": "classify images (files or folders) with a trained run, weights or an exported model",
+    "datasets": "write Fashion-MNIST (Debian's dataset-fashion-mnist) or any IDX pair as class folders of PNGs",
+    "train": "train or fine-tune on a folder of images (one subfolder per class)",
+    "evaluate": "accuracy and per-class results of a trained run on a folder",
+    "export": "export to ONNX and device formats, each checked in its own runtime",
+    "quantize": "int8 model (PTQ / mixed precision / QAT), evaluated against fp32",
+    "bench": "latency/throughput of a model in every runtime, interleaved",
+    "robustness": "measure accuracy under ImageNet-C corruptions, shifts and adversarial noise; SE/hard-swish latency",
+    "search": "find the right-sized model for a device budget (accuracy, latency, size on your data)",
+    "report": "write (or refresh) a run's report.html from everything the run directory holds",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from mobilenets import __version__
 
     parser = argparse.ArgumentParser(
@@ -33,25 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Small, fast, trustworthy image classifiers: MobileNet v1/V2/V3 from a folder of images to an edge device.",
     )
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also debugging messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"mobilenets.cli.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"mobilenets.cli.commands.{name}":
-                raise
-            continue
-        module.add_parser(subparsers)
+    chosen = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), None)
+    for name, help_text in COMMANDS.items():
+        module = _command_module(name) if name == chosen else None
+        if module is not None:
+            module.add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _command_module(name: str):
+    try:
+        return importlib.import_module(f"mobilenets.cli.commands.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"mobilenets.cli.commands.{name}":
+            raise
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     from mobilenets.core.errors import MobilenetsError
 
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
+    configure_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:
+        return _stdout_closed()
     except MobilenetsError as error:
         print(f"mobilenets {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -67,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _stdout_closed() -> int:
+    """``mobilenets … | head``: the reader left; the work is done (or saved), so exit quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+    return 0
 
 
 if __name__ == "__main__":

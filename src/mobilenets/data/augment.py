@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-AUGMENT_LEVELS = ("none", "light", "medium", "heavy", "augmix", "augmix-all")
+from mobilenets.data.augment_levels import AUGMENT_LEVELS
+
 # The corruption tables switch from CIFAR-10-C to ImageNet-C above this size (corruptions.CIFAR_MAX_SIZE);
 # AugMix's base crop follows the same line between its CIFAR and ImageNet recipes.
 SMALL_IMAGE_SIZE = 64

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mobilenets import kernels
-from mobilenets.core.settings import env_flag
+from mobilenets.core.settings import env_flag, usable_cpu_count
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -119,7 +119,7 @@ def configure_threads(num_threads: int | None = None) -> int:
 
 
 def _probe_thread_count() -> int:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cpu_count()
     if cores == 1 or os.environ.get("MOBILENETS_THREAD_PROBE", "1") == "0":
         return cores
     _probe_seconds(cores, rounds=1)  # first call pays oneDNN primitive creation

@@ -7,13 +7,30 @@ Wrong preprocessing (mean/std, resize, BGR/RGB) is the first cause of "pretraine
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Every MobileNet downsamples 32×: below 32 px the last stages see a 1×1 (or empty) map. The one bound
+# `train --resolution` and `profile --resolution` both apply.
+MIN_RESOLUTION = 32
+
+
+def check_resolution(resolution: int) -> int:
+    """``resolution`` if a MobileNet can take it, else the one-line error every command gives."""
+    from mobilenets.core.errors import MobilenetsError
+
+    if resolution < MIN_RESOLUTION:
+        raise MobilenetsError(
+            f"--resolution {resolution} is too small: MobileNets downsample 32×; use {MIN_RESOLUTION} or more"
+        )
+    return resolution
 
 
 
@@ -62,11 +79,15 @@ class Preprocessing:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB → float CHW in [0, 1]."""
+    import torch
+
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def normalize(tensor: torch.Tensor, mean, std) -> torch.Tensor:
+    import torch
+
     mean_t = torch.tensor(mean, dtype=tensor.dtype).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=tensor.dtype).view(-1, 1, 1)
     return (tensor - mean_t) / std_t

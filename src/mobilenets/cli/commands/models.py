@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mobilenets.models.published import PUBLISHED_WEIGHTS
 from mobilenets.models.registry import list_models
-from mobilenets.models.weights import PUBLISHED_WEIGHTS
 
 
 def add_parser(subparsers) -> None:

@@ -1,0 +1,207 @@
+"""The Python API: what every command does, as calls. The command line is a thin shell over it.
+
+    import mobilenets
+
+    run = mobilenets.train(data="photos/", model="mobilenet_v3_small", epochs=30, out="runs/flowers")
+    run = mobilenets.load_run("runs/flowers")
+    result = run.evaluate("test_photos/")          # accuracy, per-class metrics, confusion matrix
+    figures = run.quantize(method="auto")          # int8, judged next to fp32
+    path = run.export("onnx", int8=True)           # and the device formats
+    predictions = run.predict(["photo.jpg"])       # top-5 labels and probabilities
+    report = mobilenets.robustness(run)            # corruptions, shifts, attacks, SE/hard-swish cost
+
+Messages go to the ``mobilenets`` logger (INFO for progress, WARNING for what needs attention), as
+``logging`` lets any application route them; a progress bar shows where a terminal is attached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.run_directory import RunDirectory
+from mobilenets.training.options import TrainOptions
+
+if TYPE_CHECKING:
+    from mobilenets.deployment.predict import Prediction
+    from mobilenets.models.architectures import MobileNet
+    from mobilenets.training.evaluation import EvaluationResult
+    from mobilenets.training.loop import TrainConfig
+
+log = logging.getLogger("mobilenets")
+
+
+def train(data: Path | str | None = None, *, out: Path | str | None = None, **options: Any) -> Run:
+    """Train (or fine-tune) on a folder of images, one subfolder per class; returns the finished run.
+
+    Every option of ``mobilenets train`` is a keyword here, with the same name and default (``epochs=30``,
+    ``weights="none"``, ``quantize=True``, ``resume="runs/x"``, …; see ``TrainOptions``). The same options
+    from the command line and from Python write the same run directory.
+    """
+    unknown = sorted(set(options) - set(TrainOptions.defaults()))
+    if unknown:
+        raise MobilenetsError(
+            f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(TrainOptions.defaults()))}"
+        )
+    return train_with_options(TrainOptions(data=data, out=out, **options))
+
+
+def train_with_options(options: TrainOptions) -> Run:
+    """``train`` for a ready ``TrainOptions`` (what ``mobilenets train`` calls)."""
+    from mobilenets.training.pipeline import train as train_run
+
+    _ensure_console_output()
+    directory = train_run(options)
+    run = Run(directory.path)
+    if _is_main_process():  # under torchrun the other processes have nothing left to do
+        run.finish()
+    return run
+
+
+def load_run(path: Path | str) -> Run:
+    """A run directory written by ``train`` (it may have been moved or copied since)."""
+    run = Run(path)
+    run.directory.require(RunDirectory.CONFIG, RunDirectory.MODEL, needed_by="load_run")
+    return run
+
+
+class Run:
+    """A training run on disk, and everything that can be done with it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.directory = RunDirectory(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self.directory.path
+
+    @property
+    def config(self) -> TrainConfig:
+        from mobilenets.training.loop import TrainConfig
+
+        return TrainConfig.from_dict(self.directory.read_json(RunDirectory.CONFIG, {}))
+
+    @property
+    def metrics(self) -> dict:
+        return self.directory.metrics()
+
+    def model(self) -> MobileNet:
+        """The best weights (by validation accuracy), with their classes and preprocessing."""
+        from mobilenets.models.weights import load_model
+
+        return load_model(self.directory.model)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """The steps after training: int8 if the run asked for it, then the report. Until they are all
+        done the checkpoint stays, so an interrupted finish is completed by ``--resume``."""
+        if self.directory.is_complete():
+            return
+        if self.config.quantize:
+            self.quantize(method="auto", write_report=False)
+        self.report()
+        self.directory.merge_metrics({"complete": True})
+        self.directory.checkpoint.unlink(missing_ok=True)
+        log.info(f"wrote {self.directory.model} and {self.directory.report}")
+
+    def evaluate(
+        self,
+        data: Path | str,
+        *,
+        engine: str = "auto",
+        batch_size: int = 64,
+        bn_adapt: bool = False,
+    ) -> EvaluationResult:
+        """Accuracy, per-class metrics and confusion matrix on a folder (one subfolder per class)."""
+        from mobilenets.deployment.evaluation import evaluate_folder
+
+        return evaluate_folder(
+            self.model(), data=Path(data), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, run_dir=self.path
+        )
+
+    def quantize(self, method: str = "auto", *, write_report: bool = True, **options: Any) -> dict:
+        """int8 ONNX (and the int8 engine's calibration), judged on the validation split next to fp32.
+
+        ``options`` are ``quantize_run``'s (threshold, calibration_images, calibration_method, qat_epochs, …).
+        The figures are merged into ``metrics.json``; the report is refreshed.
+        """
+        from mobilenets.deployment.quantization import quantize_run
+
+        log.info("quantizing to int8 …")
+        figures = quantize_run(self.path, method, report=log.info, **options)
+        self.directory.merge_metrics(figures)
+        if write_report:
+            self.report()
+        return figures
+
+    def export(self, format: str = "onnx", *, int8: bool = False, out: Path | str | None = None) -> Path:
+        """Write the model in a deployment format (``onnx`` today; device formats as listed by
+        ``mobilenets export --help``), checked against PyTorch. Returns the file's path."""
+        from mobilenets.deployment.onnx import export_onnx
+
+        if format != "onnx":
+            from mobilenets.deployment.formats import export_format
+
+            return export_format(self, format=format, int8=int8, out=out)
+        if int8:
+            if self.directory.onnx_int8.exists() and out is None:
+                return self.directory.onnx_int8
+            self.quantize(method="auto")
+            return self.directory.onnx_int8
+        path = Path(out) if out is not None else self.directory.onnx
+        return export_onnx(self.model(), path)
+
+    def predict(
+        self, images: list[Path | str] | Path | str, *, top_k: int = 5, engine: str = "auto"
+    ) -> list[Prediction]:
+        """Top-K labels and probabilities for image files (a folder is read whole)."""
+        from mobilenets.deployment.predict import predict_images
+
+        paths = _image_paths(images)
+        return predict_images(self.model(), paths, top_k=top_k, engine=engine, run_dir=self.path)
+
+    def report(self) -> Path:
+        """Write ``report.html`` from everything the run directory holds now (int8, robustness included)."""
+        from mobilenets.reporting.run_report import write_report
+
+        return write_report(self.path)
+
+
+def robustness(run: Run | Path | str, **options: Any) -> dict:
+    """Corruptions, shifts, adversarial noise and SE/hard-swish latency of a run (see ``mobilenets robustness``)."""
+    from mobilenets.robustness.run import robustness_of_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    result = robustness_of_run(run.path, **options)
+    run.report()
+    return result
+
+
+def _image_paths(images: list[Path | str] | Path | str) -> list[Path]:
+    if isinstance(images, (str, Path)):
+        images = [images]
+    paths: list[Path] = []
+    for item in images:
+        item = Path(item)
+        paths.extend(sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item])
+    return paths
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _ensure_console_output() -> None:
+    """Progress messages for a Python user who has not configured logging (the CLI configures its own)."""
+    logger = logging.getLogger("mobilenets")
+    if not logger.handlers and not logging.getLogger().handlers:
+        from mobilenets.core.console import configure_logging
+
+        configure_logging()

@@ -1,0 +1,48 @@
+"""What the command line prints: the ``mobilenets`` logger's messages, on a terminal or a pipe.
+
+Messages go to stdout, warnings and errors to stderr prefixed with ``warning:``. When the reader of
+stdout goes away (``mobilenets train … | head -3``), messages are dropped and the work goes on: a
+closed pipe must never stop training or lose a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stdout_closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        if record.levelno >= logging.WARNING:
+            message = f"{record.levelname.lower()}: {message}"
+        if stream is sys.stdout and self.stdout_closed:
+            return
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except BrokenPipeError:
+            if stream is sys.stdout:
+                self.stdout_closed = True
+                # Point fd 1 at /dev/null so that later writes (and Python's flush at exit) succeed silently.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # a closed stderr: nothing else can be said
+            pass
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Console output for the ``mobilenets`` logger (replacing any earlier console handler of ours)."""
+    logger = logging.getLogger("mobilenets")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _ConsoleHandler):
+            logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False

@@ -1,0 +1,251 @@
+"""The run directory: one type that owns every file name a run holds and how each is written.
+
+A run directory is what ``mobilenets train`` writes and every later stage reads (evaluate, quantize,
+export, robustness, report). Paths of training images are stored relative to their data folder, so
+a run can be moved or copied to another machine and still be evaluated, quantized and exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    path: Path
+    label: int
+
+
+@dataclass
+class Split:
+    """The images a run was trained and validated on, with absolute paths (as read back)."""
+
+    classes: list[str]
+    train: list[LabelledFile] = field(default_factory=list)
+    val: list[LabelledFile] = field(default_factory=list)
+    train_root: Path | None = None
+    val_root: Path | None = None
+
+
+class RunDirectory:
+    """A training run's folder. Attributes are the paths of its files; methods read and write them."""
+
+    CONFIG = "config.json"
+    SPLIT = "split.json"
+    METRICS = "metrics.json"
+    CHECKPOINT = "checkpoint.pt"
+    MODEL = "model.safetensors"
+    LAST = "last.safetensors"
+    EPOCHS = "epochs.csv"
+    EVALUATION = "evaluation.json"
+    SKIPPED = "skipped.json"
+    LEAKAGE = "leakage.json"
+    REPORT = "report.html"
+    ONNX = "model.onnx"
+    ONNX_INT8 = "model_int8.onnx"
+    QUANTIZATION = "quantization.json"
+    INT8_ENGINE = "int8_engine.json"
+    ROBUSTNESS = "robustness"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    # ---------------------------------------------------------------------------------------------
+    # paths
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def last(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def report(self) -> Path:
+        return self.path / self.REPORT
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / self.ONNX
+
+    @property
+    def onnx_int8(self) -> Path:
+        return self.path / self.ONNX_INT8
+
+    # ---------------------------------------------------------------------------------------------
+    # state
+
+    def exists(self) -> bool:
+        return self.config.exists()
+
+    def is_complete(self) -> bool:
+        """Training and every finishing step (evaluation, int8, report) are done.
+
+        Runs written before the ``complete`` key existed count as complete once their checkpoint is gone.
+        """
+        metrics = self.metrics()
+        if "complete" in metrics:
+            return bool(metrics["complete"])
+        return self.metrics_path.exists() and not self.checkpoint.exists()
+
+    def contents(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+
+    def require(self, *names: str, needed_by: str) -> None:
+        for name in names:
+            if not (self.path / name).exists():
+                raise MobilenetsError(
+                    f"{self.path}: no {name}; {needed_by} needs a run directory written by `mobilenets train`"
+                    + (f" (it holds: {', '.join(self.contents()) or 'nothing'})" if self.path.is_dir() else "")
+                )
+
+    # ---------------------------------------------------------------------------------------------
+    # JSON files
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        path = self.path / name
+        if not path.exists():
+            return default
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise MobilenetsError(f"{path}: unreadable ({error}); the run directory is damaged") from None
+
+    def write_json(self, name: str, data: Any, indent: int | None = 2) -> Path:
+        return atomic_write_text(self.path / name, json.dumps(data, indent=indent))
+
+    def metrics(self) -> dict:
+        return self.read_json(self.METRICS, {})
+
+    def merge_metrics(self, figures: dict) -> dict:
+        """The one policy for ``metrics.json``: the given keys replace theirs, every other key is kept.
+
+        Tools that write the same group of figures (quantize twice, say) replace the whole group; a key
+        set to ``None`` is removed, so a figure that no longer holds does not linger.
+        """
+        metrics = self.metrics()
+        for key, value in figures.items():
+            if value is None:
+                metrics.pop(key, None)
+            else:
+                metrics[key] = value
+        self.write_json(self.METRICS, metrics)
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------
+    # the split
+
+    def write_split(self, split: Split) -> Path:
+        """Image paths relative to their data folder; the folder both absolute and relative to the run."""
+
+        def root_record(root: Path | None) -> dict | None:
+            if root is None:
+                return None
+            root = root.resolve()
+            return {"absolute": str(root), "relative_to_run": os.path.relpath(root, self.path.resolve())}
+
+        def rows(files: list[LabelledFile], root: Path | None) -> list[list]:
+            return [[_relative(f.path, root), f.label] for f in files]
+
+        train_root = split.train_root
+        val_root = split.val_root or train_root
+        return self.write_json(
+            self.SPLIT,
+            {
+                "format": 2,
+                "classes": split.classes,
+                "train_root": root_record(train_root),
+                "val_root": root_record(val_root),
+                "train": rows(split.train, train_root),
+                "val": rows(split.val, val_root),
+            },
+            indent=None,
+        )
+
+    def read_split(self, data_root: Path | str | None = None, val_root: Path | str | None = None) -> Split:
+        """The split with paths resolved where the images are now.
+
+        A data folder is looked for where it was, then at the same place relative to the run (a run and
+        its data moved together), then at ``data_root``/``val_root`` when given.
+        """
+        self.require(self.SPLIT, needed_by="reading the training/validation split")
+        record = self.read_json(self.SPLIT)
+        if record.get("format") != 2:  # absolute paths (runs written before format 2)
+            return Split(
+                classes=record["classes"],
+                train=[LabelledFile(Path(p), int(label)) for p, label in record["train"]],
+                val=[LabelledFile(Path(p), int(label)) for p, label in record["val"]],
+                train_root=Path(record["root"]) if record.get("root") else None,
+            )
+        train_root = self._find_root(record.get("train_root"), data_root, "train")
+        found_val_root = self._find_root(record.get("val_root"), val_root or data_root, "validation")
+        return Split(
+            classes=record["classes"],
+            train=[LabelledFile(_absolute(p, train_root), int(label)) for p, label in record["train"]],
+            val=[LabelledFile(_absolute(p, found_val_root), int(label)) for p, label in record["val"]],
+            train_root=train_root,
+            val_root=found_val_root,
+        )
+
+    def split_record(self) -> dict:
+        """The split as plain data with absolute paths: ``{"classes", "train": [[path, label]], "val": …}``."""
+        split = self.read_split()
+        return {
+            "classes": split.classes,
+            "train": [[str(f.path), f.label] for f in split.train],
+            "val": [[str(f.path), f.label] for f in split.val],
+        }
+
+    def _find_root(self, record: dict | None, given: Path | str | None, what: str) -> Path | None:
+        if record is None:
+            return None
+        candidates = [Path(given)] if given is not None else []
+        candidates += [Path(record["absolute"]), self.path / record["relative_to_run"]]
+        for candidate in candidates:
+            if candidate.is_dir():
+                return candidate.resolve()
+        # Not found: keep the recorded place; the caller reports missing files with their paths.
+        return Path(record["absolute"])
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is None:
+        return str(path.resolve())
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _absolute(stored: str, root: Path | None) -> Path:
+    path = Path(stored)
+    return path if path.is_absolute() or root is None else root / path

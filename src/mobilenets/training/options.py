@@ -1,0 +1,92 @@
+"""The options of a training run, as a user gives them (command line or Python); no torch here, so the
+command line can build its parser without loading it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainOptions:
+    """What a user asks of ``mobilenets train`` (one field per command-line option, same names).
+
+    ``None`` means "not given": the recipe (``--recipe``) or the documented default decides, and the
+    value decided is what ``config.json`` records.
+    """
+
+    data: Path | str | None = None
+    val: Path | str | None = None
+    model: str | None = None
+    width: float = 1.0
+    resolution: int | str = "auto"
+    batch_size: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    recipe: str | None = None
+    augment: str | None = None
+    optimizer: str = "adamw"
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float | None = None
+    dropout: float | None = None
+    weights: str | None = "auto"
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    temperature: float = 4.0
+    head_epochs: int | None = None
+    early_stopping: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    out: Path | str | None = None
+    quantize: bool = False
+    resume: Path | str | None = None
+    checkpoint_minutes: float = 5.0
+    checkpoint_steps: int = 0
+    quiet: bool = False
+    device: str = "auto"
+    cache: str = "auto"
+    cache_dir: Path | str | None = None
+    precision: str = "auto"
+    freeze_bn: bool = False
+    sync_bn: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("data", "val", "out", "resume", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {f.name: f.default for f in fields(cls)}
+
+    def given(self) -> dict:
+        """The options whose value differs from the default (what the user asked for)."""
+        defaults = self.defaults()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != defaults[f.name]}
+
+
+# Options a resumed run may change, and how; every other option is kept from config.json and refused
+# when given with --resume (never silently ignored).
+RESUME_MAY_CHANGE = {
+    "epochs": "train for more (or fewer, not below those done) epochs; the learning-rate schedule is stretched",
+    "quantize": "also quantize to int8 at the end",
+    "quiet": "progress display",
+    "checkpoint_minutes": "how often to checkpoint",
+    "checkpoint_steps": "how often to checkpoint",
+    "device": "where to train",
+    "early_stopping": "patience",
+}
+POSITIVE = {"batch_size": "--batch-size", "epochs": "--epochs", "lr": "--lr", "width": "--width"}
+NON_NEGATIVE = {
+    "head_epochs": "--head-epochs",
+    "warmup_epochs": "--warmup-epochs",
+    "weight_decay": "--weight-decay",
+    "checkpoint_minutes": "--checkpoint-minutes",
+    "checkpoint_steps": "--checkpoint-steps",
+    "early_stopping": "--early-stopping",
+    "ema_decay": "--ema-decay",
+}

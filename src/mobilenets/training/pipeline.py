@@ -1,0 +1,536 @@
+"""Training a run end to end: a folder of images in, a model, its metrics and report out.\n\nThe library behind ``mobilenets train`` and ``mobilenets.train()``: both build a ``TrainOptions`` and call\n``train``. Messages go to the ``mobilenets`` logger.\n"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from mobilenets.core.distributed import DistributedContext, explain_peer_failure, init_distributed, shutdown
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write_text
+from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
+from mobilenets.data.disk_cache import choose_cache, decode_to_disk
+from mobilenets.data.folders import (
+    DecodedImages,
+    FolderScan,
+    Sample,
+    decode_samples,
+    find_leakage,
+    scan_folder,
+    split_samples,
+)
+from mobilenets.models.factory import create_model
+from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format_findings
+from mobilenets.training.distillation import DistillationSettings, load_teacher
+from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer
+from mobilenets.training.options import NON_NEGATIVE, POSITIVE, RESUME_MAY_CHANGE, TrainOptions
+from mobilenets.training.recipes import DEFAULTS, choose_recipe, dataset_size_warning, load_recipe_file, range_warnings
+
+SPLIT = "split.json"
+CONFIG = "config.json"
+
+log = logging.getLogger("mobilenets")
+
+
+def check_options(options: TrainOptions) -> None:
+    """Refuse impossible values before any work: zero is refused like a negative, never replaced."""
+    for name, flag in POSITIVE.items():
+        value = getattr(options, name)
+        if value is not None and not value > 0:
+            raise MobilenetsError(f"{flag} must be positive, got {value:g}")
+    for name, flag in NON_NEGATIVE.items():
+        value = getattr(options, name)
+        if value is not None and value < 0:
+            raise MobilenetsError(f"{flag} must be zero or more, got {value:g}")
+    if not 0 < options.val_fraction < 1:
+        raise MobilenetsError(f"--val-fraction must be between 0 and 1 (exclusive), got {options.val_fraction:g}")
+    if not 0 <= options.label_smoothing < 1:
+        raise MobilenetsError(f"--label-smoothing must be in [0, 1), got {options.label_smoothing:g}")
+    if options.dropout is not None and not 0 <= options.dropout < 1:
+        raise MobilenetsError(f"--dropout must be in [0, 1), got {options.dropout:g}")
+    if options.precision == "fp16" and not _cuda_requested(options.device):
+        raise MobilenetsError(
+            "--precision fp16 needs a CUDA GPU (CPUs have no fast fp16 arithmetic); on a CPU use --precision bf16 "
+            "(native on recent CPUs) or fp32"
+        )
+    if options.resume is not None:
+        check_resume(options)
+    else:
+        check_new_run_paths(options)
+
+
+def _cuda_requested(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_resume(options: TrainOptions) -> None:
+    run = RunDirectory(options.resume)
+    if not run.path.is_dir():
+        raise MobilenetsError(f"--resume {run.path}: does not exist")
+    run.require(CONFIG, SPLIT, needed_by="--resume")
+    refused = [name for name in options.given() if name not in RESUME_MAY_CHANGE and name != "resume"]
+    if refused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise MobilenetsError(
+            f"--resume keeps the run's settings (config.json); {flags} cannot change on resume. Resume may change only "
+            f"{', '.join('--' + n.replace('_', '-') for n in RESUME_MAY_CHANGE)}; for other settings start a new run "
+            "with --out"
+        )
+    if run.is_complete():
+        raise MobilenetsError(
+            f"{run.path}: this run is complete (model, metrics and report written); evaluate, quantize or export it, "
+            "or start a new run with another --out"
+        )
+    if not run.checkpoint.exists() and not run.metrics_path.exists():
+        raise MobilenetsError(
+            f"{run.path}: no {RunDirectory.CHECKPOINT} to resume from (it holds: {', '.join(run.contents())}); "
+            "the run stopped before its first checkpoint — start it again with --out"
+        )
+
+
+def check_new_run_paths(options: TrainOptions) -> None:
+    """``--out`` must not be inside ``--data``/``--val``: a later run would train on its plots as images."""
+    if options.data is None:
+        raise MobilenetsError("--data DIR is required (or --resume RUN_DIR)")
+    for flag, folder in (("--data", options.data), ("--val", options.val)):
+        if folder is None:
+            continue
+        if not Path(folder).exists():
+            raise MobilenetsError(f"{flag} {folder}: does not exist")
+        if not Path(folder).is_dir():
+            raise MobilenetsError(f"{flag} {folder}: is a file, not a folder with one subfolder of images per class")
+        if options.out is not None and _is_within(Path(options.out), Path(folder)):
+            raise MobilenetsError(
+                f"--out {options.out} is inside {flag} {folder}; the run's files would become training images. "
+                "Choose an --out outside the data folder"
+            )
+    if options.out is not None:
+        run = RunDirectory(options.out)
+        if run.checkpoint.exists() and not run.is_complete():
+            raise MobilenetsError(
+                f"{run.path}: holds an unfinished run; continue it with --resume {run.path}, or choose another --out"
+            )
+        if run.metrics_path.exists() or run.config.exists():
+            raise MobilenetsError(f"{run.path}: already holds a run; choose another --out")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+
+def say(message: str) -> None:
+    log.info(message)
+
+
+def warn(message: str) -> None:
+    log.warning(message)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def train(options: TrainOptions) -> RunDirectory:
+    """Train (or resume) a run as ``options`` say; returns its run directory.
+
+    Under torchrun every process calls this; only the first prints and writes files. Ctrl-C saves a
+    checkpoint and raises ``Interrupted``; ``options.resume`` continues exactly.
+    """
+    check_options(options)
+    context = init_distributed(options.device, options.sync_bn)
+    quiet_unless_main = None if context.is_main else log.level
+    if not context.is_main:
+        log.setLevel(logging.ERROR)
+    try:
+        return _train(options, context)
+    except RuntimeError as error:
+        raise explain_peer_failure(context, error) or error from None
+    finally:
+        shutdown(context)
+        if quiet_unless_main is not None:
+            log.setLevel(quiet_unless_main)
+
+
+def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
+    if options.resume is None and options.recipe not in (None, "auto"):
+        apply_recipe_file(options)
+    if options.resume is not None:
+        config, split = load_run(options.resume, options)
+        run_dir = options.resume
+        train_samples, val_samples, classes = split
+        say(f"resuming {run_dir}")
+    else:
+        config, run_dir, (train_samples, val_samples, classes) = new_run(options, context)
+    train_data, val_data = decode_sets(config, train_samples, val_samples, run_dir, context=context)
+    if options.resume is None and context.is_main:
+        check_leakage(train_data, val_data, run_dir)
+        scan_skipped = json.loads((run_dir / "skipped.json").read_text())
+        decode_skipped = [str(s) for s in train_data.skipped + val_data.skipped]
+        atomic_write_text(run_dir / "skipped.json", json.dumps(scan_skipped + decode_skipped, indent=1))
+    context.barrier()
+    model = build_model(config, len(classes))
+    # Pretrained weights expect their own normalization (ImageNet's for torchvision, 0.5 for some timm ones).
+    normalization = Preprocessing.from_dict(getattr(model, "weights_metadata", {}).get("preprocessing", {}))
+    preprocessing = Preprocessing(
+        input_size=config.resolution, resize_size=config.resolution, mean=normalization.mean, std=normalization.std
+    )
+    teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
+    trainer = Trainer(
+        config,
+        model,
+        train_data,
+        val_data,
+        classes,
+        run_dir,
+        preprocessing,
+        context=context,
+        log=say,
+        show_progress=not options.quiet and sys.stderr.isatty(),
+        teacher=teacher,
+    )
+    if options.resume is not None and (run_dir / CHECKPOINT).exists():
+        trainer.load_checkpoint(run_dir / CHECKPOINT)
+        say(f"continuing at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}")
+    say(
+        f"training {config.model} (width {config.width:g}) at {config.resolution}px on {len(train_data):,} images, "
+        f"validating on {len(val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
+    )
+    say(
+        f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'lr':>9} {'img/s':>7} {'time':>6}"
+    )
+    try:
+        trainer.fit(on_epoch=print_epoch)
+    except Interrupted:
+        say(f"interrupted: checkpoint saved; continue with `mobilenets train --resume {run_dir}`")
+        raise
+    if context.is_main:
+        finish_run(trainer, run_dir, config)
+    return RunDirectory(run_dir)
+
+
+def print_epoch(record) -> None:
+    say(
+        f"{record.epoch:>5} {record.train_loss:>10.4f} {record.train_accuracy:>9.4f} {record.val_loss:>8.4f} "
+        f"{record.val_accuracy:>7.4f} {record.lr:>9.2e} {record.images_per_second:>7.0f} {record.seconds:>5.0f}s"
+    )
+
+
+def new_run(options: TrainOptions, context: DistributedContext) -> tuple[TrainConfig, Path, tuple[list[Sample], list[Sample], list[str]]]:
+    if options.data is None:
+        raise MobilenetsError("--data DIR is required (or --resume RUN_DIR)")
+    scan = scan_folder(options.data)
+    report_scan(scan, "training data")
+    if options.val is not None:
+        val_scan = scan_folder(options.val, classes=scan.classes)
+        if not val_scan.samples:  # --val's own classes are the problem, not --data's size (and no per-file noise)
+            raise MobilenetsError(
+                f"{options.val}: no images of the training classes ({', '.join(scan.classes[:5])}"
+                f"{', …' if len(scan.classes) > 5 else ''}); --val needs the same class folders as --data"
+            )
+        report_scan(val_scan, "validation data")
+        train_samples, val_samples = scan.samples, val_scan.samples
+    else:
+        train_samples, val_samples = split_samples(scan.samples, options.val_fraction, options.seed)
+        say(f"split: {len(train_samples):,} train / {len(val_samples):,} val (stratified, seed {options.seed})")
+    if not val_samples:
+        raise MobilenetsError(f"{options.data}: too few images to hold out a validation set; add images or pass --val DIR")
+    if len(scan.classes) < 2:
+        raise MobilenetsError(f"{options.data}: only one class ({scan.classes[0]}); a classifier needs at least two")
+    config = make_config(options, len(train_samples), train_samples)
+    run_dir = Path(config.out)
+    context.barrier()  # every rank has checked before rank 0 starts writing
+    if not context.is_main:
+        return config, run_dir, (train_samples, val_samples, scan.classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
+    RunDirectory(run_dir).write_split(
+        Split(
+            classes=scan.classes,
+            train=[LabelledFile(s.path, s.label) for s in train_samples],
+            val=[LabelledFile(s.path, s.label) for s in val_samples],
+            train_root=Path(options.data),
+            val_root=Path(options.val) if options.val is not None else None,
+        )
+    )
+    skipped = [str(s) for s in scan.skipped]
+    atomic_write_text(run_dir / "skipped.json", json.dumps(skipped, indent=1))
+    return config, run_dir, (train_samples, val_samples, scan.classes)
+
+
+def report_scan(scan: FolderScan, what: str) -> None:
+    counts = scan.counts()
+    say(f"{what}: {scan.root}: {len(scan.classes)} classes, {len(scan.samples):,} files")
+    for name, count in counts.items():
+        say(f"  {name:<24} {count:>7,}")
+    if counts and min(counts.values()) > 0:
+        ratio = max(counts.values()) / min(counts.values())
+        if ratio >= 3:
+            warn(
+                f"classes are imbalanced ({ratio:.1f}× between the largest and smallest); accuracy will favour "
+                "large classes, so read per-class recall in the report"
+            )
+    for name in scan.empty_classes:
+        warn(f"{scan.root / name}: empty class folder, ignored")
+    for skipped in scan.skipped:
+        warn(f"skipped {skipped}")
+
+
+def apply_recipe_file(options: TrainOptions) -> None:
+    """Recipe values replace the defaults; options given explicitly keep their values."""
+    settable = set(TrainOptions.defaults()) - {"resume", "recipe", "data", "val", "out"}
+    recipe = load_recipe_file(options.recipe, settable)
+    given = options.given()
+    applied = []
+    for key, value in recipe.items():
+        if key not in given:
+            setattr(options, key, value)
+            applied.append(f"{key}={value}")
+    say(f"recipe {options.recipe}: {', '.join(applied) or 'nothing (all given explicitly)'}")
+
+
+def make_config(options: TrainOptions, num_train: int, train_samples: list[Sample]) -> TrainConfig:
+    batch_size, epochs, lr, augment = options.batch_size, options.epochs, options.lr, options.augment
+    options.model = options.model or architecture_of(options.weights)
+    initial_weights = resolve_initial_weights(options.weights, model=options.model, width=options.width)
+    if options.recipe == "auto":
+        recipe = choose_recipe(num_train, pretrained=initial_weights is not None)
+        say(recipe.describe(num_train))
+        if options.head_epochs is None:
+            options.head_epochs = recipe.head_epochs
+        chosen = {"batch_size": recipe.batch_size, "epochs": recipe.epochs, "lr": recipe.lr, "augment": recipe.augment}
+        overridden = [
+            k
+            for k, v in (("batch_size", batch_size), ("epochs", epochs), ("lr", lr), ("augment", augment))
+            if v is not None
+        ]
+        if overridden:
+            say(f"  kept from the command line: {', '.join(overridden)}")
+        batch_size = batch_size or recipe.batch_size
+        epochs = epochs or recipe.epochs
+        lr = lr or recipe.lr
+        augment = augment or chosen["augment"]
+    batch_size = batch_size or DEFAULTS["batch_size"]
+    epochs = epochs or DEFAULTS["epochs"]
+    lr = lr or DEFAULTS["lr"]
+    augment = augment or "medium"
+    for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", options.width)):
+        if value <= 0:
+            raise MobilenetsError(f"{name} must be positive, got {value:g}")
+    for message in range_warnings(batch_size, epochs, lr):
+        warn(message)
+    if message := dataset_size_warning(num_train):
+        warn(message)
+    if batch_size > num_train:
+        warn(f"--batch-size {batch_size} exceeds the {num_train} training images; using {num_train}")
+        batch_size = num_train
+    resolution = choose_resolution(options.resolution, train_samples)
+    DistillationSettings(weight=options.distill_weight, temperature=options.temperature)  # checks the values
+    options.head_epochs = options.head_epochs or 0
+    out = options.out or Path("runs") / f"{options.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Every option has the name of its TrainConfig field; the values decided above replace the raw ones.
+    return TrainConfig.from_dict(
+        {
+            **vars(options),
+            "data": str(options.data),
+            "val": str(options.val) if options.val else None,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "lr": lr,
+            "augment": augment,
+            "weights": initial_weights,
+            "initial_weights": initial_weights,
+            "out": str(out),
+            "cache_dir": str(options.cache_dir) if options.cache_dir else None,
+        }
+    )
+
+
+def choose_resolution(requested: str, samples: list[Sample]) -> int:
+    from mobilenets.models.preprocessing import check_resolution
+
+    if requested != "auto":
+        try:
+            resolution = int(requested)
+        except ValueError:
+            raise MobilenetsError(f"--resolution must be a number of pixels or auto, got {requested!r}") from None
+        check_resolution(resolution)  # the one bound, shared with `profile` (models.preprocessing)
+        if resolution % 32:
+            warn(f"--resolution {resolution} is not a multiple of 32; the last feature maps get uneven borders")
+        return resolution
+    sides = []
+    for sample in samples[:: max(1, len(samples) // 64)][:64]:
+        try:
+            with Image.open(sample.path) as image:
+                sides.append(min(image.size))
+        except Exception:  # unreadable files are reported when decoding
+            continue
+    median = statistics.median(sides) if sides else 224
+    resolution = int(min(224, max(32, -(-median // 32) * 32)))
+    say(f"resolution auto: {resolution}px (median short side of the images is {median:g}px; at most 224)")
+    return resolution
+
+
+def load_run(run_dir: Path, options: TrainOptions) -> tuple[TrainConfig, tuple[list[Sample], list[Sample], list[str]]]:
+    """A run's config and split for ``--resume``, with the options a resume may change applied."""
+    run = RunDirectory(run_dir)
+    config = TrainConfig.from_dict(run.read_json(CONFIG))
+    split = run.read_split()
+    changed = []
+    for name, value in options.given().items():
+        if name in RESUME_MAY_CHANGE and hasattr(config, name) and getattr(config, name) != value:
+            changed.append(f"--{name.replace('_', '-')} {getattr(config, name)} → {value}")
+            setattr(config, name, value)
+    if changed:
+        say(f"resume changes: {'; '.join(changed)}")
+        run.write_json(CONFIG, config.to_dict())
+    train = [Sample(f.path, f.label) for f in split.train]
+    val = [Sample(f.path, f.label) for f in split.val]
+    return config, (train, val, split.classes)
+
+
+def decode_sets(
+    config: TrainConfig, train: list[Sample], val: list[Sample], run_dir: Path, *, context: DistributedContext
+) -> tuple[DecodedImages, DecodedImages]:
+    started = time.perf_counter()
+    cache = choose_cache(config.cache, len(train) + len(val), config.resolution)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "decoded"
+    if cache == "disk":
+        say(f"decoded images go to {cache_dir} (memory-mapped; written once, reused by every rank, epoch and resume)")
+    decoded = []
+    for samples, name in ((train, "train"), (val, "val")):
+        if cache == "disk":
+            data = decode_to_disk(samples, config.resolution, cache_dir, context)
+        else:
+            data = decode_with_progress(samples, config.resolution, name)
+        for skipped in data.skipped:
+            warn(f"skipped {skipped}")
+        decoded.append(data)
+    train_data, val_data = decoded
+    say(
+        f"decoded {len(train_data) + len(val_data):,} images once at {config.resolution}px in "
+        f"{time.perf_counter() - started:.1f}s ({(train_data.images.numel() + val_data.images.numel()) / 2**20:.0f} MiB cached "
+        f"in {cache})"
+    )
+    if len(train_data) == 0 or len(val_data) == 0:
+        raise MobilenetsError("no readable images left in the training or validation set (see the skipped files above)")
+    return train_data, val_data
+
+
+def decode_with_progress(samples: list[Sample], resolution: int, name: str) -> DecodedImages:
+    if not sys.stderr.isatty():
+        return decode_samples(samples, resolution)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"decoding {name}", total=len(samples))
+        return decode_samples(samples, resolution, progress=lambda n: progress.advance(task, n))
+
+
+def check_leakage(train: DecodedImages, val: DecodedImages, run_dir: Path) -> None:
+    leakage = find_leakage(train, val)
+    if leakage.exact or leakage.near:
+        warn(
+            f"data leakage: {len(leakage.exact)} validation images are exact copies and {len(leakage.near)} near copies "
+            "(resized or recompressed: same perceptual hash and pixels) of training images; validation accuracy will be optimistic. First ones:"
+        )
+        for kind, pairs in (("exact", leakage.exact), ("near", leakage.near)):
+            for train_path, val_path in pairs[:5]:
+                warn(f"  {kind}: {val_path} ≈ {train_path}")
+    atomic_write_text(
+        run_dir / "leakage.json",
+        json.dumps(
+            {
+                "exact": [[str(a), str(b)] for a, b in leakage.exact],
+                "near": [[str(a), str(b)] for a, b in leakage.near],
+            },
+            indent=1,
+        ),
+    )
+
+
+def architecture_of(weights: str | None) -> str:
+    """The architecture a set of weights holds (published name or file metadata); V3-Small without weights."""
+    if weights is None or weights in ("auto", "none"):
+        return "mobilenet_v3_small"
+    from mobilenets.models.weights import PUBLISHED_WEIGHTS, load_model
+
+    if weights in PUBLISHED_WEIGHTS:
+        return PUBLISHED_WEIGHTS[weights].architecture
+    return load_model(weights).architecture.name
+
+
+def resolve_initial_weights(weights: str | None, *, model: str, width: float) -> str | None:
+    """What a run starts from: a published name or a path, or None (scratch). ``auto`` may download.
+
+    An explicit name or file that cannot be used is an error; ``auto`` falls back to scratch with one
+    loud line saying why and where a checkpoint file could be placed, because training still works.
+    """
+    from mobilenets.models.published import default_published
+    from mobilenets.models.weights import WeightsError, fetch_published
+
+    if weights is None or weights == "none":
+        say("initial weights: none (from scratch, --weights none)")
+        return None
+    if weights != "auto":
+        return weights
+    default = default_published(model, width)
+    if default.name is None:
+        warn(f"TRAINING FROM SCRATCH: {default.reason}; small datasets need pretrained weights (--weights FILE)")
+        return None
+    try:
+        fetch_published(default.name, log=say)
+    except WeightsError as error:
+        warn(f"TRAINING FROM SCRATCH: {default.name} is not available: {error}")
+        return None
+    say(f"initial weights: {default.reason} (--weights auto; --weights none trains from scratch)")
+    return default.name
+
+
+def build_model(config: TrainConfig, num_classes: int):
+    options = {} if config.dropout is None else {"dropout": config.dropout}
+    torch.manual_seed(config.seed)  # the initial weights (and the new head when fine-tuning)
+    if config.weights:
+        model = create_model(
+            config.model, num_classes=num_classes, width=config.width, weights=config.weights, **options
+        )
+        say(f"fine-tuning from {config.weights}: new {num_classes}-class head")
+        return model
+    return create_model(config.model, num_classes=num_classes, width=config.width, **options)
+
+
+def finish_run(trainer: Trainer, run_dir: Path, config: TrainConfig) -> None:
+    """Evaluate the best weights and diagnose the run. The checkpoint stays until the whole run is complete
+    (int8, exports and report too, ``mobilenets.api``), so that Ctrl-C during those steps loses nothing and
+    ``--resume`` finishes them."""
+    from mobilenets.models.weights import load_model
+
+    run = RunDirectory(run_dir)
+    best = load_model(run.model)
+    result = trainer.evaluate(best)
+    run.write_json(RunDirectory.EVALUATION, result.to_dict(), indent=1)
+    metrics = run.merge_metrics({**trainer.summary_metrics(), "per_class": result.per_class(), "complete": False})
+    say(result.table())
+    say(
+        f"best val accuracy {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']}), final "
+        f"{metrics['final_val_accuracy']:.4f}; {metrics['train_images_per_second']:.0f} img/s, augmentation "
+        f"{100 * metrics['augment_share_of_step_time']:.0f}% of step time"
+    )
+    diagnosis = diagnose_run(trainer, best=best, run_dir=run_dir)
+    metrics = run.merge_metrics({"diagnosis": findings_to_json(diagnosis)})
+    # Written directly: merge_metrics drops None keys, but scratch must read as "initial_weights": null.
+    run.write_json(RunDirectory.METRICS, {**metrics, "initial_weights": config.initial_weights})
+    say(format_findings(diagnosis))

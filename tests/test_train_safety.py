@@ -1,0 +1,172 @@
+"""The end of a run and the train command's arguments: nothing lost, nothing silently wrong (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mobilenets.api as api
+from mobilenets.cli.main import main
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import DiskFullError
+from mobilenets.core.run_directory import RunDirectory
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
+TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--weights", "none", "--quiet"]
+
+
+def train_cli(*args: str) -> int:
+    return main(["train", "--data", str(EXAMPLES), *TINY, *args])
+
+
+def error_of(capsys, code: int) -> str:
+    assert code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    return errors[0]
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--lr", "--width"])
+def test_zero_is_refused_like_a_negative_never_replaced_by_the_default(flag, tmp_path, capsys):
+    code = main(["train", "--data", str(EXAMPLES), *TINY, flag, "0", "--out", str(tmp_path / "run")])
+    assert f"{flag} must be positive, got 0" in error_of(capsys, code)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_inside_the_data_folder_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(EXAMPLES, data)
+    for out in (data / "runs" / "x", data):
+        code = main(["train", "--data", str(data), *TINY, "--out", str(out)])
+        assert "inside --data" in error_of(capsys, code)
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in EXAMPLES.iterdir())
+
+
+def test_fp16_on_a_cpu_is_refused_with_the_reason(tmp_path, capsys):
+    code = train_cli("--precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert "--precision fp16 needs a CUDA GPU" in error_of(capsys, code)
+
+
+def test_data_that_does_not_exist_says_so(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nope"), *TINY])
+    assert "does not exist" in error_of(capsys, code)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert train_cli("--epochs", "1", "--out", str(out)) == 0
+    return out
+
+
+def test_a_finished_run_is_complete_and_keeps_no_checkpoint(finished_run):
+    run = RunDirectory(finished_run)
+    assert run.is_complete() and not run.checkpoint.exists() and run.report.exists()
+
+
+def test_resume_refuses_flags_it_cannot_change_instead_of_ignoring_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    interrupted_run(out)
+    code = main(["train", "--resume", str(out), "--lr", "0.01"])
+    message = error_of(capsys, code)
+    assert "--lr cannot change on resume" in message and "--epochs" in message
+
+
+def test_resume_applies_more_epochs_and_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    interrupted_run(out)
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    assert "--epochs 1 → 2" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert RunDirectory(out).metrics()["epochs_completed"] == 2
+
+
+def test_resume_without_a_checkpoint_refuses_and_lists_what_is_there(tmp_path, capsys):
+    out = tmp_path / "run"
+    interrupted_run(out)
+    (out / "checkpoint.pt").unlink()
+    (out / "metrics.json").unlink(missing_ok=True)
+    before = sorted(p.name for p in out.iterdir())
+    code = main(["train", "--resume", str(out)])
+    message = error_of(capsys, code)
+    assert "no checkpoint.pt to resume from" in message and "config.json" in message
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\x80\x04cos\nsystem\n."])
+def test_an_unreadable_checkpoint_is_one_line_pointing_to_the_last_weights(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    interrupted_run(out)
+    (out / "checkpoint.pt").write_bytes(content)
+    code = main(["train", "--resume", str(out)])
+    message = error_of(capsys, code)
+    assert "unreadable checkpoint" in message and "weights_only" not in message
+
+
+def test_ctrl_c_while_finishing_loses_nothing_and_resume_finishes(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api.Run, "report", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(EXAMPLES, out=out, model="mobilenet_v3_small", width=0.25, resolution=32, weights="none", epochs=1)
+    run = RunDirectory(out)
+    assert run.checkpoint.exists() and run.model.exists() and not run.is_complete()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert run.is_complete() and run.report.exists() and not run.checkpoint.exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from mobilenets.training import loop
+
+    path = tmp_path / "checkpoint.pt"
+    loop.atomic_torch_save({"model": torch.zeros(3)}, path)
+    good = path.read_bytes()
+
+    def full_disk(obj, target):
+        Path(target).write_bytes(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(loop.torch, "save", full_disk)
+    with pytest.raises(DiskFullError, match="no space left on the disk holding"):
+        loop.atomic_torch_save({"model": torch.zeros(1000)}, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_closed_stdout_pipe_never_stops_training(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mobilenets", "train", "--data", str(EXAMPLES), *TINY, "--epochs", "1"]
+    with subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.readline()
+        process.stdout.close()  # `| head -1`
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=300) == 0, stderr
+    assert "BrokenPipe" not in stderr and "Traceback" not in stderr
+    assert RunDirectory(out).is_complete()
+
+
+def test_api_rejects_unknown_options():
+    with pytest.raises(MobilenetsError, match="unknown training option"):
+        api.train(EXAMPLES, epoch=3)
+
+
+def interrupted_run(out: Path) -> None:
+    """A run whose training ended but whose finishing steps (int8, report) never ran: a kept checkpoint."""
+    original = api.Run.finish
+    api.Run.finish = lambda self: None
+    try:
+        api.train(EXAMPLES, out=out, model="mobilenet_v3_small", width=0.25, resolution=32, weights="none", epochs=1)
+    finally:
+        api.Run.finish = original
+    assert RunDirectory(out).checkpoint.exists()
