@@ -241,7 +241,8 @@ def test_bf16_training_keeps_depthwise_convolutions_in_fp32():
         for name, module in model.named_modules()
         if isinstance(module, nn.Conv2d)
     ]
-    model(to_model_layout(images(2, 32)))
+    with acceleration.autocast_for(model):  # the training step's autocast
+        model(to_model_layout(images(2, 32)))
     for hook in hooks:
         hook.remove()
     depthwise = {name for name, m in model.named_modules() if acceleration.is_depthwise(m)}

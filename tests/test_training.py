@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobilenets.cli.main import main
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.factory import create_model
 from mobilenets.training.loop import (
     ExponentialMovingAverage,
@@ -162,7 +163,10 @@ def test_messy_folder_trains_and_names_every_skipped_file(tmp_path, capsys):
     assert json.loads((run_dir / "evaluation.json").read_text())["accuracy"] == metrics["best_val_accuracy"]
     split = json.loads((run_dir / "split.json").read_text())
     assert split["classes"] == sorted(p.name for p in EXAMPLES.iterdir())[:3]
-    listed = {p for p, _ in split["train"] + split["val"]}
+    # Stored relative to the data folder (a run can move), read back as absolute paths.
+    assert not any(Path(p).is_absolute() for p, _ in split["train"] + split["val"])
+    resolved = RunDirectory(run_dir).read_split()
+    listed = {str(f.path) for f in resolved.train + resolved.val}
     assert all(Path(p).is_absolute() for p in listed)
     # The odd-but-valid formats are trained on; the broken ones are in the split but skipped at decode.
     assert any(p.endswith("cmyk.jpg") for p in listed) and any(p.endswith("sixteen_bit.png") for p in listed)
@@ -261,7 +265,7 @@ def test_early_stopping(tmp_path, capsys):
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing")]) == 2
-    assert "missing: not a folder" in capsys.readouterr().err
+    assert "missing: does not exist" in capsys.readouterr().err  # issue 17: not "not a folder"
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
     assert main(["train", "--data", str(tmp_path / "flat")]) == 2

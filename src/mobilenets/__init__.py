@@ -22,21 +22,33 @@ _PUBLIC = {
     "load_model": "mobilenets.models.weights",
     "save_weights": "mobilenets.models.weights",
     "MobilenetsError": "mobilenets.core.errors",
+    "train": "mobilenets.api",
+    "load_run": "mobilenets.api",
+    "robustness": "mobilenets.api",
+    "Run": "mobilenets.api",
+    "RunDirectory": "mobilenets.core.run_directory",
 }
 __all__ = [
     "MobileNet",
     "MobilenetsError",
+    "Run",
+    "RunDirectory",
     "WeightsError",
     "create_model",
     "get_architecture",
     "list_models",
     "list_weights",
     "load_model",
+    "load_run",
+    "robustness",
     "save_weights",
+    "train",
 ]
 
 if TYPE_CHECKING:
+    from mobilenets.api import Run, load_run, robustness, train
     from mobilenets.core.errors import MobilenetsError
+    from mobilenets.core.run_directory import RunDirectory
     from mobilenets.models.architectures import MobileNet
     from mobilenets.models.factory import create_model
     from mobilenets.models.published import list_weights

@@ -4,9 +4,9 @@
 
     run = mobilenets.train(data="photos/", model="mobilenet_v3_small", epochs=30, out="runs/flowers")
     run = mobilenets.load_run("runs/flowers")
-    result = run.evaluate("test_photos/")          # accuracy, per-class metrics, confusion matrix
+    evaluation = run.evaluate("test_photos/")      # accuracy, per-class metrics, confusion matrix
     figures = run.quantize(method="auto")          # int8, judged next to fp32
-    path = run.export("onnx", int8=True)           # and the device formats
+    exported = run.export("onnx", int8=True)       # and the device formats: "tflite", "executorch", …
     predictions = run.predict(["photo.jpg"])       # top-5 labels and probabilities
     report = mobilenets.robustness(run)            # corruptions, shifts, attacks, SE/hard-swish cost
 
@@ -26,9 +26,10 @@ from mobilenets.core.run_directory import RunDirectory
 from mobilenets.training.options import TrainOptions
 
 if TYPE_CHECKING:
+    from mobilenets.deployment.evaluate import FolderEvaluation
+    from mobilenets.deployment.export import ExportResult
     from mobilenets.deployment.predict import Prediction
     from mobilenets.models.architectures import MobileNet
-    from mobilenets.training.evaluation import EvaluationResult
     from mobilenets.training.loop import TrainConfig
 
 log = logging.getLogger("mobilenets")
@@ -116,14 +117,17 @@ class Run:
         data: Path | str,
         *,
         engine: str = "auto",
-        batch_size: int = 64,
+        batch_size: int = 128,
         bn_adapt: bool = False,
-    ) -> EvaluationResult:
-        """Accuracy, per-class metrics and confusion matrix on a folder (one subfolder per class)."""
-        from mobilenets.deployment.evaluation import evaluate_folder
+    ) -> FolderEvaluation:
+        """Accuracy, per-class metrics and confusion matrix on a folder (one subfolder per class).
+
+        ``.result`` holds the figures (``.accuracy``, ``.table()``), ``.engine`` says which runtime ran.
+        """
+        from mobilenets.deployment.evaluate import evaluate_folder
 
         return evaluate_folder(
-            self.model(), data=Path(data), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, run_dir=self.path
+            run_dir=self.path, data=Path(data), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, report=log.info
         )
 
     def quantize(self, method: str = "auto", *, write_report: bool = True, **options: Any) -> dict:
@@ -141,22 +145,24 @@ class Run:
             self.report()
         return figures
 
-    def export(self, format: str = "onnx", *, int8: bool = False, out: Path | str | None = None) -> Path:
-        """Write the model in a deployment format (``onnx`` today; device formats as listed by
-        ``mobilenets export --help``), checked against PyTorch. Returns the file's path."""
-        from mobilenets.deployment.onnx import export_onnx
+    def export(
+        self, format: str = "onnx", *, int8: bool = False, out: Path | str | None = None, **options: Any
+    ) -> ExportResult:
+        """Write the model in a deployment format (see ``mobilenets export --help``), each file checked in its
+        own runtime against PyTorch; ``.files`` lists what was written. ``options`` are ``export_model``'s."""
+        from mobilenets.deployment.export import export_model
+        from mobilenets.deployment.loading import model_source
 
-        if format != "onnx":
-            from mobilenets.deployment.formats import export_format
-
-            return export_format(self, format=format, int8=int8, out=out)
-        if int8:
-            if self.directory.onnx_int8.exists() and out is None:
-                return self.directory.onnx_int8
-            self.quantize(method="auto")
-            return self.directory.onnx_int8
-        path = Path(out) if out is not None else self.directory.onnx
-        return export_onnx(self.model(), path)
+        result = export_model(
+            source=model_source(run_dir=self.path),
+            format=format,
+            int8=int8,
+            out=Path(out) if out is not None else None,
+            report=log.info,
+            **options,
+        )
+        self.report()
+        return result
 
     def predict(
         self, images: list[Path | str] | Path | str, *, top_k: int = 5, engine: str = "auto"
@@ -176,12 +182,12 @@ class Run:
 
 def robustness(run: Run | Path | str, **options: Any) -> dict:
     """Corruptions, shifts, adversarial noise and SE/hard-swish latency of a run (see ``mobilenets robustness``)."""
-    from mobilenets.robustness.run import robustness_of_run
+    from mobilenets.robustness.run import robustness_report
 
     run = run if isinstance(run, Run) else load_run(run)
-    result = robustness_of_run(run.path, **options)
+    result = robustness_report(run_dir=run.path, log=log.info, **options)
     run.report()
-    return result
+    return result.result
 
 
 def _image_paths(images: list[Path | str] | Path | str) -> list[Path]:

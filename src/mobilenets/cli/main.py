@@ -39,7 +39,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Small, fast, trustworthy image classifiers: MobileNet v1/V2/V3 from a folder of images to an edge device.",
     )
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="also debugging messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), None)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    configure_logging(quiet=args.quiet, verbose=args.verbose)
+    configure_logging(quiet=args.log_quiet, verbose=args.verbose)
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:

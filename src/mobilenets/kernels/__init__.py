@@ -37,6 +37,7 @@ import platform
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -226,21 +227,20 @@ class SqueezeExcitationFunction(torch.autograd.Function):
         return (dx, None, *dparameters)
 
 
-class FusedSqueezeExcitationForward:
-    """``SqueezeExcitation.forward`` through ``SqueezeExcitationFunction`` while training on a CPU."""
+def _squeeze_excitation_gate(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda pooled: module.gate(module.expand(module.act(module.reduce(pooled))))
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
 
-    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        return module.gate(module.expand(module.act(module.reduce(pooled))))
+def fused_squeeze_excitation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``SqueezeExcitation`` in training mode through ``SqueezeExcitationFunction`` on a CPU."""
+    if not (x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled()):
+        return _eager_squeeze_excitation(module, x)
+    return SqueezeExcitationFunction.apply(x, _squeeze_excitation_gate(module), *module.parameters())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        if not (module.training and x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled()):
-            return type(module).forward(module, x)
-        return SqueezeExcitationFunction.apply(x, self.gate, *module.parameters())
+
+def _eager_squeeze_excitation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    scale = _squeeze_excitation_gate(module)(x.mean((2, 3), keepdim=True))
+    return x * scale
 
 
 def _is_depthwise(conv: nn.Conv2d) -> bool:
@@ -260,39 +260,41 @@ def fusible(module: nn.Module) -> bool:
     return True
 
 
-class FusedConvBNActForward:
-    """``ConvBNAct.forward`` through the fused kernels in training mode; the module's own forward otherwise."""
+def fused_conv_bn_act(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A ConvBNAct in training mode through the fused kernels (PyTorch's ops where they do not apply)."""
+    conv, bn, act = module.conv, module.bn, module.act
+    # type(bn) is exact: a SyncBatchNorm swapped in later (DDP) must keep its synchronised statistics.
+    supported = type(bn) is nn.BatchNorm2d and x.device.type == "cpu" and x.dim() == 4
+    if not (bn.training and supported and x.dtype in (torch.float32, torch.bfloat16)):
+        return act(bn(conv(x)))
+    code = ACTIVATION_CODES[type(act)]
+    if _is_depthwise(conv):
+        out_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
+        z, mean, var = DepthwiseConvBNActFunction.apply(
+            x, conv.weight, bn.weight, bn.bias, conv.stride[0], conv.padding[0], bn.eps, code, out_dtype
+        )
+        count = z.shape[0] * z.shape[2] * z.shape[3]
+    else:
+        y = conv(x)
+        z, mean, var = BNActFunction.apply(y, bn.weight, bn.bias, bn.eps, code)
+        count = y.shape[0] * y.shape[2] * y.shape[3]
+    _update_running_statistics(bn, mean, var, count)
+    return z
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        conv, bn, act = module.conv, module.bn, module.act
-        # type(bn) is exact: a SyncBatchNorm swapped in later (DDP) must keep its synchronised statistics.
-        supported = type(bn) is nn.BatchNorm2d and x.device.type == "cpu" and x.dim() == 4
-        if not (bn.training and supported and x.dtype in (torch.float32, torch.bfloat16)):
-            return nn.Sequential.forward(module, x)
-        code = ACTIVATION_CODES[type(act)]
-        if _is_depthwise(conv):
-            out_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
-            z, mean, var = DepthwiseConvBNActFunction.apply(
-                x, conv.weight, bn.weight, bn.bias, conv.stride[0], conv.padding[0], bn.eps, code, out_dtype
-            )
-            count = z.shape[0] * z.shape[2] * z.shape[3]
-        else:
-            y = conv(x)
-            z, mean, var = BNActFunction.apply(y, bn.weight, bn.bias, bn.eps, code)
-            count = y.shape[0] * y.shape[2] * y.shape[3]
-        _update_running_statistics(bn, mean, var, count)
-        return z
+def unfuse(model: nn.Module) -> nn.Module:
+    """Every block back to PyTorch's own ops (in place; returns ``model``)."""
+    for module in model.modules():
+        if getattr(module, "training_kernel", None) is not None:
+            module.training_kernel = None
+    return model
 
 
 def fuse_for_training(model: nn.Module) -> int:
     """Route every fusible ConvBNAct of ``model`` through the fused kernels (in place). Returns how many.
 
     Nothing happens (0) when the kernels are unavailable. The module tree, parameters and buffers are
-    unchanged: the routing is an instance ``forward`` that ``prepare_for_inference`` removes.
+    unchanged: the routing is each block's ``training_kernel`` (``unfuse`` sets it back to ``None``).
     """
     if not available():
         return 0
@@ -301,9 +303,9 @@ def fuse_for_training(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         if fusible(module):
-            module.forward = FusedConvBNActForward(module)
+            module.training_kernel = fused_conv_bn_act
             count += 1
         elif type(module) is SqueezeExcitation:
-            module.forward = FusedSqueezeExcitationForward(module)
+            module.training_kernel = fused_squeeze_excitation
             count += 1
     return count

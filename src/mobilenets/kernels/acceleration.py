@@ -5,7 +5,7 @@ loop, evaluation, prediction and the benchmarks all take the product's default f
 here was measured on a 2-core AVX-512 CPU (see docs/performance.md and BENCHMARKS.md); each one has an
 override (keyword argument or environment variable) and a clean fallback when the machine lacks it.
 
-- channels_last: depthwise and 1×1 convolutions in oneDNN run about twice as fast in NHWC (REFERENCE §4).
+- channels_last: depthwise and 1×1 convolutions in oneDNN run about twice as fast in NHWC (BENCHMARKS.md).
 - bf16 autocast for training on CPUs with native bf16 (AVX-512-BF16 / AMX); BatchNorm, the loss and the
   weights stay fp32.
 - ``torch.compile`` when the planned run is long enough for its compile time to pay back.
@@ -173,32 +173,7 @@ def should_compile(
     return bool(compile) and compile_available()
 
 
-class _AutocastForward:
-    """``model.forward`` under autocast, with the output back in fp32 so the loss is computed in fp32."""
-
-    def __init__(self, forward, dtype: torch.dtype, device_type: str) -> None:
-        self.forward = forward
-        self.dtype = dtype
-        self.device_type = device_type
-
-    def __call__(self, *args, **kwargs):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            output = self.forward(*args, **kwargs)
-        return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
-
-
-class _Float32Forward:
-    """A module's forward outside autocast, in fp32: for the ops whose bf16 kernels are slower than fp32."""
-
-    def __init__(self, forward) -> None:
-        self.forward = forward
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return self.forward(x.float())
-
-
-def is_depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module | None) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
@@ -229,24 +204,29 @@ def prepare_for_training(
     compiled = should_compile(planned_steps, compile) and (asked_to_compile is True or fused is False or not on_cpu)
     fuse = on_cpu and not compiled and use_fused_kernels(fused)
     model.fused_layers = kernels.fuse_for_training(model) if fuse else 0
-    if dtype != torch.float32:
-        model.forward = _AutocastForward(model.forward, dtype, torch.device(device).type)
-        if on_cpu and not model.fused_layers:
-            # oneDNN's bf16 depthwise backward is slow on CPU: with every conv in bf16, V3-Small's convolution
-            # backward took 1.05 s per step against 0.30 s in fp32, nearly all of it depthwise (5×5 worst;
-            # docs/performance.md). Depthwise convs are ~3% of the MACs, so they stay fp32 and the 1×1
-            # convs, ~95% of the MACs (MobileNet v1 Table 2), run in bf16. (The fused kernels compute
-            # depthwise layers in fp32 themselves, reading and writing bf16.)
-            for module in model.modules():
-                if is_depthwise(module):
-                    module.forward = _Float32Forward(module.forward)
+    if dtype != torch.float32 and on_cpu and not model.fused_layers:
+        # oneDNN's bf16 depthwise backward is slow on CPU: with every conv in bf16, V3-Small's convolution
+        # backward took 1.05 s per step against 0.30 s in fp32, nearly all of it depthwise (5×5 worst;
+        # docs/performance.md). Depthwise convs are ~3% of the MACs, so they stay fp32 and the 1×1
+        # convs, ~95% of the MACs (MobileNet v1 Table 2), run in bf16. (The fused kernels compute
+        # depthwise layers in fp32 themselves, reading and writing bf16.)
+        for module in model.modules():
+            if hasattr(module, "depthwise_in_float32") and is_depthwise(getattr(module, "conv", None)):
+                module.depthwise_in_float32 = True
+    # Autocast is applied around the training step's forward (``autocast_for``), not baked into the model,
+    # so evaluation and export always see the fp32 model as saved.
     model.training_precision = str(dtype).removeprefix("torch.")
     model.compiled = compiled
-    if model.compiled:
+    if compiled:
         # A graph that dynamo cannot capture or a failing C++ build falls back to eager, not an error.
         torch._dynamo.config.suppress_errors = True
-        model.compile()
     return model
+
+
+def training_step_model(model: nn.Module) -> nn.Module:
+    """What the training step calls: ``model`` itself, or a compiled wrapper sharing its parameters when
+    ``prepare_for_training`` chose to compile (the module itself is never changed by compiling)."""
+    return torch.compile(model) if getattr(model, "compiled", False) else model
 
 
 def to_model_layout(images: torch.Tensor) -> torch.Tensor:
@@ -261,9 +241,12 @@ def to_model_layout(images: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def autocast_for(model: nn.Module) -> Iterator[None]:
-    """Autocast matching ``prepare_for_training``'s choice, for code that calls submodules directly."""
+    """The training step's autocast, as ``prepare_for_training`` chose it (bf16, fp16 on CUDA, or none)."""
     precision = getattr(model, "training_precision", "float32")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+    parameter = next(model.parameters(), None)
+    device_type = parameter.device.type if parameter is not None else "cpu"
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         yield
 
 
@@ -309,12 +292,7 @@ def prepare_for_inference(
     Outputs equal the eager model's within fp32 rounding (tests/test_acceleration.py).
     """
     configure_threads()
-    fused = copy.deepcopy(model).eval()
-    # A model prepared for training carries an autocast forward and a compiled call: inference is fp32 eager
-    # unless compiled below.
-    for module in fused.modules():
-        module.__dict__.pop("forward", None)
-    fused.__dict__["_compiled_call_impl"] = None
+    fused = kernels.unfuse(copy.deepcopy(model).eval())
     fused = fuse_conv_bn(fused).to(memory_format=torch.channels_last)
     for parameter in fused.parameters():
         parameter.requires_grad_(False)

@@ -9,8 +9,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+# An execution mode is chosen by setting these attributes, never by replacing ``forward``:
+# ``training_kernel``: a function ``(module, x) -> y`` that computes the block in training mode (the fused
+# C++ kernels of ``mobilenets.kernels`` set it; ``None`` is PyTorch's own ops); ``depthwise_in_float32``:
+# run a depthwise convolution outside autocast (bf16 depthwise backward is slow on CPUs).
+TrainingKernel = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -68,6 +76,16 @@ class ConvBNAct(nn.Sequential):
         )
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = make_activation(activation)
+        self.training_kernel: TrainingKernel | None = None
+        self.depthwise_in_float32 = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training_kernel is not None and self.training:
+            return self.training_kernel(self, x)
+        if self.depthwise_in_float32 and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.act(self.bn(self.conv(x.float())))
+        return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcitation(nn.Module):
@@ -79,8 +97,11 @@ class SqueezeExcitation(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.expand = nn.Conv2d(squeeze_channels, channels, 1)
         self.gate = nn.Hardsigmoid(inplace=True)
+        self.training_kernel: TrainingKernel | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training_kernel is not None and self.training:
+            return self.training_kernel(self, x)
         scale = x.mean((2, 3), keepdim=True)
         scale = self.gate(self.expand(self.act(self.reduce(scale))))
         return x * scale

@@ -1,4 +1,4 @@
-"""The training loop: what suits small models (MobileNetV3 §6.1, REFERENCE §5.6), resumable to the step.
+"""The training loop: what suits small models (MobileNetV3 §6.1, https://arxiv.org/abs/1905.02244), resumable to the step.
 
 - AdamW or RMSprop; no weight decay on depthwise filters, BatchNorm and biases (they have few
   parameters each, and decaying them only hurts); linear warm-up then cosine decay, stepped per batch;
@@ -18,13 +18,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from mobilenets.core.files import atomic_write
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
 from mobilenets.data.folders import DecodedImages, EpochBatches, epoch_seed
-from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, to_model_layout, training_step_model
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import save_weights
 from mobilenets.training.distillation import Teacher, distillation_loss
@@ -287,21 +286,6 @@ def recompute_batchnorm_statistics(
     model.train(was_training)
 
 
-@contextlib.contextmanager
-def as_deployed(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in fp32, as it is saved and deployed, without the training autocast.
-
-    ``prepare_for_training`` may wrap ``forward`` in bf16 autocast (an instance attribute that the EMA
-    copy inherits); evaluated under it, a model scores slightly differently than the saved weights do.
-    """
-    forward = model.__dict__.pop("forward", None)
-    try:
-        yield model
-    finally:
-        if forward is not None:
-            model.forward = forward
-
-
 def head_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in model.classifier.parameters()}
 
@@ -403,7 +387,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.context.device.type, enabled=getattr(self.model, "training_precision", "") == "float16"
         )
-        self.train_model = self.context.wrap_model(self.model)
+        self.train_model = self.context.wrap_model(training_step_model(self.model))
         self.classes = classes
         self.run_dir = Path(run_dir)
         self.preprocessing = preprocessing
@@ -512,7 +496,8 @@ class Trainer:
         images = to_model_layout(images)  # also where the thread count is re-checked
         self.state.augment_seconds += time.perf_counter() - started
         labels = self.train_data.labels[indices]
-        logits = self.train_model(images)
+        with autocast_for(self.model):
+            logits = self.train_model(images).float()  # the loss in fp32
         if self.augment.views == 3:
             clean, view1, view2 = logits.chunk(3)
             loss = F.cross_entropy(clean, labels, label_smoothing=self.config.label_smoothing)
@@ -600,14 +585,13 @@ class Trainer:
         state = self.state
         totals = self.context.reduce_sum(torch.tensor(state.epoch_totals[:3], dtype=torch.float64)).tolist()
         if not self.config.freeze_bn:
-            with as_deployed(self.eval_model) as model:
-                recompute_batchnorm_statistics(
-                    model,
-                    self.train_data.images,
-                    self.preprocessing.mean,
-                    self.preprocessing.std,
-                    seed=self.config.seed,
-                )
+            recompute_batchnorm_statistics(
+                self.eval_model,
+                self.train_data.images,
+                self.preprocessing.mean,
+                self.preprocessing.std,
+                seed=self.config.seed,
+            )
         result = self.context.merge_evaluation(self.evaluate())
         record = EpochRecord(
             epoch=epoch + 1,
@@ -629,15 +613,15 @@ class Trainer:
         return record
 
     def evaluate(self, model: nn.Module | None = None) -> EvaluationResult:
-        with as_deployed(model or self.eval_model) as deployed:
-            return evaluate(
-                deployed,
-                self.val_data.images,
-                self.val_data.labels,
-                self.classes,
-                self.preprocessing.mean,
-                self.preprocessing.std,
-            )
+        # fp32, as saved and deployed: autocast lives only in the training step.
+        return evaluate(
+            model or self.eval_model,
+            self.val_data.images,
+            self.val_data.labels,
+            self.classes,
+            self.preprocessing.mean,
+            self.preprocessing.std,
+        )
 
     def save_model(self, name: str, extra: dict) -> None:
         if self.context.is_main:
