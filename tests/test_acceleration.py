@@ -11,7 +11,6 @@ from torch import nn
 from mobilenets.kernels import acceleration
 from mobilenets.kernels.acceleration import (
     COMPILE_TRAINING_MIN_STEPS,
-    fuse_conv_bn,
     prepare_for_inference,
     prepare_for_training,
     should_compile,
@@ -19,6 +18,7 @@ from mobilenets.kernels.acceleration import (
     training_precision,
 )
 from mobilenets.models.factory import create_model
+from mobilenets.models.fusion import fold_batchnorm_in_place
 
 TINY_FAMILY = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"]
 
@@ -72,7 +72,7 @@ def test_fuse_conv_bn_counts_every_conv_bn_pair():
     model = with_trained_batchnorm(tiny("mobilenet_v1"))
     batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert batchnorms == 27  # stem + 13 depthwise-separable blocks × 2 (paper Table 1)
-    fuse_conv_bn(model)
+    fold_batchnorm_in_place(model)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 0
     assert sum(isinstance(m, nn.Conv2d) and m.bias is not None for m in model.modules()) == 27
 

@@ -26,10 +26,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mobilenets import kernels
 from mobilenets.core.settings import env_flag, usable_cpu_count
+from mobilenets.models.fusion import fold_batchnorm_in_place
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -250,20 +250,6 @@ def autocast_for(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm into the convolution before it (in place; returns ``model``).
-
-    y = γ·(Wx − μ)/σ + β is one convolution with weights γW/σ and bias β − γμ/σ: one pass over the
-    activations instead of two. Works on any ``nn.Sequential`` whose children are named conv/bn.
-    """
-    for module in model.modules():
-        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            module.conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
-            module.bn = nn.Identity()
-    return model
-
-
 class InferenceModel(nn.Module):
     """A frozen, fused, channels_last copy of a classifier; call it like the original model.
 
@@ -275,7 +261,7 @@ class InferenceModel(nn.Module):
         self.model = model
         self.compiled = compiled
         self.num_classes = getattr(model, "num_classes", None)
-        self.weights_metadata = getattr(model, "weights_metadata", None)
+        self.metadata = getattr(model, "metadata", None)
         self._forward = torch.compile(model, options={"freezing": True}) if compiled else model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -293,7 +279,7 @@ def prepare_for_inference(
     """
     configure_threads()
     fused = kernels.unfuse(copy.deepcopy(model).eval())
-    fused = fuse_conv_bn(fused).to(memory_format=torch.channels_last)
+    fused = fold_batchnorm_in_place(fused).to(memory_format=torch.channels_last)
     for parameter in fused.parameters():
         parameter.requires_grad_(False)
     compiled = should_compile(planned_batches, compile, min_steps=COMPILE_INFERENCE_MIN_BATCHES)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mobilenets.models.layers import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation, make_divisible
+from mobilenets.models.metadata import ModelMetadata
 
 # --------------------------------------------------------------------------------------------------
 # Paper rows
@@ -302,17 +303,26 @@ def mobilenet_v3_architecture(
 def build_block(spec: BlockSpec, bn_eps: float, bn_momentum: float) -> nn.Module:
     norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
     if isinstance(spec, ConvSpec):
-        return ConvBNAct(spec.in_channels, spec.out_channels, spec.kernel, spec.stride, 1, spec.activation, **norm)
+        return ConvBNAct(
+            spec.in_channels,
+            spec.out_channels,
+            kernel_size=spec.kernel,
+            stride=spec.stride,
+            activation=spec.activation,
+            **norm,
+        )
     if isinstance(spec, SeparableSpec):
-        return DepthwiseSeparable(spec.in_channels, spec.out_channels, spec.stride, spec.activation, **norm)
+        return DepthwiseSeparable(
+            spec.in_channels, spec.out_channels, stride=spec.stride, activation=spec.activation, **norm
+        )
     return InvertedResidual(
         spec.in_channels,
         spec.expanded_channels,
         spec.out_channels,
-        spec.kernel,
-        spec.stride,
-        spec.activation,
-        spec.squeeze_channels,
+        kernel_size=spec.kernel,
+        stride=spec.stride,
+        activation=spec.activation,
+        squeeze_channels=spec.squeeze_channels,
         **norm,
     )
 
@@ -328,10 +338,10 @@ class MobileNet(nn.Module):
     def __init__(self, architecture: Architecture, num_classes: int = 1000) -> None:
         super().__init__()
         self.architecture = architecture
-        norm = (architecture.bn_eps, architecture.bn_momentum)
-        self.stem = build_block(architecture.stem, *norm)
-        self.blocks = nn.Sequential(*(build_block(spec, *norm) for spec in architecture.blocks))
-        self.last_conv = build_block(architecture.last_conv, *norm) if architecture.last_conv else nn.Identity()
+        norm = {"bn_eps": architecture.bn_eps, "bn_momentum": architecture.bn_momentum}
+        self.stem = build_block(architecture.stem, **norm)
+        self.blocks = nn.Sequential(*(build_block(spec, **norm) for spec in architecture.blocks))
+        self.last_conv = build_block(architecture.last_conv, **norm) if architecture.last_conv else nn.Identity()
         features = (architecture.last_conv or architecture.blocks[-1]).out_channels
         if architecture.head_hidden:
             # V3's "conv2d 1×1, NBN" after pooling: a linear layer with bias on the pooled vector.
@@ -346,7 +356,17 @@ class MobileNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(features, num_classes) if num_classes else nn.Identity()
         self.feature_info = self._describe_feature_levels()
+        self.metadata = ModelMetadata(architecture=architecture.name, options=dict(architecture.options))
         self._init_weights()
+
+    @property
+    def weights_metadata(self) -> dict:
+        """``metadata`` as a plain dict (the form files hold); prefer ``metadata``."""
+        return self.metadata.to_dict()
+
+    @weights_metadata.setter
+    def weights_metadata(self, value: dict) -> None:
+        self.metadata = ModelMetadata.from_dict(value)
 
     def _init_weights(self) -> None:
         for module in self.modules():

@@ -121,8 +121,10 @@ class DepthwiseSeparable(nn.Module):
     ) -> None:
         super().__init__()
         norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
-        self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, in_channels, activation, **norm)
-        self.pointwise = ConvBNAct(in_channels, out_channels, 1, 1, 1, activation, **norm)
+        self.depthwise = ConvBNAct(
+            in_channels, in_channels, kernel_size=3, stride=stride, groups=in_channels, activation=activation, **norm
+        )
+        self.pointwise = ConvBNAct(in_channels, out_channels, kernel_size=1, activation=activation, **norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
@@ -151,18 +153,24 @@ class InvertedResidual(nn.Module):
         norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
         self.use_residual = stride == 1 and in_channels == out_channels
         if expanded_channels != in_channels:
-            self.expand = ConvBNAct(in_channels, expanded_channels, 1, 1, 1, activation, **norm)
+            self.expand = ConvBNAct(in_channels, expanded_channels, kernel_size=1, activation=activation, **norm)
         else:
             self.expand = nn.Identity()
         self.depthwise = ConvBNAct(
-            expanded_channels, expanded_channels, kernel_size, stride, expanded_channels, activation, **norm
+            expanded_channels,
+            expanded_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            groups=expanded_channels,
+            activation=activation,
+            **norm,
         )
         if squeeze_channels:
             self.squeeze_excite = SqueezeExcitation(expanded_channels, squeeze_channels)
         else:
             self.squeeze_excite = nn.Identity()
         # Linear bottleneck (V2 paper §3.2): no activation after the projection.
-        self.project = ConvBNAct(expanded_channels, out_channels, 1, 1, 1, None, **norm)
+        self.project = ConvBNAct(expanded_channels, out_channels, kernel_size=1, activation=None, **norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.squeeze_excite(self.depthwise(self.expand(x))))

@@ -1,7 +1,7 @@
 """Reading images the way users' folders really are, and the preprocessing each set of weights expects.
 
-Wrong preprocessing (mean/std, resize, BGR/RGB) is the first cause of "pretrained accuracy is low"
-(REFERENCE §5.7), so preprocessing travels with the weights as metadata and is applied from there.
+Wrong preprocessing (mean/std, resize, BGR/RGB) is the first cause of "pretrained accuracy is low",
+so preprocessing travels with the weights as metadata and is applied from there.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Resource counts as the papers report them: parameters, multiply-adds, and where they go.
 
-Counting conventions (REFERENCE §1): parameters are trainable tensors (BN affine included, running
+Counting conventions (those of the papers' tables and of torchvision's/timm's counts): parameters are trainable tensors (BN affine included, running
 statistics not); MACs are the multiply-adds of convolutions and linear layers for one image. The
 layer-type breakdown reproduces MobileNet v1 Table 2 (weights of conv/linear layers only, as the
 paper counts them).

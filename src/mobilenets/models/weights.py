@@ -27,6 +27,7 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write_text, cache_dir, sha256_of
 from mobilenets.models.architectures import MobileNet
+from mobilenets.models.metadata import ModelMetadata
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.published import (
     PUBLISHED_WEIGHTS,
@@ -71,12 +72,12 @@ def weights_fingerprint(model: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     architecture = getattr(model, "architecture", None)
-    metadata = getattr(model, "weights_metadata", None) or {}
+    metadata = getattr(model, "metadata", None)
     description = {
         "architecture": [architecture.name, architecture.options] if architecture is not None else None,
         # What an export writes into the file; not where the weights were read from.
-        "classes": metadata.get("classes"),
-        "preprocessing": metadata.get("preprocessing"),
+        "classes": metadata.classes if metadata is not None else None,
+        "preprocessing": metadata.preprocessing.to_dict() if metadata is not None else None,
     }
     digest.update(json.dumps(description, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
@@ -358,9 +359,9 @@ def load_model(
         )
     if wanted_classes != checkpoint_classes:
         model.reset_classifier(wanted_classes)
-    model.weights_metadata = describe_weights(path, metadata, published, layout)
+    model.metadata = ModelMetadata.from_dict(describe_weights(path, metadata, published, layout))
     if wanted_classes != checkpoint_classes:
-        model.weights_metadata["classes"] = None
+        model.metadata = model.metadata.with_classes(None)  # a new head: its classes come from training
     return model.eval()
 
 

@@ -39,6 +39,7 @@ from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
 from mobilenets.data.folders import DecodedImages, EpochBatches, epoch_seed
 from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, to_model_layout, training_step_model
+from mobilenets.models.batchnorm import reestimate_batchnorm
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import save_weights
 from mobilenets.training.distillation import Teacher, distillation_loss
@@ -267,23 +268,12 @@ def recompute_batchnorm_statistics(
     has no statistics of its own; either way the evaluated model can collapse to one prediction. The
     exact statistics of the weights being evaluated fix both (PreciseBN, Wu & Johnson 2021).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None  # cumulative average over the batches below
-        module.train()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
-    for start in range(0, len(order), batch_size):
-        batch = images[order[start : start + batch_size]]
-        model(to_model_layout(normalize_batch(batch, mean, std)))
-    for module, momentum in zip(norms, momenta, strict=True):
-        module.momentum = momentum
-    model.train(was_training)
+    batches = (
+        to_model_layout(normalize_batch(images[order[start : start + batch_size]], mean, std))
+        for start in range(0, len(order), batch_size)
+    )
+    reestimate_batchnorm(model, batches)
 
 
 def head_parameters(model: nn.Module) -> set[int]:

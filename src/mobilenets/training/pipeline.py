@@ -183,7 +183,7 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     context.barrier()
     model = build_model(config, len(classes))
     # Pretrained weights expect their own normalization (ImageNet's for torchvision, 0.5 for some timm ones).
-    normalization = Preprocessing.from_dict(getattr(model, "weights_metadata", {}).get("preprocessing", {}))
+    normalization = model.metadata.preprocessing
     preprocessing = Preprocessing(
         input_size=config.resolution, resize_size=config.resolution, mean=normalization.mean, std=normalization.std
     )
