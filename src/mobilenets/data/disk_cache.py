@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mobilenets.core.distributed import DistributedContext
+from mobilenets.core.files import atomic_write_text
 from mobilenets.data.folders import DecodedImages, Sample, SkippedFile, _decode_one
 
 MEMORY_SHARE = 0.25  # decode to disk when the cache would take more than this share of available memory
@@ -151,6 +152,4 @@ def _merge_shards(samples: Sequence[Sample], cache_dir: Path, key: str, world_si
         "sha256": [outcomes[i]["sha256"] for i in kept],
         "perceptual_hash": [outcomes[i]["perceptual_hash"] for i in kept],
     }
-    temporary = cache_dir / f"{key}.json.tmp"
-    temporary.write_text(json.dumps(index))
-    os.replace(temporary, cache_dir / f"{key}.json")
+    atomic_write_text(cache_dir / f"{key}.json", json.dumps(index))

@@ -5,7 +5,7 @@
   removed"; both produce the same numbers here, and the dynamo graph is cleaner (no Constant/Identity/
   Flatten nodes). BatchNorm is folded into the convolutions by the exporter's optimizer.
 - Opset 18: hard-swish and hard-sigmoid are single ``HardSwish``/``HardSigmoid`` ops (opset ≥ 14),
-  not the slow Add/Clip/Div decompositions that also break converters' pattern matching (REFERENCE §5.4).
+  not the slow Add/Clip/Div decompositions that also break converters' pattern matching.
 - Dynamic batch: input ``image`` is ``[batch, 3, H, W]`` float32, output ``logits`` is ``[batch, classes]``.
 - Metadata (``metadata_props``, plain JSON strings): class labels, preprocessing (input size, resize size,
   interpolation, mean, std), architecture. ``runtime.py`` classifies images from these alone.
@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write
 from mobilenets.models.metadata import class_names
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import weights_fingerprint
@@ -80,7 +80,6 @@ def export_onnx(model: nn.Module, path: Path | str, metadata: dict[str, str] | N
     model = model.eval()
     size = Preprocessing.from_dict((getattr(model, "weights_metadata", None) or {}).get("preprocessing", {})).input_size
     example = torch.randn(2, 3, size, size)
-    temporary = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter about pytree internals
         program = torch.onnx.export(
@@ -96,9 +95,7 @@ def export_onnx(model: nn.Module, path: Path | str, metadata: dict[str, str] | N
     proto = program.model_proto
     _strip_debug_info(proto)
     write_metadata(proto, metadata if metadata is not None else deployment_metadata(model))
-    onnx.save_model(proto, temporary)
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, lambda temporary: onnx.save_model(proto, temporary), needed_bytes=proto.ByteSize())
 
 
 def _strip_debug_info(proto: onnx.ModelProto) -> None:
@@ -121,7 +118,15 @@ def write_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 def read_metadata(path: Path | str) -> dict[str, str]:
     """The ``mobilenets.*`` metadata of an exported file, prefix removed (values are JSON strings)."""
-    proto = onnx.load(str(path), load_external_data=False)
+    path = Path(path)
+    if not path.is_file():
+        raise MobilenetsError(f"{path}: does not exist; pass an .onnx file written by `mobilenets export`")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: the file is cut short or not ONNX at all
+        raise MobilenetsError(
+            f"{path}: not a readable ONNX file (truncated or another format); export it again with `mobilenets export`"
+        ) from None
     return {
         entry.key.removeprefix(METADATA_PREFIX): entry.value
         for entry in proto.metadata_props

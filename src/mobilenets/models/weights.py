@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import atomic_write_text, cache_dir, sha256_of
+from mobilenets.core.files import atomic_write, atomic_write_text, cache_dir, sha256_of
 from mobilenets.models.architectures import MobileNet
 from mobilenets.models.metadata import ModelMetadata
 from mobilenets.models.preprocessing import Preprocessing
@@ -223,9 +222,11 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = model_metadata(model, classes, preprocessing, extra)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, temporary, metadata={"mobilenets": json.dumps(metadata)})
-    os.replace(temporary, path)
+    atomic_write(
+        path,
+        lambda temporary: save_file(tensors, temporary, metadata={"mobilenets": json.dumps(metadata)}),
+        needed_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+    )
     atomic_write_text(metadata_path(path), json.dumps(metadata, indent=2))
     return path
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from mobilenets.core.files import atomic_write_text
 from mobilenets.robustness.corruptions import CORRUPTIONS
 
 
@@ -20,17 +20,11 @@ def write_report(result: dict, out_dir: Path | str, title: str = "Robustness rep
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(result, out)
     paths = {"json": out / "robustness.json", "markdown": out / "robustness.md", "html": out / "robustness.html"}
-    _write_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(result, indent=2) + "\n")
     sections = _sections(result)
-    _write_atomic(paths["markdown"], _markdown(title, result, sections, plots))
-    _write_atomic(paths["html"], _html(title, result, sections, plots))
+    atomic_write_text(paths["markdown"], _markdown(title, result, sections, plots))
+    atomic_write_text(paths["html"], _html(title, result, sections, plots))
     return {**paths, **{f"plot_{k}": v for k, v in plots.items()}}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as file:
-        file.write(text)
-    os.replace(file.name, path)
 
 
 def _pct(value: float | None) -> str:
@@ -210,7 +204,9 @@ def _plots(r: dict, out: Path) -> dict[str, Path]:
     names = list(r["corruption_accuracy"])
     severities = [str(s) for s in r["severities"]]
     grid = np.array([[r["corruption_accuracy"][n][s] for s in severities] for n in names]) * 100
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(severities), 0.35 * len(names) + 1.2))
+    # Room for the corruption names and the colour bar whatever the number of severities: with one
+    # severity the old 2.1-inch figure clipped both (and matplotlib warned "Tight layout not applied").
+    fig, ax = plt.subplots(figsize=(max(5.0, 3.2 + 0.9 * len(severities)), 0.35 * len(names) + 1.2))
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(severities)), severities)
     ax.set_xlabel("severity")
@@ -295,7 +291,9 @@ def _plots(r: dict, out: Path) -> dict[str, Path]:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Tight layout not applied": the figure is still complete
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

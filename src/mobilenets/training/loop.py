@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -490,20 +489,11 @@ class Trainer:
             logits = self.train_model(images).float()  # the loss in fp32
         if self.augment.views == 3:
             clean, view1, view2 = logits.chunk(3)
-            loss = F.cross_entropy(clean, labels, label_smoothing=self.config.label_smoothing)
+            loss = self.label_loss(clean, labels, images[: len(clean)])  # the teacher sees the clean view
             loss = loss + AUGMIX_JSD_WEIGHT * jensen_shannon_consistency(clean, view1, view2)
             logits = clean
-        elif self.teacher is not None:
-            loss = distillation_loss(
-                logits,
-                self.teacher(images, self.preprocessing.mean, self.preprocessing.std),
-                labels,
-                weight=self.config.distill_weight,
-                temperature=self.config.temperature,
-                label_smoothing=self.config.label_smoothing,
-            )
         else:
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+            loss = self.label_loss(logits, labels, images)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
@@ -517,6 +507,19 @@ class Trainer:
             self.ema.update_parameters(self.model)
         correct = int((logits.argmax(1) == labels).sum())
         return float(loss.detach()) * len(labels), correct, len(labels)
+
+    def label_loss(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the labels, or with a teacher the distillation loss (training.distillation)."""
+        if self.teacher is None:
+            return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+        return distillation_loss(
+            logits,
+            self.teacher(images, self.preprocessing.mean, self.preprocessing.std),
+            labels,
+            weight=self.config.distill_weight,
+            temperature=self.config.temperature,
+            label_smoothing=self.config.label_smoothing,
+        )
 
     def run_epoch(self, epoch: int, progress) -> None:
         state = self.state
@@ -626,13 +629,13 @@ class Trainer:
     def write_epochs_csv(self) -> None:
         if not self.context.is_main:
             return
-        path = self.run_dir / EPOCHS_CSV
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=EpochRecord.HEADER)
-            writer.writeheader()
-            writer.writerows(self.state.history)
-        os.replace(temporary, path)
+        def write(temporary: Path) -> None:
+            with open(temporary, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=EpochRecord.HEADER)
+                writer.writeheader()
+                writer.writerows(self.state.history)
+
+        atomic_write(self.run_dir / EPOCHS_CSV, write)
 
     def early_stop(self) -> bool:
         patience = self.config.early_stopping
