@@ -3,8 +3,8 @@
 # real ImageNet weights (installed offline by `make`) on the 500 Fashion-MNIST images shipped in
 # examples/, quantize it to int8, export it to ONNX, classify an image and write the report. Steps whose
 # command is not in this version are skipped with a message, so the demo always runs end to end.
-# Fine-tuning is what small datasets need (REFERENCE §5.6): from scratch, a V3-Small reached 65% on
-# these images after 40 epochs; fine-tuned V2 reaches ~85% in 10.
+# Fine-tuning is what small datasets need: from scratch, a V3-Small reached 65% on these images after
+# 40 epochs; fine-tuned V2 reaches ~85% in 10.
 set -euo pipefail
 out=${1:-runs/demo}
 bin=.venv/bin
@@ -27,6 +27,6 @@ else
     echo "demo: no export command in this version; skipping ONNX export"
 fi
 
-first_val=$($bin/python -c "import json; print(json.load(open('$run/split.json'))['val'][0][0])")
+first_val=$($bin/python -c "from mobilenets import RunDirectory; print(RunDirectory('$run').read_split().val[0].path)")
 $bin/mobilenets predict "$first_val" --weights "$run" --top 3
 echo "demo: report at $run/report.html"

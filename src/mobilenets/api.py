@@ -65,7 +65,9 @@ def train_with_options(options: TrainOptions) -> Run:
 def load_run(path: Path | str) -> Run:
     """A run directory written by ``train`` (it may have been moved or copied since)."""
     run = Run(path)
-    run.directory.require(RunDirectory.CONFIG, RunDirectory.MODEL, needed_by="load_run")
+    if not run.path.exists():
+        raise MobilenetsError(f"{run.path}: does not exist; pass a run directory written by `mobilenets train`")
+    run.directory.require(RunDirectory.CONFIG, RunDirectory.MODEL, needed_by="this")
     return run
 
 
