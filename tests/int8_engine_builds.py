@@ -26,7 +26,7 @@ cpp_extension.load(
     build_directory=build,
     is_python_module=False,
 )
-kernels._loaded = True  # the engine needs only this library's ops
+kernels._int8_loaded = True  # the engine needs only this library's ops
 
 from mobilenets.deployment import int8_engine  # noqa: E402
 from mobilenets.models.factory import create_model  # noqa: E402

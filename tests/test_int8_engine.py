@@ -26,7 +26,7 @@ from mobilenets.models.factory import create_model
 from mobilenets.models.fusion import fold_batchnorm
 from mobilenets.models.preprocessing import Preprocessing
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="the compiled CPU kernels are unavailable")
+pytestmark = pytest.mark.skipif(not kernels.int8_available(), reason="the int8 engine's C++ library is unavailable")
 
 
 def settled(name: str, size: int, **options) -> torch.nn.Module:

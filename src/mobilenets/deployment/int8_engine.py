@@ -18,7 +18,7 @@ What is int8 and what is not, on purpose:
 
 The program is built from a trained model (BatchNorm folded into the convolutions) and calibration
 images; ``reference_forward`` computes the same arithmetic in PyTorch (float64), which the tests
-hold the C++ to. The engine needs the compiled kernels (``mobilenets.kernels.available()``); AVX-512
+hold the C++ to. The engine needs the compiled kernels (``mobilenets.kernels.int8_available()``); AVX-512
 VNNI makes it fast, and without it a portable scalar path gives the same results, slowly.
 """
 
@@ -385,7 +385,7 @@ class Int8Engine:
         from mobilenets import kernels
         from mobilenets.models.fusion import fold_batchnorm
 
-        if not kernels.available():
+        if not kernels.int8_available():
             raise MobilenetsError(
                 "the int8 engine needs the compiled CPU kernels (a C++ compiler and ninja; see mobilenets.kernels)"
             )
@@ -568,7 +568,7 @@ def check_engine(
 
     A loss of more than ``threshold`` top-1 points is said plainly, with what to use instead."""
     from mobilenets.deployment.onnx_runtime import create_session, onnx_logits
-    from mobilenets.deployment.timing import SpeedCheck, interleaved_medians
+    from mobilenets.deployment.timing import compare_speed
 
     engine = Int8Engine(model, batches_of(calibration))
     fp32 = onnx_logits(fp32_onnx, evaluation).argmax(1)
@@ -583,17 +583,17 @@ def check_engine(
     for batch_size in batches:
         images = np.ascontiguousarray(np.resize(evaluation, (batch_size, *evaluation.shape[1:])))
         tensor = torch.from_numpy(images)
-        fp32_ms, int8_ms = interleaved_medians(
-            [lambda images=images: session.run(None, {name: images}), lambda tensor=tensor: engine(tensor)]
+        check = compare_speed(
+            batch_size, lambda images=images: session.run(None, {name: images}), lambda tensor=tensor: engine(tensor)
         )
-        checks.append(SpeedCheck(batch_size, fp32_ms, int8_ms))
-        figures[f"int8_engine_speedup_batch{batch_size}"] = round(fp32_ms / int8_ms, 3)
+        checks.append(check)
+        figures[f"int8_engine_speedup_batch{batch_size}"] = round(check.speedup, 3)
     accuracy = (
         f"top-1 {100 * figures['int8_engine_val_accuracy']:.2f}% (fp32 {100 * figures['int8_engine_fp32_val_accuracy']:.2f}%), "
         if labels is not None
         else ""
     )
-    speed = ", ".join(f"batch {c.batch}: {c.speedup:.2f}× ({c.int8_ms:.1f} vs {c.fp32_ms:.1f} ms)" for c in checks)
+    speed = ", ".join(check.describe() for check in checks)
     kind = "AVX-512 VNNI" if engine.vnni else "portable C++, no AVX-512 VNNI: slow"
     report(
         f"int8 engine ({kind}): {accuracy}agreement with fp32 {100 * figures['int8_engine_agreement']:.2f}% "

@@ -17,8 +17,9 @@ oneDNN's depthwise weight gradient takes 5–40× its forward pass for 5×5 kern
 - the training batch: crop, flip, colour jitter and normalisation of the uint8 cache in one kernel
   (``augment_crop_flip_jitter``, used by ``BatchAugment.normalized``).
 
-``int8_inference.cpp``, built into the same library, is the int8 inference engine
-(``mobilenets.int8_engine``): the whole network per image with AVX-512 VNNI.
+``int8_inference.cpp`` is the int8 inference engine (``mobilenets.deployment.int8_engine``): the whole
+network per image with AVX-512 VNNI. It is a separate library, built only when the engine is first
+used, so that its build can never disable the training kernels.
 
 ``prepare_for_training`` applies them (``fuse_for_training``) when the C++ builds; the parameters,
 buffers, ``state_dict`` and module tree are unchanged, and any case the kernels do not cover (eval
@@ -43,12 +44,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# The training kernels, and the int8 inference engine (mobilenets.int8_engine): one library, one build.
-SOURCES = (Path(__file__).with_name("conv_bn_act.cpp"), Path(__file__).with_name("int8_inference.cpp"))
+TRAINING_SOURCE = Path(__file__).with_name("conv_bn_act.cpp")
+INT8_SOURCE = Path(__file__).with_name("int8_inference.cpp")
+SOURCES = (TRAINING_SOURCE, INT8_SOURCE)
 ACTIVATION_CODES: dict[type[nn.Module], int] = {nn.Identity: 0, nn.ReLU: 1, nn.ReLU6: 2, nn.Hardswish: 3}
 
 _lock = threading.Lock()
 _loaded: bool | None = None
+_int8_loaded: bool | None = None
 
 
 def _cpu_fingerprint() -> str:
@@ -64,11 +67,14 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
 
 
-def build_directory() -> Path:
-    """``$MOBILENETS_HOME/kernels/<torch>-<cpu>-<source>``: a new torch, CPU or source builds anew."""
+def build_directory(source: Path = TRAINING_SOURCE) -> Path:
+    """``$MOBILENETS_HOME/kernels/<torch>-<cpu>-<source>``: a new torch, CPU or source builds anew.
+
+    Built on the machine that runs them (``-march=native``), cached there, never shipped.
+    """
     from mobilenets.core.files import cache_dir
 
-    source_hash = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
+    source_hash = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     torch_version = torch.__version__.replace("+", "_")
     return cache_dir().parent / "kernels" / f"torch{torch_version}-{_cpu_fingerprint()}-{source_hash}"
 
@@ -86,42 +92,58 @@ def available() -> bool:
         return False
     with _lock:
         if _loaded is None:
-            _loaded = _load()
+            _loaded = _load(
+                name="mobilenets_kernels",
+                source=TRAINING_SOURCE,
+                marker="depthwise_forward",
+                what="the fused CPU training kernels",
+                fallback="training runs in PyTorch's kernels (slower)",
+            )
     return _loaded
 
 
-def _load() -> bool:
+def int8_available() -> bool:
+    """True when the int8 inference engine's library is built and loaded (its own build, ~35 s once)."""
+    global _int8_loaded
+    with _lock:
+        if _int8_loaded is None:
+            _int8_loaded = _load(
+                name="mobilenets_int8_engine",
+                source=INT8_SOURCE,
+                marker="int8_forward",
+                what="the int8 inference engine",
+                fallback="use ONNX Runtime's int8 model instead (--engine onnxruntime)",
+            )
+    return _int8_loaded
+
+
+def _load(*, name: str, source: Path, marker: str, what: str, fallback: str) -> bool:
     if platform.system() != "Linux" and platform.system() != "Darwin":
         return False
     try:
         from torch.utils import cpp_extension
 
         _put_ninja_on_path()
-        directory = build_directory()
+        directory = build_directory(source)
         directory.mkdir(parents=True, exist_ok=True)
-        if not (directory / "mobilenets_kernels.so").exists():
-            print(
-                f"mobilenets: compiling the fused CPU training kernels, once per machine (~30 s) into {directory}",
-                file=sys.stderr,
-                flush=True,
-            )
+        if not (directory / f"{name}.so").exists():
+            print(f"mobilenets: compiling {what}, once per machine (~30 s) into {directory}", file=sys.stderr, flush=True)
         cpp_extension.load(
-            name="mobilenets_kernels",
-            sources=[str(source) for source in SOURCES],
+            name=name,
+            sources=[str(source)],
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
             extra_ldflags=["-fopenmp"],
             build_directory=str(directory),
             is_python_module=False,
             verbose=False,
         )
-        return hasattr(torch.ops.mobilenets_kernels, "depthwise_forward")
+        return hasattr(torch.ops.mobilenets_kernels, marker)
     except Exception as error:  # no compiler, no ninja, a read-only cache: PyTorch's kernels still work
         from mobilenets.core.files import cache_dir
 
         warnings.warn(
-            f"mobilenets: fused CPU training kernels unavailable ({type(error).__name__}: {error}); "
-            "training runs in PyTorch's kernels (slower). They need a C++ compiler, `ninja` and a writable "
-            f"cache folder (set MOBILENETS_HOME; now {cache_dir().parent / 'kernels'}).",
+            f"mobilenets: {what} unavailable ({type(error).__name__}: {error}); {fallback}. It needs a C++ "
+            f"compiler, `ninja` and a writable cache folder (set MOBILENETS_HOME; now {cache_dir().parent / 'kernels'}).",
             stacklevel=3,
         )
         return False
