@@ -22,6 +22,8 @@ demo: $(BIN)/mobilenets
 test: $(BIN)/mobilenets
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+	# The pure-PyTorch path (no C++ compiler, or the kernels switched off) trains too.
+	MOBILENETS_FUSED_KERNELS=0 $(BIN)/python -m pytest -q tests/test_training.py tests/test_acceleration.py
 
 test-slow: $(BIN)/mobilenets
 	$(BIN)/python -m pytest -q -m slow
