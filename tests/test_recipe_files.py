@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mobilenets.cli.commands.train import apply_recipe_file
+from mobilenets.cli.commands.train import options_from
 from mobilenets.cli.main import build_parser
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.training.pipeline import apply_recipe_file
 
 
 def parse(*argv: str):
-    return build_parser().parse_args(["train", "--data", "images", *argv])
+    argv = ["train", "--data", "images", *argv]
+    return options_from(build_parser(argv).parse_args(argv))
 
 
 def test_bundled_paper_recipe_sets_the_papers_values():

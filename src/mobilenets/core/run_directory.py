@@ -147,17 +147,10 @@ class RunDirectory:
         return self.read_json(self.METRICS, {})
 
     def merge_metrics(self, figures: dict) -> dict:
-        """The one policy for ``metrics.json``: the given keys replace theirs, every other key is kept.
-
-        Tools that write the same group of figures (quantize twice, say) replace the whole group; a key
-        set to ``None`` is removed, so a figure that no longer holds does not linger.
-        """
+        """The one policy for ``metrics.json``: the given keys replace theirs (a group of figures, such as
+        ``deployment`` or ``robustness``, is replaced whole), every other key is kept."""
         metrics = self.metrics()
-        for key, value in figures.items():
-            if value is None:
-                metrics.pop(key, None)
-            else:
-                metrics[key] = value
+        metrics.update(figures)
         self.write_json(self.METRICS, metrics)
         return metrics
 

@@ -530,7 +530,5 @@ def finish_run(trainer: Trainer, run_dir: Path, config: TrainConfig) -> None:
         f"{100 * metrics['augment_share_of_step_time']:.0f}% of step time"
     )
     diagnosis = diagnose_run(trainer, best=best, run_dir=run_dir)
-    metrics = run.merge_metrics({"diagnosis": findings_to_json(diagnosis)})
-    # Written directly: merge_metrics drops None keys, but scratch must read as "initial_weights": null.
-    run.write_json(RunDirectory.METRICS, {**metrics, "initial_weights": config.initial_weights})
+    run.merge_metrics({"diagnosis": findings_to_json(diagnosis), "initial_weights": config.initial_weights})
     say(format_findings(diagnosis))

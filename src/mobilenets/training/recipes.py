@@ -38,12 +38,15 @@ class Recipe:
     batch_size: int
     augment: str
     why: str
+    head_epochs: int = 0  # fine-tuning: epochs that train the new classifier alone first
 
     def describe(self, num_images: int) -> str:
         upper = f"{self.max_images:,}" if self.max_images else "∞"
         return (
             f"recipe '{self.name}' for {num_images:,} training images ({self.min_images:,}–{upper}): "
-            f"lr {self.lr:g}, {self.epochs} epochs, batch {self.batch_size}, augmentation {self.augment} — {self.why}"
+            f"lr {self.lr:g}, {self.epochs} epochs, batch {self.batch_size}, augmentation {self.augment}"
+            + (f", {self.head_epochs} head-only epoch(s)" if self.head_epochs else "")
+            + f" — {self.why}"
         )
 
 
@@ -55,8 +58,51 @@ RECIPES = (
 )
 
 
-def choose_recipe(num_images: int) -> Recipe:
-    for recipe in RECIPES:
+# Starting from ImageNet weights: the features exist already, so fewer epochs and less augmentation are
+# needed than from scratch, and one head-only epoch keeps the random new classifier from disturbing them.
+# Measured on Fashion-MNIST subsets of the seed's sizes (V2, 64 px, test images never seen in training):
+# 500 images / 5 classes: light 93.3%, heavy 92.2%, medium 91.2% (30 epochs), medium 15 epochs 89.6%;
+# 1,500 / 10: light 88.1%, medium 87.3%; 3,000 / 10 (medium, 20 epochs): 88.8% — all above the seed's ranges.
+FINETUNE_RECIPES = (
+    Recipe(
+        "fine-tune tiny",
+        0,
+        500,
+        1e-3,
+        30,
+        16,
+        "light",
+        "pretrained weights, tiny data: light augmentation measured best (93.3% vs 91.2% medium on 500 images)",
+        1,
+    ),
+    Recipe(
+        "fine-tune small",
+        500,
+        2_000,
+        1e-3,
+        25,
+        32,
+        "light",
+        "pretrained weights: light augmentation measured best (88.1% vs 87.3% medium on 1,500 images)",
+        1,
+    ),
+    Recipe(
+        "fine-tune medium",
+        2_000,
+        5_000,
+        1e-3,
+        20,
+        64,
+        "medium",
+        "pretrained weights, enough data: 20 epochs of medium augmentation (88.8% on 3,000 images)",
+        1,
+    ),
+    Recipe("fine-tune large", 5_000, None, 2e-3, 10, 128, "light", "pretrained weights, large data (not measured)", 0),
+)
+
+
+def choose_recipe(num_images: int, pretrained: bool = False) -> Recipe:
+    for recipe in FINETUNE_RECIPES if pretrained else RECIPES:
         if recipe.max_images is None or num_images < recipe.max_images:
             return recipe
     return RECIPES[-1]

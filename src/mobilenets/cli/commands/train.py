@@ -119,9 +119,13 @@ def run(args: argparse.Namespace) -> int:
     from mobilenets.api import train_with_options
     from mobilenets.training.loop import Interrupted
 
-    options = TrainOptions(**{name: getattr(args, name) for name in TrainOptions.defaults()})
+    options = options_from(args)
     try:
         train_with_options(options)
     except Interrupted:
         return 130
     return 0
+
+
+def options_from(args: argparse.Namespace) -> TrainOptions:
+    return TrainOptions(**{name: getattr(args, name) for name in TrainOptions.defaults()})

@@ -1,0 +1,505 @@
+"""After training: what went wrong, measured, and the product's advice for it, made concrete for this run.
+
+The symptoms and advice are the MobileNetV3-Small product description's "Common issues and solutions"
+(accuracy lower than desired, model not learning, overfitting or leakage, training too slow), and its
+expected accuracy by dataset size (500 images / 5 classes: 70–80%; 1,500 / 20: 75–82%; 3,000 / 10:
+83–88%). Everything here is a pure function of a ``RunFacts`` (the epoch history and a few numbers
+of the run), so each symptom can be built on purpose in a test without training anything.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mobilenets.training.loop import Trainer
+
+NOT_LEARNING = "not_learning"
+OVERFITTING = "overfitting"
+POSSIBLE_LEAKAGE = "possible_leakage"
+BELOW_EXPECTATION = "below_expectation"
+SLOW_TRAINING = "slow_training"
+SYMPTOMS = (NOT_LEARNING, OVERFITTING, POSSIBLE_LEAKAGE, BELOW_EXPECTATION, SLOW_TRAINING)
+
+# Train accuracy is measured on augmented batches (harder than the clean validation images), so a gap
+# this large is not an artefact of augmentation.
+OVERFITTING_GAP = 0.15
+# Above this share of step time, the data pipeline rather than the model is what is slow.
+DATA_SHARE_LIMIT = 0.25
+
+
+@dataclass(frozen=True)
+class ExpectedRange:
+    """The product description's expected accuracy for a use case of this size."""
+
+    images: int
+    classes: int
+    low: float
+    high: float
+
+
+# The seed's three example use cases (quick prototyping, plant identifier, IoT camera).
+EXPECTED_RANGES = (
+    ExpectedRange(images=500, classes=5, low=0.70, high=0.80),
+    ExpectedRange(images=1_500, classes=20, low=0.75, high=0.82),
+    ExpectedRange(images=3_000, classes=10, low=0.83, high=0.88),
+)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+
+    @classmethod
+    def from_dict(cls, row: dict) -> EpochStats:
+        return cls(
+            epoch=int(row["epoch"]),
+            train_loss=float(row["train_loss"]),
+            train_accuracy=float(row["train_accuracy"]),
+            val_loss=float(row["val_loss"]),
+            val_accuracy=float(row["val_accuracy"]),
+        )
+
+
+@dataclass(frozen=True)
+class ConfidentMistake:
+    """A validation image predicted, with high probability, as a class other than its label."""
+
+    path: str
+    label: str
+    predicted: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the diagnosis looks at; built by the train command from the run, or by hand in tests."""
+
+    num_classes: int
+    train_images: int
+    val_images: int
+    history: tuple[EpochStats, ...]
+    model: str = "mobilenet_v3_small"
+    width: float = 1.0
+    resolution: int = 224
+    median_image_side: int | None = None  # of the source images, when known
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 32
+    augment: str = "medium"
+    initial_weights: str | None = None
+    teacher: str | None = None
+    leakage_exact: tuple[tuple[str, str], ...] = ()  # (train path, val path)
+    leakage_near: tuple[tuple[str, str], ...] = ()
+    augment_share: float | None = None  # of step time
+    images_per_second: float | None = None
+    threads: int | None = None
+    cpu_count: int | None = None
+    device: str = "cpu"
+    cuda_available: bool = False
+    precision: str | None = None  # the training precision in use: float32, bfloat16, float16
+    confident_mistakes: tuple[ConfidentMistake, ...] = ()
+    class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return max((e.val_accuracy for e in self.history), default=0.0)
+
+    @property
+    def total_images(self) -> int:
+        return self.train_images + self.val_images
+
+
+@dataclass(frozen=True)
+class Finding:
+    symptom: str
+    evidence: str
+    advice: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"symptom": self.symptom, "evidence": self.evidence, "advice": list(self.advice)}
+
+
+def expected_range(total_images: int) -> ExpectedRange:
+    """The seed's use case closest in size (on a log scale: 900 images is nearer 500 than 1,500 is)."""
+    return min(EXPECTED_RANGES, key=lambda r: abs(math.log(max(total_images, 1) / r.images)))
+
+
+def chance_margin(num_classes: int, val_images: int) -> float:
+    """How far above chance an accuracy must be to count as learning: 3 binomial standard errors, at least 5 points."""
+    chance = 1 / max(num_classes, 1)
+    return max(0.05, 3 * math.sqrt(chance * (1 - chance) / max(val_images, 1)))
+
+
+def diagnose(facts: RunFacts) -> list[Finding]:
+    """Every symptom that applies, most fundamental first."""
+    findings = [
+        finding
+        for check in (not_learning, possible_leakage, overfitting, below_expectation, slow_training)
+        if (finding := check(facts)) is not None
+    ]
+    # A model that does not learn is also below expectation; saying it twice adds nothing.
+    if any(f.symptom == NOT_LEARNING for f in findings):
+        findings = [f for f in findings if f.symptom != BELOW_EXPECTATION]
+    return findings
+
+
+# --------------------------------------------------------------------------------------------------
+# The symptoms
+# --------------------------------------------------------------------------------------------------
+
+
+def not_learning(facts: RunFacts) -> Finding | None:
+    """Validation accuracy near chance, or a training loss that did not go down."""
+    if not facts.history:
+        return None
+    chance = 1 / max(facts.num_classes, 1)
+    best = facts.best_val_accuracy
+    near_chance = best < chance + chance_margin(facts.num_classes, facts.val_images)
+    first, last = facts.history[0].train_loss, facts.history[-1].train_loss
+    flat = len(facts.history) >= 3 and last > 0.95 * first
+    if not (near_chance or flat):
+        return None
+    parts = []
+    if near_chance:
+        parts.append(
+            f"best validation accuracy {best:.1%} is near chance ({chance:.1%} for {facts.num_classes} classes)"
+        )
+    if flat:
+        parts.append(f"training loss went from {first:.3f} to {last:.3f} in {len(facts.history)} epochs")
+    memorizing = near_chance and facts.history[-1].train_accuracy > chance + 0.25
+    if memorizing:
+        parts.append(
+            f"while training accuracy reached {facts.history[-1].train_accuracy:.1%}: the model memorizes "
+            "images but finds nothing that carries over, which is what wrong or random labels look like"
+        )
+    advice = [_check_labels_advice(facts)]
+    if facts.lr < 2e-3:
+        advice.append(f"increase the learning rate to 2e-3: --lr 2e-3 (this run: {facts.lr:g})")
+    if facts.augment in ("heavy", "augmix", "augmix-all", "medium"):
+        advice.append(f"reduce augmentation intensity: --augment light (this run: {facts.augment})")
+    advice.append(
+        f"train for many more epochs (small models converge slowly): --epochs {min(100, max(2 * facts.epochs, 50))} "
+        f"(this run: {facts.epochs})"
+    )
+    if facts.initial_weights is None:
+        where = (
+            "" if facts.width == 1.0 else f" at --width 1.0 (checkpoints exist only there; this run: {facts.width:g})"
+        )
+        advice.append(
+            f"start from pretrained ImageNet weights (--weights auto, the default){where}: they learn from few images"
+        )
+    per_class = facts.train_images / max(facts.num_classes, 1)
+    advice.append(
+        f"verify sufficient data variation: {per_class:.0f} training images per class; each class needs varied "
+        "examples (backgrounds, angles, lighting), not near copies of a few"
+    )
+    return Finding(NOT_LEARNING, "; ".join(parts), tuple(advice))
+
+
+def overfitting(facts: RunFacts) -> Finding | None:
+    """Training accuracy much above validation accuracy, or validation loss rising while training loss falls."""
+    if len(facts.history) < 2:
+        return None
+    last = facts.history[-1]
+    best = facts.best_val_accuracy
+    gap = last.train_accuracy - best
+    position = min(range(len(facts.history)), key=lambda i: facts.history[i].val_loss)
+    lowest = facts.history[position]
+    # Two epochs past its minimum, clearly higher, while the training loss still fell: memorizing.
+    rising = (
+        position < len(facts.history) - 2
+        and last.val_loss > 1.25 * lowest.val_loss
+        and last.train_loss < lowest.train_loss
+    )
+    if gap <= OVERFITTING_GAP and not rising:
+        return None
+    parts = []
+    if gap > OVERFITTING_GAP:
+        parts.append(
+            f"training accuracy {last.train_accuracy:.1%} (on augmented images) against {best:.1%} best on validation: "
+            f"a gap of {100 * gap:.0f} points"
+        )
+    if rising:
+        parts.append(
+            f"validation loss rose from {lowest.val_loss:.3f} (epoch {lowest.epoch}) to {last.val_loss:.3f} "
+            "while training loss kept falling"
+        )
+    stronger = {"none": "light", "light": "medium", "medium": "heavy"}.get(facts.augment)
+    advice = []
+    if stronger:
+        advice.append(f"add more aggressive augmentation: --augment {stronger} (this run: {facts.augment})")
+    else:
+        advice.append(f"augmentation is already {facts.augment}; more data is the stronger lever")
+    per_class = facts.train_images / max(facts.num_classes, 1)
+    advice.append(
+        f"collect more data: {facts.train_images:,} training images ({per_class:.0f} per class); "
+        "the product's sweet spot is 500–2,000 images, up to 5,000"
+    )
+    if facts.leakage_exact or facts.leakage_near:
+        advice.append("the train/val split has copies (see possible_leakage); fix those before trusting any gap")
+    else:
+        advice.append(
+            "it may indicate data leakage: check the train/val split (the scan found no copies, but the same "
+            "object photographed twice is not a copy)"
+        )
+    if facts.initial_weights is None:
+        advice.append("fine-tune from pretrained weights (--weights auto): they generalize from far fewer images")
+    if facts.teacher is None:
+        advice.append("distil from a larger fine-tuned model (--teacher RUN_DIR): soft targets regularize")
+    if rising:
+        advice.append(f"stop earlier: --early-stopping 5, or --epochs {lowest.epoch + 2}")
+    return Finding(OVERFITTING, "; ".join(parts), tuple(advice))
+
+
+def possible_leakage(facts: RunFacts) -> Finding | None:
+    """Validation images that are copies of training images (found by the scan before training)."""
+    copies = len(facts.leakage_exact) + len(facts.leakage_near)
+    if not copies:
+        return None
+    examples = [*facts.leakage_exact, *facts.leakage_near][:3]
+    share = copies / max(facts.val_images, 1)
+    evidence = (
+        f"{copies} of {facts.val_images} validation images ({share:.0%}) are copies of training images "
+        f"({len(facts.leakage_exact)} exact, {len(facts.leakage_near)} resized or recompressed), e.g. "
+        + "; ".join(f"{val} = {train}" for train, val in examples)
+    )
+    advice = (
+        f"validation accuracy is optimistic by up to {100 * share:.0f} points: the copies are scored as if unseen",
+        "remove duplicates from the folder (RUN_DIR/leakage.json lists every pair), or keep one copy per class folder",
+        "or validate on separately collected images: --val DIR",
+    )
+    return Finding(POSSIBLE_LEAKAGE, evidence, advice)
+
+
+def below_expectation(facts: RunFacts) -> Finding | None:
+    """Best validation accuracy under the product's expected range for a dataset of this size."""
+    if not facts.history:
+        return None
+    expected = expected_range(facts.total_images)
+    best = facts.best_val_accuracy
+    if best >= expected.low:
+        return None
+    evidence = (
+        f"best validation accuracy {best:.1%} is below the {expected.low:.0%}–{expected.high:.0%} expected for "
+        f"about {expected.images:,} images in {expected.classes} classes (this run: {facts.total_images:,} images, "
+        f"{facts.num_classes} classes)"
+    )
+    advice = []
+    if facts.initial_weights is None:
+        advice.append("fine-tune from pretrained ImageNet weights: --weights auto (the default) or a published name")
+    if facts.teacher is None and facts.model in ("mobilenet_v3_small", "mobilenet_v3_small_minimal"):
+        advice.append(
+            "distil from a larger model: fine-tune mobilenet_v3_large or mobilenet_v2 on this folder, then "
+            "--teacher RUN_DIR"
+        )
+    if facts.median_image_side and facts.resolution < min(224, facts.median_image_side):
+        advice.append(
+            f"raise --resolution (this run: {facts.resolution}px; the images are about {facts.median_image_side}px)"
+        )
+    elif facts.resolution < 96 and facts.initial_weights is not None:
+        advice.append(
+            f"raise --resolution: ImageNet weights were trained at 224px and transfer better above {facts.resolution}px"
+        )
+    if facts.total_images < 5_000:
+        advice.append(f"collect more training data (this run: {facts.total_images:,}; up to 5,000 helps)")
+    if facts.augment in ("none", "light"):
+        advice.append(f"increase augmentation: --augment medium or heavy (this run: {facts.augment})")
+    if facts.epochs < 50:
+        advice.append(f"train longer: --epochs 50 (this run: {facts.epochs})")
+    if facts.width < 1.0:
+        advice.append(f"a wider model: --width 1.0 (this run: {facts.width:g})")
+    if facts.model not in ("mobilenet_v2", "mobilenet_v3_large"):
+        advice.append("if accuracy is critical, a larger architecture: --model mobilenet_v3_large or mobilenet_v2")
+    if facts.confident_mistakes:
+        advice.append(_check_labels_advice(facts))
+    advice.append("some of the gap is expected: MobileNetV3-Small trades accuracy for size and speed")
+    return Finding(BELOW_EXPECTATION, evidence, tuple(advice))
+
+
+def slow_training(facts: RunFacts) -> Finding | None:
+    """The data pipeline, the thread count or an idle GPU, rather than the model, limits speed."""
+    parts, advice = [], []
+    if facts.augment_share is not None and facts.augment_share > DATA_SHARE_LIMIT:
+        parts.append(f"data preparation took {facts.augment_share:.0%} of each step")
+        advice.append(
+            f"check the data loading pipeline: a lighter --augment (this run: {facts.augment}) or a lower "
+            f"--resolution (this run: {facts.resolution}px) cuts preparation time"
+        )
+    if facts.threads is not None and facts.cpu_count and facts.threads < facts.cpu_count and facts.device == "cpu":
+        parts.append(f"PyTorch used {facts.threads} of {facts.cpu_count} CPU threads")
+        advice.append(
+            "let PyTorch use every core: unset OMP_NUM_THREADS / torch.set_num_threads limits, or stop other jobs"
+        )
+    if facts.cuda_available and facts.device == "cpu":
+        parts.append("a CUDA GPU is present but training ran on the CPU")
+        advice.append("ensure the GPU is being utilized: --device cuda")
+    if facts.device.startswith("cuda") and facts.precision == "float32":
+        parts.append("training on the GPU in fp32")
+        advice.append("use mixed precision: --precision auto (bf16) or fp16")
+    if not parts:
+        return None
+    if facts.batch_size < 64:
+        advice.append(f"increase --batch-size to 64 or 128 (this run: {facts.batch_size})")
+    speed = f" ({facts.images_per_second:.0f} images/s)" if facts.images_per_second else ""
+    return Finding(SLOW_TRAINING, "; ".join(parts) + speed, tuple(advice))
+
+
+def _check_labels_advice(facts: RunFacts) -> str:
+    if not facts.confident_mistakes:
+        return (
+            "check data loading and labels: open a few images of every class folder and make sure each folder holds "
+            "only its class"
+        )
+    examples = ", ".join(
+        f"{m.path} (labelled {m.label}, predicted {m.predicted} at {m.probability:.0%})"
+        for m in facts.confident_mistakes[:5]
+    )
+    return (
+        f"check labels: these {min(5, len(facts.confident_mistakes))} validation images are predicted confidently "
+        f"as another class: {examples}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers for the caller
+# --------------------------------------------------------------------------------------------------
+
+
+def confident_mistakes(
+    probabilities: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    *,
+    paths: Sequence[str],
+    classes: Sequence[str],
+    threshold: float = 0.8,
+    limit: int = 5,
+) -> tuple[ConfidentMistake, ...]:
+    """The ``limit`` most confident wrong predictions above ``threshold``: the likeliest mislabelled images."""
+    mistakes = []
+    for row, label, path in zip(probabilities, labels, paths, strict=True):
+        predicted = max(range(len(row)), key=row.__getitem__)
+        if predicted != label and row[predicted] >= threshold:
+            mistakes.append(
+                ConfidentMistake(
+                    path=str(path),
+                    label=classes[label],
+                    predicted=classes[predicted],
+                    probability=float(row[predicted]),
+                )
+            )
+    mistakes.sort(key=lambda m: -m.probability)
+    return tuple(mistakes[:limit])
+
+
+def findings_to_json(findings: Sequence[Finding]) -> list[dict]:
+    return [f.to_dict() for f in findings]
+
+
+def format_findings(findings: Sequence[Finding]) -> str:
+    """The console block printed after training."""
+    if not findings:
+        return "diagnosis: nothing to report (accuracy in or above the expected range, no leakage, no overfitting)"
+    lines = ["diagnosis:"]
+    for finding in findings:
+        lines.append(f"  {finding.symptom}: {finding.evidence}")
+        lines.extend(f"    - {advice}" for advice in finding.advice)
+    return "\n".join(lines)
+
+
+def findings_html(findings: Sequence[dict]) -> str:
+    """A report section from ``metrics.json``'s ``diagnosis`` list."""
+    if not findings:
+        return "<h2>Diagnosis</h2><p>Nothing to report.</p>"
+    parts = ["<h2>Diagnosis</h2>"]
+    for finding in findings:
+        items = "".join(f"<li>{html.escape(a)}</li>" for a in finding.get("advice", []))
+        parts.append(
+            f"<h3>{html.escape(finding['symptom'])}</h3><p>{html.escape(finding.get('evidence', ''))}</p><ul>{items}</ul>"
+        )
+    return "".join(parts)
+
+
+def facts_summary(facts: RunFacts) -> dict:
+    """The facts as plain values (for debugging and tests)."""
+    return asdict(facts)
+
+
+# --------------------------------------------------------------------------------------------------
+# From a finished run
+# --------------------------------------------------------------------------------------------------
+
+
+def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Finding]:
+    """Collect a finished run's facts (history, leakage.json, speed, confident mistakes of ``best``) and diagnose."""
+    import json
+    import os
+
+    import torch
+
+    from mobilenets.data.augment import normalize_batch
+    from mobilenets.kernels.acceleration import to_model_layout
+
+    config, state = trainer.config, trainer.state
+    leakage = {}
+    if (Path(run_dir) / "leakage.json").exists():
+        leakage = json.loads((Path(run_dir) / "leakage.json").read_text())
+    val = trainer.val_data
+    probabilities = []
+    model = best.eval()
+    with torch.no_grad():
+        for start in range(0, len(val.images), 256):
+            batch = normalize_batch(
+                val.images[start : start + 256], trainer.preprocessing.mean, trainer.preprocessing.std
+            )
+            probabilities.append(torch.softmax(model(to_model_layout(batch)).float(), dim=1))
+    rows = torch.cat(probabilities).tolist() if probabilities else []
+    mistakes = confident_mistakes(
+        rows,
+        val.labels.tolist(),
+        paths=[str(s.path) for s in val.samples],
+        classes=trainer.classes,
+    )
+    # The loop probes and may choose fewer threads than cores on purpose; only a user's limit is a symptom.
+    limit = os.environ.get("OMP_NUM_THREADS")
+    counts: dict[str, int] = {}
+    for label in trainer.train_data.labels.tolist():
+        counts[trainer.classes[label]] = counts.get(trainer.classes[label], 0) + 1
+    facts = RunFacts(
+        num_classes=len(trainer.classes),
+        train_images=len(trainer.train_data),
+        val_images=len(val),
+        history=tuple(EpochStats.from_dict(row) for row in state.history),
+        model=config.model,
+        width=config.width,
+        resolution=config.resolution,
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        initial_weights=config.initial_weights,
+        teacher=config.teacher,
+        leakage_exact=tuple(tuple(pair) for pair in leakage.get("exact", [])),
+        leakage_near=tuple(tuple(pair) for pair in leakage.get("near", [])),
+        augment_share=state.augment_seconds / max(state.train_seconds, 1e-9),
+        images_per_second=state.images_seen / max(state.train_seconds, 1e-9),
+        threads=torch.get_num_threads() if limit else None,
+        cpu_count=os.cpu_count() if limit else None,
+        device=str(trainer.context.device),
+        cuda_available=torch.cuda.is_available(),
+        precision=getattr(trainer.model, "training_precision", None),
+        confident_mistakes=mistakes,
+        class_counts=counts,
+    )
+    return diagnose(facts)

@@ -1,0 +1,171 @@
+"""Each symptom of the diagnosis, built on purpose from epoch histories (no training needed)."""
+
+from __future__ import annotations
+
+from mobilenets.training.diagnosis import (
+    ConfidentMistake,
+    EpochStats,
+    RunFacts,
+    confident_mistakes,
+    diagnose,
+    expected_range,
+    findings_html,
+    format_findings,
+)
+
+
+def history(*rows: tuple[float, float, float, float]) -> tuple[EpochStats, ...]:
+    return tuple(
+        EpochStats(epoch=i + 1, train_loss=tl, train_accuracy=ta, val_loss=vl, val_accuracy=va)
+        for i, (tl, ta, vl, va) in enumerate(rows)
+    )
+
+
+def healthy(**changes) -> RunFacts:
+    """A 500-image, 5-class fine-tune at the top of the seed's range: nothing to report."""
+    values = dict(
+        num_classes=5,
+        train_images=400,
+        val_images=100,
+        history=history((1.2, 0.55, 0.9, 0.70), (0.8, 0.72, 0.7, 0.78), (0.6, 0.80, 0.6, 0.83)),
+        initial_weights="mobilenet_v2.tv_in1k",
+        augment_share=0.05,
+        threads=2,
+        cpu_count=2,
+    )
+    values.update(changes)
+    return RunFacts(**values)
+
+
+def symptoms(facts: RunFacts) -> list[str]:
+    return [f.symptom for f in diagnose(facts)]
+
+
+def test_a_healthy_run_has_nothing_to_report():
+    assert symptoms(healthy()) == []
+    assert "nothing to report" in format_findings([])
+
+
+def test_shuffled_labels_are_not_learning_with_the_seeds_advice():
+    # Random labels: the model memorizes the training images, validation stays at chance.
+    facts = healthy(
+        history=history((1.62, 0.21, 1.61, 0.21), (1.50, 0.35, 1.66, 0.19), (1.20, 0.55, 1.75, 0.22)),
+        initial_weights=None,
+        lr=1e-3,
+        augment="heavy",
+        confident_mistakes=(ConfidentMistake("val/a/1.png", "a", "b", 0.97),),
+    )
+    findings = diagnose(facts)
+    assert next(f.symptom for f in findings) == "not_learning"
+    assert "below_expectation" not in [f.symptom for f in findings]  # said once, not twice
+    finding = findings[0]
+    assert "chance" in finding.evidence and "memorizes" in finding.evidence
+    advice = " ".join(finding.advice)
+    for expected in ("--lr 2e-3", "--augment light", "--epochs", "check labels", "val/a/1.png", "--weights auto"):
+        assert expected in advice
+
+
+def test_a_flat_loss_is_not_learning_even_above_chance():
+    facts = healthy(history=history((1.0, 0.5, 1.0, 0.72), (0.99, 0.5, 1.0, 0.72), (0.98, 0.5, 1.0, 0.72)))
+    assert "not_learning" in symptoms(facts)
+
+
+def test_tiny_training_set_overfits():
+    facts = healthy(
+        train_images=40,
+        val_images=100,
+        history=history((1.5, 0.4, 1.3, 0.45), (0.6, 0.85, 1.1, 0.55), (0.2, 0.97, 1.5, 0.56), (0.1, 1.0, 1.8, 0.55)),
+        augment="light",
+        initial_weights=None,
+    )
+    found = {f.symptom: f for f in diagnose(facts)}
+    assert "overfitting" in found
+    finding = found["overfitting"]
+    assert "gap of" in finding.evidence and "validation loss rose" in finding.evidence
+    advice = " ".join(finding.advice)
+    assert "--augment medium" in advice and "collect more data" in advice and "leakage" in advice
+    assert "--teacher" in advice and "--early-stopping" in advice
+
+
+def test_duplicated_files_are_possible_leakage():
+    facts = healthy(leakage_exact=(("train/a/1.png", "val/a/9.png"),), leakage_near=(("train/b/2.png", "val/b/3.png"),))
+    found = {f.symptom: f for f in diagnose(facts)}
+    assert "2 of 100 validation images" in found["possible_leakage"].evidence
+    assert "val/a/9.png = train/a/1.png" in found["possible_leakage"].evidence
+    assert any("--val DIR" in a for a in found["possible_leakage"].advice)
+
+
+def test_below_the_seeds_range_for_this_size():
+    facts = healthy(
+        history=history((1.2, 0.5, 1.0, 0.55), (1.0, 0.6, 0.9, 0.62), (0.9, 0.65, 0.85, 0.64)),
+        initial_weights=None,
+        resolution=64,
+        median_image_side=200,
+    )
+    found = {f.symptom: f for f in diagnose(facts)}
+    finding = found["below_expectation"]
+    assert "70%–80%" in finding.evidence
+    advice = " ".join(finding.advice)
+    assert "--weights auto" in advice and "--teacher" in advice and "raise --resolution" in advice
+
+
+def test_expected_range_follows_the_seeds_use_cases():
+    assert (expected_range(500).low, expected_range(500).high) == (0.70, 0.80)
+    assert expected_range(1_500).low == 0.75
+    assert expected_range(3_000).low == 0.83
+    assert expected_range(60_000).low == 0.83
+
+
+def test_slow_training_names_the_cause():
+    facts = healthy(augment_share=0.4, threads=1, cpu_count=8, cuda_available=True, batch_size=16)
+    found = {f.symptom: f for f in diagnose(facts)}
+    finding = found["slow_training"]
+    assert "40%" in finding.evidence and "1 of 8" in finding.evidence and "CUDA" in finding.evidence
+    advice = " ".join(finding.advice)
+    assert "--device cuda" in advice and "--batch-size" in advice
+
+
+def test_confident_mistakes_are_the_most_confident_wrong_ones():
+    mistakes = confident_mistakes(
+        [[0.9, 0.1], [0.05, 0.95], [0.2, 0.8], [0.6, 0.4]],
+        [1, 0, 0, 0],
+        paths=["a", "b", "c", "d"],
+        classes=["cat", "dog"],
+        threshold=0.8,
+    )
+    assert [m.path for m in mistakes] == ["b", "a", "c"]
+    assert mistakes[0].label == "cat" and mistakes[0].predicted == "dog"
+
+
+def test_findings_serialize_and_render():
+    findings = diagnose(healthy(leakage_exact=(("t<1>", "v&1"),)))
+    as_json = [f.to_dict() for f in findings]
+    assert set(as_json[0]) == {"symptom", "evidence", "advice"}
+    page = findings_html(as_json)
+    assert "possible_leakage" in page and "v&amp;1" in page
+    assert "possible_leakage" in format_findings(findings)
+
+
+def test_random_labels_end_to_end_are_diagnosed_not_learning(tmp_path):
+    """A real `mobilenets train` run on images whose labels carry no information (~10 s on 2 cores)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from mobilenets.cli.main import main
+
+    rng = np.random.default_rng(0)
+    for index in range(200):
+        folder = tmp_path / "data" / f"class_{rng.integers(5)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    run_dir = tmp_path / "run"
+    arguments = ["train", "--data", str(tmp_path / "data"), "--out", str(run_dir), "--quiet", "--epochs", "3"]
+    assert main([*arguments, "--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["initial_weights"] is None  # no checkpoint at width 0.25: scratch, said loudly
+    assert metrics["diagnosis"][0]["symptom"] == "not_learning"
+    assert any("--lr 2e-3" in advice for advice in metrics["diagnosis"][0]["advice"])
+    assert "not_learning" in (run_dir / "report.html").read_text()
+    assert json.loads((run_dir / "config.json").read_text())["initial_weights"] is None

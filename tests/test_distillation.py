@@ -1,0 +1,164 @@
+"""Knowledge distillation: the loss, class matching, renormalization, and teachers from a run and from ONNX."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.training.distillation import (
+    DistillationSettings,
+    Teacher,
+    TeacherInput,
+    class_order,
+    distillation_loss,
+    load_teacher,
+)
+
+
+def test_loss_is_hintons_formula():
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(8, 5, generator=generator)
+    teacher = torch.randn(8, 5, generator=generator) * 3
+    labels = torch.randint(0, 5, (8,), generator=generator)
+    a, t = 0.7, 4.0
+    p_teacher = F.softmax(teacher / t, dim=1)
+    log_p_student = F.log_softmax(student / t, dim=1)
+    kl = (p_teacher * (p_teacher.log() - log_p_student)).sum(1).mean()
+    expected = (1 - a) * F.cross_entropy(student, labels) + a * t * t * kl
+    actual = distillation_loss(student, teacher, labels, weight=a, temperature=t)
+    assert torch.allclose(actual, expected, atol=1e-6)
+    assert torch.allclose(
+        distillation_loss(student, teacher, labels, weight=0.0, temperature=t), F.cross_entropy(student, labels)
+    )
+
+
+def test_no_gradient_flows_into_the_teacher():
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3, requires_grad=True)
+    distillation_loss(student, teacher, torch.tensor([0, 1, 2, 0]), weight=0.5, temperature=2.0).backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_student_matching_the_teacher_has_no_soft_loss():
+    logits = torch.randn(6, 4)
+    loss = distillation_loss(logits, logits, torch.zeros(6, dtype=torch.long), weight=1.0, temperature=3.0)
+    assert abs(float(loss)) < 1e-5
+
+
+def test_settings_are_checked():
+    with pytest.raises(MobilenetsError, match="--distill-weight"):
+        DistillationSettings(weight=1.5)
+    with pytest.raises(MobilenetsError, match="--temperature"):
+        DistillationSettings(temperature=0)
+
+
+def test_class_order_matches_by_name():
+    assert class_order(["a", "b", "c"], ["a", "b", "c"], "t") is None
+    assert class_order(["c", "a", "b"], ["a", "b", "c"], "t") == [1, 2, 0]
+    with pytest.raises(MobilenetsError, match="no class d"):
+        class_order(["a", "b", "c"], ["a", "d"], "t")
+    with pytest.raises(MobilenetsError, match="ImageNet's 1,000 classes"):
+        class_order("imagenet", ["a", "b"], "mobilenet_v2.tv_in1k")
+
+
+def test_teacher_sees_its_own_normalization_resolution_and_class_order():
+    seen = {}
+
+    def run(images):
+        seen["images"] = images
+        return torch.tensor([[1.0, 2.0, 3.0]]).expand(len(images), 3)
+
+    wants = TeacherInput(resolution=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    teacher = Teacher(run, source="x", engine="torch", wants=wants, class_order=[2, 0, 1])
+    pixels = torch.full((2, 3, 8, 8), 0.75)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    student_batch = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    logits = teacher(student_batch, mean, std)
+    assert seen["images"].shape == (2, 3, 16, 16)
+    assert torch.allclose(seen["images"], torch.full((2, 3, 16, 16), 0.5), atol=1e-5)  # (0.75 - 0.5) / 0.5
+    assert logits[0].tolist() == [3.0, 1.0, 2.0]
+    assert not logits.is_inference()
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    from mobilenets import create_model, save_weights
+    from mobilenets.models.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=3, width=0.35).eval()
+    run_dir = tmp_path_factory.mktemp("teacher")
+    save_weights(model, run_dir / "model.safetensors", ["c", "a", "b"], Preprocessing(32, 32))
+    return run_dir
+
+
+def test_teacher_from_a_run_directory_in_pytorch(teacher_run):
+    teacher = load_teacher(str(teacher_run), student_classes=["a", "b", "c"], engine="torch", log=lambda _: None)
+    assert teacher.engine == "torch" and teacher.wants.resolution == 32
+    logits = teacher(torch.randn(4, 3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow  # the ONNX export takes ~15 s on 2 cores
+def test_onnx_and_pytorch_teachers_agree(teacher_run, tmp_path):
+    from mobilenets import load_model
+    from mobilenets.deployment.onnx import export_onnx
+
+    model = load_model(teacher_run / "model.safetensors")
+    onnx_path = export_onnx(model, tmp_path / "teacher.onnx")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    batch = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    from_torch = load_teacher(str(teacher_run), student_classes=["a", "b", "c"], engine="torch", log=lambda _: None)
+    from_onnx = load_teacher(str(onnx_path), student_classes=["a", "b", "c"], log=lambda _: None)
+    assert from_onnx.engine == "onnxruntime"
+    assert torch.allclose(from_torch(batch, mean, std), from_onnx(batch, mean, std), atol=1e-3)
+    exported = load_teacher(
+        str(teacher_run),
+        student_classes=["a", "b", "c"],
+        engine="onnxruntime",
+        log=lambda _: None,
+    )
+    assert exported.engine == "onnxruntime"
+    assert torch.allclose(from_torch(batch, mean, std), exported(batch, mean, std), atol=1e-3)
+
+
+def test_published_teacher_explains_how_to_fine_tune_it_first():
+    with pytest.raises(MobilenetsError, match="fine-tune it on this folder first"):
+        load_teacher("mobilenet_v2.tv_in1k", student_classes=["a", "b"])
+
+
+def test_missing_teacher_is_one_clear_line(tmp_path):
+    with pytest.raises(MobilenetsError, match="no such run directory"):
+        load_teacher(str(tmp_path / "nothing"), student_classes=["a", "b"])
+
+
+@pytest.mark.slow  # two short runs and one ONNX export: ~40 s on 2 cores
+@pytest.mark.parametrize("augment", ["light", "augmix"])
+def test_train_with_a_teacher_end_to_end(tmp_path, augment):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from mobilenets.cli.main import main
+
+    rng = np.random.default_rng(0)
+    for index in range(120):
+        label = index % 3
+        pixels = np.full((32, 32, 3), 60 * label + 40, dtype=np.uint8) + rng.integers(
+            0, 30, (32, 32, 3), dtype=np.uint8
+        )
+        folder = tmp_path / "data" / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    tiny = ["--data", str(tmp_path / "data"), "--quiet", "--epochs", "2", "--resolution", "32", "--weights", "none"]
+    teacher = tmp_path / "teacher"
+    assert main(["train", *tiny, "--model", "mobilenet_v3_small", "--width", "0.5", "--out", str(teacher)]) == 0
+    student = tmp_path / "student"
+    arguments = ["--model", "mobilenet_v3_small", "--width", "0.25", "--teacher", str(teacher), "--augment", augment]
+    assert main(["train", *tiny, *arguments, "--out", str(student), "--distill-weight", "0.7"]) == 0
+    config = json.loads((student / "config.json").read_text())
+    assert config["teacher"] == str(teacher) and config["distill_weight"] == 0.7
+    assert json.loads((student / "metrics.json").read_text())["best_val_accuracy"] >= 0

@@ -1,0 +1,252 @@
+"""The real download code against a local HTTP server: good file, wrong hash, dropped connection, silence."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mobilenets.models.hub import Download, DownloadError, download_file, fetch, mirrored_url
+
+PAYLOAD = bytes(range(256)) * 400  # 100 KiB: several chunks
+PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.removeprefix("/mirror-prefix")
+        if path in ("/models/good.bin", "/good.bin"):
+            self._send(PAYLOAD)
+        elif path == "/bad.bin":
+            self._send(b"<html>proxy login</html>" * 100)
+        elif path == "/drop.bin":
+            # Promise the whole file, send a third of it, hang up.
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        else:
+            self.send_error(404)
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_mirror(monkeypatch):
+    for name in ("MOBILENETS_WEIGHTS_MIRROR", "MOBILENETS_OFFLINE", "MOBILENETS_DOWNLOAD_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_good_file_is_downloaded_verified_and_cached(server, tmp_path):
+    target = tmp_path / "cache" / "good.bin"
+    spec = Download(f"{server}/good.bin", target, sha256=PAYLOAD_SHA256)
+    assert fetch(spec, progress=False) == target
+    assert target.read_bytes() == PAYLOAD
+    assert leftovers(target.parent) == ["good.bin"]  # no temporary file left behind
+    # Cached: a second fetch does not need the server.
+    assert fetch(Download("http://127.0.0.1:9/never", target, sha256=PAYLOAD_SHA256)) == target
+
+
+def test_published_prefix_hash_is_enough(server, tmp_path):
+    target = tmp_path / "good.bin"
+    download_file(Download(f"{server}/good.bin", target, sha256_prefix=PAYLOAD_SHA256[:8]), progress=False)
+    assert target.read_bytes() == PAYLOAD
+
+
+def test_progress_bar_path_runs(server, tmp_path):
+    target = tmp_path / "good.bin"
+    download_file(Download(f"{server}/good.bin", target, sha256=PAYLOAD_SHA256), progress=True)
+    assert target.read_bytes() == PAYLOAD
+
+
+def test_wrong_hash_never_enters_the_cache(server, tmp_path):
+    target = tmp_path / "bad.bin"
+    with pytest.raises(DownloadError) as caught:
+        fetch(Download(f"{server}/bad.bin", target, sha256=PAYLOAD_SHA256, name="mobilenet_test"), progress=False)
+    assert caught.value.reason == "sha256 mismatch"
+    message = str(caught.value)
+    assert str(target) in message and PAYLOAD_SHA256 in message  # says where to put the file and what it must be
+    assert leftovers(tmp_path) == []
+
+
+def test_cached_file_with_wrong_hash_is_replaced(server, tmp_path):
+    target = tmp_path / "good.bin"
+    target.write_bytes(b"corrupt")
+    assert fetch(Download(f"{server}/good.bin", target, sha256=PAYLOAD_SHA256), progress=False) == target
+    assert target.read_bytes() == PAYLOAD
+
+
+def test_dropped_connection_leaves_no_partial_file(server, tmp_path):
+    target = tmp_path / "drop.bin"
+    with pytest.raises(DownloadError) as caught:
+        download_file(Download(f"{server}/drop.bin", target, sha256=PAYLOAD_SHA256), progress=False)
+    assert caught.value.reason == "connection dropped"
+    assert leftovers(tmp_path) == []
+
+
+def test_dropped_connection_without_a_hash_is_still_refused(server, tmp_path):
+    # Content-Length alone catches it: no hash to fall back on.
+    with pytest.raises(DownloadError):
+        download_file(Download(f"{server}/drop.bin", tmp_path / "drop.bin"), progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_server_that_never_answers_times_out_quickly(tmp_path):
+    # Accepts TCP connections (the kernel's backlog) but never reads or answers: a black-holing proxy.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DownloadError) as caught:
+            fetch(Download(f"http://127.0.0.1:{silent.getsockname()[1]}/x.bin", tmp_path / "x.bin"), timeout=0.5)
+        assert time.monotonic() - started < 5
+        assert caught.value.reason in ("timed out", "stalled")
+    finally:
+        silent.close()
+    assert leftovers(tmp_path) == []
+
+
+def test_default_timeout_comes_from_the_environment(monkeypatch, tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setenv("MOBILENETS_DOWNLOAD_TIMEOUT", "0.3")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DownloadError):
+            fetch(Download(f"http://127.0.0.1:{silent.getsockname()[1]}/x.bin", tmp_path / "x.bin"))
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
+
+
+def test_refused_connection_fails_fast(tmp_path):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as caught:
+        fetch(Download(f"http://127.0.0.1:{port}/x.bin", tmp_path / "x.bin"))
+    assert time.monotonic() - started < 5
+    assert caught.value.reason == "offline or unreachable"
+
+
+def test_http_error_is_one_line(server, tmp_path):
+    with pytest.raises(DownloadError) as caught:
+        fetch(Download(f"{server}/missing.bin", tmp_path / "missing.bin"))
+    assert caught.value.reason == "HTTP 404"
+    assert "\n" not in str(caught.value)
+
+
+def test_mirror_replaces_scheme_and_host(server, tmp_path, monkeypatch):
+    assert (
+        mirrored_url("https://download.pytorch.org/models/a.pth", "http://10.0.0.5:8080/weights/")
+        == "http://10.0.0.5:8080/weights/models/a.pth"
+    )
+    assert mirrored_url("https://x.org/a.pth", "") == "https://x.org/a.pth"
+    monkeypatch.setenv("MOBILENETS_WEIGHTS_MIRROR", f"{server}/mirror-prefix")
+    target = tmp_path / "good.bin"
+    # The published host does not exist; only the mirror can serve this.
+    fetch(Download("https://weights.invalid/models/good.bin", target, sha256=PAYLOAD_SHA256), progress=False)
+    assert target.read_bytes() == PAYLOAD
+
+
+def test_bad_mirror_value_is_one_clear_error(monkeypatch, tmp_path):
+    from mobilenets.core.errors import MobilenetsError
+
+    monkeypatch.setenv("MOBILENETS_WEIGHTS_MIRROR", "not a url")
+    with pytest.raises(MobilenetsError, match="MOBILENETS_WEIGHTS_MIRROR"):
+        fetch(Download("https://x.org/a.pth", tmp_path / "a.pth"))
+
+
+def test_offline_switch_never_connects(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOBILENETS_OFFLINE", "1")
+    with pytest.raises(DownloadError) as caught:
+        fetch(Download("http://127.0.0.1:9/a.pth", tmp_path / "a.pth"))
+    assert "MOBILENETS_OFFLINE" in caught.value.reason
+
+
+def test_fetch_published_goes_through_the_hub_and_the_mirror(server, tmp_path, monkeypatch):
+    """A registry entry whose host does not exist, served by the mirror: lands verified in the cache."""
+    from dataclasses import replace
+
+    import mobilenets.models.weights as weights
+
+    original = weights.PUBLISHED_WEIGHTS["mobilenet_v3_small.tv_in1k"]
+    fake = replace(
+        original,
+        name="test.tiny",
+        url="https://weights.invalid/models/good.bin",
+        sha256=PAYLOAD_SHA256,
+        sha256_prefix=None,
+        offline_copies=(),
+    )
+    monkeypatch.setitem(weights.PUBLISHED_WEIGHTS, "test.tiny", fake)
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
+    with pytest.raises(weights.WeightsError, match=r"place it at .*good\.bin"):
+        weights.fetch_published("test.tiny")  # no mirror: the host does not resolve
+    monkeypatch.setenv("MOBILENETS_WEIGHTS_MIRROR", f"{server}/mirror-prefix")
+    path = weights.fetch_published("test.tiny")
+    assert path.read_bytes() == PAYLOAD and path.parent == tmp_path / "weights"
+
+
+def test_weights_auto_picks_a_published_checkpoint_or_says_why_not():
+    from mobilenets.models.published import default_published
+
+    assert default_published("mobilenet_v2").name == "mobilenet_v2.tv_in1k"  # the installed offline copy
+    assert default_published("mobilenet_v3_small").name is not None
+    narrow = default_published("mobilenet_v3_small", 0.75)
+    assert narrow.name is None and "width 1.0" in narrow.reason
+    assert default_published("mobilenet_v3_small_minimal").name is None
+
+
+def test_weights_auto_falls_back_to_scratch_with_one_loud_line(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from mobilenets.training.pipeline import resolve_initial_weights
+
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
+    monkeypatch.setenv("MOBILENETS_OFFLINE", "1")  # as on a machine without network
+    with caplog.at_level(logging.INFO, logger="mobilenets"):
+        assert resolve_initial_weights("auto", model="mobilenet_v2", width=1.0) == "mobilenet_v2.tv_in1k"
+        assert resolve_initial_weights("auto", model="mobilenet_v3_small", width=1.0) is None
+        assert resolve_initial_weights("auto", model="mobilenet_v3_small", width=0.75) is None
+        assert resolve_initial_weights("none", model="mobilenet_v2", width=1.0) is None
+        assert resolve_initial_weights("run/model.safetensors", model="mobilenet_v2", width=1.0) == (
+            "run/model.safetensors"
+        )
+    loud = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(loud) == 2 and all(message.startswith("TRAINING FROM SCRATCH") for message in loud)
+    assert "place it at" in loud[0] and str(tmp_path) in loud[0]
+    assert "width 1.0" in loud[1]
