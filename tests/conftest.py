@@ -1,4 +1,4 @@
-"""Shared fixtures. torchvision/timm are test oracles only (installed --no-deps, see REFERENCE §4)."""
+"""Shared fixtures. torchvision/timm are test oracles only (installed --no-deps)."""
 
 from __future__ import annotations
 

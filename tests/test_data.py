@@ -63,8 +63,11 @@ def test_scan_reports_classes_empty_folders_hidden_and_stray_files(tmp_path):
 def test_scan_refuses_a_folder_without_classes(tmp_path):
     with pytest.raises(DatasetError, match="no class subfolders"):
         scan_folder(tmp_path)
-    with pytest.raises(DatasetError, match="not a folder"):
+    with pytest.raises(DatasetError, match="nope: does not exist"):  # issue 17: a missing folder is named as missing
         scan_folder(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not a folder"):
+        scan_folder(tmp_path / "file.txt")
 
 
 def test_split_is_stratified_seeded_and_disjoint():

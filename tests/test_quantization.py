@@ -168,8 +168,10 @@ def check_run_dir_contract(run_dir: Path, result: dict, method: str) -> None:
     assert result["int8_val_images"] == 12
     assert result["fp32_onnx_latency_ms"] > 0 and result["int8_latency_ms"] > 0 and result["latency_batch"] == 1
     assert result["int8_speedup_batch1"] > 0 and result["int8_speedup_batch32"] > 0
-    slower = result["int8_speedup_batch1"] < 1 or result["int8_speedup_batch32"] < 1
+    # "slower" only beyond the noise band of the interleaved runs (issue 17 finding 6), not on the median alone
+    slower = result["int8_speedup_band_batch1"][1] < 1 or result["int8_speedup_band_batch32"][1] < 1
     assert result["int8_slower_than_fp32"] is slower
+    assert result["int8_speedup_band_batch1"][0] <= result["int8_speedup_batch1"] <= result["int8_speedup_band_batch1"][1]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_val_accuracy"] == 0.5  # the training run's keys are kept
     assert metrics["int8_val_accuracy"] == result["int8_val_accuracy"]
@@ -187,7 +189,11 @@ def test_quantize_run_writes_int8_model_and_merges_metrics(tiny_run):
     engine = next(i for i, line in enumerate(lines) if line.startswith("int8 engine ("))
     assert "agreement with fp32" in lines[engine]
     verdict = lines[engine - 1]  # always said, in one of two plain forms
-    assert verdict.startswith("speed: int8 is faster than fp32") or verdict.startswith("WARNING: int8 is SLOWER")
+    assert (
+        verdict.startswith("speed: int8 is faster than fp32")
+        or verdict.startswith("WARNING: int8 is SLOWER")
+        or verdict.startswith("speed: no measurable difference")  # inside the noise band (issue 17, finding 6)
+    )
     # an engine loss beyond the threshold (100 points here: never) would be the one line after it
     assert lines[engine + 1 :] == [] and result["int8_engine_within_threshold"] is True
     assert 0.0 <= result["int8_engine_val_accuracy"] <= 1.0 and 0.0 <= result["int8_engine_agreement"] <= 1.0
@@ -225,7 +231,7 @@ def test_quantize_command_with_a_flat_folder_reports_agreement(tmp_path, capsys)
     ("argv", "message"),
     [
         (["quantize", "--weights", "mobilenet_v2.tv_in1k"], "no images: pass --data DIR"),
-        (["quantize", "--weights", "mobilenet_v2.tv_in1k", "--data", "/nonexistent"], "/nonexistent: not a directory"),
+        (["quantize", "--weights", "mobilenet_v2.tv_in1k", "--data", "/nonexistent"], "/nonexistent: does not exist"),  # issue 17
         (["quantize", "--weights", "x", "--calibration", "0"], "--calibration must be at least 1"),
         (["quantize", "--weights", "x", "--out", "m.pt"], "--out m.pt: name the file *.onnx"),
     ],

@@ -284,7 +284,7 @@ def test_int8_onnx_model_in_the_run_dir_is_compared(tmp_path, capsys):
     [
         (["--severities", "0-9"], "severities run from 1 to 5"),
         (["--corruptions", "blurry"], "unknown corruption 'blurry'"),
-        (["--data", "/nonexistent/val"], "/nonexistent/val: not a folder"),
+        (["--data", "/nonexistent/val"], "/nonexistent/val: does not exist"),  # issue 17: was "not a folder"
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, extra, message):

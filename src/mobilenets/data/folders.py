@@ -76,6 +76,8 @@ class FolderScan:
 def scan_folder(root: Path | str, classes: Sequence[str] | None = None) -> FolderScan:
     """Find ``root/CLASS/**/FILE``. ``classes`` fixes the class list and order (for a separate val folder)."""
     root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: does not exist; pass a folder with one subfolder of images per class")
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; pass a folder with one subfolder of images per class")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -18,6 +18,9 @@ import onnxruntime as ort
 from PIL import Image
 
 RESAMPLING = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+# ORT's default logger prints coloured "[W:onnxruntime:…] Removing initializer …" lines from the sessions
+# its quantizer makes, which take no SessionOptions: errors only (3) for every session in this process.
+ort.set_default_logger_severity(3)
 
 
 def create_session(path: Path | str, threads: int | None = None) -> ort.InferenceSession:

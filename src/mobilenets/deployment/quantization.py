@@ -1,7 +1,7 @@
 """int8 models that are checked, never silently broken: PTQ, mixed precision and QAT, all to one ONNX form.
 
 The deployed form is always an ONNX Runtime QDQ model: int8 weights quantized per output channel
-(per-tensor weights collapse MobileNetV3, REFERENCE §5.1), uint8 activations calibrated on training
+(per-tensor weights collapse MobileNets' depthwise layers: Krishnamoorthi 2018, https://arxiv.org/abs/1806.08342), uint8 activations calibrated on training
 images, BatchNorm already folded into the convolutions by the exporter. Before quantizing, hard-swish,
 hard-sigmoid and spatial means are rewritten in a form ORT runs in int8 (``int8_friendly_form``: no float
 islands in MobileNetV3), and the classifier keeps float logits (``float_logits``).
@@ -9,7 +9,7 @@ islands in MobileNetV3), and the classifier keeps float logits (``float_logits``
 - **PTQ**: ``onnxruntime.quantization.quantize_static`` with min-max, percentile or entropy calibration.
 - **Mixed precision**: when PTQ loses more than the threshold, the layers whose activations carry the
   largest quantization error (ORT's ``qdq_loss_debug``) are kept in float (``nodes_to_exclude``), and so
-  are the stem and the classifier: the first and last layers are where int8 hurts most (REFERENCE §5.2).
+  are the stem and the classifier: the first and last layers are where int8 hurts most.
 - **QAT**: a short fine-tune of the BN-folded network in PyTorch with fake-quantized weights (the same
   per-channel symmetric int8 grid ORT will use) and fake-quantized activations, whose learned weights then
   go through the very same ORT QDQ path. See docs/deployment.md for why not ``torch.ao`` or PT2E.
@@ -19,7 +19,9 @@ After every conversion the int8 model is evaluated next to fp32 on held-out imag
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import random
 import shutil
@@ -36,6 +38,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write_text
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.images import load_image
 from mobilenets.deployment.onnx import INPUT_NAME, copy_metadata, export_onnx
 from mobilenets.deployment.onnx_runtime import onnx_logits
@@ -75,8 +79,10 @@ class ImageSet:
 def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """A class folder (one sub-folder per class) or a flat folder of unlabelled images."""
     folder = Path(folder)
+    if not folder.exists():
+        raise MobilenetsError(f"{folder}: does not exist; pass --data a folder of images (or of class folders)")
     if not folder.is_dir():
-        raise MobilenetsError(f"{folder}: not a directory; pass --data a folder of images (or of class folders)")
+        raise MobilenetsError(f"{folder}: not a folder; pass --data a folder of images (or of class folders)")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes:
         paths, labels = [], []
@@ -90,6 +96,45 @@ def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str]
     if not result[0]:
         raise MobilenetsError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return result
+
+
+def labels_for_model(
+    folder: Path, folder_classes: Sequence[str], labels: Sequence[int], model_classes: Sequence[str] | None
+) -> list[int]:
+    """A class folder's labels as the model's output indices, matched by class name, never by sorted position.
+
+    A folder whose classes the model does not have, or a model that does not name its classes, would
+    otherwise give an accuracy that silently measures nothing.
+    """
+    if model_classes is None:
+        raise MobilenetsError(
+            f"{folder}: the weights do not name their classes, so class folders cannot be matched to outputs; "
+            "pass --classes FILE (one name per line, in output order), or a flat folder of images "
+            "(agreement with fp32 is measured)"
+        )
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [name for name in folder_classes if name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        known = ", ".join(list(model_classes)[:5]) + (", …" if len(model_classes) > 5 else "")
+        raise MobilenetsError(
+            f"{folder}: class folder(s) {shown} are not classes of the model ({known}); pass a folder of the "
+            "model's own classes, or a flat folder of images (agreement with fp32 is measured)"
+        )
+    return [index[folder_classes[label]] for label in labels]
+
+
+def named_classes(model: nn.Module) -> list[str] | None:
+    """The model's class names, or None when its weights do not say them (a bare checkpoint)."""
+    from mobilenets.models.metadata import class_names
+
+    metadata = getattr(model, "weights_metadata", None) or {}
+    classes = metadata.get("classes")
+    if isinstance(classes, list) and len(classes) == model.num_classes:
+        return list(classes)
+    if model.num_classes == 1000 and classes in ("imagenet", None):
+        return class_names(metadata, 1000)
+    return None
 
 
 def load_images(
@@ -408,27 +453,29 @@ def quantize_ptq(
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as work:
         prepared = prepare_for_quantization(Path(fp32_onnx), Path(work) / "prepared.onnx")
         temporary = Path(work) / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(temporary),
-            ArrayReader(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            # This CPU has AVX-512 VNNI: u8×s8 dot products do not saturate, so the full range is used.
-            reduce_range=False,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=[*nodes_to_exclude, *constant_scale_nodes(onnx.load(str(prepared)))],
-            calibrate_method=CALIBRATION_METHODS[calibration_method],
-            extra_options={
-                "CalibPercentile": percentile,
-                # Min/max merge exactly between slices; histograms are re-binned when merged, which moved
-                # V2's percentile ranges enough to cost 1.6 points of agreement, so they see all images at once.
-                "CalibStridedMinMax": calibration_stride(
-                    len(ArrayReader(calibration)), at_most=4 if calibration_method == "minmax" else len(calibration)
-                ),
-            },
-        )
+        # ORT's calibrator prints "Collecting tensor data and making histogram ..." on stdout: not ours to show.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepared),
+                str(temporary),
+                ArrayReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                # This CPU has AVX-512 VNNI: u8×s8 dot products do not saturate, so the full range is used.
+                reduce_range=False,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=[*nodes_to_exclude, *constant_scale_nodes(onnx.load(str(prepared)))],
+                calibrate_method=CALIBRATION_METHODS[calibration_method],
+                extra_options={
+                    "CalibPercentile": percentile,
+                    # Min/max merge exactly between slices; histograms are re-binned when merged, which moved
+                    # V2's percentile ranges enough to cost 1.6 points of agreement, so they see all images at once.
+                    "CalibStridedMinMax": calibration_stride(
+                        len(ArrayReader(calibration)), at_most=4 if calibration_method == "minmax" else len(calibration)
+                    ),
+                },
+            )
         quantized = onnx.load(str(temporary))
         if weight_rounding == "gptq":
             gptq_round_weights(onnx.load(str(prepared)), quantized, calibration)
@@ -637,6 +684,11 @@ class LayerError:
     sqnr_db: float  # int8 model's activation vs fp32 model's: error accumulated up to this layer
     local_sqnr_db: float  # the tensor against its own quantize→dequantize (clipping by ReLU/clip included)
     loss_db: float  # SQNR vs fp32 lost in this layer: its input's sqnr_db minus its own
+    layer: str = ""  # the model's module path (``blocks.3.expand.conv``), which ``node`` (``node_Conv_809``) is not
+
+    @property
+    def where(self) -> str:
+        return f"{self.layer} ({self.op_type}, ONNX node {self.node})" if self.layer else f"{self.node} ({self.op_type})"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -654,7 +706,9 @@ def layer_errors(fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarra
         float_acts = debug.collect_activations(str(float_aug), ArrayReader(images))
         int8_acts = debug.collect_activations(str(int8_aug), ArrayReader(images))
         errors = debug.compute_activation_error(debug.create_activation_matching(int8_acts, float_acts))
-        producers = {output: node for node in onnx.load(str(prepared)).graph.node for output in node.output}
+        graph = onnx.load(str(prepared)).graph
+        producers = {output: node for node in graph.node for output in node.output}
+        weights = {initializer.name for initializer in graph.initializer}
     accumulated = {tensor: float(error["xmodel_err"]) for tensor, error in errors.items() if "xmodel_err" in error}
     found = []
     for tensor, sqnr in accumulated.items():
@@ -663,8 +717,21 @@ def layer_errors(fp32_onnx: Path | str, int8_onnx: Path | str, images: np.ndarra
             continue
         before = min((accumulated[i] for i in node.input if i in accumulated), default=sqnr)
         local = float(errors[tensor].get("qdq_err", np.inf))
-        found.append(LayerError(tensor, node.name, node.op_type, sqnr, local, before - sqnr))
+        found.append(
+            LayerError(tensor, node.name, node.op_type, sqnr, local, before - sqnr, model_layer(node, producers, weights))
+        )
     return sorted(found, key=lambda e: -e.loss_db)
+
+
+def model_layer(node, producers: dict, weights: set[str], depth: int = 3) -> str:
+    """The module path of the layer an ONNX node computes, read from its weight's name (the exporter keeps
+    parameter names: ``blocks.3.expand.conv.weight``); an activation or pooling takes its producer's."""
+    for name in node.input[1:]:
+        if name in weights and name.endswith(".weight"):
+            return name.removesuffix(".weight")
+    if depth and node.input and node.input[0] in producers:
+        return model_layer(producers[node.input[0]], producers, weights, depth - 1)
+    return ""
 
 
 def float_nodes_for(
@@ -673,7 +740,7 @@ def float_nodes_for(
     """Nodes to keep in float: the first ``early_convs`` convolutions, and the producers of the ``worst`` tensors.
 
     Quantization noise entering the first layers is carried and amplified by all the rest, so keeping
-    the stem and the first block(s) in float recovers the most accuracy per float MAC (REFERENCE §5.2).
+    the stem and the first block(s) in float recovers the most accuracy per float MAC.
     An activation (ReLU, clip, hard-swish) goes with the convolution feeding it: ORT fuses the pair.
     """
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as work:
@@ -854,7 +921,13 @@ class QuantizationResult:
             "latency_batch": c.latency_batch,
             "int8_eval_images": c.images,
             **{f"int8_speedup_batch{check.batch}": round(check.speedup, 3) for check in self.speed},
-            "int8_slower_than_fp32": any(check.speedup < 1.0 for check in self.speed) if self.speed else None,
+            **{
+                f"int8_speedup_band_batch{check.batch}": [round(check.low, 3), round(check.high, 3)]
+                for check in self.speed
+                if check.low is not None
+            },
+            # Slower beyond the noise band of the repeated runs: a verdict the next run would not reverse.
+            "int8_slower_than_fp32": any(check.clearly_slower for check in self.speed) if self.speed else None,
         }
 
     def to_dict(self) -> dict:
@@ -1014,7 +1087,7 @@ def describe(name: str, c: Comparison) -> str:
 
 def warn_drop(c: Comparison, threshold: float, worst: Sequence[LayerError]) -> str:
     layers = "\n".join(
-        f"    {e.node} ({e.op_type}): loses {e.loss_db:.1f} dB of SQNR vs fp32 (down to {e.sqnr_db:.1f} dB)"
+        f"    {e.where}: loses {e.loss_db:.1f} dB of SQNR vs fp32 (down to {e.sqnr_db:.1f} dB)"
         for e in worst[:5]
     )
     return (
@@ -1036,7 +1109,7 @@ def read_split(run_dir: Path) -> dict:
         raise MobilenetsError(
             f"{path}: not found; quantize a run directory written by `mobilenets train`, or pass --data DIR"
         )
-    return json.loads(path.read_text())
+    return RunDirectory(run_dir).split_record()
 
 
 def quantize_run(
@@ -1057,9 +1130,14 @@ def quantize_run(
     Returns ``fp32_val_accuracy``/``int8_val_accuracy`` (fractions), ``int8_size_bytes``, ``int8_method``,
     latencies and the attempts made.
     """
+    from mobilenets.deployment.loading import check_writable
     from mobilenets.models.weights import load_model
 
     run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "model_int8.onnx"
+    # Both are written after minutes of work: a read-only place must be found out first.
+    check_writable(run_dir, "RUN_DIR")
+    check_writable(out.parent)
     model = load_model(run_dir / "model.safetensors")
     split = read_split(run_dir)
     preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
@@ -1076,7 +1154,6 @@ def quantize_run(
         return load_images([p for p, _ in qat_items], [y for _, y in qat_items], preprocessing, "train split")
 
     fp32_onnx = export_onnx(model, run_dir / "model.onnx")
-    out = Path(out) if out else run_dir / "model_int8.onnx"
     result = quantize_model(
         model,
         out,
@@ -1094,8 +1171,62 @@ def quantize_run(
     figures["int8_val_images"] = figures.pop("int8_eval_images")
     figures.update(calibrate_int8_engine(model, run_dir, calibration, evaluation, fp32_onnx, threshold, report))
     merge_metrics(run_dir / "metrics.json", figures)
-    (run_dir / "quantization.json").write_text(json.dumps(result.to_dict(), indent=2))
+    atomic_write_text(run_dir / "quantization.json", json.dumps(result.to_dict(), indent=2))
     return figures
+
+
+def quantize_folder(
+    *,
+    source,
+    data: Path,
+    out: Path | None = None,
+    method: str = "ptq",
+    calibration_images: int = 256,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    threshold: float = DEFAULT_THRESHOLD,
+    qat_epochs: int = 2,
+    max_val_images: int = 2000,
+    report=print,
+) -> dict:
+    """Weights (a ``loading.ModelSource``) + a folder: calibrate on a sample of it, evaluate on the rest.
+
+    A class folder is matched to the model's classes by name (``labels_for_model``); a flat folder
+    measures agreement with fp32. The int8 file goes to ``out`` (default ``./NAME_int8.onnx``).
+    """
+    from mobilenets.deployment.loading import check_writable, load_source_model
+
+    model = load_source_model(source, report=report)
+    out = Path(out) if out is not None else Path(f"{source.stem(model)}_int8.onnx")
+    check_writable(out.parent)
+    preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
+    paths, labels, classes = folder_images(data)
+    if classes is not None:
+        labels = labels_for_model(data, classes, labels, named_classes(model))
+    items = list(zip(paths, labels if labels is not None else [None] * len(paths), strict=True))
+    calibration_items = sample(items, calibration_images)
+    held_out = [item for item in items if item not in calibration_items]
+    evaluation_items = sample(held_out if len(held_out) >= 20 else items, max_val_images, seed=1)
+    labelled = labels is not None
+    calibration = load_images([p for p, _ in calibration_items], None, preprocessing, str(data))
+    evaluation = load_images(
+        [p for p, _ in evaluation_items], [y for _, y in evaluation_items] if labelled else None, preprocessing, "eval"
+    )
+    train = None
+    if method in ("qat", "auto") and labelled:
+        train = load_images([p for p, _ in calibration_items], [y for _, y in calibration_items], preprocessing, "qat")
+    result = quantize_model(
+        model,
+        out,
+        calibration,
+        evaluation,
+        method=method,
+        calibration_method=calibration_method,
+        threshold=threshold,
+        train=train,
+        qat_epochs=qat_epochs,
+        report=report,
+    )
+    return {**result.figures(), "attempts": result.attempts}
 
 
 def calibrate_int8_engine(
@@ -1114,7 +1245,7 @@ def calibrate_int8_engine(
     from mobilenets import kernels
     from mobilenets.deployment.int8_engine import check_engine, save_calibration
 
-    if not kernels.available():
+    if not kernels.int8_available():
         report("int8 engine: skipped (the compiled CPU kernels are unavailable); the ONNX int8 model is the int8 path")
         return {}
     try:
@@ -1136,8 +1267,6 @@ def calibrate_int8_engine(
 
 def merge_metrics(path: Path, figures: dict) -> None:
     """Add keys to ``metrics.json`` without dropping anyone else's."""
-    from mobilenets.core.files import atomic_write_text
-
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics.update(figures)
     atomic_write_text(path, json.dumps(metrics, indent=2))

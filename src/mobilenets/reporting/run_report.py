@@ -99,10 +99,115 @@ def _table(rows: list[list], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+def _format(value, key: str = "") -> str:
+    """A metric or setting as a reader wants it: accuracies in %, sizes in MB, epochs whole, lr in e-notation."""
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "—"}[value]
+    if isinstance(value, (int, float)):
+        if key.endswith("accuracy") or key.endswith("agreement"):
+            return f"{100 * value:.2f}%"
+        if key.endswith("_bytes"):
+            return f"{value / 1e6:.2f} MB"
+        if key.endswith("_ms"):
+            return f"{value:.2f} ms"
+        if key in ("epoch", "best_epoch", "epochs") or key.endswith("_images") or key.endswith("_epochs"):
+            return f"{int(value):,}"
+        if key in ("lr", "min_lr", "weight_decay") or (isinstance(value, float) and 0 < abs(value) < 1e-3):
+            return f"{value:.2e}"
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+        return f"{value:,}"
     return str(value)
+
+
+def display_path(value: str, run_dir: Path) -> str:
+    """A path as seen from the run directory: its own files by name, others as given (issue 17: paths in the
+    report were relative to wherever `train` happened to be started)."""
+    path = Path(value)
+    try:
+        if path.resolve().is_relative_to(run_dir.resolve()):
+            return str(path.resolve().relative_to(run_dir.resolve())) or "."
+    except (OSError, ValueError):
+        pass
+    if not path.is_absolute() and run_dir.name in path.parts:  # "runs/x/model_int8.onnx" stored from another cwd
+        tail = Path(*path.parts[len(path.parts) - path.parts[::-1].index(run_dir.name) :])
+        if (run_dir / tail).exists():
+            return str(tail) or "."
+    return value
+
+
+# What a setting left at None means: the value the training loop used.
+SETTING_DEFAULTS = {
+    "weight_decay": lambda c: 0.02 if c.get("optimizer", "adamw") == "adamw" else 1e-5,
+    "ema_decay": lambda c: "auto (an averaging horizon of a tenth of the run)" if c.get("ema", True) else "off",
+    "dropout": lambda c: "the architecture's default",
+    "weights": lambda c: "none (trained from scratch)",
+    "initial_weights": lambda c: "none (trained from scratch)",
+    "teacher": lambda c: "none",
+    "early_stopping": lambda c: "off",
+    "val": lambda c: f"a stratified {c.get('val_fraction', 0.2):g} split of the data",
+    "recipe": lambda c: "none (defaults)",
+    "cache_dir": lambda c: "the system's temporary folder",
+}
+PATH_KEYS = ("data", "val", "out", "int8_path", "path", "weights", "teacher", "cache_dir")
+
+
+def settings_rows(config: dict, run_dir: Path) -> list[list[str]]:
+    rows = []
+    for key, value in config.items():
+        if value is None and key in SETTING_DEFAULTS:
+            value = SETTING_DEFAULTS[key](config)
+        elif isinstance(value, str) and key in PATH_KEYS:
+            value = display_path(value, run_dir)
+        rows.append([key, _format(value, key)])
+    return rows
+
+
+def deploy_choice(metrics: dict, run_dir: Path) -> str:
+    """Which file to put on a device, and why, from what ``quantize`` measured."""
+    int8 = run_dir / "model_int8.onnx"
+    if int8.exists() and metrics.get("int8_within_threshold") is not False:
+        if metrics.get("int8_slower_than_fp32"):
+            return "model.onnx (int8 is slower than fp32 on this machine; model_int8.onnx is the smaller file)"
+        return "model_int8.onnx (int8, within the accuracy threshold of fp32)"
+    if (run_dir / "model.onnx").exists():
+        reason = " (int8 lost too much accuracy)" if int8.exists() else ""
+        return f"model.onnx (fp32 ONNX){reason}"
+    return "model.safetensors (run `mobilenets export` or `mobilenets quantize` for a device file)"
+
+
+def summary_lines(metrics: dict, run_dir: Path, skipped: list, leakage: dict) -> list[str]:
+    """The five lines a reader needs first: accuracy, int8 accuracy, size, what to deploy, warnings."""
+    best, final = metrics.get("best_val_accuracy"), metrics.get("final_val_accuracy")
+    accuracy = "—" if best is None else f"{100 * best:.2f}% best" + (f", {100 * final:.2f}% final" if final is not None else "")
+    if metrics.get("best_epoch") is not None:
+        accuracy += f" (best at epoch {int(metrics['best_epoch'])})"
+    int8_accuracy = metrics.get("int8_val_accuracy")
+    int8 = (
+        "not quantized (`mobilenets quantize RUN`)"
+        if int8_accuracy is None
+        else f"{100 * int8_accuracy:.2f}% ({metrics.get('int8_method', '?')}; fp32 {_format(metrics.get('fp32_val_accuracy'), 'accuracy')})"
+    )
+    sizes = [f"{name} {(run_dir / name).stat().st_size / 1e6:.2f} MB" for name in ("model.safetensors", "model.onnx", "model_int8.onnx") if (run_dir / name).exists()]
+    warnings = []
+    if metrics.get("int8_within_threshold") is False:
+        warnings.append(f"int8 loses {metrics.get('int8_drop_points', '?')} points")
+    if metrics.get("int8_slower_than_fp32"):
+        warnings.append("int8 is slower than fp32 here")
+    if skipped:
+        warnings.append(f"{len(skipped)} files skipped")
+    if leakage.get("exact") or leakage.get("near"):
+        warnings.append(f"{len(leakage.get('exact', [])) + len(leakage.get('near', []))} train/val duplicates")
+    diagnosis = metrics.get("diagnosis")
+    if isinstance(diagnosis, list) and diagnosis:
+        warnings.append(f"{len(diagnosis)} training finding(s) below")
+    return [
+        f"Validation accuracy: {accuracy}",
+        f"int8 accuracy: {int8}",
+        f"Size: {', '.join(sizes) or '—'}",
+        f"Deploy: {deploy_choice(metrics, run_dir)}",
+        f"Warnings: {'; '.join(warnings) or 'none'}",
+    ]
 
 
 def write_report(run_dir: Path | str) -> Path:
@@ -114,14 +219,28 @@ def write_report(run_dir: Path | str) -> Path:
     skipped = _read_json(run_dir / "skipped.json", [])
     leakage = _read_json(run_dir / "leakage.json", {"exact": [], "near": []})
     epochs = read_epochs(run_dir)
-    sections = [f"<h1>{html.escape(config.get('model', 'model'))} on {html.escape(str(config.get('data', '')))}</h1>"]
+    data = display_path(str(config.get("data", "")), run_dir)
+    sections = [f"<h1>{html.escape(config.get('model', 'model'))} on {html.escape(data)}</h1>"]
 
+    sections.append(
+        "<h2>Summary</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(metrics, run_dir, skipped, leakage))
+        + "</ul>"
+    )
     headline = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
-    sections.append("<h2>Metrics</h2>" + _table([[k, _format(v)] for k, v in headline.items()], ["metric", "value"]))
+    rows = [
+        [k.replace("_", " "), display_path(v, run_dir) if k in PATH_KEYS and isinstance(v, str) else _format(v, k)]
+        for k, v in headline.items()
+    ]
+    sections.append("<h2>All metrics</h2>" + _table(rows, ["metric", "value"]))
+    if "diagnosis" in metrics:  # training.diagnosis: the product's advice for what went wrong, if anything
+        from mobilenets.training.diagnosis import findings_html
+
+        sections.append(findings_html(metrics["diagnosis"]))
     if epochs:
         sections.append("<h2>Training curves</h2>" + _embed(plot_curves(epochs, run_dir / "curves.png")))
         sections.append(
-            "<h2>Epochs</h2>" + _table([[_format(row[k]) for k in row] for row in epochs], list(epochs[0].keys()))
+            "<h2>Epochs</h2>" + _table([[_format(row[k], k) for k in row] for row in epochs], list(epochs[0].keys()))
         )
     if evaluation:
         sections.append(
@@ -143,7 +262,7 @@ def write_report(run_dir: Path | str) -> Path:
         + (":</p><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped[:200]) + "</ul>" if skipped else ".</p>")
         + f"<p>Train/val leakage: {len(leakage['exact'])} exact and {len(leakage['near'])} near duplicates.</p>"
     )
-    sections.append("<h2>Configuration</h2>" + _table([[k, v] for k, v in config.items()], ["setting", "value"]))
+    sections.append("<h2>Settings used</h2>" + _table(settings_rows(config, run_dir), ["setting", "value"]))
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"

@@ -7,7 +7,7 @@
   Images are corrupted at the model's input resolution, after resize and crop, before normalization,
   so that the resolution-dependent severity tables mean what they say.
 - Test-time BatchNorm re-estimation (Schneider et al., NeurIPS 2020): ``adapt_batchnorm`` replaces the
-  BN statistics by those of (a few) target images; 32 suffice (REFERENCE §6). In the report the model is
+  BN statistics by those of (a few) target images; 32 suffice (Schneider et al. 2020, https://arxiv.org/abs/2006.16971). In the report the model is
   adapted per corruption × severity on ``bn_samples`` corrupted images drawn at random (seeded; the same
   images for every corruption), then scored on all.
 - fp32 vs int8 per corruption, when the run directory holds an int8 ONNX model (ONNX Runtime).
@@ -40,7 +40,9 @@ from PIL import Image
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.images import ImageLoadError, load_image
+from mobilenets.models.batchnorm import reestimate_batchnorm
 from mobilenets.models.layers import SqueezeExcitation
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES, corrupt, table_for
@@ -187,38 +189,20 @@ def adapt_batchnorm(
     Schneider et al. (NeurIPS 2020) "Improving robustness against common corruptions by covariate shift
     adaptation": a corruption shifts the feature statistics, so the source statistics no longer whiten
     them; statistics of as few as 32 target images recover much of the loss (ResNet-50 ImageNet-C mCE
-    76.7 → 62.2, REFERENCE §6). ``prior`` = N mixes in the source statistics as N pseudo-samples:
+    76.7 → 62.2, Schneider et al. 2020). ``prior`` = N mixes in the source statistics as N pseudo-samples:
     μ = (N·μ_source + n·μ_target) / (N + n); 0 replaces them. Weights are untouched; returns the model in
     eval mode (a copy unless ``inplace``).
     """
     adapted = model if inplace else copy.deepcopy(model)
-    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return adapted.eval()
-    source = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
     batches = (
         [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         if torch.is_tensor(images)
         else list(images)
     )
-    count = sum(len(batch) for batch in batches)
-    if count == 0:
+    if sum(len(batch) for batch in batches) == 0:
         raise MobilenetsError("adapt_batchnorm needs at least one image")
-    adapted.eval()
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None  # cumulative average over the adaptation batches
-        module.train()
-    with torch.no_grad():
-        for batch in batches:
-            adapted(batch)
-    weight = prior / (prior + count)
-    for module, (mean, var, momentum) in zip(norms, source, strict=True):
-        module.running_mean.mul_(1 - weight).add_(weight * mean)
-        module.running_var.mul_(1 - weight).add_(weight * var)
-        module.momentum = momentum
-        module.eval()
-    return adapted
+    reestimate_batchnorm(adapted, batches, prior=prior)
+    return adapted.eval()
 
 
 def adaptation_indices(count: int, samples: int, seed: int) -> np.ndarray:
@@ -393,16 +377,19 @@ def _replace(model: nn.Module, match: Callable[[nn.Module], bool], make: Callabl
 
 def latency_attribution(model: nn.Module, resolution: int, rounds: int = 10, calls_per_round: int = 10) -> dict:
     """Batch-1 latency of four variants, timed in interleaved rounds so that machine noise hits all alike."""
-    variants = {
-        "full": model,
-        "no_se": without_squeeze_excitation(model),
-        "relu_for_hardswish": with_relu_for_hardswish(model),
-        "no_se_relu": with_relu_for_hardswish(without_squeeze_excitation(model)),
-    }
     counts = {
         "se_blocks": sum(isinstance(m, SqueezeExcitation) for m in model.modules()),
         "hardswish": sum(isinstance(m, nn.Hardswish) for m in model.modules()),
     }
+    # Only the removals this model can have: a variant identical to "full" would report its timing noise
+    # as the cost of blocks the model does not contain.
+    variants = {"full": model}
+    if counts["se_blocks"]:
+        variants["no_se"] = without_squeeze_excitation(model)
+    if counts["hardswish"]:
+        variants["relu_for_hardswish"] = with_relu_for_hardswish(model)
+    if counts["se_blocks"] and counts["hardswish"]:
+        variants["no_se_relu"] = with_relu_for_hardswish(without_squeeze_excitation(model))
     x = torch.randn(1, 3, resolution, resolution)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
@@ -517,8 +504,12 @@ def run_robustness(
     baseline: nn.Module | None = None,
     int8_model: Path | None = None,
     log: Callable[[str], None] = _log,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict:
-    """Run every measurement on ``data``; the result is JSON-ready (accuracies are fractions 0–1)."""
+    """Run every measurement on ``data``; the result is JSON-ready (accuracies are fractions 0–1).
+
+    ``progress(done, total, what)`` is called after each corruption × severity (the bulk of the time).
+    """
     options = options or RobustnessOptions()
     started = time.perf_counter()
     model.eval()
@@ -552,8 +543,12 @@ def run_robustness(
     acc_base: dict[str, dict[int, float]] = {}
     acc_bn: dict[str, dict[int, float]] = {}
     acc_int8: dict[str, dict[int, float]] = {}
+    steps, done = len(options.corruptions) * len(options.severities), 0
     for name in options.corruptions:
         for severity in options.severities:
+            if progress is not None:
+                progress(done, steps, f"{name} severity {severity}")
+            done += 1
             corrupted = np.stack(
                 [corrupt(image, name, severity, options.seed, index) for index, image in enumerate(images)]
             )
@@ -651,7 +646,7 @@ def validation_samples(run_dir: Path, classes: Sequence[str]) -> tuple[list[tupl
     if not path.exists():
         raise MobilenetsError(f"{path}: not found; pass --data VAL_DIR (a folder with one subfolder per class)")
     try:
-        split = json.loads(path.read_text())
+        split = RunDirectory(run_dir).split_record()
         split_classes, val = split["classes"], split["val"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise MobilenetsError(

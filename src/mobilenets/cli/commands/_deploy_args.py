@@ -1,21 +1,25 @@
-"""Arguments shared by ``export``, ``quantize`` and ``bench``: which model, and which images."""
+"""Arguments shared by ``predict``, ``export``, ``quantize`` and ``bench``: which model, and which images."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from mobilenets.core.errors import MobilenetsError
 
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, run_dir: bool = True) -> None:
+    from mobilenets.models.published import list_weights
     from mobilenets.models.registry import list_models
-    from mobilenets.models.weights import list_weights
 
-    parser.add_argument(
-        "run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="a training run directory (or use --weights)"
-    )
+    if run_dir:
+        parser.add_argument(
+            "run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="a training run directory (or use --weights)"
+        )
+        parser.add_argument(
+            "--data",
+            type=Path,
+            metavar="DIR",
+            help="images: a class folder (accuracy) or a flat folder (agreement with fp32); default: the run's split",
+        )
     parser.add_argument(
         "--model", choices=list_models(), metavar="NAME", help="architecture, when --weights does not say"
     )
@@ -24,51 +28,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"weights file (ours, torchvision or timm) or a published name: {', '.join(list_weights())}",
     )
     parser.add_argument(
-        "--data",
+        "--width",
+        type=float,
+        default=None,
+        help="width multiplier, only for a bare checkpoint whose width its tensors do not settle (normally read from them)",
+    )
+    parser.add_argument(
+        "--classes",
         type=Path,
-        metavar="DIR",
-        help="images: a class folder (accuracy) or a flat folder (agreement with fp32); default: the run's split",
+        metavar="FILE",
+        help="class names, one per line in output order, for weights that do not carry them "
+        "(default: their own; ImageNet's for a 1,000-output checkpoint; else class_0, class_1, …)",
+    )
+
+
+def source_from_args(args: argparse.Namespace):
+    from mobilenets.deployment.loading import model_source
+
+    return model_source(
+        run_dir=getattr(args, "run_dir", None),
+        weights=args.weights,
+        model_name=args.model,
+        width=args.width,
+        classes_file=args.classes,
     )
 
 
 def load_model_from_args(args: argparse.Namespace):
     """The model named by RUN_DIR or --model/--weights, with its metadata."""
-    from mobilenets.models.weights import load_model
+    from mobilenets.deployment.loading import load_source_model
 
-    if args.run_dir is not None and args.weights is not None:
-        raise MobilenetsError("pass either RUN_DIR or --weights, not both")
-    if args.run_dir is not None:
-        weights = Path(args.run_dir)
-        if not weights.exists():
-            raise MobilenetsError(f"{weights}: not found; pass a `mobilenets train` run directory or --weights FILE")
-        if weights.is_dir():
-            weights = weights / "model.safetensors"
-            if not weights.exists():
-                raise MobilenetsError(
-                    f"{args.run_dir}: no model.safetensors; is it a `mobilenets train` run directory?"
-                )
-        return load_model(weights, name=args.model)
-    if args.weights is None:
-        raise MobilenetsError("name a model: a RUN_DIR, or --weights FILE_OR_PUBLISHED_NAME [--model NAME]")
-    return load_model(args.weights, name=args.model)
-
-
-def run_split(args: argparse.Namespace) -> dict | None:
-    if args.run_dir is None or not Path(args.run_dir).is_dir():
-        return None
-    path = Path(args.run_dir) / "split.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def image_items(args: argparse.Namespace, part: str) -> tuple[list[str], list[int] | None]:
-    """(paths, labels) from --data, else from the run's ``split.json`` part (``train`` or ``val``)."""
-    from mobilenets.deployment.quantization import folder_images
-
-    if args.data is not None:
-        paths, labels, _ = folder_images(args.data)
-        return [str(p) for p in paths], labels
-    split = run_split(args)
-    if split is None:
-        raise MobilenetsError("no images: pass --data DIR (a class folder, or a flat folder of images)")
-    items = split[part] or split["train"]
-    return [p for p, _ in items], [y for _, y in items]
+    return load_source_model(source_from_args(args), report=print)

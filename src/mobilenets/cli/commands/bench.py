@@ -1,7 +1,9 @@
 """``mobilenets bench``: fp32 PyTorch eager, fp32 and int8 ONNX Runtime, mobilenets' int8 engine, side by side.
 
-Each engine gets warm-up runs, then ``--repeats`` timed runs of one batch; we report the median, the
-spread (min and max) and the throughput at the median. All engines use the same thread count.
+All engines at one batch size are timed in the same interleaved rounds (``deployment.timing``, the
+harness ``quantize`` uses), so machine noise hits each alike: ``--warmup`` rounds, then ``--repeats``
+timed ones; we report the median, the spread (min and max) and the throughput at the median. All
+engines use the same thread count.
 """
 
 from __future__ import annotations
@@ -9,44 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.deployment.timing import Timing, time_engines
 
-
-@dataclass
-class Timing:
-    engine: str
-    batch: int
-    median_ms: float
-    min_ms: float
-    max_ms: float
-    repeats: int
-
-    @property
-    def images_per_second(self) -> float:
-        return 1000.0 * self.batch / self.median_ms
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
+__all__ = ["Timing", "measure", "parse_batches"]
 
 
 def measure(run: Callable[[], object], engine: str, batch: int, warmup: int = 3, repeats: int = 20) -> Timing:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(1000.0 * (time.perf_counter() - start))
-    return Timing(engine, batch, statistics.median(times), min(times), max(times), repeats)
+    """One engine alone, through the package's one timing harness (``deployment.timing``)."""
+    return time_engines({engine: run}, batch, repeats=repeats, warmup=warmup)[0]
 
 
 def add_parser(subparsers) -> None:
@@ -60,6 +39,15 @@ def add_parser(subparsers) -> None:
         "target",
         metavar="MODEL_OR_FILE",
         help="a run directory, a model name (random weights), a published weights name, a weights file, or an .onnx file",
+    )
+    parser.add_argument("--model", metavar="NAME", help="architecture of a weights file that does not say it")
+    parser.add_argument(
+        "--width",
+        type=float,
+        help="width α of a model name (default 1.0), or of a bare checkpoint whose tensors do not settle it",
+    )
+    parser.add_argument(
+        "--resolution", type=int, help="input size to time at (default: the weights' own; a model name: 224)"
     )
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all cores)")
@@ -89,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     batches = parse_batches(args.batch)
     if args.repeats < 1 or args.warmup < 0:
         raise MobilenetsError("--repeats must be ≥ 1 and --warmup ≥ 0")
+    if args.threads is not None and args.threads < 1:  # 0 would silently mean "all cores"
+        raise MobilenetsError(f"--threads {args.threads}: give at least 1 (default: all cores)")
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as work:
@@ -102,25 +92,28 @@ def run(args: argparse.Namespace) -> int:
         results = []
         for batch in batches:
             images = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            tensor = torch.from_numpy(images)
+            runs: dict[str, Callable[[], object]] = {}
             if model is not None:
-                tensor = torch.from_numpy(images)
-                with torch.inference_mode():
-                    results.append(
-                        measure(lambda t=tensor: model(t), "pytorch fp32 eager", batch, args.warmup, args.repeats)
-                    )
+                runs["pytorch fp32 eager"] = lambda t=tensor: _eager(model, t)
             for name, session in sessions.items():
                 feed = {session.get_inputs()[0].name: images}
-                results.append(
-                    measure(lambda s=session, f=feed: s.run(None, f), name, batch, args.warmup, args.repeats)
-                )
+                runs[name] = lambda s=session, f=feed: s.run(None, f)
             if native is not None:
-                tensor = torch.from_numpy(images)
-                results.append(measure(lambda t=tensor: native(t), "mobilenets int8", batch, args.warmup, args.repeats))
+                runs["mobilenets int8"] = lambda t=tensor: native(t)
+            results += time_engines(runs, batch, repeats=args.repeats, warmup=args.warmup)
     if args.json:
         print(json.dumps({"threads": threads, "notes": notes, "results": [r.to_dict() for r in results]}, indent=2))
         return 0
     print_table(results, threads, notes)
     return 0
+
+
+def _eager(model, tensor):
+    import torch
+
+    with torch.inference_mode():
+        return model(tensor)
 
 
 def resolve_engines(args: argparse.Namespace, work: Path):
@@ -145,13 +138,24 @@ def resolve_engines(args: argparse.Namespace, work: Path):
         model = load_model(target / "model.safetensors")
         int8 = args.int8 or (target / "model_int8.onnx" if (target / "model_int8.onnx").exists() else None)
     elif args.target in list_models():
-        model = create_model(args.target).eval()
+        model = create_model(args.target, width=args.width or 1.0).eval()
         model.weights_metadata = {}
         int8 = args.int8
         notes.append("random weights: timing only")
-    else:
-        model = load_model(args.target)
+    else:  # a weights file or published name; a bare checkpoint's width is read from its tensors
+        from mobilenets.deployment.loading import load_source_model, model_source
+
+        model = load_source_model(
+            model_source(weights=args.target, model_name=args.model, width=args.width), report=notes.append
+        )
         int8 = args.int8
+    if getattr(args, "resolution", None):
+        if args.resolution < 32:
+            raise MobilenetsError(f"--resolution {args.resolution}: MobileNets downsample 32×; use ≥ 32")
+        # Time at another input size (the resolution multiplier ρ): the export takes its size from here.
+        preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {})).to_dict()
+        preprocessing.update(input_size=args.resolution, resize_size=round(args.resolution * 256 / 224))
+        model.weights_metadata = {**model.weights_metadata, "preprocessing": preprocessing}
     size = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {})).input_size
     fp32 = export_onnx(model, work / "fp32.onnx")
     if int8 is None:
@@ -185,7 +189,7 @@ def native_int8_engine(model, args: argparse.Namespace, size: int, notes: list[s
     from mobilenets import kernels
     from mobilenets.deployment.int8_engine import CALIBRATION_FILE, Int8Engine, batches_of, load_for_run
 
-    if not kernels.available():
+    if not kernels.int8_available():
         notes.append("mobilenets int8: not timed (the compiled CPU kernels are unavailable)")
         return None
     target = Path(args.target)
@@ -199,7 +203,7 @@ def native_int8_engine(model, args: argparse.Namespace, size: int, notes: list[s
 
 
 def print_table(results: list[Timing], threads: int, notes: list[str]) -> None:
-    print(f"threads {threads}; median of repeated runs after warm-up; spread = min..max")
+    print(f"threads {threads}; engines timed in alternation, median of repeated runs after warm-up; spread = min..max")
     for note in notes:
         print(f"note: {note}")
     print(f"{'engine':<20} {'batch':>5} {'median ms':>10} {'min..max ms':>17} {'images/s':>9} {'speed-up':>9}")

@@ -1,31 +1,26 @@
-"""``mobilenets predict``: top-K labels for image files."""
+"""``mobilenets predict``: top-K labels for image files and folders."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.cli.commands._deploy_args import add_model_arguments, source_from_args
 from mobilenets.deployment.engines import ENGINES
-from mobilenets.deployment.predict import predict_images
-from mobilenets.models.factory import create_model
-from mobilenets.models.registry import list_models
-from mobilenets.models.weights import list_weights
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("predict", help="classify images with a trained run or published weights")
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    parser.add_argument(
-        "--model", choices=list_models(), metavar="NAME", help="architecture (read from the weights when they say)"
+    parser = subparsers.add_parser(
+        "predict", help="classify images (files or folders) with a trained run, weights or an exported .onnx"
     )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help=f"run directory, weights file (ours, torchvision or timm), or a published name: {', '.join(list_weights())}",
-    )
-    parser.add_argument("--width", type=float, default=None)
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
+    add_model_arguments(parser, run_dir=False)
+    for action in parser._actions:  # --weights is this command's one way to name the model
+        if action.dest == "weights":
+            action.required = True
+            action.help = "run directory, weights file (ours, torchvision or timm), exported .onnx, or a published name"
     parser.add_argument("--top", type=int, default=5, help="how many labels per image (default 5)")
     parser.add_argument(
         "--engine",
@@ -40,30 +35,25 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise MobilenetsError("--top must be at least 1")
-    weights = Path(args.weights)
-    run_dir = None
-    if weights.is_dir() and (weights / "model.safetensors").exists():
-        run_dir, weights = weights, weights / "model.safetensors"
-    options = {"width": args.width} if args.width else {}
-    model = (
-        create_model(args.model, weights=str(weights), **options)
-        if args.model
-        else _from_weights(str(weights), options)
+    from mobilenets.deployment.predict import predict_files
+
+    result = predict_files(
+        inputs=args.images,
+        source=source_from_args(args),
+        top_k=args.top,
+        engine=args.engine,
+        report=lambda line: print(line, file=sys.stderr),
     )
-    predictions = predict_images(model, args.images, args.top, engine=args.engine, run_dir=run_dir)
+    for skipped in result.skipped:
+        print(f"warning: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    print(result.engine_line(), file=sys.stderr)
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        print(json.dumps([p.to_dict() for p in result.predictions], indent=2))
         return 0
-    for prediction in predictions:
+    for prediction in result.predictions:
         print(prediction.image)
         for label, index, probability in prediction.top:
             print(f"  {probability:7.4f}  {label} ({index})")
+    if result.skipped:
+        print(f"{len(result.skipped)} file(s) skipped (listed above on stderr)", file=sys.stderr)
     return 0
-
-
-def _from_weights(weights: str, options: dict):
-    from mobilenets.models.weights import load_model
-
-    return load_model(weights, **options)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.models.factory import create_model
+from mobilenets.models.preprocessing import check_resolution
 from mobilenets.models.profiling import LAYER_TYPES, profile_grid, profile_model
 from mobilenets.models.registry import list_models
 
@@ -33,32 +34,60 @@ def add_parser(subparsers) -> None:
         "--convention", choices=("tf", "torchvision"), default=None, help="V3 width convention below 1.0 (default tf)"
     )
     parser.add_argument("--grid", action="store_true", help="α ∈ {1, .75, .5, .25} × resolution ∈ {224, 192, 160, 128}")
+    parser.add_argument("--widths", help="with --grid: comma-separated widths instead of the paper's")
+    parser.add_argument("--resolutions", help="with --grid: comma-separated input sizes instead of the paper's")
+    parser.add_argument(
+        "--latency",
+        choices=("onnx", "tflite", "executorch", "tflite-micro"),
+        help="also measure batch-1 latency and file size in this runtime on this machine (random weights)",
+    )
+    parser.add_argument("--int8", action="store_true", help="with --latency: the int8 file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution < 32:
-        raise MobilenetsError(f"--resolution {args.resolution} is too small: MobileNets downsample 32×; use ≥ 32")
+    check_resolution(args.resolution)
+    if not args.width > 0:
+        raise MobilenetsError(f"--width {args.width:g}: the width multiplier must be > 0 (e.g. 0.5, 0.75, 1.0)")
+    if args.num_classes < 1:
+        raise MobilenetsError(f"--num-classes {args.num_classes}: a classifier needs at least 1 output")
     options = {"convention": args.convention} if args.convention else {}
     if args.convention and not args.model.startswith("mobilenet_v3"):
         raise MobilenetsError("--convention applies to mobilenet_v3_* models only")
     if args.grid:
-        profiles = profile_grid(args.model, num_classes=args.num_classes, **options)
+        from mobilenets.search.candidates import parse_list
+
+        grid = {}
+        if args.widths:
+            grid["widths"] = tuple(parse_list(args.widths, float, "--widths"))
+        if args.resolutions:
+            grid["resolutions"] = tuple(parse_list(args.resolutions, int, "--resolutions"))
+            for resolution in grid["resolutions"]:
+                check_resolution(resolution)
+        profiles = profile_grid(args.model, num_classes=args.num_classes, **grid, **options)
+        latency = measured_latency(args, profiles, options)
         if args.json:
-            print(json.dumps([p.to_dict() for p in profiles], indent=2))
+            print(json.dumps([{**p.to_dict(), **latency.get((p.width, p.resolution), {})} for p in profiles], indent=2))
             return 0
         table = Table(title=f"{args.model}: width × resolution (paper Tables 6/7)")
-        for column in ("width α", "resolution", "MACs (M)", "params (M)"):
+        columns = ["width α", "resolution", "MACs (M)", "params (M)"]
+        columns += [f"{args.latency}{' int8' if args.int8 else ''} ms (batch 1)", "file KB"] if latency else []
+        for column in columns:
             table.add_column(column, justify="right")
         for p in profiles:
-            table.add_row(f"{p.width:g}", str(p.resolution), f"{p.macs / 1e6:.0f}", f"{p.params / 1e6:.2f}")
+            row = [f"{p.width:g}", str(p.resolution), f"{p.macs / 1e6:.0f}", f"{p.params / 1e6:.2f}"]
+            if latency:
+                found = latency[(p.width, p.resolution)]
+                row += [f"{found['latency_ms']:.2f}", f"{found['file_bytes'] / 1024:,.0f}"]
+            table.add_row(*row)
         Console().print(table)
         return 0
     model = create_model(args.model, num_classes=args.num_classes, width=args.width, **options)
     profile = profile_model(model, args.resolution)
+    latency = measured_latency(args, [profile], options).get((profile.width, profile.resolution), {})
     if args.json:
-        print(json.dumps(profile.to_dict(), indent=2))
+        print(json.dumps({**profile.to_dict(), **latency}, indent=2))
         return 0
     console = Console()
     console.print(
@@ -66,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         f"  parameters  {profile.params:,}\n  MACs        {profile.macs:,} ({profile.macs / 1e6:.1f} M)\n"
         f"  fp32 size   {profile.fp32_bytes / 1e6:.2f} MB\n  int8 size   ≈{profile.int8_bytes / 1e6:.2f} MB (weights int8, BN folded)"
     )
+    if latency:
+        console.print(
+            f"  latency     {latency['latency_ms']:.2f} ms batch 1 in {args.latency}{' int8' if args.int8 else ''} "
+            f"on this machine (file {latency['file_bytes'] / 1024:,.0f} KB)"
+        )
     table = Table(title="Resources per layer type (v1 paper Table 2)")
     for column in ("type", "MACs", "share of MACs", "weights", "share of weights"):
         table.add_column(column, justify="right")
@@ -80,3 +114,24 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(table)
     return 0
+
+
+def measured_latency(args: argparse.Namespace, profiles, options: dict) -> dict[tuple[float, int], dict]:
+    """(width, resolution) → {latency_ms, file_bytes} measured in ``--latency``'s runtime; {} without it."""
+    if not args.latency:
+        return {}
+    from mobilenets.search.measure import measure_grid
+
+    measured = measure_grid(
+        model_name=args.model,
+        widths=sorted({p.width for p in profiles}, reverse=True),
+        resolutions=sorted({p.resolution for p in profiles}, reverse=True),
+        num_classes=args.num_classes,
+        target=args.latency,
+        int8=args.int8,
+        model_options=options,
+    )
+    return {
+        key: {"latency_ms": round(m.latency_ms, 3), "file_bytes": m.flash_bytes, "latency_runtime": args.latency}
+        for key, m in measured.items()
+    }

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-
-from mobilenets.core.errors import MobilenetsError
-from mobilenets.models.preprocessing import Preprocessing
-from mobilenets.robustness.corruptions import parse_corruptions, parse_severities
 
 
 def add_parser(subparsers) -> None:
@@ -46,6 +40,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-shifts", action="store_true", help="skip the resolution/exposure/gamma/JPEG sweeps")
     parser.add_argument("--no-adversarial", action="store_true", help="skip FGSM/PGD")
     parser.add_argument("--no-latency", action="store_true", help="skip the SE/hard-swish latency attribution")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in about a tenth of the time: severity 3 only, the 15 common corruptions, 200 images, "
+        "50 attacked, no latency attribution (mCE needs the full run)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="report folder (default RUN_DIR/robustness)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -53,121 +53,39 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenets.data.folders import scan_folder
-    from mobilenets.robustness.evaluate import (
-        RobustnessOptions,
-        find_int8_model,
-        load_eval_images,
-        run_robustness,
-        validation_samples,
-    )
-    from mobilenets.robustness.report import write_report
+    from mobilenets.robustness.run import ProgressLine, robustness_report
 
-    severities = parse_severities(args.severities)
-    corruptions = parse_corruptions(args.corruptions)
-    if args.max_images < 0 or args.bn_samples < 1 or args.adversarial_images < 1:
-        raise MobilenetsError("--max-images must be ≥ 0, --bn-samples and --adversarial-images ≥ 1")
-    model, classes, preprocessing = _load_run(args.run_dir)
-    baseline = None
-    if args.baseline is not None:
-        baseline, base_classes, base_preprocessing = _load_run(args.baseline)
-        if base_classes != classes:
-            raise MobilenetsError(
-                f"{args.baseline}: its classes differ from {args.run_dir}'s; a baseline must solve the same task"
-            )
-        if base_preprocessing != preprocessing:
-            raise MobilenetsError(
-                f"{args.baseline}: its preprocessing ({base_preprocessing.input_size} px) differs from {args.run_dir}'s "
-                f"({preprocessing.input_size} px); CE compares models on the same corrupted pixels"
-            )
-    if args.data is not None:
-        scan = scan_folder(args.data, classes=classes)
-        for skipped in scan.skipped:
-            print(f"warning: skipped {skipped}", file=sys.stderr)
-        samples, source = [(s.path, s.label) for s in scan.samples], str(args.data)
-    else:
-        samples, source = validation_samples(args.run_dir, classes)
-    data = load_eval_images(samples, preprocessing, args.max_images or None, args.seed)
-    for skipped in data.skipped:
-        print(f"warning: skipped {skipped}", file=sys.stderr)
-    int8 = find_int8_model(args.run_dir)
-    options = RobustnessOptions(
-        corruptions=corruptions,
-        severities=severities,
-        seed=args.seed,
-        bn_adapt=args.bn_adapt,
-        bn_samples=args.bn_samples,
-        shifts=not args.no_shifts,
-        adversarial=not args.no_adversarial,
-        adversarial_images=args.adversarial_images,
-        latency=not args.no_latency,
-    )
-    result = run_robustness(model, preprocessing, data, options, baseline=baseline, int8_model=int8)
-    result = {
-        "run": str(args.run_dir),
-        "data": source,
-        "baseline_run": str(args.baseline) if args.baseline else None,
-        **result,
-    }
-    out = args.out or args.run_dir / "robustness"
-    paths = write_report(result, out, title=f"Robustness of {args.run_dir.name} ({model.architecture.name})")
-    _merge_metrics(args.run_dir, result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(_summary_line(result))
-        print(f"report: {paths['html']} (also .md, .json)")
-    return 0
+    progress = ProgressLine("corruptions")
 
+    def log(message: str) -> None:
+        progress.close()  # a log line replaces the bar; the next step redraws it
+        print(message, file=sys.stderr, flush=True)
 
-def _load_run(run_dir: Path):
-    from mobilenets.models.weights import load_model
-
-    if not (run_dir / "model.safetensors").exists():
-        raise MobilenetsError(
-            f"{run_dir}: no model.safetensors; pass a training run directory (mobilenets train --out DIR)"
-        )
-    model = load_model(run_dir)
-    metadata = getattr(model, "weights_metadata", None) or {}
-    classes = metadata.get("classes")
-    if not isinstance(classes, list):
-        raise MobilenetsError(f"{run_dir}/model.json: no class list; robustness needs a run trained on named classes")
-    preprocessing = Preprocessing.from_dict(metadata.get("preprocessing") or {})
-    return model.eval(), classes, preprocessing
-
-
-def _summary_line(r: dict) -> str:
-    parts = [f"{r['images']} images", f"clean {100 * r['clean_accuracy']:.1f}%"]
-    if r.get("mean_corrupted_accuracy") is not None:
-        parts.append(f"mean corrupted {100 * r['mean_corrupted_accuracy']:.1f}%")
-    if r.get("mce") is not None:
-        parts.append(f"mCE {r['mce']:.1f}")
-    if "bn_adapt" in r and r["bn_adapt"].get("mean_corrupted_accuracy") is not None:
-        parts.append(f"BN-adapted {100 * r['bn_adapt']['mean_corrupted_accuracy']:.1f}%")
-    return "robustness: " + ", ".join(parts)
-
-
-def _merge_metrics(run_dir: Path, r: dict) -> None:
-    """Add the headline numbers to the run's metrics.json (other tools' keys are kept)."""
-    path = run_dir / "metrics.json"
     try:
-        metrics = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return  # never overwrite a file we cannot read
-    metrics["robustness"] = {
-        key: r.get(key)
-        for key in (
-            "images",
-            "clean_accuracy",
-            "mean_corrupted_accuracy",
-            "clean_vs_corrupt_ratio",
-            "mce",
-            "relative_mce",
-            "baseline_run",
+        outcome = robustness_report(
+            run_dir=args.run_dir,
+            data=args.data,
+            severities=args.severities,
+            corruptions=args.corruptions,
+            baseline=args.baseline,
+            bn_adapt=args.bn_adapt,
+            bn_samples=args.bn_samples,
+            max_images=args.max_images,
+            adversarial_images=args.adversarial_images,
+            shifts=not args.no_shifts,
+            adversarial=not args.no_adversarial,
+            latency=not args.no_latency,
+            seed=args.seed,
+            out=args.out,
+            quick=args.quick,
+            log=log,
+            progress=progress,
         )
-    }
-    if "bn_adapt" in r:
-        metrics["robustness"]["bn_adapt_mean_corrupted_accuracy"] = r["bn_adapt"].get("mean_corrupted_accuracy")
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, suffix=".tmp") as file:
-        file.write(json.dumps(metrics, indent=2) + "\n")
-    os.replace(file.name, path)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(outcome.result, indent=2))
+    else:
+        print(outcome.summary_line())
+        print(f"report: {outcome.paths['html']} (also .md, .json)")
+    return 0

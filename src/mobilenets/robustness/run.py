@@ -1,0 +1,211 @@
+"""``robustness``'s work as one library call: a run directory in, the report written, the result returned."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_write_text
+from mobilenets.models.preprocessing import Preprocessing
+
+# `--quick`: minutes → about a tenth, for a first look (one mid severity, the 15 common corruptions,
+# 200 images, 50 attacked, no latency attribution). Full runs stay the default: CE/mCE are defined
+# over all five severities.
+QUICK = {"severities": "3", "corruptions": ["common"], "max_images": 200, "adversarial_images": 50, "latency": False}
+
+
+@dataclass
+class RobustnessRun:
+    result: dict
+    paths: dict[str, Path]
+
+    def summary_line(self) -> str:
+        r = self.result
+        parts = [f"{r['images']} images", f"clean {100 * r['clean_accuracy']:.1f}%"]
+        if r.get("mean_corrupted_accuracy") is not None:
+            parts.append(f"mean corrupted {100 * r['mean_corrupted_accuracy']:.1f}%")
+        if r.get("mce") is not None:
+            parts.append(f"mCE {r['mce']:.1f}")
+        if "bn_adapt" in r and r["bn_adapt"].get("mean_corrupted_accuracy") is not None:
+            parts.append(f"BN-adapted {100 * r['bn_adapt']['mean_corrupted_accuracy']:.1f}%")
+        return "robustness: " + ", ".join(parts)
+
+
+def robustness_report(
+    *,
+    run_dir: Path,
+    data: Path | None = None,
+    severities: str = "1-5",
+    corruptions: list[str] | None = None,
+    baseline: Path | None = None,
+    bn_adapt: bool = False,
+    bn_samples: int = 32,
+    max_images: int = 1000,
+    adversarial_images: int = 200,
+    shifts: bool = True,
+    adversarial: bool = True,
+    latency: bool = True,
+    seed: int = 0,
+    out: Path | None = None,
+    quick: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> RobustnessRun:
+    """Corruptions, shifts, attacks and SE/hard-swish latency of ``run_dir``'s model, written to ``out``
+    (default ``RUN_DIR/robustness``) as JSON, Markdown and HTML; the headline figures go into metrics.json."""
+    from mobilenets.data.folders import scan_folder
+    from mobilenets.deployment.loading import check_writable, summarize_skipped
+    from mobilenets.robustness.corruptions import parse_corruptions, parse_severities
+    from mobilenets.robustness.evaluate import (
+        RobustnessOptions,
+        find_int8_model,
+        load_eval_images,
+        run_robustness,
+        validation_samples,
+    )
+    from mobilenets.robustness.report import write_report
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if quick:
+        severities, corruptions = QUICK["severities"], corruptions or QUICK["corruptions"]
+        max_images = min(max_images or QUICK["max_images"], QUICK["max_images"])
+        adversarial_images = min(adversarial_images, QUICK["adversarial_images"])
+        latency = latency and QUICK["latency"]
+    parsed_severities = parse_severities(severities)
+    parsed_corruptions = parse_corruptions(corruptions)
+    if max_images < 0 or bn_samples < 1 or adversarial_images < 1:
+        raise MobilenetsError("--max-images must be ≥ 0, --bn-samples and --adversarial-images ≥ 1")
+    run_dir = Path(run_dir)
+    model, classes, preprocessing = load_run(run_dir)
+    out = Path(out) if out is not None else run_dir / "robustness"
+    check_writable(out)  # before minutes of measuring, not after
+    check_writable(run_dir, "RUN_DIR")  # metrics.json gets the headline figures
+    baseline_model = None
+    if baseline is not None:
+        baseline_model, base_classes, base_preprocessing = load_run(Path(baseline))
+        if base_classes != classes:
+            raise MobilenetsError(
+                f"{baseline}: its classes differ from {run_dir}'s; a baseline must solve the same task"
+            )
+        if base_preprocessing != preprocessing:
+            raise MobilenetsError(
+                f"{baseline}: its preprocessing ({base_preprocessing.input_size} px) differs from {run_dir}'s "
+                f"({preprocessing.input_size} px); CE compares models on the same corrupted pixels"
+            )
+    if data is not None:
+        scan = scan_folder(data, classes=classes)
+        if not scan.samples:
+            raise MobilenetsError(
+                f"{data}: no images of the model's classes ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})"
+            )
+        for line in summarize_skipped([(str(s.path), s.reason) for s in scan.skipped]):
+            log(f"warning: {line}")
+        samples, source = [(s.path, s.label) for s in scan.samples], str(data)
+    else:
+        samples, source = validation_samples(run_dir, classes)
+    images = load_eval_images(samples, preprocessing, max_images or None, seed)
+    for line in summarize_skipped([(str(item), "") for item in images.skipped]):
+        log(f"warning: {line}")
+    options = RobustnessOptions(
+        corruptions=parsed_corruptions,
+        severities=parsed_severities,
+        seed=seed,
+        bn_adapt=bn_adapt,
+        bn_samples=bn_samples,
+        shifts=shifts,
+        adversarial=adversarial,
+        adversarial_images=adversarial_images,
+        latency=latency,
+    )
+    result = run_robustness(
+        model,
+        preprocessing,
+        images,
+        options,
+        baseline=baseline_model,
+        int8_model=find_int8_model(run_dir),
+        log=log,
+        progress=progress,
+    )
+    result = {
+        "run": str(run_dir),
+        "data": source,
+        "baseline_run": str(baseline) if baseline else None,
+        "quick": quick,
+        **result,
+    }
+    paths = write_report(result, out, title=f"Robustness of {run_dir.name} ({model.architecture.name})")
+    merge_metrics(run_dir, result)
+    return RobustnessRun(result, paths)
+
+
+def load_run(run_dir: Path):
+    from mobilenets.models.weights import load_model
+
+    if not run_dir.exists():
+        raise MobilenetsError(f"{run_dir}: does not exist; pass a training run directory (mobilenets train --out DIR)")
+    if not (run_dir / "model.safetensors").exists():
+        raise MobilenetsError(
+            f"{run_dir}: no model.safetensors; pass a training run directory (mobilenets train --out DIR)"
+        )
+    model = load_model(run_dir)
+    metadata = getattr(model, "weights_metadata", None) or {}
+    classes = metadata.get("classes")
+    if not isinstance(classes, list):
+        raise MobilenetsError(f"{run_dir}/model.json: no class list; robustness needs a run trained on named classes")
+    preprocessing = Preprocessing.from_dict(metadata.get("preprocessing") or {})
+    return model.eval(), classes, preprocessing
+
+
+def merge_metrics(run_dir: Path, r: dict) -> None:
+    """Add the headline numbers to the run's metrics.json (other tools' keys are kept)."""
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return  # never overwrite a file we cannot read
+    metrics["robustness"] = {
+        key: r.get(key)
+        for key in (
+            "images",
+            "clean_accuracy",
+            "mean_corrupted_accuracy",
+            "clean_vs_corrupt_ratio",
+            "mce",
+            "relative_mce",
+            "baseline_run",
+            "quick",
+        )
+    }
+    if "bn_adapt" in r:
+        metrics["robustness"]["bn_adapt_mean_corrupted_accuracy"] = r["bn_adapt"].get("mean_corrupted_accuracy")
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+
+
+class ProgressLine:
+    """A one-line progress bar with an ETA on a terminal's stderr; silent when stderr is a file or pipe."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.started = time.perf_counter()
+        self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, done: int, total: int, what: str = "") -> None:
+        if not self.active or total <= 0:
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = f", ~{elapsed / done * (total - done):.0f} s left" if done else ""
+        filled = round(24 * done / total)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total}{eta} {what[:30]:<30}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()

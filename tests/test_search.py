@@ -1,0 +1,265 @@
+"""``mobilenets search``: candidates, budgets, Pareto fronts, the recommendation, resumability, bad budgets.
+
+Training and latency are faked here (the search's logic is what is under test); one test trains a real
+candidate for an epoch at 32 px through the same subprocess the search uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.search.candidates import (
+    NEAR_TIE_POINTS,
+    Budget,
+    Candidate,
+    generate_candidates,
+    pareto_front,
+    parse_duration,
+    recommend,
+    resolution_grid,
+    select_pool,
+)
+from mobilenets.search.measure import Measurement, check_target
+from mobilenets.search.runner import Search, SearchSettings, TrainOutcome, TrainRequest, subprocess_trainer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
+MODELS = ("mobilenet_v3_small", "mobilenet_v2")
+
+
+def fake_measurer(*, model_name, width, resolutions, num_classes, int8, work):
+    """Latency grows with width and resolution; V2 is slower and larger than V3-Small (as measured here)."""
+    base = 2.0 if model_name == "mobilenet_v2" else 1.0
+    return {
+        r: Measurement(
+            latency_ms=base * width * (r / 32) ** 2,
+            flash_bytes=int(base * width * 4_200_000 / (4 if int8 else 1)),
+            ram_bytes=int(width * r * r * 16),
+        )
+        for r in resolutions
+    }
+
+
+class FakeTrainer:
+    """Accuracy rises with epochs, width and resolution; it can raise Ctrl-C after N calls."""
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.calls: list[TrainRequest] = []
+        self.interrupt_after = interrupt_after
+
+    def __call__(self, request: TrainRequest) -> TrainOutcome:
+        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.calls.append(request)
+        family = 0.05 if request.model == "mobilenet_v2" else 0.0
+        accuracy = min(0.99, 0.4 + 0.03 * request.epochs + 0.2 * request.width + request.resolution / 1000 + family)
+        return TrainOutcome(accuracy=accuracy, seconds=3.0, complete=True, train_seconds=1.0, train_images=400)
+
+
+def settings(tmp_path: Path, **overrides) -> SearchSettings:
+    options = dict(
+        data=EXAMPLES,
+        out=tmp_path / "search",
+        models=MODELS,
+        widths=[1.0, 0.5, 0.35],
+        resolutions=[32, 48],
+        budget=Budget(max_flash_bytes=5_000_000),
+        time_budget_s=600.0,
+        max_candidates=6,
+    )
+    options.update(overrides)
+    return SearchSettings(**options)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# candidates, budgets, fronts
+
+
+def test_candidate_grid_covers_families_widths_and_resolutions():
+    candidates = generate_candidates(models=MODELS, resolutions=[32, 64])
+    keys = {c.key for c in candidates}
+    assert len(keys) == len(candidates) == (4 + 3) * 2  # V2: 1/.75/.5/.35, V3-Small: 1/.75/.5
+    assert "mobilenet_v2-w0.35-r64" in keys and "mobilenet_v3_small-w0.5-r32" in keys
+    with pytest.raises(MobilenetsError, match="too small"):
+        generate_candidates(models=MODELS, resolutions=[16])
+    with pytest.raises(MobilenetsError, match="unknown model"):
+        generate_candidates(models=["resnet50"], resolutions=[32])
+
+
+def test_resolution_grid_follows_image_size():
+    assert resolution_grid(28) == [32, 48, 64]  # tiny images: upsampling may help, up to 2×
+    assert resolution_grid(500) == [128, 160, 192, 224]  # photos: the paper's four ρ
+    assert all(32 <= r <= 224 for n in (8, 40, 96, 150, 4000) for r in resolution_grid(n))
+
+
+def test_parse_duration():
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90s") == 90
+    assert parse_duration("2") == 120  # a bare number is minutes
+    with pytest.raises(MobilenetsError, match="duration"):
+        parse_duration("soon")
+
+
+def test_budget_filters_and_says_by_how_much():
+    budget = Budget(max_latency_ms=10.0, max_flash_bytes=2_000_000)
+    fits = Candidate("m", 1.0, 32, latency_ms=5.0, flash_bytes=1_000_000)
+    slow = Candidate("m", 1.0, 64, latency_ms=15.0, flash_bytes=1_000_000)
+    unmeasured = Candidate("m", 1.0, 96, flash_bytes=1_000_000)
+    assert budget.allows(fits) is True
+    assert budget.allows(slow) is False and budget.misses(slow) == {"latency_ms": pytest.approx(0.5)}
+    assert budget.allows(unmeasured) is None
+    assert Budget().allows(unmeasured) is True  # no limits: nothing needs measuring
+
+
+def test_pareto_front():
+    # (cost, accuracy): the second point is beaten by the first (cheaper and as accurate).
+    points = [(1.0, 0.80), (2.0, 0.80), (3.0, 0.90), (0.5, 0.60), (4.0, 0.85)]
+    assert pareto_front(points) == [3, 0, 2]
+
+
+def test_recommendation_is_fastest_near_tie_in_budget():
+    def c(key_res, accuracy, latency, within=True):
+        return Candidate("m", 1.0, key_res, accuracy=accuracy, latency_ms=latency, within_budget=within)
+
+    best = c(224, 0.900, 20.0)
+    near = c(192, 0.895, 12.0)  # within 1 point, faster: the one to ship
+    far = c(128, 0.870, 5.0)  # 3 points down: not a near-tie
+    over = c(160, 0.950, 1.0, within=False)  # most accurate and fastest, but over budget
+    chosen = recommend([best, near, far, over])
+    assert chosen is near
+    in_budget_best = max(x.accuracy for x in (best, near, far))
+    assert 100 * (in_budget_best - chosen.accuracy) <= NEAR_TIE_POINTS <= 2
+    assert recommend([over]) is None
+
+
+def test_pool_spreads_over_families_and_puts_pretrained_first():
+    candidates = generate_candidates(models=MODELS, resolutions=[32, 64])
+    for i, candidate in enumerate(candidates):
+        candidate.macs, candidate.within_budget, candidate.status = 1000 + i, True, "measured"
+    candidates[5].weights = "mobilenet_v2.tv_in1k"
+    pool = select_pool(candidates, 4)
+    assert pool[0] is candidates[5]
+    assert {c.model for c in pool} == set(MODELS)
+
+
+def test_unavailable_target_is_one_clear_line(monkeypatch):
+    import importlib.util
+
+    check_target("onnx")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mobilenets.deployment.micro" else real(name, *a)
+    )
+    with pytest.raises(MobilenetsError, match="tflite-micro: not available yet"):
+        check_target("tflite-micro")
+    with pytest.raises(MobilenetsError, match="choose one of"):
+        check_target("coreml")
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole search, training faked
+
+
+def test_search_writes_schema_and_recommends_in_budget(tmp_path):
+    trainer = FakeTrainer()
+    result = Search(settings(tmp_path), trainer=trainer, measurer=fake_measurer, log=quiet).run()
+    data = json.loads((tmp_path / "search" / "search.json").read_text())
+    for candidate in data["candidates"]:
+        assert {"model", "width", "resolution", "accuracy", "latency_ms", "flash_bytes", "ram_bytes", "within_budget"} <= set(
+            candidate
+        )
+    trained = [c for c in data["candidates"] if c["accuracy"] is not None]
+    assert len({(c["model"], c["width"], c["resolution"]) for c in trained}) >= 6
+    # Width 1 (fp32 weights alone 6–9 MB) breaks the 5 MB budget: never exported, never trained.
+    assert not any(r.width == 1.0 for r in trainer.calls)
+    assert all(c["latency_ms"] is None for c in data["candidates"] if c["width"] == 1.0)
+    recommended = data["recommended"]
+    assert recommended["within_budget"] is True
+    best = max(c["accuracy"] for c in trained if c["within_budget"])
+    assert 100 * (best - recommended["accuracy"]) <= 2.0
+    assert result.command.startswith("mobilenets train --data ") and "&& mobilenets export" in result.command
+    assert f"--epochs {recommended['epochs']}" in result.command
+    html = (tmp_path / "search" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Pareto" in html
+    # Successive halving: later rungs are fewer candidates, trained longer.
+    plan = data["plan"]
+    assert plan["rung_sizes"] == sorted(plan["rung_sizes"], reverse=True)
+    assert plan["rung_epochs"] == sorted(plan["rung_epochs"])
+
+
+def test_interrupted_search_resumes_without_retraining(tmp_path):
+    first = FakeTrainer(interrupt_after=4)  # calibration + 3 runs, then Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        Search(settings(tmp_path), trainer=first, measurer=fake_measurer, log=quiet).run()
+    done = {str(r.run_dir) for r in first.calls[1:]}
+    second = FakeTrainer()
+    calls_to_measure = []
+
+    def counting_measurer(**options):
+        calls_to_measure.append(options)
+        return fake_measurer(**options)
+
+    Search(settings(tmp_path), trainer=second, measurer=counting_measurer, log=quiet).run()
+    assert not calls_to_measure  # measurements were saved
+    assert not done & {str(r.run_dir) for r in second.calls}  # finished runs are not trained again
+    assert not any("calibration" in str(r.run_dir) for r in second.calls)  # the plan was saved
+    data = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert data["recommended"] is not None
+    with pytest.raises(MobilenetsError, match="other settings"):
+        Search(settings(tmp_path, int8=True), trainer=second, measurer=fake_measurer, log=quiet).run()
+
+
+def test_impossible_budget_names_the_closest_and_exits_2(tmp_path, capsys, monkeypatch):
+    tight = settings(tmp_path, budget=Budget(max_latency_ms=0.1))
+    with pytest.raises(MobilenetsError, match=r"no candidate meets the budget.*closest: mobilenet_v3_small-w0.35-r32"):
+        Search(tight, trainer=FakeTrainer(), measurer=fake_measurer, log=quiet).run()
+    assert json.loads((tmp_path / "search" / "search.json").read_text())["recommended"] is None
+
+    from mobilenets.cli import main as cli
+
+    # The flash floor check needs no export: 1 KB is below any model's weights.
+    code = cli.main(
+        ["search", "--data", str(EXAMPLES), "--models", "mobilenet_v3_small", "--widths", "0.5",
+         "--resolutions", "32", "--max-flash-kb", "1", "--out", str(tmp_path / "cli")]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no candidate meets the budget" in err[0] and "flash" in err[0]
+
+
+def test_real_candidate_training_at_32px(tmp_path):
+    """The subprocess the search runs: one epoch of a small candidate on the example images."""
+    request = TrainRequest(
+        model="mobilenet_v3_small_minimal",
+        width=0.5,
+        resolution=32,
+        epochs=1,
+        weights=None,
+        run_dir=tmp_path / "run",
+        data=EXAMPLES,
+        timeout_s=300,
+    )
+    outcome = subprocess_trainer(request)
+    assert outcome.complete, outcome.error
+    assert 0.0 <= outcome.accuracy <= 1.0 and outcome.train_images == 400
+    again = subprocess_trainer(request)  # a finished run is read back, not trained again
+    assert again.complete and again.accuracy == outcome.accuracy and again.seconds == 0.0
+
+
+def test_profile_measures_latency_for_a_width_and_resolution(capsys):
+    from mobilenets.cli import main as cli
+
+    code = cli.main(
+        ["profile", "mobilenet_v3_small_minimal", "--width", "0.5", "--resolution", "32", "--num-classes", "10",
+         "--latency", "onnx", "--json"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["width"] == 0.5 and data["resolution"] == 32
+    assert data["latency_ms"] > 0 and data["file_bytes"] > 100_000 and data["latency_runtime"] == "onnx"
