@@ -61,7 +61,7 @@ def test_report_is_self_contained(tmp_path):
         writer.writerows([[1, 1.0, 0.5, 0.9, 0.6], [2, 0.5, 0.8, 0.4, 0.9]])
     html = write_report(tmp_path).read_text()
     assert html.count("data:image/png;base64,") == 2
-    assert "int8_val_accuracy" in html and "0.8800" in html
+    assert "int8 val accuracy" in html and "88.00%" in html  # named and formatted for a reader (issue 17, #21)
     assert "bad.jpg: empty file" in html
     assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "confusion.png").exists()
     assert 'src="http' not in html

@@ -7,7 +7,7 @@
     evaluation = run.evaluate("test_photos/")      # accuracy, per-class metrics, confusion matrix
     figures = run.quantize(method="auto")          # int8, judged next to fp32
     exported = run.export("onnx", int8=True)       # and the device formats: "tflite", "executorch", …
-    predictions = run.predict(["photo.jpg"])       # top-5 labels and probabilities
+    predicted = run.predict("photos/")             # top-5 labels; unreadable files skipped and listed
     report = mobilenets.robustness(run)            # corruptions, shifts, attacks, SE/hard-swish cost
 
 Messages go to the ``mobilenets`` logger (INFO for progress, WARNING for what needs attention), as
@@ -28,7 +28,7 @@ from mobilenets.training.options import TrainOptions
 if TYPE_CHECKING:
     from mobilenets.deployment.evaluate import FolderEvaluation
     from mobilenets.deployment.export import ExportResult
-    from mobilenets.deployment.predict import Prediction
+    from mobilenets.deployment.predict import PredictionReport
     from mobilenets.models.architectures import MobileNet
     from mobilenets.training.loop import TrainConfig
 
@@ -168,12 +168,16 @@ class Run:
 
     def predict(
         self, images: list[Path | str] | Path | str, *, top_k: int = 5, engine: str = "auto"
-    ) -> list[Prediction]:
-        """Top-K labels and probabilities for image files (a folder is read whole)."""
-        from mobilenets.deployment.predict import predict_images
+    ) -> PredictionReport:
+        """Top-K labels and probabilities for image files and folders. Unreadable files are skipped and
+        listed (``.skipped``), never fatal; ``.predictions`` holds the rest, ``.engine`` the runtime used."""
+        from mobilenets.deployment.loading import model_source
+        from mobilenets.deployment.predict import predict_files
 
-        paths = _image_paths(images)
-        return predict_images(self.model(), paths, top_k=top_k, engine=engine, run_dir=self.path)
+        inputs = [images] if isinstance(images, (str, Path)) else list(images)
+        return predict_files(
+            inputs=inputs, source=model_source(run_dir=self.path), top_k=top_k, engine=engine, report=log.info
+        )
 
     def report(self) -> Path:
         """Write ``report.html`` from everything the run directory holds now (int8, robustness included)."""
@@ -190,16 +194,6 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     result = robustness_report(run_dir=run.path, log=log.info, **options)
     run.report()
     return result.result
-
-
-def _image_paths(images: list[Path | str] | Path | str) -> list[Path]:
-    if isinstance(images, (str, Path)):
-        images = [images]
-    paths: list[Path] = []
-    for item in images:
-        item = Path(item)
-        paths.extend(sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item])
-    return paths
 
 
 def _is_main_process() -> bool:

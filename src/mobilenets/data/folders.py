@@ -419,3 +419,28 @@ def write_class_folders(
         )
         written[name] += 1
     return written
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """A class folder (one sub-folder per class) or a flat folder of unlabelled images."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise MobilenetsError(f"{folder}: does not exist; pass --data a folder of images (or of class folders)")
+    if not folder.is_dir():
+        raise MobilenetsError(f"{folder}: not a folder; pass --data a folder of images (or of class folders)")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes:
+        paths, labels = [], []
+        for index, name in enumerate(classes):
+            found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += found
+            labels += [index] * len(found)
+        result = paths, labels, classes
+    else:
+        result = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None, None
+    if not result[0]:
+        raise MobilenetsError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,12 +79,14 @@ def evaluate_folder(
 
 def adapt(model, images, preprocessing, batch_size: int, report: Callable[[str], None]):
     from mobilenets.data.augment import normalize_batch
-    from mobilenets.robustness.evaluate import adapt_batchnorm
+    from mobilenets.models.batchnorm import reestimate_batchnorm
 
     batches = [
         normalize_batch(images[i : i + batch_size], preprocessing.mean, preprocessing.std)
         for i in range(0, len(images), batch_size)
     ]
-    adapted = adapt_batchnorm(model, batches)
+    adapted = copy.deepcopy(model)
+    reestimate_batchnorm(adapted, batches)
+    adapted.eval()
     report(f"BatchNorm re-estimated on {sum(len(b) for b in batches)} images in {len(batches)} batch(es)")
     return adapted

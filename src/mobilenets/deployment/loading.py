@@ -183,7 +183,7 @@ def run_split(run_dir: Path | None) -> dict | None:
 
 def source_images(source: ModelSource, data: Path | None, part: str) -> tuple[list[str], list[int] | None]:
     """(paths, labels) from ``data``, else from the run's ``split.json`` part (``train`` or ``val``)."""
-    from mobilenets.deployment.quantization import folder_images
+    from mobilenets.data.folders import folder_images
 
     if data is not None:
         paths, labels, _ = folder_images(data)

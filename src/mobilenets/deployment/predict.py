@@ -10,13 +10,12 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.data.folders import IMAGE_SUFFIXES
 from mobilenets.data.images import ImageLoadError, load_image
 from mobilenets.deployment.engines import Engine, InferenceEngine, load_engine
 from mobilenets.deployment.loading import ModelSource, load_source_model, read_classes_file
 from mobilenets.models.metadata import class_names
 from mobilenets.models.preprocessing import Preprocessing
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass

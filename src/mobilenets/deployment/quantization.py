@@ -40,6 +40,7 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write_text
 from mobilenets.core.run_directory import RunDirectory
+from mobilenets.data.folders import folder_images
 from mobilenets.data.images import load_image
 from mobilenets.deployment.onnx import INPUT_NAME, copy_metadata, export_onnx
 from mobilenets.deployment.onnx_runtime import onnx_logits
@@ -55,7 +56,6 @@ CALIBRATION_METHODS = {
 # min-max: seconds to calibrate; percentile (minutes with ORT's histograms) is the first fallback.
 DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_THRESHOLD = 1.0  # accuracy points int8 may lose before we say so and try the fixes
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid"}
 
 
@@ -76,26 +76,6 @@ class ImageSet:
         return len(self.images)
 
 
-def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
-    """A class folder (one sub-folder per class) or a flat folder of unlabelled images."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise MobilenetsError(f"{folder}: does not exist; pass --data a folder of images (or of class folders)")
-    if not folder.is_dir():
-        raise MobilenetsError(f"{folder}: not a folder; pass --data a folder of images (or of class folders)")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if classes:
-        paths, labels = [], []
-        for index, name in enumerate(classes):
-            found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            paths += found
-            labels += [index] * len(found)
-        result = paths, labels, classes
-    else:
-        result = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None, None
-    if not result[0]:
-        raise MobilenetsError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return result
 
 
 def labels_for_model(

@@ -13,7 +13,7 @@ from mobilenets.core.files import atomic_write_text
 from mobilenets.search.candidates import Candidate, pareto_front
 
 if TYPE_CHECKING:
-    from mobilenets.search.runner import SearchResult
+    from mobilenets.search.result import SearchResult
 
 
 def pareto_png(

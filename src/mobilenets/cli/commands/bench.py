@@ -168,7 +168,8 @@ def resolve_engines(args: argparse.Namespace, work: Path):
 
 
 def calibration_for_timing(model, data: Path | None, size: int) -> np.ndarray:
-    from mobilenets.deployment.quantization import folder_images, load_images, sample
+    from mobilenets.data.folders import folder_images
+    from mobilenets.deployment.quantization import load_images, sample
     from mobilenets.models.preprocessing import Preprocessing
 
     if data is not None:
