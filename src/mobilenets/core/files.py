@@ -96,7 +96,9 @@ def check_writable(folder: Path | str, what: str = "--out") -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
+    except FileExistsError:
+        raise MobilenetsError(f"{what} {folder}: a file is in the way; pass a folder path") from None
     except OSError as error:
         reason = error.strerror or str(error)
-        raise MobilenetsError(f"{what} {folder}: cannot write there ({reason}); choose a writable folder") from None
+        raise MobilenetsError(f"{what} {folder}: cannot write there ({reason}); pass a writable {what}") from None
     return folder

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.deployment.loading import ModelSource, check_writable, load_source_model, source_images
+from mobilenets.core.files import check_writable
+from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
 
 INT8_SUFFIX = "_int8"
 
@@ -27,6 +28,8 @@ class ExportRequest:
     data: Path | None = None
     check_images: int = 32
     calibration_images: int = 256
+    ram_kb: float | None = None  # microcontroller budget (tflite-micro)
+    flash_kb: float | None = None
 
 
 @dataclass
@@ -43,6 +46,7 @@ class ExportResult:
     max_abs_diff: float | None = None
     top1_agreement: float | None = None
     int8_agreement: float | None = None
+    devices: list = field(default_factory=list)  # DeviceFile records of device formats, verified in their runtimes
 
 
 def onnx_paths(source: ModelSource, model: nn.Module, out: Path | None, int8: bool) -> tuple[Path, Path | None]:
@@ -91,6 +95,8 @@ def export_model(
     data: Path | None = None,
     check_images: int = 32,
     calibration_images: int = 256,
+    ram_kb: float | None = None,
+    flash_kb: float | None = None,
     report: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export ``source``'s model in ``format`` (a key of ``FORMATS``)."""
@@ -98,8 +104,17 @@ def export_model(
         raise MobilenetsError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     if check_images < 1 or calibration_images < 1:
         raise MobilenetsError("--check-images and --calibration must be at least 1")
+    for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
+        if value is not None and not value > 0:
+            raise MobilenetsError(f"{flag} must be positive, got {value:g}")
     request = ExportRequest(
-        out=out, int8=int8, data=data, check_images=check_images, calibration_images=calibration_images
+        out=out,
+        int8=int8,
+        data=data,
+        check_images=check_images,
+        calibration_images=calibration_images,
+        ram_kb=ram_kb,
+        flash_kb=flash_kb,
     )
     return FORMATS[format](source, request, report)
 
@@ -152,7 +167,52 @@ def export_onnx_files(source: ModelSource, request: ExportRequest, report: Calla
     return result
 
 
-# The export formats: name → exporter. Device formats (TFLite, ExecuTorch, …) register further entries.
+def device_exporter(format: str) -> Callable[[ModelSource, ExportRequest, Callable[[str], None]], ExportResult]:
+    def export(source: ModelSource, request: ExportRequest, report: Callable[[str], None]) -> ExportResult:
+        from mobilenets.deployment.device_export import DeviceBudget, export_device_format
+
+        if request.out is not None and Path(request.out).suffix:
+            raise MobilenetsError(f"--out {request.out}: for --format {format} pass a folder (the files get their names)")
+        records = export_device_format(
+            source,
+            format=format,
+            out=request.out,
+            int8=request.int8,
+            data=request.data,
+            check_images=request.check_images,
+            calibration_images=request.calibration_images,
+            budget=DeviceBudget(ram_kb=request.ram_kb, flash_kb=request.flash_kb),
+            report=report,
+        )
+        files = [ExportedFile(r.path, r.precision, r.bytes) for r in records]
+        return ExportResult(files=files, check_source=f"{records[0].images} images" if records else "", devices=records)
+
+    return export
+
+
+def export_all(source: ModelSource, request: ExportRequest, report: Callable[[str], None]) -> ExportResult:
+    """Every format: ONNX, then each device format (microcontroller files only with --int8)."""
+    if request.out is not None and Path(request.out).suffix:
+        raise MobilenetsError(f"--out {request.out}: for --format all pass a folder")
+    onnx_request = request if request.out is None else replace(request, out=Path(request.out) / "model.onnx")
+    chosen = source.run_dir is not None and (Path(source.run_dir) / "quantization.json").exists()
+    if request.int8 and request.out is None and chosen:
+        report("onnx int8: keeping the run's model_int8.onnx, chosen and evaluated by `mobilenets quantize`")
+        onnx_request = replace(onnx_request, int8=False)
+    combined = export_onnx_files(source, onnx_request, report)
+    for name in ("tflite", "executorch", "tflite-micro", "coreml"):
+        if name == "tflite-micro" and not request.int8:
+            report("tflite-micro: skipped (microcontrollers run int8 only; add --int8)")
+            continue
+        result = FORMATS[name](source, request, report)
+        combined.files += result.files
+        combined.devices += result.devices
+    return combined
+
+
+# The export formats: name → exporter.
 FORMATS: dict[str, Callable[[ModelSource, ExportRequest, Callable[[str], None]], ExportResult]] = {
     "onnx": export_onnx_files,
+    **{name: device_exporter(name) for name in ("tflite", "executorch", "tflite-micro", "coreml")},
+    "all": export_all,
 }

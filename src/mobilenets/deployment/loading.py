@@ -9,14 +9,13 @@ output folder is checked for writability before minutes of work are spent on wha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.weights import WeightsError
 
 # Widths of the published MobileNets (v1: 0.25–1; V2: 0.35–1.4; V3: 0.75, 1), tried in this order when a
@@ -151,34 +150,12 @@ def read_classes_file(path: Path | str, num_classes: int) -> list[str]:
     return names
 
 
-def check_writable(folder: Path | str, flag: str = "--out") -> Path:
-    """Create ``folder`` if needed and prove a file can be written there, before any work goes into it."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor, probe = tempfile.mkstemp(prefix=".mobilenets-write-check-", dir=folder)
-        os.close(descriptor)
-        os.unlink(probe)
-    except FileExistsError:
-        raise MobilenetsError(f"{flag} {folder}: a file is in the way; pass a folder path") from None
-    except OSError as error:
-        raise MobilenetsError(
-            f"{flag} {folder}: cannot write there ({error.strerror or error}); pass a writable {flag}"
-        ) from None
-    return folder
-
-
 def run_split(run_dir: Path | None) -> dict | None:
     """A run directory's ``split.json`` (its training and validation images), if it has one."""
     if run_dir is None or not Path(run_dir).is_dir():
         return None
-    path = Path(run_dir) / "split.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise MobilenetsError(f"{path}: not valid JSON; the run directory is damaged, pass --data DIR") from None
+    run = RunDirectory(run_dir)
+    return run.split_record() if (run / RunDirectory.SPLIT).exists() else None
 
 
 def source_images(source: ModelSource, data: Path | None, part: str) -> tuple[list[str], list[int] | None]:

@@ -1110,7 +1110,7 @@ def quantize_run(
     Returns ``fp32_val_accuracy``/``int8_val_accuracy`` (fractions), ``int8_size_bytes``, ``int8_method``,
     latencies and the attempts made.
     """
-    from mobilenets.deployment.loading import check_writable
+    from mobilenets.core.files import check_writable
     from mobilenets.models.weights import load_model
 
     run_dir = Path(run_dir)
@@ -1173,7 +1173,8 @@ def quantize_folder(
     A class folder is matched to the model's classes by name (``labels_for_model``); a flat folder
     measures agreement with fp32. The int8 file goes to ``out`` (default ``./NAME_int8.onnx``).
     """
-    from mobilenets.deployment.loading import check_writable, load_source_model
+    from mobilenets.core.files import check_writable
+    from mobilenets.deployment.loading import load_source_model
 
     model = load_source_model(source, report=report)
     out = Path(out) if out is not None else Path(f"{source.stem(model)}_int8.onnx")

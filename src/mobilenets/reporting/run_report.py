@@ -163,6 +163,34 @@ def settings_rows(config: dict, run_dir: Path) -> list[list[str]]:
     return rows
 
 
+def deployment_section(entries: list[dict]) -> str:
+    """The device files, each verified in its own runtime (``mobilenets export --format …``)."""
+
+    def percent(value) -> str:
+        return "—" if value is None else f"{100 * value:.1f}%"
+
+    rows = [
+        [
+            e.get("format", ""),
+            e.get("path", ""),
+            e.get("precision", ""),
+            f"{e.get('bytes', 0) / 1e6:.2f}",
+            e.get("runtime", ""),
+            percent(e.get("agreement")) if e.get("ran", True) else "not run",
+            percent(e.get("accuracy")),
+            "—" if e.get("latency_ms") is None else f"{e['latency_ms']:.2f}",
+            "—" if e.get("partitions") is None else str(e["partitions"]),
+            "—" if e.get("arena_bytes") is None else f"{e['arena_bytes'] / 1024:.1f}",
+        ]
+        for e in entries
+    ]
+    header = ["format", "file", "precision", "MB", "runtime", "agreement", "accuracy", "batch-1 ms", "partitions", "arena KB"]
+    return (
+        "<h2>Deployment files</h2><p>Each file was run in its own runtime on this machine and compared with the "
+        "PyTorch model on validation images (agreement: same top-1 class).</p>" + _table(rows, header)
+    )
+
+
 def deploy_choice(metrics: dict, run_dir: Path) -> str:
     """Which file to put on a device, and why, from what ``quantize`` measured."""
     int8 = run_dir / "model_int8.onnx"
@@ -233,6 +261,8 @@ def write_report(run_dir: Path | str) -> Path:
         for k, v in headline.items()
     ]
     sections.append("<h2>All metrics</h2>" + _table(rows, ["metric", "value"]))
+    if metrics.get("deployment"):
+        sections.append(deployment_section(metrics["deployment"]))
     if "diagnosis" in metrics:  # training.diagnosis: the product's advice for what went wrong, if anything
         from mobilenets.training.diagnosis import findings_html
 

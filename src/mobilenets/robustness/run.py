@@ -58,8 +58,9 @@ def robustness_report(
 ) -> RobustnessRun:
     """Corruptions, shifts, attacks and SE/hard-swish latency of ``run_dir``'s model, written to ``out``
     (default ``RUN_DIR/robustness``) as JSON, Markdown and HTML; the headline figures go into metrics.json."""
+    from mobilenets.core.files import check_writable
     from mobilenets.data.folders import scan_folder
-    from mobilenets.deployment.loading import check_writable, summarize_skipped
+    from mobilenets.deployment.loading import summarize_skipped
     from mobilenets.robustness.corruptions import parse_corruptions, parse_severities
     from mobilenets.robustness.evaluate import (
         RobustnessOptions,

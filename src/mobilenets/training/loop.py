@@ -83,6 +83,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     out: str = "runs/train"
     quantize: bool = False
+    export: str | None = None  # formats exported when the run finishes (mobilenets.api), comma-separated
     recipe: str | None = None
     checkpoint_minutes: float = 5.0
     checkpoint_steps: int = 0  # also checkpoint every N steps (0: off); tests use it to kill mid-epoch

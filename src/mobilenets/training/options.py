@@ -42,6 +42,7 @@ class TrainOptions:
     seed: int = 0
     out: Path | str | None = None
     quantize: bool = False
+    export: str | None = None  # device formats to write at the end, comma-separated: "tflite,executorch"
     resume: Path | str | None = None
     checkpoint_minutes: float = 5.0
     checkpoint_steps: int = 0
@@ -74,6 +75,7 @@ class TrainOptions:
 RESUME_MAY_CHANGE = {
     "epochs": "train for more (or fewer, not below those done) epochs; the learning-rate schedule is stretched",
     "quantize": "also quantize to int8 at the end",
+    "export": "also export these formats at the end",
     "quiet": "progress display",
     "checkpoint_minutes": "how often to checkpoint",
     "checkpoint_steps": "how often to checkpoint",

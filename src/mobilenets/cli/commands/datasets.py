@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         classes = list(FASHION_MNIST_CLASSES) if args.name == "fashion-mnist" else None
     if args.classes:
         classes = [c.strip() for c in args.classes.split(",")]
-    from mobilenets.deployment.loading import check_writable
+    from mobilenets.core.files import check_writable
 
     check_writable(args.out)  # before decoding tens of thousands of images, not after
     written = write_class_folders(images, labels, args.out, classes, args.limit_per_class)

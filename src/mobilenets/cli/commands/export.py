@@ -1,4 +1,5 @@
-"""``mobilenets export``: an ONNX model with its deployment metadata, checked against PyTorch."""
+"""``mobilenets export``: ONNX and device files with their labels and preprocessing inside, each checked in
+its own runtime against PyTorch."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ from mobilenets.cli.commands._deploy_args import add_model_arguments, source_fro
 
 
 def add_parser(subparsers) -> None:
-    from mobilenets.deployment.export import FORMATS
+    from mobilenets.deployment.formats import EXPORT_FORMATS
 
     parser = subparsers.add_parser(
         "export",
-        help="export to ONNX (fp32, or int8 with --int8), checked against PyTorch",
-        description="Export a run or weights to ONNX (opset 18, dynamic batch, labels and preprocessing in the "
-        "metadata). The fp32 file is checked against PyTorch on real images: max abs diff and top-1 agreement.",
+        help="export to ONNX and device formats, each checked in its own runtime",
+        description="Export a run or weights to ONNX (opset 18, dynamic batch), LiteRT .tflite (XNNPACK, one delegate "
+        "partition), ExecuTorch .pte, TensorFlow Lite Micro (int8, exact tensor arena) or Core ML .mlpackage; labels "
+        "and preprocessing travel inside each file. Every file is run in its runtime and compared with PyTorch on the "
+        "run's validation images (max abs diff, top-1 agreement, accuracy, batch-1 latency); a run directory's "
+        "metrics.json gets the results as its `deployment` table. Device formats need `pip install 'mobilenets[edge]'`.",
     )
     add_model_arguments(parser)
-    parser.add_argument("--format", choices=list(FORMATS), default="onnx")
+    parser.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="onnx",
+        help="onnx (default), tflite, executorch, tflite-micro (int8 only), coreml, or all",
+    )
     parser.add_argument(
         "--int8",
         action="store_true",
@@ -28,8 +37,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        help="the fp32 file (default RUN_DIR/model.onnx or ./NAME.onnx); with --int8 the int8 one is NAME_int8.onnx",
+        help="onnx: the fp32 file (default RUN_DIR/model.onnx or ./NAME.onnx; with --int8 the int8 one is "
+        "NAME_int8.onnx); device formats: a folder (default the run directory)",
     )
+    parser.add_argument("--ram-kb", type=float, help="tflite-micro: the device's RAM for the tensor arena, in KB")
+    parser.add_argument("--flash-kb", type=float, help="tflite-micro: the device's flash for the model file, in KB")
     parser.add_argument("--check-images", type=int, default=32, help="images for the PyTorch check (default 32)")
     parser.add_argument("--calibration", type=int, default=256, help="calibration images for --int8 (default 256)")
     parser.set_defaults(run=run)
@@ -38,13 +50,20 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mobilenets.deployment.export import export_model
 
+    source = source_from_args(args)
     export_model(
-        source=source_from_args(args),
+        source=source,
         format=args.format,
         out=args.out,
         int8=args.int8,
         data=args.data,
         check_images=args.check_images,
         calibration_images=args.calibration,
+        ram_kb=args.ram_kb,
+        flash_kb=args.flash_kb,
     )
+    if source.run_dir is not None:
+        from mobilenets.api import Run
+
+        Run(source.run_dir).report()  # report.html shows the new files
     return 0

@@ -84,6 +84,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="run directory (default runs/<model>-<time>)")
     parser.add_argument("--quantize", action="store_true", help="also write an int8 ONNX model and its accuracy")
+    parser.add_argument(
+        "--export",
+        metavar="FORMATS",
+        help="at the end also write these formats, each verified in its runtime, comma-separated: "
+        "onnx, tflite, executorch, tflite-micro, coreml (int8 too with --quantize)",
+    )
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also checkpoint mid-epoch this often")
     parser.add_argument("--checkpoint-steps", type=int, default=0, help=argparse.SUPPRESS)

@@ -1,0 +1,232 @@
+"""``export --format tflite|executorch|tflite-micro|coreml``: device files, each verified in its own runtime.
+
+One exporter for every device format, driven by ``DEVICE_FORMATS`` (Ultralytics' lesson: formats are a
+table, not a chain of special cases). Calibration images come from the run's training split, checks
+from its validation split (or ``--data``); every file is run in the runtime a device uses (LiteRT's
+interpreter with XNNPACK, ExecuTorch's runtime, the TFLite Micro interpreter) and compared with PyTorch.
+The results are the run's ``deployment`` table in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobilenets.core.console import native_output_silenced
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import check_writable
+from mobilenets.core.run_directory import RunDirectory
+from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
+
+
+@dataclass(frozen=True)
+class DeviceFormat:
+    """One device format: its module (export_*/verify_* functions), its file names, what it supports."""
+
+    module: str
+    export: str
+    verify: str
+    fp32_name: str | None  # None: the format has no fp32 file (microcontrollers run int8 only)
+    int8_name: str | None  # None: no int8 file (Core ML int8 is not offered yet)
+    runtime: str
+
+
+DEVICE_FORMATS: dict[str, DeviceFormat] = {
+    "tflite": DeviceFormat(
+        "mobilenets.deployment.litert", "export_litert", "verify_litert", "model.tflite", "model_int8.tflite", "LiteRT"
+    ),
+    "executorch": DeviceFormat(
+        "mobilenets.deployment.executorch",
+        "export_executorch",
+        "verify_executorch",
+        "model.pte",
+        "model_int8.pte",
+        "ExecuTorch",
+    ),
+    "tflite-micro": DeviceFormat(
+        "mobilenets.deployment.micro", "export_micro", "verify_micro", None, "model_micro_int8.tflite", "TFLite Micro"
+    ),
+    "coreml": DeviceFormat(
+        "mobilenets.deployment.coreml", "export_coreml", "verify_coreml", "model.mlpackage", None, "Core ML"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """A microcontroller's memory: tensor arena (RAM) and file (flash) limits in KB."""
+
+    ram_kb: float | None = None
+    flash_kb: float | None = None
+
+
+def export_device_format(
+    source: ModelSource,
+    *,
+    format: str,
+    out: Path | None,
+    int8: bool,
+    data: Path | None,
+    check_images: int,
+    calibration_images: int,
+    budget: DeviceBudget,
+    report: Callable[[str], None],
+) -> list:
+    """Write and verify ``format``'s files (fp32, and int8 when asked; microcontrollers: int8 only).
+
+    Returns the ``DeviceFile`` records; a run directory's ``metrics.json`` gets them as ``deployment``.
+    """
+    from mobilenets.deployment.quantization import load_images, sample
+
+    spec = DEVICE_FORMATS[format]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the converters' TensorFlow Lite logging
+    with native_output_silenced(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _import_runtime(format)
+        module = importlib.import_module(spec.module)
+    names = [name for name, wanted in ((spec.fp32_name, True), (spec.int8_name, int8 or spec.fp32_name is None)) if name and wanted]
+    if not names:
+        raise MobilenetsError(f"--format {format} --int8: {spec.runtime} int8 is not offered; export fp32 without --int8")
+    folder = _output_folder(source, out)
+    check_writable(folder)
+    model = load_source_model(source, report=report)
+    preprocessing = model.metadata.preprocessing
+    check = _images(source, data, "val", check_images, preprocessing, load_images=load_images, sample=sample)
+    if check is None:
+        report(
+            f"warning: {format}: no validation images (pass --data DIR): the files are written and loaded in "
+            f"{spec.runtime}, but agreement with PyTorch and accuracy are NOT verified"
+        )
+    records = []
+    for name in names:
+        path = folder / name
+        is_int8 = name != spec.fp32_name
+        calibration = None
+        if is_int8:
+            calibration = _images(source, data, "train", calibration_images, preprocessing, load_images=load_images, sample=sample)
+            if calibration is None:
+                raise MobilenetsError(
+                    f"--format {format} --int8 needs calibration images: export a run directory (its training images) "
+                    "or pass --data DIR"
+                )
+        with native_output_silenced(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # converters' deprecation chatter
+            written = _export(module, spec, model, path, calibration=calibration, is_int8=is_int8, size=preprocessing.input_size)
+        with native_output_silenced():  # runtimes log their CPU probing on load
+            record = _verify(module, spec, written, model, check, size=preprocessing.input_size)
+        record.format = format  # the name users pass to --format
+        records.append(record)
+        report(describe(record))
+        if format == "tflite-micro" and (budget.ram_kb is not None or budget.flash_kb is not None):
+            verdict = module.micro_budget(
+                written, arena_bytes=record.arena_bytes, ram_kb=budget.ram_kb, flash_kb=budget.flash_kb
+            )
+            report(verdict.verdict)
+            if not verdict.fits:
+                _record(source, records)
+                raise MobilenetsError(verdict.verdict)
+    _record(source, records)
+    return records
+
+
+def _import_runtime(format: str) -> None:
+    """Import the format's toolchain now (quietly), so that a missing extra is one line before any work."""
+    from mobilenets.deployment.device_files import require
+
+    purpose = f"--format {format}"
+    for name in {
+        "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+        "executorch": ("executorch", "executorch.runtime"),
+        "tflite-micro": ("litert_torch", "ai_edge_quantizer", "tflite_micro"),
+        "coreml": ("coremltools",),
+    }[format]:
+        require(name, purpose)
+
+
+def _output_folder(source: ModelSource, out: Path | None) -> Path:
+    if out is not None:
+        return Path(out)
+    if source.run_dir is not None:
+        return Path(source.run_dir)
+    return Path(".")
+
+
+def _images(source, data, part, count, preprocessing, *, load_images, sample) -> np.ndarray | None:
+    try:
+        paths, labels = source_images(source, data, part)
+    except MobilenetsError:
+        if data is not None:
+            raise
+        return None
+    chosen = sample(list(zip(paths, labels or [None] * len(paths), strict=True)), count)
+    images = load_images([p for p, _ in chosen], None if labels is None else [y for _, y in chosen], preprocessing, part)
+    return images
+
+
+def _export(module, spec: DeviceFormat, model, path: Path, *, calibration, is_int8: bool, size: int) -> Path:
+    export = getattr(module, spec.export)
+    images = None if calibration is None else calibration.images
+    if spec.module.endswith(".micro"):
+        return export(model, path, calibration=images)
+    if spec.module.endswith(".coreml"):
+        return export(model, path, input_size=size)
+    return export(model, path, calibration=images, int8=is_int8, input_size=size)
+
+
+def _verify(module, spec: DeviceFormat, path: Path, model, check, *, size: int):
+    verify = getattr(module, spec.verify)
+    if check is None:
+        # Loaded and run once on a blank image: the file works in its runtime; nothing is compared.
+        blank = np.zeros((1, 3, size, size), dtype=np.float32)
+        record = verify(path, model, blank)
+        record.agreement = record.max_abs_diff = record.accuracy = None
+        record.notes.append("not verified against PyTorch: no validation images")
+        return record
+    return verify(path, model, check.images, check.labels)
+
+
+def describe(record) -> str:
+    parts = [f"wrote {record.path} ({record.precision}, {record.bytes / 1e6:.2f} MB) — {record.runtime}:"]
+    if not record.ran:
+        parts.append("validated, not run (" + "; ".join(record.notes) + ")")
+        return " ".join(parts)
+    if record.agreement is not None:
+        parts.append(f"top-1 agreement with PyTorch {100 * record.agreement:.1f}% on {record.images} images")
+    if record.max_abs_diff is not None and record.precision == "fp32":
+        parts.append(f"max abs diff {record.max_abs_diff:.1e}")
+    if record.accuracy is not None:
+        reference = f" (fp32 {100 * record.reference_accuracy:.1f}%)" if record.reference_accuracy is not None else ""
+        parts.append(f"accuracy {100 * record.accuracy:.1f}%{reference}")
+    if record.latency_ms is not None:
+        parts.append(f"batch-1 {record.latency_ms:.2f} ms here")
+    if record.partitions is not None:
+        parts.append(f"{record.partitions} delegate partition(s)")
+    if record.arena_bytes is not None:
+        parts.append(f"arena {record.arena_bytes / 1024:.1f} KB")
+    return parts[0] + " " + ", ".join(parts[1:])
+
+
+def _record(source: ModelSource, records: list) -> None:
+    """Merge into the run's ``deployment`` table: one entry per file (a new export of a file replaces it)."""
+    if source.run_dir is None or not records:
+        return
+    run = RunDirectory(source.run_dir)
+    table = {entry["path"]: entry for entry in run.metrics().get("deployment", [])}
+    for record in records:
+        entry = record.to_dict()
+        entry["path"] = _relative(Path(entry["path"]), run.path)
+        table[entry["path"]] = entry
+    run.merge_metrics({"deployment": list(table.values())})
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return str(path)
