@@ -156,7 +156,7 @@ def test_finding09_export_int8_refuses_to_replace_the_chosen_int8_model(run_dir,
 
 @pytest.mark.parametrize("command", ["quantize", "export", "robustness", "datasets"])
 def test_finding11_unwritable_out_is_refused_before_the_work(command, run_dir, tmp_path, capsys, monkeypatch):
-    from mobilenets.deployment import loading
+    from mobilenets.core import files
 
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
@@ -171,7 +171,7 @@ def test_finding11_unwritable_out_is_refused_before_the_work(command, run_dir, t
     }[command]
     assert main(argv) == 2
     assert "--out" in one_line_error(capsys, command) and not worked
-    assert loading.check_writable(tmp_path / "fine") == tmp_path / "fine"
+    assert files.check_writable(tmp_path / "fine") == tmp_path / "fine"
 
 
 # --- 15: predict --width with a run; profile --width 0 ---------------------------------------------------------
