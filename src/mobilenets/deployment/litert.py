@@ -20,9 +20,7 @@ https://github.com/google-ai-edge/ai-edge-quantizer
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenets.core.console import native_output_silenced
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.deployment.device_files import (
     DeviceFile,
@@ -59,22 +58,6 @@ def _conversion_error(runtime: str, error: Exception) -> MobilenetsError:
     return MobilenetsError(f"{runtime} conversion failed: {first_line[:300]}")
 
 
-@contextlib.contextmanager
-def _quiet_native_output():
-    """Silence the converters' C++ logging (they write to fd 1/2 directly, around Python's streams)."""
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-
-
 def convert_fp32(model: nn.Module, size: int) -> bytes:
     """The fp32 ``.tflite`` bytes of ``model`` for one NHWC image of ``size``×``size`` (no metadata)."""
     litert_torch = require("litert_torch", "LiteRT export")
@@ -83,7 +66,7 @@ def convert_fp32(model: nn.Module, size: int) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.tflite"
         try:
-            with _quiet_native_output():
+            with native_output_silenced():
                 litert_torch.convert(module, sample).export(str(path))
         except MobilenetsError:
             raise
@@ -113,7 +96,7 @@ def quantize_int8(fp32: bytes, calibration_nhwc: np.ndarray, *, float_ops: tuple
     signature, input_name = _signature_input(fp32)
     samples = [{input_name: calibration_nhwc[i : i + 1]} for i in range(len(calibration_nhwc))]
     try:
-        with _quiet_native_output():
+        with native_output_silenced():
             result = engine.quantize(engine.calibrate({signature: samples}), enable_progress_report=False)
     except Exception as error:
         raise _conversion_error("LiteRT int8 (ai-edge-quantizer)", error) from None
@@ -129,7 +112,7 @@ def _signature_input(content: bytes) -> tuple[str, str]:
 
 def _interpreter(content: bytes, threads: int | None = None):
     litert = require("ai_edge_litert.interpreter", "Running a .tflite file")
-    with _quiet_native_output():
+    with native_output_silenced():
         interpreter = litert.Interpreter(model_content=content, num_threads=threads)
         interpreter.allocate_tensors()
     return interpreter
