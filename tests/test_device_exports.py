@@ -124,6 +124,28 @@ def test_micro_file_runs_in_tflm_with_exact_arena_and_budget_verdicts(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model_micro_int8.tflite"]  # no temporary left
 
 
+def test_micro_file_drops_bias_quantization_arrays_with_bit_identical_outputs(tmp_path):
+    pytest.importorskip("tflite_micro")
+    from ai_edge_litert import schema_py_generated as schema
+
+    from mobilenets.deployment.litert import convert_fp32, quantize_int8
+    from mobilenets.deployment.micro import run_micro, without_bias_quantization
+
+    model = settled("mobilenet_v1", 32, width=0.25)
+    calibration = np.ascontiguousarray(images(16, 32, seed=1).transpose(0, 2, 3, 1))
+    full = quantize_int8(convert_fp32(model, 32), calibration, float_ops=())
+    lean = without_bias_quantization(full)
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(lean), 0)
+    biases = [t for t in parsed.subgraphs[0].tensors if t.type == schema.TensorType.INT32]
+    assert biases and all(t.quantization is None or t.quantization.scale is None for t in biases)
+    assert len(lean) < len(full) - 12 * 8  # at least the stem's 8 channels × (float32 scale + int64 zero point)
+    (tmp_path / "full.tflite").write_bytes(full)
+    (tmp_path / "lean.tflite").write_bytes(lean)
+    x = images(4, 32, seed=2)
+    expected = run_micro(tmp_path / "full.tflite", x, 1 << 20)
+    assert np.ptp(expected) > 0 and np.array_equal(run_micro(tmp_path / "lean.tflite", x, 1 << 20), expected)
+
+
 def test_executorch_fp32_and_int8_are_one_delegate_call(tmp_path):
     pytest.importorskip("executorch")
     from mobilenets.deployment.executorch import export_executorch, read_metadata, verify_executorch
