@@ -56,3 +56,37 @@ def test_bench_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mobilenets bench: error: ") and message in err
+
+
+def test_bench_times_a_runs_device_files_in_their_own_runtimes(capsys):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("executorch")
+    pytest.importorskip("tflite_micro")
+    data = write_class_folder(WORK / "bench-device-data", classes=2, per_class=4)
+    import numpy as np
+
+    from mobilenets.deployment.executorch import export_executorch
+    from mobilenets.deployment.litert import export_litert
+    from mobilenets.deployment.micro import export_micro
+    from mobilenets.models.weights import load_model
+
+    run_dir = tiny_run_dir(WORK / "bench-device-run", data, model="mobilenet_v1", width=0.25)
+    model = load_model(run_dir / "model.safetensors").eval()
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 48, 48), dtype=np.float32)
+    # The exporters alone (`export --format` would also verify each file: tested in test_device_exports.py).
+    export_litert(model, run_dir / "model_int8.tflite", int8=True, calibration=calibration)
+    export_executorch(model, run_dir / "model_int8.pte", int8=True, calibration=calibration)
+    export_micro(model, run_dir / "model_micro_int8.tflite", calibration=calibration)
+    capsys.readouterr()
+    argv = ["bench", str(run_dir), "--batch", "1,2", "--repeats", "2", "--warmup", "1", "--threads", "1", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    engines = {(r["engine"], r["batch"]) for r in report["results"]}
+    # LiteRT resizes its batch-1 file to the batch; the .pte and the microcontroller file run at batch 1 only.
+    for batch in (1, 2):
+        assert ("litert int8", batch) in engines and ("onnxruntime fp32", batch) in engines
+    assert ("executorch int8", 1) in engines and ("executorch int8", 2) not in engines
+    assert ("tflite micro int8", 1) in engines and ("tflite micro int8", 2) not in engines
+    assert "executorch int8: timed at batch 1 only (model_int8.pte has a fixed batch)" in report["notes"]
+    assert "tflite micro int8: timed at batch 1 only (a microcontroller runs one image at a time)" in report["notes"]
+    assert len(report["notes"]) == len(set(report["notes"]))

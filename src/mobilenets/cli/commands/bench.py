@@ -1,5 +1,8 @@
 """``mobilenets bench``: fp32 PyTorch eager, fp32 and int8 ONNX Runtime, mobilenets' int8 engine, side by side.
 
+For a run directory, the device files it holds (``export --format tflite|executorch|tflite-micro``) are
+timed in their own runtimes in the same rounds (``deployment.device_runners``).
+
 All engines at one batch size are timed in the same interleaved rounds (``deployment.timing``, the
 harness ``quantize`` uses), so machine noise hits each alike: ``--warmup`` rounds, then ``--repeats``
 timed ones; we report the median, the spread (min and max) and the throughput at the median. All
@@ -31,9 +34,11 @@ def measure(run: Callable[[], object], engine: str, batch: int, warmup: int = 3,
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="latency/throughput: fp32 PyTorch, fp32 and int8 ONNX Runtime, mobilenets int8",
+        help="latency/throughput: fp32 PyTorch, fp32 and int8 ONNX Runtime, mobilenets int8, a run's device files",
         description="Median latency and throughput of fp32 PyTorch eager, fp32 ONNX Runtime, int8 ONNX Runtime "
-        "and mobilenets' int8 engine on the same batch, after warm-up, with the spread of the repeated runs.",
+        "and mobilenets' int8 engine on the same batch, after warm-up, with the spread of the repeated runs. "
+        "For a run directory, every device file it holds (.tflite, .pte, the microcontroller file) is timed in "
+        "its own runtime in the same interleaved rounds.",
     )
     parser.add_argument(
         "target",
@@ -101,7 +106,12 @@ def run(args: argparse.Namespace) -> int:
                 runs[name] = lambda s=session, f=feed: s.run(None, f)
             if native is not None:
                 runs["mobilenets int8"] = lambda t=tensor: native(t)
+            if Path(args.target).is_dir():  # a run's device files, when it has them (export --format ...)
+                from mobilenets.deployment.device_runners import device_runners
+
+                runs.update(device_runners(Path(args.target), images, threads=threads, notes=notes))
             results += time_engines(runs, batch, repeats=args.repeats, warmup=args.warmup)
+    notes = list(dict.fromkeys(notes))  # one note per file, not one per batch size
     if args.json:
         print(json.dumps({"threads": threads, "notes": notes, "results": [r.to_dict() for r in results]}, indent=2))
         return 0
