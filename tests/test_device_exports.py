@@ -146,6 +146,35 @@ def test_micro_file_drops_bias_quantization_arrays_with_bit_identical_outputs(tm
     assert np.ptp(expected) > 0 and np.array_equal(run_micro(tmp_path / "lean.tflite", x, 1 << 20), expected)
 
 
+class _HeadWith(torch.nn.Module):
+    """A conv and a pooled head around one operator: the smallest model that carries it into a file."""
+
+    def __init__(self, operator) -> None:
+        super().__init__()
+        self.conv, self.operator = torch.nn.Conv2d(3, 4, 3), operator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.operator(self.conv(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize(
+    ("operator", "runtime", "named"),
+    [(torch.nn.functional.gelu, "TFLite Micro", "GELU"), (lambda y: y.sort(1)[0], "LiteRT", "STABLEHLO_SORT")],
+    ids=["gelu", "sort"],
+)
+def test_micro_export_names_an_operator_a_runtime_lacks_and_writes_nothing(tmp_path, operator, runtime, named):
+    # TFLM lacks GELU; LiteRT's own interpreter (which calibrates) already lacks the sort litert-torch writes.
+    pytest.importorskip("tflite_micro")
+    from mobilenets.deployment.micro import export_micro
+
+    with pytest.raises(MobilenetsError, match=f"^{runtime} has no kernel for operator {named}; ") as raised:
+        export_micro(
+            _HeadWith(operator).eval(), tmp_path / "model_micro_int8.tflite", calibration=images(4, 16, seed=0)
+        )
+    assert "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_executorch_fp32_and_int8_are_one_delegate_call(tmp_path):
     pytest.importorskip("executorch")
     from mobilenets.deployment.executorch import export_executorch, read_metadata, verify_executorch

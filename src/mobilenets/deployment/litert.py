@@ -112,9 +112,17 @@ def _signature_input(content: bytes) -> tuple[str, str]:
 
 def _interpreter(content: bytes, threads: int | None = None):
     litert = require("ai_edge_litert.interpreter", "Running a .tflite file")
-    with native_output_silenced():
-        interpreter = litert.Interpreter(model_content=content, num_threads=threads)
-        interpreter.allocate_tensors()
+    try:
+        with native_output_silenced():
+            interpreter = litert.Interpreter(model_content=content, num_threads=threads)
+            interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as error:
+        match = re.search(r"find op for builtin opcode '?(\w+)'?", str(error))
+        if match:
+            raise MobilenetsError(
+                f"LiteRT has no kernel for operator {match.group(1)}; replace it in the model or export another format"
+            ) from None
+        raise
     return interpreter
 
 

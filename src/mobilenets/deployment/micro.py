@@ -22,6 +22,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,29 +125,37 @@ def _check_micro_operators(content: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """TFLM prints every failed allocation to fd 2; the bisection below makes many on purpose."""
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """TFLM prints to fd 2 (every failed allocation, which the arena bisection makes on purpose, and the
+    operator it has no kernel for); captured, so a user sees one line, and readable for that operator."""
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            yield lambda: (captured.seek(0), captured.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_MISSING_KERNEL = re.compile(r"find op for builtin opcode '?(\w+)'?|registration from op code (\w+)")
 
 
 def _interpreter(content: bytes, arena: int):
     runtime = require("tflite_micro.python.tflite_micro.runtime", "Running a TFLite Micro file")
-    try:
-        with _quiet_stderr():
+    with _captured_stderr() as printed:
+        try:
             return runtime.Interpreter.from_bytes(content, arena_size=arena)
-    except RuntimeError as error:
-        text = str(error)
-        match = re.search(r"find op for builtin opcode '?(\w+)'?", text) or re.search(r"op(?:erator)? (\w+)", text)
-        if match and arena >= MAX_ARENA:
-            raise MobilenetsError(f"TFLite Micro has no kernel for operator {match.group(1)}") from None
-        raise
+        except (RuntimeError, ValueError) as error:
+            # An operator without a TFLM kernel is named in the error (ValueError) or only in TFLM's own
+            # output, with a bare "failed to allocate tensors" error (RuntimeError).
+            match = _MISSING_KERNEL.search(f"{error}\n{printed()}")
+            if match and arena >= MAX_ARENA:
+                raise MobilenetsError(
+                    f"TFLite Micro has no kernel for operator {match.group(1) or match.group(2)}; "
+                    "replace it in the model or export another format"
+                ) from None
+            raise
 
 
 _PROBE = """
