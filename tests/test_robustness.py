@@ -48,6 +48,20 @@ def tiny_model(seed: int = 0) -> nn.Module:
     return create_model("mobilenet_v3_small", num_classes=3, width=0.25).eval()
 
 
+def settled_tiny_model() -> nn.Module:
+    """``tiny_model`` with BatchNorm statistics from one batch, so its logits have a real spread."""
+    model = tiny_model()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 32, 32))
+    torch.nn.init.normal_(model.classifier.weight, 0, 0.5)
+    return model.eval()
+
+
 # --------------------------------------------------------------------------------------------------
 # Test-time BatchNorm re-estimation
 # --------------------------------------------------------------------------------------------------
@@ -177,6 +191,39 @@ def test_latency_variants_remove_se_and_hardswish_only():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert no_se(x).shape == relu(x).shape == model(x).shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_device_latency_times_each_variant_in_litert_fp32_and_int8():
+    pytest.importorskip("litert_torch")
+    from mobilenets.robustness.device_latency import device_latency_attribution
+    from mobilenets.robustness.evaluate import latency_variants
+
+    variants = latency_variants(settled_tiny_model())
+    assert list(variants) == ["full", "no_se", "relu_for_hardswish", "no_se_relu"]
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    two = {name: variants[name] for name in ("full", "relu_for_hardswish")}
+    found = device_latency_attribution(two, images, runtimes=["litert"], rounds=1, calls_per_round=2, log=print)
+    assert [(t["runtime"], t["precision"]) for t in found["tables"]] == [("litert", "fp32"), ("litert", "int8")]
+    for table in found["tables"]:
+        assert [v["variant"] for v in table["variants"]] == ["full", "relu_for_hardswish"]
+        assert all(v["median_ms"] > 0 for v in table["variants"]) and table["variants"][0]["saving_vs_full_ms"] == 0
+
+
+def test_hardswish_share_of_the_litert_int8_error():
+    pytest.importorskip("litert_torch")
+    from mobilenets.robustness.device_latency import hardswish_int8_error_share
+
+    model = settled_tiny_model()
+    images = np.random.default_rng(0).standard_normal((24, 3, 32, 32), dtype=np.float32)
+    share = hardswish_int8_error_share(model, images[:8], images[8:])
+    assert share["images"] == 16 and share["calibration_images"] == 8
+    # Two different files: hard-swish in int8 changes the logits (the share is their difference, signed).
+    assert share["hardswish_int8"]["mean_abs_logit_error"] != share["hardswish_float"]["mean_abs_logit_error"]
+    expected = 1 - share["hardswish_float"]["mean_abs_logit_error"] / share["hardswish_int8"]["mean_abs_logit_error"]
+    assert share["share_of_logit_error"] == pytest.approx(expected)
+    no_hardswish = create_model("mobilenet_v2", num_classes=3, width=0.25)
+    assert hardswish_int8_error_share(no_hardswish, images[:8], images[8:]) is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@
   JPEG quality.
 - Adversarial: FGSM and PGD (L∞, in [0, 1] pixel space, through the normalization) at ε = 1, 2, 4 /255.
 - Latency attribution: batch-1 latency of the model, with SE blocks removed, with hard-swish → ReLU,
-  and with both; interleaved rounds, medians with quartiles.
+  and with both; interleaved rounds, medians with quartiles; in PyTorch eager, and in LiteRT and
+  ExecuTorch (fp32 and int8) when they are installed, with hard-swish's share of the int8 error
+  (``mobilenets.robustness.device_latency``).
 
 Every number comes from running the model; ``run_robustness`` returns one JSON-ready dict that the
 report writer (``robustness_report``) renders.
@@ -375,21 +377,28 @@ def _replace(model: nn.Module, match: Callable[[nn.Module], bool], make: Callabl
     return model
 
 
+def latency_variants(model: nn.Module) -> dict[str, nn.Module]:
+    """``full`` and the removals this model can have: a variant identical to "full" would report its
+    timing noise as the cost of blocks the model does not contain."""
+    se_blocks = any(isinstance(m, SqueezeExcitation) for m in model.modules())
+    hardswish = any(isinstance(m, nn.Hardswish) for m in model.modules())
+    variants = {"full": model}
+    if se_blocks:
+        variants["no_se"] = without_squeeze_excitation(model)
+    if hardswish:
+        variants["relu_for_hardswish"] = with_relu_for_hardswish(model)
+    if se_blocks and hardswish:
+        variants["no_se_relu"] = with_relu_for_hardswish(without_squeeze_excitation(model))
+    return variants
+
+
 def latency_attribution(model: nn.Module, resolution: int, rounds: int = 10, calls_per_round: int = 10) -> dict:
     """Batch-1 latency of four variants, timed in interleaved rounds so that machine noise hits all alike."""
     counts = {
         "se_blocks": sum(isinstance(m, SqueezeExcitation) for m in model.modules()),
         "hardswish": sum(isinstance(m, nn.Hardswish) for m in model.modules()),
     }
-    # Only the removals this model can have: a variant identical to "full" would report its timing noise
-    # as the cost of blocks the model does not contain.
-    variants = {"full": model}
-    if counts["se_blocks"]:
-        variants["no_se"] = without_squeeze_excitation(model)
-    if counts["hardswish"]:
-        variants["relu_for_hardswish"] = with_relu_for_hardswish(model)
-    if counts["se_blocks"] and counts["hardswish"]:
-        variants["no_se_relu"] = with_relu_for_hardswish(without_squeeze_excitation(model))
+    variants = latency_variants(model)
     x = torch.randn(1, 3, resolution, resolution)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
@@ -428,6 +437,29 @@ def latency_attribution(model: nn.Module, resolution: int, rounds: int = 10, cal
         **counts,
         "variants": rows,
     }
+
+
+def _device_measurements(model: nn.Module, inputs: np.ndarray, log: Callable[[str], None]) -> dict:
+    """SE/hard-swish latency in the device runtimes and hard-swish's share of the int8 error."""
+    from mobilenets.robustness.device_latency import (
+        device_latency_attribution,
+        hardswish_int8_error_share,
+        installed_runtimes,
+    )
+
+    if not installed_runtimes():
+        log("device latency: skipped (LiteRT and ExecuTorch are not installed: pip install 'mobilenets[edge]')")
+        return {}
+    calibration = np.ascontiguousarray(inputs[: min(32, len(inputs) // 2)])
+    if len(calibration) == 0:
+        log("device latency: skipped (needs at least 2 images: some calibrate, the others judge)")
+        return {}
+    found = {"device_latency": device_latency_attribution(latency_variants(model), calibration, log=log)}
+    share = hardswish_int8_error_share(model, calibration, np.ascontiguousarray(inputs[len(calibration) :][:500]))
+    if share is not None:
+        found["hardswish_int8_error"] = share
+        log("hard-swish's share of the LiteRT int8 error measured")
+    return found
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,6 +521,7 @@ class RobustnessOptions:
     adversarial: bool = True
     adversarial_images: int = 200
     latency: bool = True
+    device_latency: bool = True  # the latency variants in LiteRT/ExecuTorch too, when the edge extra is installed
     batch_size: int = 128
 
 
@@ -609,6 +642,8 @@ def run_robustness(
     if options.latency:
         result["latency"] = latency_attribution(model, size)
         log("latency attribution done")
+        if options.device_latency:
+            result.update(_device_measurements(model, clean_inputs.numpy(), log))
     result["load_average"] = list(os.getloadavg())
     result["elapsed_s"] = time.perf_counter() - started
     return result

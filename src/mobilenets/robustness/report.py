@@ -154,7 +154,60 @@ def _sections(r: dict) -> list[Section]:
             for v in lat["variants"]
         ]
         sections.append(("Latency attribution", intro, ["variant", "median ms", "p25–p75 ms", "saved vs full"], rows))
+    if "device_latency" in r:
+        device = r["device_latency"]
+        intro = (
+            f"Batch 1, {device['resolution']}×{device['resolution']}, {device['method']}; each variant exported "
+            "to the runtime (int8 calibrated on the evaluation images)."
+        )
+        rows = [
+            [
+                f"{table['runtime']} {table['precision']}",
+                v["variant"],
+                f"{v['median_ms']:.3f}",
+                f"{v['saving_vs_full_ms']:+.3f} ({v['saving_vs_full_percent']:+.1f}%)",
+            ]
+            for table in device["tables"]
+            for v in table["variants"]
+        ]
+        sections.append(
+            (
+                "Latency attribution in the device runtimes",
+                intro,
+                ["runtime", "variant", "median ms", "saved vs full"],
+                rows,
+            )
+        )
+    if "hardswish_int8_error" in r:
+        h = r["hardswish_int8_error"]
+        intro = (
+            f"LiteRT int8 against PyTorch fp32 on {h['images']} images not used to calibrate "
+            f"({h['calibration_images']}); the exported file keeps hard-swish in float (one XNNPACK partition)."
+        )
+        rows = [
+            [name.replace("_", " "), _pct(h[name]["disagreement"]), f"{h[name]['mean_abs_logit_error']:.4f}"]
+            for name in ("hardswish_float", "hardswish_int8")
+        ]
+        rows.append(
+            [
+                "hard-swish's share of the int8 error",
+                _share(h["share_of_disagreement"]),
+                _share(h["share_of_logit_error"]),
+            ]
+        )
+        sections.append(
+            (
+                "Hard-swish and the int8 error",
+                intro,
+                ["LiteRT int8 file", "top-1 disagreement (%)", "mean absolute logit error"],
+                rows,
+            )
+        )
     return sections
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{round(100 * value)}%"
 
 
 def _markdown(title: str, r: dict, sections: list[Section], plots: dict[str, Path]) -> str:

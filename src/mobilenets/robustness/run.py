@@ -50,6 +50,7 @@ def robustness_report(
     shifts: bool = True,
     adversarial: bool = True,
     latency: bool = True,
+    device_latency: bool = True,
     seed: int = 0,
     out: Path | None = None,
     quick: bool = False,
@@ -122,6 +123,7 @@ def robustness_report(
         adversarial=adversarial,
         adversarial_images=adversarial_images,
         latency=latency,
+        device_latency=device_latency,
     )
     result = run_robustness(
         model,

@@ -41,6 +41,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-adversarial", action="store_true", help="skip FGSM/PGD")
     parser.add_argument("--no-latency", action="store_true", help="skip the SE/hard-swish latency attribution")
     parser.add_argument(
+        "--no-device-latency",
+        action="store_true",
+        help="time SE/hard-swish in PyTorch only, not also in LiteRT and ExecuTorch (fp32, int8; a few minutes)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a first look in about a tenth of the time: severity 3 only, the 15 common corruptions, 200 images, "
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             shifts=not args.no_shifts,
             adversarial=not args.no_adversarial,
             latency=not args.no_latency,
+            device_latency=not args.no_device_latency,
             seed=args.seed,
             out=args.out,
             quick=args.quick,
