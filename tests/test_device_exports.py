@@ -202,6 +202,11 @@ def test_coreml_package_is_validated_and_says_it_was_not_run(tmp_path):
     assert record.input["shape"] == [1, 3, 32, 32] and record.bytes > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage"]
 
+    int8 = verify_coreml(export_coreml(model, tmp_path / "model_int8.mlpackage", input_size=32, int8=True), model)
+    assert int8.precision == "int8" and not int8.ran
+    assert re.match(r"\d+ int8 weight tensors \(per-channel\), activations in float", int8.notes[0])
+    assert int(int8.notes[0].split()[0]) >= 10 and int8.bytes < 0.6 * record.bytes
+
 
 @pytest.mark.parametrize(
     ("module", "function", "blocked"),

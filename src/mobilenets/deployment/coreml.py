@@ -6,7 +6,13 @@ output ``logits`` is (1, classes), and labels/preprocessing are in ``user_define
 ``DeviceFile`` says plainly that it was not run (``ran=False``). Conversion is fp32 ``mlprogram``
 (``compute_precision=FLOAT32``; coremltools' default would be fp16) from ``torch.export``.
 
+int8 (``model_int8.mlpackage``) is Core ML's weight quantization: per-channel symmetric int8 weights
+(``constexpr_affine_dequantize``), activations in float. Core ML's activation quantization calibrates by
+running the model, which only macOS can do, so it is not offered here. The package is validated to hold
+int8 weights (the count of dequantize ops is in the record's notes).
+
 https://apple.github.io/coremltools/docs-guides/source/convert-pytorch.html
+https://apple.github.io/coremltools/docs-guides/source/opt-quantization-api.html
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from mobilenets.deployment.device_files import (
     require,
 )
 
+# Weights with fewer elements stay float (coremltools' default is 2048; SE's small 1×1 convs and the
+# depthwise filters of a narrow model are worth quantizing too, and a float copy of them is not needed).
+WEIGHT_THRESHOLD = 512
 NOT_RUN = "not run: Core ML prediction needs macOS; the package was validated (spec, input/output shapes, metadata)"
 
 
@@ -39,8 +48,9 @@ def export_coreml(
     *,
     metadata: dict[str, str] | None = None,
     input_size: int | None = None,
+    int8: bool = False,
 ) -> Path:
-    """Write ``model`` as an fp32 Core ML ``mlprogram`` package (a directory, ``model.mlpackage``)."""
+    """Write ``model`` as a Core ML ``mlprogram`` package (a directory): fp32, or int8 weights (``int8``)."""
     ct = require("coremltools", "Core ML export")
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     size = input_size or int(
@@ -61,7 +71,16 @@ def export_coreml(
         from mobilenets.deployment.litert import _conversion_error
 
         raise _conversion_error("Core ML (coremltools)", error) from None
-    description = {**model_metadata(model, metadata, size), "format": "coreml", "precision": "fp32"}
+    if int8:
+        optimize = ct.optimize.coreml
+        config = optimize.OptimizationConfig(
+            global_config=optimize.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
+            )
+        )
+        converted = optimize.linear_quantize_weights(converted, config=config)
+    precision = "int8" if int8 else "fp32"
+    description = {**model_metadata(model, metadata, size), "format": "coreml", "precision": precision}
     description["input"] = {"name": "image", "layout": "NCHW", "dtype": "float32", "shape": [1, 3, size, size]}
     for key, value in description.items():
         converted.user_defined_metadata[f"mobilenets.{key}"] = value if isinstance(value, str) else json.dumps(value)
@@ -113,14 +132,30 @@ def verify_coreml(
         )
     if images is not None and tuple(np.asarray(images).shape[1:]) != tuple(got_in[1:]):
         raise MobilenetsError(f"{path}: takes images {got_in[1:]}, given {list(np.asarray(images).shape[1:])}")
+    precision = str(metadata.get("precision", "fp32"))
+    dequantized = _int8_weight_ops(spec)
+    if precision == "int8" and dequantized == 0:
+        raise MobilenetsError(f"{path}: its metadata says int8 but the program holds no int8 weights")
     record = DeviceFile(
         format="coreml",
         path=path,
         bytes=file_bytes(path),
         runtime=f"coremltools {ct.__version__} (validated only)",
-        precision="fp32",
+        precision=precision,
         input=metadata.get("input", {}),
         ran=False,
     )
+    if precision == "int8":
+        record.notes.append(f"{dequantized} int8 weight tensors (per-channel), activations in float")
     record.notes.append(NOT_RUN if platform.system() != "Darwin" else "not run by mobilenets (validation only)")
     return record
+
+
+def _int8_weight_ops(spec) -> int:
+    """How many weight tensors the program stores in int8 (dequantized at load: ``constexpr_*`` ops)."""
+    function = spec.mlProgram.functions["main"]
+    return sum(
+        (op.type.startswith("constexpr_") and "dequantize" in op.type) or op.type == "constexpr_blockwise_shift_scale"
+        for block in function.block_specializations.values()
+        for op in block.operations
+    )

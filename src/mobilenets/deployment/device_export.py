@@ -33,8 +33,9 @@ class DeviceFormat:
     export: str
     verify: str
     fp32_name: str | None  # None: the format has no fp32 file (microcontrollers run int8 only)
-    int8_name: str | None  # None: no int8 file (Core ML int8 is not offered yet)
+    int8_name: str | None  # None: no int8 file
     runtime: str
+    int8_calibrated: bool = True  # int8 activations calibrated on images (False: weights only)
 
 
 DEVICE_FORMATS: dict[str, DeviceFormat] = {
@@ -53,7 +54,13 @@ DEVICE_FORMATS: dict[str, DeviceFormat] = {
         "mobilenets.deployment.micro", "export_micro", "verify_micro", None, "model_micro_int8.tflite", "TFLite Micro"
     ),
     "coreml": DeviceFormat(
-        "mobilenets.deployment.coreml", "export_coreml", "verify_coreml", "model.mlpackage", None, "Core ML"
+        "mobilenets.deployment.coreml",
+        "export_coreml",
+        "verify_coreml",
+        "model.mlpackage",
+        "model_int8.mlpackage",
+        "Core ML",
+        int8_calibrated=False,  # weight quantization: no images needed
     ),
 }
 
@@ -90,9 +97,15 @@ def export_device_format(
         warnings.simplefilter("ignore")
         _import_runtime(format)
         module = importlib.import_module(spec.module)
-    names = [name for name, wanted in ((spec.fp32_name, True), (spec.int8_name, int8 or spec.fp32_name is None)) if name and wanted]
+    names = [
+        name
+        for name, wanted in ((spec.fp32_name, True), (spec.int8_name, int8 or spec.fp32_name is None))
+        if name and wanted
+    ]
     if not names:
-        raise MobilenetsError(f"--format {format} --int8: {spec.runtime} int8 is not offered; export fp32 without --int8")
+        raise MobilenetsError(
+            f"--format {format} --int8: {spec.runtime} int8 is not offered; export fp32 without --int8"
+        )
     folder = _output_folder(source, out)
     check_writable(folder)
     model = load_source_model(source, report=report)
@@ -108,8 +121,10 @@ def export_device_format(
         path = folder / name
         is_int8 = name != spec.fp32_name
         calibration = None
-        if is_int8:
-            calibration = _images(source, data, "train", calibration_images, preprocessing, load_images=load_images, sample=sample)
+        if is_int8 and spec.int8_calibrated:
+            calibration = _images(
+                source, data, "train", calibration_images, preprocessing, load_images=load_images, sample=sample
+            )
             if calibration is None:
                 raise MobilenetsError(
                     f"--format {format} --int8 needs calibration images: export a run directory (its training images) "
@@ -117,7 +132,9 @@ def export_device_format(
                 )
         with native_output_silenced(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # converters' deprecation chatter
-            written = _export(module, spec, model, path, calibration=calibration, is_int8=is_int8, size=preprocessing.input_size)
+            written = _export(
+                module, spec, model, path, calibration=calibration, is_int8=is_int8, size=preprocessing.input_size
+            )
         with native_output_silenced():  # runtimes log their CPU probing on load
             record = _verify(module, spec, written, model, check, size=preprocessing.input_size)
         record.format = format  # the name users pass to --format
@@ -165,7 +182,9 @@ def _images(source, data, part, count, preprocessing, *, load_images, sample) ->
             raise
         return None
     chosen = sample(list(zip(paths, labels or [None] * len(paths), strict=True)), count)
-    images = load_images([p for p, _ in chosen], None if labels is None else [y for _, y in chosen], preprocessing, part)
+    images = load_images(
+        [p for p, _ in chosen], None if labels is None else [y for _, y in chosen], preprocessing, part
+    )
     return images
 
 
@@ -175,7 +194,7 @@ def _export(module, spec: DeviceFormat, model, path: Path, *, calibration, is_in
     if spec.module.endswith(".micro"):
         return export(model, path, calibration=images)
     if spec.module.endswith(".coreml"):
-        return export(model, path, input_size=size)
+        return export(model, path, input_size=size, int8=is_int8)
     return export(model, path, calibration=images, int8=is_int8, input_size=size)
 
 
