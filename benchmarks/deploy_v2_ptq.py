@@ -6,6 +6,10 @@ size, and ONNX Runtime latency at batch 32 against fp32 ONNX Runtime measured in
 
     flock /tmp/mobilenets-bench.lock .venv/bin/python benchmarks/deploy_v2_ptq.py [--crops 300] [--repeats 10]
     .venv/bin/python benchmarks/deploy_v2_ptq.py --no-timing   # agreement and size only
+    .venv/bin/python benchmarks/deploy_v2_ptq.py --no-timing --recipes pctearly3gptq,clerelu_pctearly3gptq
+
+A recipe prefixed ``cle_``, ``clerelu_`` or ``relu_`` quantizes the fp32 model after cross-layer equalisation
+(``deploy_v2_ptq_tried.equalize_cross_layer``; ``TRANSFORMS`` below), still judged against the original fp32 model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ from mobilenets.deployment.quantization import float_nodes_for, quantize_ptq
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import load_model
 
+# A recipe prefix transforms the fp32 model before quantizing (agreement is still judged against the original):
+# cross-layer equalisation of the exact pairs only, of every pair with ReLU6 replaced by ReLU (Nagel et al. 2019),
+# or that ReLU replacement alone (the control).
+TRANSFORMS = {
+    "cle_": {},
+    "clerelu_": {"relu6_to_relu": True},
+    "relu_": {"relu6_to_relu": True, "iterations": 0},
+}
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "retina", "hubble_deep_field")
 
 
@@ -96,9 +108,24 @@ def main() -> None:
     for name, x in sets.items():
         confident = (references[name].max(1) >= 0.5).sum()
         print(f"  set '{name}': {len(x)} inputs, {confident} with fp32 p >= 0.5")
+    transformed: dict[str, Path] = {}
     for recipe in args.recipes.split(","):
         start = time.perf_counter()
         out = work / f"{recipe}.onnx"
+        source, prefix = fp32, next((p for p in TRANSFORMS if recipe.startswith(p)), "")
+        if prefix:
+            if prefix not in transformed:
+                from deploy_v2_ptq_tried import equalize_cross_layer  # lost: kept with the recipes that lost
+
+                changed = equalize_cross_layer(model, **TRANSFORMS[prefix])
+                transformed[prefix] = export_onnx(changed, work / f"{prefix}fp32.onnx")
+                figures = []
+                for name, x in sets.items():
+                    agree = references[name].argmax(1) == onnx_logits(transformed[prefix], x).argmax(1)
+                    figures.append(f"{name}: {100 * agree.mean():.1f}%")
+                print(f"{prefix}fp32 ({changed.equalized_pairs} pairs) vs fp32: {' | '.join(figures)}", flush=True)
+            source = transformed[prefix]
+        recipe = recipe.removeprefix(prefix)
         # A "gptq" suffix (e.g. pct9999gptq, minmaxgptq, pctearly3gptq): GPTQ weight rounding instead of nearest.
         rounding = "gptq" if recipe.endswith("gptq") else "nearest"
         kind = recipe.removesuffix("gptq")
@@ -107,7 +134,7 @@ def main() -> None:
 
             from mobilenets.deployment.quantization import ArrayReader, prepare_for_quantization
 
-            prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
+            prepared = prepare_for_quantization(source, work / "prepared.onnx")
             quantize_static(
                 str(prepared), str(out), ArrayReader(calibration), quant_format=QuantFormat.QDQ,
                 per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -133,15 +160,15 @@ def main() -> None:
             model.eval()
         elif kind.startswith("pct9"):  # e.g. pct9999: percentile 99.99
             percentile = float(kind[3:5] + "." + kind[5:])
-            quantize_ptq(fp32, out, calibration, "percentile", percentile=percentile, weight_rounding=rounding)
+            quantize_ptq(source, out, calibration, "percentile", percentile=percentile, weight_rounding=rounding)
         elif kind.startswith("early"):
-            float_nodes = float_nodes_for(fp32, int(kind[5:]))
-            quantize_ptq(fp32, out, calibration, "minmax", nodes_to_exclude=float_nodes, weight_rounding=rounding)
+            float_nodes = float_nodes_for(source, int(kind[5:]))
+            quantize_ptq(source, out, calibration, "minmax", nodes_to_exclude=float_nodes, weight_rounding=rounding)
         elif kind.startswith("pctearly"):  # e.g. pctearly3: percentile 99.99, stem and first block in float
-            float_nodes = float_nodes_for(fp32, int(kind[8:]))
-            quantize_ptq(fp32, out, calibration, "percentile", nodes_to_exclude=float_nodes, weight_rounding=rounding)
+            float_nodes = float_nodes_for(source, int(kind[8:]))
+            quantize_ptq(source, out, calibration, "percentile", nodes_to_exclude=float_nodes, weight_rounding=rounding)
         else:
-            quantize_ptq(fp32, out, calibration, kind, weight_rounding=rounding)
+            quantize_ptq(source, out, calibration, kind, weight_rounding=rounding)
         seconds = time.perf_counter() - start
         figures = []
         for name, x in sets.items():
@@ -150,7 +177,7 @@ def main() -> None:
             figures.append(f"{name}: {100 * agree.mean():.1f}% all, {100 * agree[confident].mean():.1f}% p>=0.5")
         ms = (float("nan"),) * 3 if args.no_timing else median_ms(out, batch, args.repeats, args.threads)
         print(
-            f"{recipe:<11} {out.stat().st_size / 1e6:.2f} MB | {' | '.join(figures)} | batch 32 {ms[0]:.1f} ms "
+            f"{prefix + recipe:<11} {out.stat().st_size / 1e6:.2f} MB | {' | '.join(figures)} | batch 32 {ms[0]:.1f} ms "
             f"({ms[1]:.1f}..{ms[2]:.1f}), {base[0] / ms[0]:.2f}x fp32 ORT | quantized in {seconds:.0f} s",
             flush=True,
         )

@@ -14,6 +14,9 @@ block in float) or ``minmax`` quantization:
 - ``weights_only``: PyTorch, only the weights rounded to int8 (nearest, per-channel), activations in float;
 - ``fresh``: the product's ``pctearly3`` on three new crop sets (seeds 4, 5, 6).
 
+Cross-layer equalisation (Nagel et al. 2019, ``equalize_cross_layer`` below) lost in the third round and is
+kept here too; it runs as a prefix of ``deploy_v2_ptq.py``'s recipes (``cle_pct9999``, ``clerelu_minmax``, …).
+
     .venv/bin/python benchmarks/deploy_v2_ptq_tried.py --recipes biascorr,mse,othercal,gptq_fp32h,gptq_int8h,weights_only,fresh
 """
 
@@ -47,8 +50,108 @@ from mobilenets.deployment.quantization import (
     write_gptq_weights,
 )
 from mobilenets.models.fusion import fold_batchnorm
+from mobilenets.models.layers import ConvBNAct, InvertedResidual
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import load_model
+
+# --------------------------------------------------------------------------------------------------
+# Cross-layer equalisation (third round, 2026-12-06): measured through deploy_v2_ptq.py's cle_/clerelu_/relu_
+# recipe prefixes; it lost on the product's recipe (BENCHMARKS.md), so it is not in the package.
+# --------------------------------------------------------------------------------------------------
+#
+# Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias Correction",
+# https://arxiv.org/abs/1906.04721, §4.1.
+#
+# For two convolutions in a row, y = W₂·f(W₁x + b₁) + b₂, with f positively homogeneous (f(s·z) = s·f(z)
+# for s > 0: the identity, ReLU), dividing output channel i of the first layer (weights and bias) by sᵢ and
+# multiplying input channel i of the second by sᵢ leaves y unchanged. sᵢ = √(r₁ᵢ / r₂ᵢ), with rᵢ the largest
+# |weight| of channel i in each layer, gives both layers the same per-channel range √(r₁ᵢ r₂ᵢ); repeated over
+# a chain of pairs (expand → depthwise → project) it converges. It matters for per-tensor weight grids, where
+# one wide channel of a depthwise layer sets the step of all the others.
+#
+# ReLU6 is not positively homogeneous (min(max(s·z, 0), 6) ≠ s·min(max(z, 0), 6)): ``relu6_to_relu=True``
+# replaces it by ReLU in the pairs it equalises, as the paper does (that changes the fp32 function where an
+# activation exceeds 6); without it only pairs whose activation is exact are equalised: in MobileNetV2, a
+# projection feeding the next block's first convolution where neither side has a residual connection.
+
+EXACT_ACTIVATIONS = (nn.Identity, nn.ReLU)
+
+
+def first_conv(block: nn.Module) -> ConvBNAct | None:
+    """The first ``ConvBNAct`` a block's input goes through (an inverted residual's expansion or depthwise)."""
+    if isinstance(block, ConvBNAct):
+        return block
+    if isinstance(block, InvertedResidual):
+        return block.depthwise if isinstance(block.expand, nn.Identity) else block.expand
+    return None
+
+
+def equalization_pairs(model: nn.Module) -> list[tuple[ConvBNAct, ConvBNAct]]:
+    """Consecutive (first, second) layers whose composition CLE may rescale: nothing but the first layer's
+    activation between them, no squeeze-excitation, and no residual connection reading the first's output."""
+    chain = [model.stem, *model.blocks, model.last_conv]
+    pairs = []
+    for index, block in enumerate(chain):
+        if isinstance(block, InvertedResidual):
+            if not isinstance(block.squeeze_excite, nn.Identity):
+                continue
+            if not isinstance(block.expand, nn.Identity):
+                pairs.append((block.expand, block.depthwise))
+            pairs.append((block.depthwise, block.project))
+        following = chain[index + 1] if index + 1 < len(chain) else None
+        if following is None or (isinstance(following, InvertedResidual) and following.use_residual):
+            continue
+        if isinstance(block, InvertedResidual) and block.use_residual:
+            continue
+        last = block.project if isinstance(block, InvertedResidual) else block
+        nxt = first_conv(following)
+        if nxt is not None and isinstance(last, ConvBNAct):
+            pairs.append((last, nxt))
+    return pairs
+
+
+def input_channel_ranges(conv: nn.Conv2d) -> torch.Tensor:
+    """Largest |weight| per input channel (for a depthwise conv, input channel i is output channel i)."""
+    weight = conv.weight.detach().abs()
+    if conv.groups == 1:
+        return weight.amax(dim=(0, 2, 3))
+    if conv.groups == conv.in_channels == conv.out_channels:
+        return weight.amax(dim=(1, 2, 3))
+    raise ValueError(f"cannot equalise a grouped convolution with {conv.groups} groups")
+
+
+def rescale(first: nn.Conv2d, second: nn.Conv2d, scale: torch.Tensor) -> None:
+    """Divide ``first``'s output channels by ``scale`` and multiply ``second``'s input channels by it."""
+    first.weight.div_(scale.view(-1, 1, 1, 1))
+    if first.bias is not None:
+        first.bias.div_(scale)
+    shape = (1, -1, 1, 1) if second.groups == 1 else (-1, 1, 1, 1)
+    second.weight.mul_(scale.view(shape))
+
+
+@torch.no_grad()
+def equalize_cross_layer(model: nn.Module, *, relu6_to_relu: bool = False, iterations: int = 20) -> nn.Module:
+    """A BN-folded copy of ``model`` with its consecutive layers' per-channel weight ranges equalised.
+
+    The same function as ``fold_batchnorm(model)`` (up to float rounding) when ``relu6_to_relu`` is off;
+    with it, the same function as the folded model whose equalised pairs' ReLU6 became ReLU.
+    ``model.equalized_pairs`` says how many pairs were rescaled.
+    """
+    folded = fold_batchnorm(model)
+    pairs = []
+    for first, second in equalization_pairs(folded):
+        if relu6_to_relu and isinstance(first.act, nn.ReLU6):
+            first.act = nn.ReLU(inplace=True)
+        if isinstance(first.act, EXACT_ACTIVATIONS):
+            pairs.append((first.conv, second.conv))
+    for _ in range(iterations):
+        for first, second in pairs:
+            r1, r2 = first.weight.detach().abs().amax(dim=(1, 2, 3)), input_channel_ranges(second)
+            scale = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 / r2.clamp_min(1e-30)), torch.ones_like(r1))
+            rescale(first, second, scale)
+    folded.weights_metadata = getattr(model, "weights_metadata", None)
+    folded.equalized_pairs = len(pairs)
+    return folded
 
 
 def other_photos() -> list[Image.Image]:

@@ -137,6 +137,9 @@ def test_drop_warning_names_layers_and_fixes():
     assert "loses 5.00 points (threshold 1)" in message
     assert "node_Conv_7 (Conv): loses 4.5 dB of SQNR vs fp32 (down to 12.5 dB)" in message
     assert "--method mixed" in message and "--method qat" in message
+    # Under auto (the default) the fixes are already on their way: it says so instead of naming flags.
+    running = warn_drop(comparison, 1.0, [], method="auto")
+    assert "Trying the fixes next" in running and "--method" not in running
     unlabelled = Comparison(100, None, None, 0.97, 4000, 1000)
     assert unlabelled.drop_points == pytest.approx(3.0)
 
@@ -221,7 +224,7 @@ def test_quantize_command_with_a_flat_folder_reports_agreement(tmp_path, capsys)
         (flat / f"{index}.png").write_bytes(path.read_bytes())
     out = tmp_path / "tiny_int8.onnx"
     argv = ["quantize", "--weights", str(tiny_run / "model.safetensors"), "--data", str(flat), "--out", str(out)]
-    assert main([*argv, "--calibration", "8", "--calibration-method", "minmax"]) == 0
+    assert main([*argv, "--calibration", "8", "--method", "ptq"]) == 0  # the one-attempt fast path
     printed = capsys.readouterr().out
     assert re.search(r"ptq \(minmax\): \(unlabelled: accuracy = agreement\) agreement \d+\.\d\d% on 24 images", printed)
     assert f"wrote {out} (ptq (minmax), " in printed and out.exists()
@@ -392,3 +395,87 @@ def test_calibration_is_fed_in_slices_that_cover_every_batch_once():
     np.testing.assert_array_equal(np.concatenate(seen), images[:, 0, 0, 0])
     reader.rewind()
     assert sum(1 for _ in iter(reader.get_next, None)) == 5
+
+
+def test_quantize_command_defaults_to_auto_like_the_python_api():
+    """Issue 18: the best verified path (auto) is what a user gets without flags, from the CLI and the API."""
+    import inspect
+
+    from mobilenets.api import Run
+    from mobilenets.cli.main import build_parser
+    from mobilenets.deployment.quantization import quantize_folder
+
+    args = build_parser(["quantize"]).parse_args(["quantize", "--weights", "w", "--data", "d"])
+    assert args.method == "auto"
+    assert inspect.signature(Run.quantize).parameters["method"].default == "auto"
+    assert inspect.signature(quantize_folder).parameters["method"].default == "auto"
+    assert inspect.signature(quantize_run).parameters["method"].default == "auto"
+
+
+@pytest.fixture(scope="module")
+def tiny_v1_onnx() -> Path:
+    model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
+    return export_onnx(model, WORK / "tiny_v1_32px.onnx")
+
+
+def test_histogram_calibration_takes_what_fits_in_memory_and_says_so_in_one_line(tiny_v1_onnx):
+    from mobilenets.deployment.quantization import (
+        HISTOGRAM_MEMORY_FACTOR,
+        HISTOGRAM_MEMORY_SHARE,
+        activation_bytes_per_image,
+        images_that_fit,
+    )
+
+    per_image = activation_bytes_per_image(tiny_v1_onnx)
+    assert 3 * 32 * 32 * 4 < per_image < 10_000_000  # at least the input; all tensors of one image
+    images = np.zeros((64, 3, 32, 32), dtype=np.float32)
+    room_for_20 = int(20.5 * per_image * HISTOGRAM_MEMORY_FACTOR / HISTOGRAM_MEMORY_SHARE)
+    lines = []
+    kept = images_that_fit(images, tiny_v1_onnx, "percentile", lines.append, available=room_for_20)
+    assert len(kept) == 20 and len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith("memory: percentile calibration holds every activation of every image")
+    assert "calibrating on 20 of them (--calibration 20 or fewer does so without this line)" in lines[0]
+    # Enough memory: every image, nothing said. Min-max is fed to ORT in slices: never reduced.
+    assert images_that_fit(images, tiny_v1_onnx, "entropy", lines.append, available=10**12) is images
+    assert images_that_fit(images, tiny_v1_onnx, "minmax", lines.append, available=1) is images
+    assert len(lines) == 1
+
+
+def test_quantize_model_calibrates_on_fewer_images_when_memory_is_short(tmp_path, monkeypatch):
+    """Through the whole decision: the guard's line is said once, and the file records what calibrated it."""
+    from mobilenets.deployment import quantization
+    from mobilenets.deployment.quantization import activation_bytes_per_image, quantize_model
+
+    model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    room = int(10 * 1.7 * activation_bytes_per_image(fp32))  # 10 × 1.25 / 0.75 = 16.7 images' worth
+    monkeypatch.setattr(quantization, "available_memory_bytes", lambda: room)
+    rng = np.random.default_rng(0)
+    images = ImageSet(rng.standard_normal((32, 3, 32, 32), dtype=np.float32), None, "noise")
+    lines = []
+    quantize_model(
+        model, tmp_path / "m_int8.onnx", images, images, method="ptq", calibration_method="percentile",
+        threshold=100.0, fp32_onnx=fp32, report=lines.append, speed_batches=(),
+    )  # fmt: skip
+    said = [line for line in lines if line.startswith("memory: ")]
+    assert len(said) == 1 and "calibrating on 10 of them" in said[0]
+    recorded = json.loads(read_metadata(tmp_path / "m_int8.onnx")["quantization"])
+    assert recorded["activations"] == "uint8 per-tensor, percentile calibration on 10 images"
+
+
+def test_auto_skips_label_free_qat_and_says_so(tmp_path):
+    """Unlabelled images: auto stops after mixed precision (label-free QAT lost to PTQ on real V2)."""
+    from mobilenets.deployment.quantization import quantize_model
+
+    model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
+    model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
+    images = ImageSet(np.random.default_rng(0).standard_normal((12, 3, 32, 32), dtype=np.float32), None, "noise")
+    lines = []
+    result = quantize_model(
+        model, tmp_path / "m_int8.onnx", images, images, method="auto", threshold=-1.0, report=lines.append,
+        speed_batches=(),
+    )  # fmt: skip
+    assert "qat" not in [attempt["method"] for attempt in result.attempts]
+    assert "QAT skipped: the images have no labels to fine-tune on; pass --method qat to run it anyway" in lines

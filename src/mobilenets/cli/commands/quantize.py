@@ -17,22 +17,38 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "quantize",
-        help="int8 ONNX model (PTQ / mixed precision / QAT), evaluated against fp32",
+        help="int8 ONNX model (auto: PTQ, then mixed precision, then QAT), evaluated against fp32",
         description="Quantize to an int8 ONNX Runtime model (QDQ, per-channel int8 weights, calibrated uint8 "
-        "activations) and evaluate it next to fp32: top-1 of both, agreement, size, latency. When int8 loses more "
-        "than --threshold points it says so, names the layers with the largest quantization error, and (method "
-        "auto) keeps them in float or runs QAT.",
+        "activations) and evaluate it next to fp32 on images not used for calibration: top-1 of both, agreement, "
+        "size, latency. By default (--method auto) each attempt is reported as it finishes and the next is tried "
+        "only while int8 loses more than --threshold points: min-max, percentile, then the stem and first block in "
+        "float with GPTQ weights, then QAT. --method ptq is the one-attempt fast path.",
     )
     add_model_arguments(parser)
     parser.add_argument(
         "--method",
-        choices=["ptq", "mixed", "qat", "auto"],
-        default="ptq",
-        help="ptq: post-training; mixed: PTQ, then worst layers in float if needed; qat: quantization-aware "
-        "fine-tune; auto: ptq → mixed → qat until within --threshold (default ptq)",
+        choices=["auto", "ptq", "mixed", "qat"],
+        default="auto",
+        help="auto (default): PTQ min-max, then percentile calibration, then mixed precision (stem and first "
+        "block in float, GPTQ weights), then QAT, stopping at the first within --threshold and keeping the best; "
+        "ptq: one attempt (min-max: seconds), with the diagnosis if it falls short; mixed: auto without QAT; "
+        "qat: quantization-aware fine-tune only",
     )
-    parser.add_argument("--calibration", type=int, default=256, metavar="N", help="calibration images (default 256)")
-    parser.add_argument("--calibration-method", choices=list(CALIBRATION_METHODS), default=DEFAULT_CALIBRATION_METHOD)
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=256,
+        metavar="N",
+        help="calibration images (default 256; fewer, said in one line, when percentile calibration of N "
+        "would not fit in available memory)",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        choices=list(CALIBRATION_METHODS),
+        default=DEFAULT_CALIBRATION_METHOD,
+        help=f"activation ranges of the first attempt (default {DEFAULT_CALIBRATION_METHOD}; auto and mixed then "
+        "try percentile)",
+    )
     parser.add_argument(
         "--threshold",
         type=float,
