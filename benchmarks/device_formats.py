@@ -10,6 +10,13 @@ same weights, in the same process.
     .venv/bin/python benchmarks/device_formats.py                       # V3-Small and v1 α=0.25, 96 px
     .venv/bin/python benchmarks/device_formats.py --models mobilenet_v3_small:1.0:minimal --no-litert
 
+``--run RUN_DIR --test-folder DIR``: a run trained with ``mobilenets train`` instead. Its LiteRT and
+ExecuTorch files (fp32 and int8) are written exactly as ``mobilenets export RUN_DIR --format ... --int8``
+writes them (calibrated on the run's training images), then judged on ``--test-images`` images of a
+held-out class folder that neither training nor calibration saw:
+
+    .venv/bin/python benchmarks/device_formats.py --run runs/v3s --test-folder test10 --test-images 1000
+
 Needs Debian's Fashion-MNIST (`apt install dataset-fashion-mnist`) and the edge extra.
 """
 
@@ -115,6 +122,69 @@ def parse_model(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def held_out(run: Path, folder: Path, count: int) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+    """A run's model and ``count`` images of a held-out class folder (labels matched by class name)."""
+    from mobilenets.data.folders import folder_images
+    from mobilenets.deployment.loading import load_source_model, model_source
+    from mobilenets.deployment.quantization import labels_for_model, load_images, named_classes, sample
+
+    model = load_source_model(model_source(run_dir=run))
+    paths, labels, classes = folder_images(folder)
+    labels = labels_for_model(folder, classes, labels, named_classes(model))
+    chosen = sample(list(zip(paths, labels, strict=True)), count, seed=1)
+    images = load_images([p for p, _ in chosen], [y for _, y in chosen], model.metadata.preprocessing, "test")
+    # C order: load_images keeps the decoder's channels-last strides, and executorch.runtime reads a strided
+    # tensor's memory as if it were contiguous (wrong logits, no error).
+    return model, np.ascontiguousarray(images.images), images.labels
+
+
+def run_exports(run: Path, folder: Path, count: int, repeats: int) -> tuple[list, list]:
+    """The CLI's own exports of a run (``export --format tflite|executorch --int8``), judged on held-out images."""
+    from executorch.runtime import Runtime
+
+    from mobilenets.deployment import executorch, litert
+    from mobilenets.deployment.device_export import DeviceBudget, export_device_format
+    from mobilenets.deployment.loading import model_source
+    from mobilenets.deployment.onnx import export_onnx
+    from mobilenets.deployment.onnx_runtime import create_session
+    from mobilenets.deployment.timing import interleaved_times
+
+    model, x_test, y_test = held_out(run, folder, count)
+    label = f"{model.architecture.name} {run.name}"
+    print(f"{label}: {len(x_test)} held-out images from {folder}", flush=True)
+    source = model_source(run_dir=run)
+    for format in ("tflite", "executorch"):
+        start = time.perf_counter()
+        export_device_format(
+            source,
+            format=format,
+            out=None,
+            int8=True,
+            data=None,
+            check_images=32,
+            calibration_images=256,
+            budget=DeviceBudget(),
+            report=lambda line: print(f"  export: {line}", flush=True),
+        )
+        print(f"  {format} export + check: {time.perf_counter() - start:.0f} s", flush=True)
+    one = x_test[:1]
+    session = create_session(export_onnx(model, Path(tempfile.mkdtemp(prefix="device-formats-")) / "model.onnx"))
+    runners = {"ONNX Runtime fp32": lambda: session.run(None, {"image": one})}
+    records = []
+    for name in ("model.tflite", "model_int8.tflite"):
+        records.append(litert.verify_litert(run / name, model, x_test, y_test))
+        interpreter = litert._interpreter((run / name).read_bytes())
+        runners[f"LiteRT {records[-1].precision}"] = lambda i=interpreter: litert.run_nhwc(i, one)
+    for name in ("model.pte", "model_int8.pte"):
+        records.append(executorch.verify_executorch(run / name, model, x_test, y_test))
+        method = Runtime.get().load_program(run / name).load_method("forward")
+        runners[f"ExecuTorch {records[-1].precision}"] = lambda m=method: m.execute([torch.from_numpy(one)])
+    found = interleaved_times(list(runners.values()), repeats=repeats)
+    medians = {name: statistics.median(times) for name, times in zip(runners, found, strict=True)}
+    timings = [(label, engine, ms, medians["ONNX Runtime fp32"] / ms) for engine, ms in medians.items()]
+    return [(label, record) for record in records], timings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mobilenet_v3_small:1.0", "mobilenet_v1:0.25"])
@@ -124,7 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--micro-only", action="store_true", help="only the microcontroller file (arena/flash)")
+    parser.add_argument("--run", type=Path, action="append", help="a `mobilenets train` run directory (repeatable)")
+    parser.add_argument("--test-folder", type=Path, help="with --run: held-out class folder to judge on")
     args = parser.parse_args(argv)
+    if args.run:
+        if args.test_folder is None:
+            parser.error("--run needs --test-folder (held-out images; the run's own are used for calibration)")
+        torch.set_num_threads(2)
+        info = machine_info()
+        print(f"machine: {info.get('cpu', info)}; load before: {load_average()}")
+        print(f"command: {' '.join(sys.argv)}")
+        rows, timings = [], []
+        for run in args.run:
+            found_rows, found_timings = run_exports(run, args.test_folder, args.test_images, args.repeats)
+            rows += found_rows
+            timings += found_timings
+        print(f"\nload after: {load_average()}\n")
+        print_tables(rows, timings)
+        return 0
 
     from mobilenets.deployment import executorch, litert, micro
     from mobilenets.deployment.onnx import export_onnx
@@ -192,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             for engine, ms in medians.items():
                 timings.append((label, engine, ms, medians["ONNX Runtime fp32"] / ms))
     print(f"\nload after: {load_average()}\n")
+    print_tables(rows, timings)
+    return 0
+
+
+def print_tables(rows: list, timings: list) -> None:
     print(
         "| model | file | runtime | bytes | agreement | accuracy (fp32) | max abs diff | partitions | arena | batch-1 ms (alone) |"
     )
@@ -212,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|")
         for label, engine, ms, ratio in timings:
             print(f"| {label} | {engine} | {ms:.2f} | {ratio:.2f}× |")
-    return 0
 
 
 if __name__ == "__main__":
