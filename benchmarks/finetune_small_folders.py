@@ -30,6 +30,17 @@ per class (5 / 10 classes). Test images are never used for any choice.
     python benchmarks/finetune_small_folders.py usecases --data-root /tmp/fm --out /tmp/fm/runs
     python benchmarks/finetune_small_folders.py distill --data-root /tmp/fm --out /tmp/fm/runs \
         --subsets fm500,fm1500 --epochs 150,60 --augment heavy --distill-weight 1.0 --temperature 2
+
+``--teacher RUN`` distils from another run of the same folder and seed (e.g. one trained with
+``--label-smoothing 0``); ``--mixup A --mixup-control`` adds mixup to the taught run and trains the
+student alone with the same mixup, so a gain can be told apart from mixup's own; ``--seeds 0,1,2``
+repeats each pair with other seeds on the teacher's own split (train and validation folders of links
+built from its ``split.json``), so the teacher never saw a student's validation images. The third
+round (BENCHMARKS.md) ran, e.g.::
+
+    python benchmarks/finetune_small_folders.py distill --data-root /tmp/fm --out /tmp/fm/runs \
+        --subsets fm500 --epochs 100 --augment heavy --teacher TEACHER_RUN \
+        --distill-weight 0.9 --temperature 2 --mixup 1 --mixup-control
 """
 
 from __future__ import annotations
@@ -238,6 +249,21 @@ def usecases(args) -> list[dict]:
     return rows
 
 
+def split_folders(run: Path, dest: Path) -> tuple[Path, Path]:
+    """``run``'s own train and validation images as two folders of links: a student given ``--seed N``
+    draws another split, in which the teacher would have trained on the student's validation images."""
+    import mobilenets
+
+    split = mobilenets.RunDirectory(run).read_split()
+    for part, files in (("train", split.train), ("val", split.val)):
+        for file in files:
+            link = dest / part / split.classes[file.label] / Path(file.path).name
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(Path(file.path).resolve())
+    return dest / "train", dest / "val"
+
+
 def distill(args) -> list[dict]:
     subsets = args.subsets.split(",")
     epochs = [int(e) for e in args.epochs.split(",")]
@@ -253,30 +279,51 @@ def distill(args) -> list[dict]:
                                          ["--model", "mobilenet_v2", "--resolution", "64"])
         student = ["--model", "mobilenet_v3_small", "--width", "0.75", "--resolution", "64",
                    "--epochs", str(n_epochs), "--augment", args.augment]
+        teacher_dir = args.teacher or args.out / teacher["name"]
+        data = args.data_root / subset
         for seed in args.seeds.split(","):
-            seeded = [*student, "--seed", seed] if seed != "default" else student
+            seeded = student
+            if seed != "default":  # another seed, the teacher's split: only initialisation, order and augmentation change
+                data, val = split_folders(teacher_dir, args.out / f"{subset}_split_of_{teacher_dir.name}")
+                seeded = [*student, "--val", str(val), "--seed", seed]
             tag = f"{subset}_e{n_epochs}_{args.augment}" + ("" if seed == "default" else f"_s{seed}")
-            alone = train_and_evaluate(f"kd_{tag}_alone", args.data_root / subset, test, args.out, seeded)
-            teacher_dir = args.teacher or args.out / teacher["name"]
+            alone = train_and_evaluate(f"kd_{tag}_alone", data, test, args.out, seeded)
+            # Mixup alone: does the gain come from the teacher, or from the blended images it labels?
+            mixed = (train_and_evaluate(f"kd_{tag}_alone_mixup{args.mixup}", data, test, args.out,
+                                        [*seeded, "--mixup", str(args.mixup)])
+                     if args.mixup_control else None)
             kd_args = [*seeded, "--teacher", str(teacher_dir),
                        "--distill-weight", str(args.distill_weight), "--temperature", str(args.temperature)]
-            kd_tag = f"kd_{tag}_A{args.distill_weight}_T{args.temperature}" + (f"_{args.teacher.name}" if args.teacher else "")
-            taught = train_and_evaluate(kd_tag, args.data_root / subset, test, args.out, kd_args)
-            rows.append({"subset": subset, "seed": seed, "teacher": teacher, "alone": alone, "taught": taught})
+            kd_args += ["--mixup", str(args.mixup)] if args.mixup is not None else []
+            kd_tag = (f"kd_{tag}_A{args.distill_weight}_T{args.temperature}"
+                      + ("" if args.mixup is None else f"_mixup{args.mixup}")
+                      + (f"_{args.teacher.name}" if args.teacher else ""))
+            taught = train_and_evaluate(kd_tag, data, test, args.out, kd_args)
+            rows.append({"subset": subset, "seed": seed, "teacher": teacher, "alone": alone, "taught": taught,
+                         "alone_mixup": mixed})
             print(f"{subset} seed {seed}: teacher {pct(teacher['test_accuracy'])}, alone {pct(alone['test_accuracy'])} "
-                  f"({alone['wall_seconds']:.0f} s, load {alone['load_before']}), with teacher "
-                  f"{pct(taught['test_accuracy'])} ({taught['wall_seconds']:.0f} s, load {taught['load_before']}): "
-                  f"{100 * (taught['test_accuracy'] - alone['test_accuracy']):+.1f} points", flush=True)
+                  f"({alone['wall_seconds']:.0f} s, load {alone['load_before']}), "
+                  + (f"alone with mixup {pct(mixed['test_accuracy'])}, " if mixed else "")
+                  + f"with teacher {pct(taught['test_accuracy'])} ({taught['wall_seconds']:.0f} s, load "
+                  f"{taught['load_before']}): {100 * (taught['test_accuracy'] - alone['test_accuracy']):+.1f} points",
+                  flush=True)
     print(f"\nstudent: V3-Small α=0.75, 64 px, --augment {args.augment}; teacher: "
-          f"{args.teacher or 'V2 default fine-tune'}; A={args.distill_weight}, T={args.temperature}")
-    print("| subset | seed | epochs | teacher (V2) | student alone | with teacher | gain | wall alone / taught | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"{args.teacher or 'V2 default fine-tune'}; A={args.distill_weight}, T={args.temperature}, "
+          f"mixup {'the CLI default' if args.mixup is None else args.mixup}")
+    print("| subset | seed | epochs | teacher (V2) | student alone | alone + mixup | with teacher | gain | "
+          "wall alone / taught | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row, n_epochs in zip(rows, [e for e in epochs for _ in args.seeds.split(",")], strict=False):
-        a, t = row["alone"], row["taught"]
+        a, t, m = row["alone"], row["taught"], row["alone_mixup"]
         print(f"| {row['subset']} | {row['seed']} | {n_epochs} | {pct(row['teacher']['test_accuracy'])} | "
-              f"{pct(a['test_accuracy'])} | {pct(t['test_accuracy'])} | "
+              f"{pct(a['test_accuracy'])} | {pct(m['test_accuracy']) if m else '—'} | {pct(t['test_accuracy'])} | "
               f"{100 * (t['test_accuracy'] - a['test_accuracy']):+.1f} | {a['wall_seconds']:.0f} / "
               f"{t['wall_seconds']:.0f} s | {a['load_before']} / {t['load_before']} |")
+    gains = [100 * (r["taught"]["test_accuracy"] - r["alone"]["test_accuracy"]) for r in rows]
+    for subset in subsets:
+        mine = [g for g, r in zip(gains, rows, strict=True) if r["subset"] == subset]
+        spread = f" ± {statistics.stdev(mine):.1f} (sd over seeds)" if len(mine) > 1 else ""
+        print(f"{subset}: mean gain {statistics.mean(mine):+.1f} points{spread}")
     return rows
 
 
@@ -296,6 +343,10 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=None,
                         help="distill: a teacher run dir of the same folder (default: the usecases V2 run)")
     parser.add_argument("--seeds", default="default", help="distill: comma-separated --seed values")
+    parser.add_argument("--mixup", type=float, default=None,
+                        help="distill: the taught run's --mixup (default: not passed: the CLI's 0, off)")
+    parser.add_argument("--mixup-control", action="store_true",
+                        help="distill: also train the student alone with --mixup (needs --mixup)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args()
     args.data_root = args.data_root.resolve()

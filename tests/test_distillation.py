@@ -1,4 +1,5 @@
-"""Knowledge distillation: the loss, class matching, renormalization, and teachers from a run and from ONNX."""
+"""Knowledge distillation: the loss, class matching, renormalization, teachers from a run and from ONNX, and
+mixup ("function matching": the teacher labels the blended batch the student sees)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mobilenets.training.distillation import (
     distillation_loss,
     load_teacher,
 )
+from mobilenets.training.loop import check_mixup, mixup
 
 
 def test_loss_is_hintons_formula():
@@ -45,6 +47,77 @@ def test_student_matching_the_teacher_has_no_soft_loss():
     logits = torch.randn(6, 4)
     loss = distillation_loss(logits, logits, torch.zeros(6, dtype=torch.long), weight=1.0, temperature=3.0)
     assert abs(float(loss)) < 1e-5
+
+
+def test_mixup_blends_each_image_and_its_label_with_its_mirror_partner():
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(6, 3, 4, 4, generator=generator)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed = mixup(images, labels, alpha=1.0, num_classes=3, generator=torch.Generator().manual_seed(0))
+    lam = float(mixed.targets[0, 0])  # image 0 (class 0) is blended with image 5 (class 2)
+    assert 0.05 < lam < 0.95, "choose a seed whose λ blends both images visibly"
+    assert torch.allclose(mixed.images, lam * images + (1 - lam) * images.flip(0), atol=1e-6)
+    assert torch.allclose(mixed.targets[0], torch.tensor([lam, 0.0, 1 - lam]))
+    assert torch.allclose(mixed.targets.sum(1), torch.ones(6))
+    assert mixed.labels.tolist() == (labels if lam >= 0.5 else labels.flip(0)).tolist()
+    again = mixup(images, labels, alpha=1.0, num_classes=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.images, mixed.images)  # drawn from the step's generator: resumable
+
+
+def test_hard_term_of_a_mixed_batch_is_the_blend_of_both_labels_losses():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    a, b, lam = torch.tensor([0, 1, 2, 0]), torch.tensor([2, 0, 1, 1]), 0.3
+    targets = lam * F.one_hot(a, 3).float() + (1 - lam) * F.one_hot(b, 3).float()
+    hard = lam * F.cross_entropy(student, a) + (1 - lam) * F.cross_entropy(student, b)
+    soft = distillation_loss(student, teacher, a, weight=1.0, temperature=2.0)
+    actual = distillation_loss(student, teacher, targets, weight=0.4, temperature=2.0)
+    assert torch.allclose(actual, 0.6 * hard + 0.4 * soft, atol=1e-6)
+
+
+def test_mixup_refuses_negative_alphas_and_augmix():
+    check_mixup(0.0, augment="augmix")  # off: nothing to refuse
+    check_mixup(1.0, augment="heavy")
+    with pytest.raises(MobilenetsError, match="cannot be combined"):
+        check_mixup(0.4, augment="augmix")
+    with pytest.raises(MobilenetsError, match="--mixup"):
+        check_mixup(-1.0, augment="light")
+
+
+def test_the_teacher_labels_the_very_mixed_batch_the_student_sees(tmp_path):
+    from mobilenets import create_model
+    from mobilenets.data.folders import DecodedImages
+    from mobilenets.models.preprocessing import Preprocessing
+    from mobilenets.training.loop import TrainConfig, Trainer
+
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = DecodedImages(images, torch.arange(8) % 2, [None] * 8, [], [""] * 8, [0] * 8)
+    config = TrainConfig(data="synthetic", width=0.25, resolution=16, batch_size=8, epochs=1, warmup_epochs=0,
+                         augment="none", precision="fp32", ema=False, teacher="spy", mixup=1.0)  # fmt: skip
+    preprocessing = Preprocessing(16, 16)
+    seen = {}
+
+    def spy(batch):
+        seen["teacher"] = batch.clone()
+        return torch.zeros(len(batch), 2)
+
+    wants = TeacherInput(resolution=16, mean=tuple(preprocessing.mean), std=tuple(preprocessing.std))
+    teacher = Teacher(spy, source="spy", engine="torch", wants=wants)
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=2, width=0.25)
+    trainer = Trainer(config, model, data, data, ["a", "b"], tmp_path, preprocessing, log=lambda _: None,
+                      show_progress=False, teacher=teacher)  # fmt: skip
+    trainer.model.register_forward_pre_hook(lambda _module, args: seen.setdefault("student", args[0].clone()))
+    indices = next(iter(trainer.batches(0)))
+    trainer.train_step(indices, 0, 0)
+    clean = (images[indices].float() / 255 - torch.tensor(preprocessing.mean).view(1, 3, 1, 1)) / torch.tensor(
+        preprocessing.std
+    ).view(1, 3, 1, 1)
+    partner = clean.flip(0)
+    lam = float(((seen["teacher"] - partner) * (clean - partner)).sum() / ((clean - partner) ** 2).sum())
+    assert 0.05 < lam < 0.95, "both images must be visible in the blend"
+    assert torch.allclose(seen["teacher"], lam * clean + (1 - lam) * partner, atol=1e-4)
+    assert torch.allclose(seen["student"], seen["teacher"], atol=1e-5)
 
 
 def test_settings_are_checked():

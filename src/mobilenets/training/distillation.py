@@ -54,7 +54,10 @@ def distillation_loss(
     temperature: float,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """(1 − A)·CE(labels) + A·T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch."""
+    """(1 − A)·CE(labels) + A·T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch.
+
+    ``labels`` are class indices, or class probabilities (a mixup batch's blended labels).
+    """
     student_logits = student_logits.float()
     hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if weight == 0:

@@ -5,7 +5,8 @@
   label smoothing; an exponential moving average (EMA) of the weights, which is what is evaluated and
   saved when enabled.
 - Batches come from the decoded uint8 cache (``data.DecodedImages``) and are augmented as whole batches
-  (``augment.BatchAugment``); the model runs in the layout ``acceleration`` picks.
+  (``augment.BatchAugment``), then optionally blended by mixup (``--mixup``; a teacher labels the
+  blended batch); the model runs in the layout ``acceleration`` picks.
 - Every random draw of step ``s`` of epoch ``e`` comes from a seed derived from (seed, e, s): data order,
   augmentation, dropout. Together with the saved model, optimizer, scheduler and EMA states, a run
   resumed from any checkpoint replays exactly what the uninterrupted run would have done.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable
@@ -78,6 +80,7 @@ class TrainConfig:
     teacher: str | None = None  # knowledge distillation (training.distillation): run dir, file or .onnx
     distill_weight: float = 0.5
     temperature: float = 4.0
+    mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends
     early_stopping: int | None = None  # epochs without val improvement
     val: str | None = None
     val_fraction: float = 0.2
@@ -336,6 +339,39 @@ def read_checkpoint(path: Path) -> dict:
         ) from None
 
 
+@dataclass(frozen=True)
+class MixedBatch:
+    """A mixup batch: the blended images, their label distributions, and the label that dominates each."""
+
+    images: torch.Tensor
+    targets: torch.Tensor  # λ·onehot(y) + (1 − λ)·onehot(y of the partner image)
+    labels: torch.Tensor  # what training accuracy counts against
+
+
+def mixup(
+    images: torch.Tensor, labels: torch.Tensor, *, alpha: float, num_classes: int, generator: torch.Generator
+) -> MixedBatch:
+    """Mixup (Zhang et al. 2018, https://arxiv.org/abs/1710.09412): image i blended with image n − 1 − i.
+
+    One λ ~ Beta(α, α) per batch and the batch's mirror order as partners, as timm does (the batch
+    order is already random). Mixing normalized images is mixing pixels: normalization is affine. λ is
+    drawn from the step's generator, so a resumed run mixes exactly as the uninterrupted one.
+    """
+    lam = random.Random(int(torch.randint(2**62, (1,), generator=generator))).betavariate(alpha, alpha)
+    one_hot = F.one_hot(labels, num_classes).float()
+    mixed = lam * images + (1 - lam) * images.flip(0)
+    targets = lam * one_hot + (1 - lam) * one_hot.flip(0)
+    return MixedBatch(images=mixed, targets=targets, labels=labels if lam >= 0.5 else labels.flip(0))
+
+
+def check_mixup(alpha: float, *, augment: str) -> None:
+    """``--mixup`` is a Beta parameter, and cannot join AugMix, whose loss compares three views of one image."""
+    if alpha < 0:
+        raise MobilenetsError(f"--mixup must be zero or more, got {alpha:g}")
+    if alpha > 0 and augment.startswith("augmix"):
+        raise MobilenetsError(f"--mixup and --augment {augment} cannot be combined: choose one")
+
+
 class Interrupted(Exception):
     """Training stopped by Ctrl-C after saving a checkpoint."""
 
@@ -483,9 +519,13 @@ class Trainer:
         images = self.augment.normalized(
             self.train_data.images[indices], generator, self.preprocessing.mean, self.preprocessing.std
         )
+        labels = self.train_data.labels[indices]
+        targets: torch.Tensor = labels  # class indices, or class probabilities after mixup
+        if self.config.mixup > 0:  # after augmentation, and the teacher labels this mixed batch (function matching)
+            mixed = mixup(images, labels, alpha=self.config.mixup, num_classes=len(self.classes), generator=generator)
+            images, targets, labels = mixed.images, mixed.targets, mixed.labels
         images = to_model_layout(images)  # also where the thread count is re-checked
         self.state.augment_seconds += time.perf_counter() - started
-        labels = self.train_data.labels[indices]
         with autocast_for(self.model):
             logits = self.train_model(images).float()  # the loss in fp32
         if self.augment.views == 3:
@@ -494,7 +534,7 @@ class Trainer:
             loss = loss + AUGMIX_JSD_WEIGHT * jensen_shannon_consistency(clean, view1, view2)
             logits = clean
         else:
-            loss = self.label_loss(logits, labels, images)
+            loss = self.label_loss(logits, targets, images)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
@@ -509,14 +549,18 @@ class Trainer:
         correct = int((logits.argmax(1) == labels).sum())
         return float(loss.detach()) * len(labels), correct, len(labels)
 
-    def label_loss(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy with the labels, or with a teacher the distillation loss (training.distillation)."""
+    def label_loss(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the labels, or with a teacher the distillation loss (training.distillation).
+
+        ``targets`` are class indices, or class probabilities after mixup; the teacher runs on ``images``,
+        the very (mixed) batch the student was given.
+        """
         if self.teacher is None:
-            return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+            return F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
         return distillation_loss(
             logits,
             self.teacher(images, self.preprocessing.mean, self.preprocessing.std),
-            labels,
+            targets,
             weight=self.config.distill_weight,
             temperature=self.config.temperature,
             label_smoothing=self.config.label_smoothing,

@@ -36,6 +36,7 @@ class TrainOptions:
     teacher: str | None = None
     distill_weight: float = 0.5
     temperature: float = 4.0
+    mixup: float = 0.0
     head_epochs: int | None = None
     early_stopping: int | None = None
     val_fraction: float = 0.2
@@ -91,4 +92,5 @@ NON_NEGATIVE = {
     "checkpoint_steps": "--checkpoint-steps",
     "early_stopping": "--early-stopping",
     "ema_decay": "--ema-decay",
+    "mixup": "--mixup",
 }

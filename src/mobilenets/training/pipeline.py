@@ -30,7 +30,7 @@ from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format_findings
 from mobilenets.training.distillation import DistillationSettings, load_teacher
-from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer
+from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup
 from mobilenets.training.options import NON_NEGATIVE, POSITIVE, RESUME_MAY_CHANGE, TrainOptions
 from mobilenets.training.recipes import DEFAULTS, choose_recipe, dataset_size_warning, load_recipe_file, range_warnings
 
@@ -338,6 +338,7 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
         batch_size = num_train
     resolution = choose_resolution(options.resolution, train_samples)
     DistillationSettings(weight=options.distill_weight, temperature=options.temperature)  # checks the values
+    check_mixup(options.mixup, augment=augment)
     options.head_epochs = options.head_epochs or 0
     out = options.out or Path("runs") / f"{options.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Every option has the name of its TrainConfig field; the values decided above replace the raw ones.

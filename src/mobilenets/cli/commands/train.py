@@ -77,6 +77,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--temperature", type=float, default=4.0, help="with --teacher: softmax temperature T")
     parser.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="mixup: blend pairs of images and their labels, λ ~ Beta(ALPHA, ALPHA) (timm: 0.8); with --teacher "
+        "the teacher labels the blends. Default 0 (off)",
+    )
+    parser.add_argument(
         "--head-epochs", type=int, help="fine-tuning: train only the new head first (default 0; --recipe auto: 1)"
     )
     parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after EPOCHS without improvement")
