@@ -6,7 +6,7 @@ batch in the same interleaved rounds (``deployment.timing.time_engines``: a 50 m
 run before each timed one), with the same thread count; ONNX Runtime fp32 is the named baseline.
 
     python benchmarks/int8_runtimes.py [--models mobilenet_v3_small,mobilenet_v2] [--resolution 224]
-        [--batches 1,32] [--repeats 15] [--threads 2]
+        [--batches 1,32] [--repeats 15] [--threads 2] [--fp32-device-files]
 
 Models are untrained with BatchNorm statistics from random batches (speed does not depend on the
 weights); int8 files are calibrated on 32 random images (timing only: accuracy is measured elsewhere).
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--fp32-device-files",
+        action="store_true",
+        help="also time LiteRT and ExecuTorch fp32 (int8 vs fp32 per runtime)",
+    )
     args = parser.parse_args(argv)
     print_machine(machine_info())
     print(f"load average at start: {load_average()}; threads {args.threads}")
@@ -74,11 +79,20 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(folder)
             fp32 = export_onnx(model, work / "fp32.onnx")
             int8 = quantize_ptq(fp32, work / "int8.onnx", calibration, "minmax")
-            export_litert(model, work / "model_int8.tflite", int8=True, calibration=calibration)
-            programs = {
-                batch: export_executorch(
-                    model, work / f"b{batch}" / "model_int8.pte", int8=True, calibration=calibration, batch=batch
+            precisions = ("fp32", "int8") if args.fp32_device_files else ("int8",)
+            for precision in precisions:
+                export_litert(
+                    model, work / f"model_{precision}.tflite", int8=precision == "int8", calibration=calibration
                 )
+            programs = {
+                (precision, batch): export_executorch(
+                    model,
+                    work / f"b{batch}" / f"model_{precision}.pte",
+                    int8=precision == "int8",
+                    calibration=calibration,
+                    batch=batch,
+                )
+                for precision in precisions
                 for batch in batches
             }
             engine = Int8Engine(model, [torch.from_numpy(calibration)]) if kernels.int8_available() else None
@@ -96,8 +110,14 @@ def main(argv: list[str] | None = None) -> int:
                     tensor = torch.from_numpy(images)
                     runs["mobilenets int8"] = lambda t=tensor, e=engine: e(t)
                 notes: list[str] = []
-                runs["litert int8"] = _litert(work / "model_int8.tflite", images, args.threads, notes, "litert int8")
-                runs["executorch int8"] = _executorch(programs[batch], images, args.threads, notes, "executorch int8")
+                for precision in precisions:
+                    litert_name, executorch_name = f"litert {precision}", f"executorch {precision}"
+                    runs[litert_name] = _litert(
+                        work / f"model_{precision}.tflite", images, args.threads, notes, litert_name
+                    )
+                    runs[executorch_name] = _executorch(
+                        programs[precision, batch], images, args.threads, notes, executorch_name
+                    )
                 timings = time_engines(runs, batch, repeats=args.repeats, warmup=3)
                 base = next(t for t in timings if t.engine == "onnxruntime fp32")
                 own = next((t for t in timings if t.engine == "mobilenets int8"), None)
