@@ -30,7 +30,7 @@ from common import load_average, machine_info, print_machine, table
 
 from mobilenets import kernels
 from mobilenets.core.console import native_output_silenced
-from mobilenets.deployment.device_runners import _executorch, _litert
+from mobilenets.deployment.device_runners import executorch_runner, litert_runner
 from mobilenets.deployment.executorch import export_executorch
 from mobilenets.deployment.int8_engine import Int8Engine
 from mobilenets.deployment.litert import export_litert
@@ -112,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                 notes: list[str] = []
                 for precision in precisions:
                     litert_name, executorch_name = f"litert {precision}", f"executorch {precision}"
-                    runs[litert_name] = _litert(
-                        work / f"model_{precision}.tflite", images, args.threads, notes, litert_name
+                    runs[litert_name] = litert_runner(
+                        work / f"model_{precision}.tflite",
+                        images,
+                        threads=args.threads,
+                        notes=notes,
+                        engine=litert_name,
                     )
-                    runs[executorch_name] = _executorch(
-                        programs[precision, batch], images, args.threads, notes, executorch_name
+                    runs[executorch_name] = executorch_runner(
+                        programs[precision, batch], images, threads=args.threads, notes=notes, engine=executorch_name
                     )
                 timings = time_engines(runs, batch, repeats=args.repeats, warmup=3)
                 base = next(t for t in timings if t.engine == "onnxruntime fp32")

@@ -31,13 +31,15 @@ def device_runners(directory: Path, images: np.ndarray, *, threads: int, notes: 
                 continue
             engine = f"{device_format.runtime.lower()} {precision}"
             make = _MAKERS[format_name]
-            runner = make(directory / name, images, threads, notes, engine)
+            runner = make(directory / name, images, threads=threads, notes=notes, engine=engine)
             if runner is not None:
                 runners[engine] = runner
     return runners
 
 
-def _litert(path: Path, images: np.ndarray, threads: int, notes: list[str], engine: str) -> Runner | None:
+def litert_runner(
+    path: Path, images: np.ndarray, *, threads: int | None, notes: list[str], engine: str
+) -> Runner | None:
     if importlib.util.find_spec("ai_edge_litert") is None:
         notes.append(f"{engine}: not timed (pip install 'mobilenets[edge]')")
         return None
@@ -62,7 +64,9 @@ def _litert(path: Path, images: np.ndarray, threads: int, notes: list[str], engi
     return run
 
 
-def _executorch(path: Path, images: np.ndarray, threads: int, notes: list[str], engine: str) -> Runner | None:
+def executorch_runner(
+    path: Path, images: np.ndarray, *, threads: int | None, notes: list[str], engine: str
+) -> Runner | None:
     if importlib.util.find_spec("executorch") is None:
         notes.append(f"{engine}: not timed (pip install 'mobilenets[edge]')")
         return None
@@ -84,7 +88,9 @@ def _executorch(path: Path, images: np.ndarray, threads: int, notes: list[str], 
     return lambda: method.execute([tensor])[0]
 
 
-def _micro(path: Path, images: np.ndarray, threads: int, notes: list[str], engine: str) -> Runner | None:
+def micro_runner(
+    path: Path, images: np.ndarray, *, threads: int | None, notes: list[str], engine: str
+) -> Runner | None:
     if importlib.util.find_spec("tflite_micro") is None:
         notes.append(f"{engine}: not timed (pip install 'mobilenets[edge]')")
         return None
@@ -108,10 +114,17 @@ def _micro(path: Path, images: np.ndarray, threads: int, notes: list[str], engin
     return run
 
 
-def _coreml(path: Path, images: np.ndarray, threads: int, notes: list[str], engine: str) -> Runner | None:
+def coreml_runner(
+    path: Path, images: np.ndarray, *, threads: int | None, notes: list[str], engine: str
+) -> Runner | None:
     reason = "Core ML runs only on macOS" if sys.platform != "darwin" else "Core ML timing is not implemented yet"
     notes.append(f"{engine}: not timed ({reason})")
     return None
 
 
-_MAKERS = {"tflite": _litert, "executorch": _executorch, "tflite-micro": _micro, "coreml": _coreml}
+_MAKERS = {
+    "tflite": litert_runner,
+    "executorch": executorch_runner,
+    "tflite-micro": micro_runner,
+    "coreml": coreml_runner,
+}

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from mobilenets.core.console import native_output_silenced
@@ -115,24 +114,22 @@ def _runner(
     image: np.ndarray,
     threads: int | None,
 ) -> Runner:
-    """Export ``model`` to ``runtime`` and return a callable that runs one image through the file."""
-    if runtime == "litert":
-        from mobilenets.deployment.litert import _interpreter, export_litert, run_nhwc
-
-        with _converters_quiet():
-            path = export_litert(model, stem.with_suffix(".tflite"), int8=int8, calibration=calibration)
-            interpreter = _interpreter(path.read_bytes(), threads)
-        return lambda: run_nhwc(interpreter, image)
-    from mobilenets.deployment.device_files import require
-    from mobilenets.deployment.executorch import export_executorch
+    """Export ``model`` to ``runtime`` and return a callable that runs one image through the file
+    (the callables ``bench`` times, ``deployment.device_runners``)."""
+    from mobilenets.deployment.device_runners import executorch_runner, litert_runner
 
     with _converters_quiet():
-        path = export_executorch(model, stem.with_suffix(".pte"), int8=int8, calibration=calibration)
-        method = (
-            require("executorch.runtime", "Running a .pte file").Runtime.get().load_program(path).load_method("forward")
-        )
-    tensor = torch.from_numpy(image)
-    return lambda: method.execute([tensor])
+        if runtime == "litert":
+            from mobilenets.deployment.litert import export_litert
+
+            path = export_litert(model, stem.with_suffix(".tflite"), int8=int8, calibration=calibration)
+            make = litert_runner
+        else:
+            from mobilenets.deployment.executorch import export_executorch
+
+            path = export_executorch(model, stem.with_suffix(".pte"), int8=int8, calibration=calibration)
+            make = executorch_runner
+        return make(path, image, threads=threads, notes=[], engine=f"{runtime} {'int8' if int8 else 'fp32'}")
 
 
 def hardswish_int8_error_share(model: nn.Module, calibration: np.ndarray, evaluation: np.ndarray) -> dict | None:
