@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mobilenets.training.diagnosis import (
+    WEAK_TEACHER,
     ConfidentMistake,
     EpochStats,
     RunFacts,
@@ -169,3 +170,20 @@ def test_random_labels_end_to_end_are_diagnosed_not_learning(tmp_path):
     assert any("--lr 2e-3" in advice for advice in metrics["diagnosis"][0]["advice"])
     assert "not_learning" in (run_dir / "report.html").read_text()
     assert json.loads((run_dir / "config.json").read_text())["initial_weights"] is None
+
+
+def test_a_teacher_no_better_than_its_student_is_named_with_the_way_out():
+    history = tuple(
+        EpochStats(epoch=e, train_loss=2.0 / e, train_accuracy=0.9, val_loss=0.4, val_accuracy=0.87 + 0.01 * e)
+        for e in (1, 2)
+    )  # the student's best: 89%
+    base = dict(num_classes=9, train_images=576, val_images=144, history=history, teacher="runs/v2", distill_weight=0.9)
+    level = diagnose(RunFacts(**base, teacher_val_accuracy=0.917))  # 2.7 points ahead; 2 SE on 144 images: 4.6
+    (finding,) = [f for f in level if f.symptom == WEAK_TEACHER]
+    assert "91.7%" in finding.evidence and "89.0%" in finding.evidence and "2.7 points ahead" in finding.evidence
+    assert any("without --teacher" in a for a in finding.advice)
+    assert any("--distill-weight 0.45 (this run: 0.9)" in a for a in finding.advice)
+    clearly_better = diagnose(RunFacts(**base, teacher_val_accuracy=0.96))  # 7 points ahead: a teacher worth having
+    assert WEAK_TEACHER not in [f.symptom for f in clearly_better]
+    unmeasured = diagnose(RunFacts(**base))  # an older run, no teacher figure: nothing said
+    assert WEAK_TEACHER not in [f.symptom for f in unmeasured]

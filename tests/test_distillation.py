@@ -197,6 +197,27 @@ def test_onnx_and_pytorch_teachers_agree(teacher_run, tmp_path):
     assert torch.allclose(from_torch(batch, mean, std), exported(batch, mean, std), atol=1e-3)
 
 
+def test_teacher_is_measured_on_the_students_validation_images():
+    from mobilenets.training.distillation import Teacher, TeacherInput, measure_teacher
+
+    # A teacher that always answers class 1, in the student's order, on 5 images of which 2 are class 1.
+    wants = TeacherInput(resolution=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    teacher = Teacher(lambda x: torch.tensor([[0.0, 1.0]]).repeat(len(x), 1), source="t", engine="torch", wants=wants)
+    images = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    quality = measure_teacher(
+        teacher,
+        images,
+        labels,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        val_paths=["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"],
+        teacher_train_paths=["b.jpg", "x.jpg"],
+        batch_size=2,
+    )
+    assert quality.to_dict() == {"val_accuracy": 0.4, "val_images": 5, "saw_validation": 1}
+
+
 def test_published_teacher_explains_how_to_fine_tune_it_first():
     with pytest.raises(MobilenetsError, match="fine-tune it on this folder first"):
         load_teacher("mobilenet_v2.tv_in1k", student_classes=["a", "b"])
@@ -234,4 +255,8 @@ def test_train_with_a_teacher_end_to_end(tmp_path, augment):
     assert main(["train", *tiny, *arguments, "--out", str(student), "--distill-weight", "0.7"]) == 0
     config = json.loads((student / "config.json").read_text())
     assert config["teacher"] == str(teacher) and config["distill_weight"] == 0.7
-    assert json.loads((student / "metrics.json").read_text())["best_val_accuracy"] >= 0
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["best_val_accuracy"] >= 0
+    # Same folder, seed and split as the teacher's run: it never saw these validation images.
+    assert metrics["teacher"]["source"] == str(teacher) and metrics["teacher"]["saw_validation"] == 0
+    assert metrics["teacher"]["val_images"] == metrics["val_images"] and 0 <= metrics["teacher"]["val_accuracy"] <= 1

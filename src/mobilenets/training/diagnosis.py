@@ -26,7 +26,8 @@ OVERFITTING = "overfitting"
 POSSIBLE_LEAKAGE = "possible_leakage"
 BELOW_EXPECTATION = "below_expectation"
 SLOW_TRAINING = "slow_training"
-SYMPTOMS = (NOT_LEARNING, OVERFITTING, POSSIBLE_LEAKAGE, BELOW_EXPECTATION, SLOW_TRAINING)
+WEAK_TEACHER = "weak_teacher"
+SYMPTOMS = (NOT_LEARNING, OVERFITTING, POSSIBLE_LEAKAGE, BELOW_EXPECTATION, SLOW_TRAINING, WEAK_TEACHER)
 
 # Train accuracy is measured on augmented batches (harder than the clean validation images), so a gap
 # this large is not an artefact of augmentation.
@@ -100,6 +101,8 @@ class RunFacts:
     augment: str = "medium"
     initial_weights: str | None = None
     teacher: str | None = None
+    teacher_val_accuracy: float | None = None  # measured on the same validation images before training
+    distill_weight: float = 0.5
     leakage_exact: tuple[tuple[str, str], ...] = ()  # (train path, val path)
     leakage_near: tuple[tuple[str, str], ...] = ()
     augment_share: float | None = None  # of step time
@@ -146,7 +149,7 @@ def diagnose(facts: RunFacts) -> list[Finding]:
     """Every symptom that applies, most fundamental first."""
     findings = [
         finding
-        for check in (not_learning, possible_leakage, overfitting, below_expectation, slow_training)
+        for check in (not_learning, possible_leakage, overfitting, below_expectation, weak_teacher, slow_training)
         if (finding := check(facts)) is not None
     ]
     # A model that does not learn is also below expectation; saying it twice adds nothing.
@@ -328,6 +331,41 @@ def below_expectation(facts: RunFacts) -> Finding | None:
     return Finding(BELOW_EXPECTATION, evidence, tuple(advice))
 
 
+def weak_teacher(facts: RunFacts) -> Finding | None:
+    """A teacher not clearly better than the student it taught: distillation's ceiling is the teacher.
+
+    "Clearly" is two binomial standard errors of the teacher's accuracy on these validation images: a
+    smaller lead cannot be told from the noise of the split. The student is pulled toward the teacher's
+    predictions (with weight ``--distill-weight``), mistakes included, so once it is level with the
+    teacher there is little left to learn from it and it may do better alone.
+    """
+    if facts.teacher is None or facts.teacher_val_accuracy is None or not facts.history:
+        return None
+    teacher, student = facts.teacher_val_accuracy, facts.best_val_accuracy
+    noise = 2 * math.sqrt(max(teacher * (1 - teacher), 0.0025) / max(facts.val_images, 1))
+    if teacher - student >= noise:
+        return None
+    lead = (
+        f"{100 * (teacher - student):.1f} points ahead, within the {100 * noise:.1f} points these "
+        f"{facts.val_images} validation images can resolve"
+        if teacher > student
+        else "no better"
+    )
+    evidence = (
+        f"the teacher ({facts.teacher}) scores {teacher:.1%} on the validation images and the student it taught "
+        f"{student:.1%}: the teacher is {lead}"
+    )
+    advice = (
+        "train the same student without --teacher (same --seed and --epochs) and keep the better run: "
+        "distillation pulls the student toward the teacher's predictions, mistakes included",
+        "a stronger teacher: train it longer (--recipe auto, or --epochs 30), at a higher --resolution, or a larger "
+        "model (--model mobilenet_v3_large or mobilenet_v2, --width 1.0), and check its accuracy before distilling",
+        f"give the labels more weight: --distill-weight {round(facts.distill_weight / 2, 2):g} "
+        f"(this run: {facts.distill_weight:g})",
+    )
+    return Finding(WEAK_TEACHER, evidence, advice)
+
+
 def slow_training(facts: RunFacts) -> Finding | None:
     """The data pipeline, the thread count or an idle GPU, rather than the model, limits speed."""
     parts, advice = [], []
@@ -490,6 +528,8 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         augment=config.augment,
         initial_weights=config.initial_weights,
         teacher=config.teacher,
+        teacher_val_accuracy=quality.val_accuracy if (quality := getattr(trainer.teacher, "quality", None)) else None,
+        distill_weight=config.distill_weight,
         leakage_exact=tuple(tuple(pair) for pair in leakage.get("exact", [])),
         leakage_near=tuple(tuple(pair) for pair in leakage.get("near", [])),
         augment_share=state.augment_seconds / max(state.train_seconds, 1e-9),

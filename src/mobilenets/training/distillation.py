@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.data.augment import normalize_batch
 
 DEFAULT_WEIGHT = 0.5
 DEFAULT_TEMPERATURE = 4.0
@@ -107,6 +108,7 @@ class Teacher:
         self.engine = engine
         self.wants = wants
         self.class_order = torch.as_tensor(list(class_order)) if class_order is not None else None
+        self.quality: TeacherQuality | None = None  # measured on the student's validation images (measure_teacher)
 
     def prepare(self, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
         images = images.float()
@@ -127,6 +129,47 @@ class Teacher:
         if self.class_order is not None:
             logits = logits[:, self.class_order]
         return logits
+
+
+@dataclass(frozen=True)
+class TeacherQuality:
+    """The teacher's top-1 on the student's validation images, measured before training.
+
+    A teacher no better than the student it teaches can only pull the student toward its own mistakes;
+    the run's diagnosis compares the two (``weak_teacher``). ``saw_validation`` counts validation images
+    the teacher was trained on (from its run's split), which make its figure optimistic.
+    """
+
+    val_accuracy: float
+    val_images: int
+    saw_validation: int = 0
+
+    def to_dict(self) -> dict:
+        return {"val_accuracy": self.val_accuracy, "val_images": self.val_images, "saw_validation": self.saw_validation}
+
+
+def measure_teacher(
+    teacher: Teacher,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    val_paths: Sequence[str] = (),
+    teacher_train_paths: Sequence[str] = (),
+    batch_size: int = 64,
+) -> TeacherQuality:
+    """Top-1 of ``teacher`` on cached uint8 validation images (N, 3, S, S), normalized like the student's."""
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        batch = normalize_batch(images[start : start + batch_size], mean, std)
+        correct += int((teacher(batch, mean, std).argmax(1) == labels[start : start + batch_size]).sum())
+    seen = set(map(str, teacher_train_paths))
+    return TeacherQuality(
+        val_accuracy=correct / max(len(images), 1),
+        val_images=len(images),
+        saw_validation=sum(1 for path in val_paths if str(path) in seen),
+    )
 
 
 def class_order(teacher_classes: Sequence[str] | None, student_classes: Sequence[str], source: str) -> list[int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -29,7 +30,13 @@ from mobilenets.data.folders import (
 from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format_findings
-from mobilenets.training.distillation import DistillationSettings, load_teacher
+from mobilenets.training.distillation import (
+    DistillationSettings,
+    Teacher,
+    TeacherQuality,
+    load_teacher,
+    measure_teacher,
+)
 from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup
 from mobilenets.training.options import NON_NEGATIVE, POSITIVE, RESUME_MAY_CHANGE, TrainOptions
 from mobilenets.training.recipes import DEFAULTS, choose_recipe, dataset_size_warning, load_recipe_file, range_warnings
@@ -188,6 +195,8 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
         input_size=config.resolution, resize_size=config.resolution, mean=normalization.mean, std=normalization.std
     )
     teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
+    if teacher is not None and context.is_main:
+        teacher.quality = check_teacher(teacher, config.teacher, val_data, preprocessing)
     trainer = Trainer(
         config,
         model,
@@ -219,6 +228,32 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     if context.is_main:
         finish_run(trainer, run_dir, config)
     return RunDirectory(run_dir)
+
+
+def check_teacher(
+    teacher: Teacher, source: str, val_data: DecodedImages, preprocessing: Preprocessing
+) -> TeacherQuality:
+    """The teacher's top-1 on this run's validation images, said before training (the diagnosis compares it)."""
+    teacher_train: list[str] = []
+    if Path(source).is_dir() and (Path(source) / RunDirectory.SPLIT).exists():
+        with contextlib.suppress(MobilenetsError, OSError, ValueError, KeyError):
+            teacher_train = [str(f.path.resolve()) for f in RunDirectory(source).read_split().train]
+    quality = measure_teacher(
+        teacher,
+        val_data.images,
+        val_data.labels,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        val_paths=[str(Path(s.path).resolve()) for s in val_data.samples],
+        teacher_train_paths=teacher_train,
+    )
+    say(f"teacher's accuracy on the {quality.val_images:,} validation images: {quality.val_accuracy:.1%}")
+    if quality.saw_validation:
+        warn(
+            f"the teacher was trained on {quality.saw_validation} of these validation images, so its figure is "
+            "optimistic; train the teacher and the student on the same split (same --data, --val-fraction and --seed)"
+        )
+    return quality
 
 
 def print_epoch(record) -> None:
@@ -531,5 +566,18 @@ def finish_run(trainer: Trainer, run_dir: Path, config: TrainConfig) -> None:
         f"{100 * metrics['augment_share_of_step_time']:.0f}% of step time"
     )
     diagnosis = diagnose_run(trainer, best=best, run_dir=run_dir)
-    run.merge_metrics({"diagnosis": findings_to_json(diagnosis), "initial_weights": config.initial_weights})
+    teacher = trainer.teacher
+    run.merge_metrics(
+        {
+            "diagnosis": findings_to_json(diagnosis),
+            "initial_weights": config.initial_weights,
+            "teacher": None
+            if teacher is None
+            else {
+                "source": teacher.source,
+                "engine": teacher.engine,
+                **(teacher.quality.to_dict() if teacher.quality else {}),
+            },
+        }
+    )
     say(format_findings(diagnosis))
