@@ -348,3 +348,13 @@ def test_micro_v1_quarter_width_at_96px_meets_the_budget(tmp_path):
     record = verify_micro(path, model, images(8, 96, seed=2))
     budget = micro_budget(path, arena_bytes=record.arena_bytes, ram_kb=150, flash_kb=300)
     assert budget.fits, budget.verdict
+
+
+def test_agreement_is_also_reported_on_the_images_fp32_has_decided():
+    from mobilenets.deployment.device_files import DeviceFile, compare
+
+    reference = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [2.0, 2.01, 0.0], [0.0, 0.0, 4.0]])
+    outputs = np.array([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [2.01, 2.0, 0.0], [0.0, 3.0, 4.0]])
+    record = compare(DeviceFile("tflite", Path("m.tflite"), 1, "LiteRT", "int8"), outputs, reference, None, exact=False)
+    # Image 2 is a near-tie in fp32 (0.497 against 0.502) and flipped; the three decided images all agree.
+    assert record.agreement == 0.75 and record.decided_images == 3 and record.decided_agreement == 1.0

@@ -22,6 +22,7 @@ from mobilenets.core.console import native_output_silenced
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import check_writable
 from mobilenets.core.run_directory import RunDirectory
+from mobilenets.deployment.device_files import NEAR_TIE
 from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
 
 
@@ -217,6 +218,11 @@ def describe(record) -> str:
         return " ".join(parts)
     if record.agreement is not None:
         parts.append(f"top-1 agreement with PyTorch {100 * record.agreement:.1f}% on {record.images} images")
+        if record.decided_agreement is not None and record.decided_images < record.images:
+            parts[-1] += (
+                f" ({100 * record.decided_agreement:.1f}% on the {record.decided_images} where fp32's top class leads "
+                f"by ≥ {100 * NEAR_TIE:.0f} points of probability)"
+            )
     if record.max_abs_diff is not None and record.precision == "fp32":
         parts.append(f"max abs diff {record.max_abs_diff:.1e}")
     if record.accuracy is not None:

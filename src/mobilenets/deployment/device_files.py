@@ -44,7 +44,10 @@ def require(module: str, purpose: str) -> ModuleType:
 class DeviceFile:
     """One exported device file and how it did in its own runtime (a row of the ``deployment`` table).
 
-    ``agreement``: share of images whose top-1 class equals PyTorch fp32's; ``max_abs_diff``: largest
+    ``agreement``: share of images whose top-1 class equals PyTorch fp32's; ``decided_agreement``: the
+    same share over the ``decided_images`` where fp32's top class leads the second by at least
+    ``NEAR_TIE`` of probability (on a near-tie any rounding may flip the answer, and no format can be
+    blamed for it: two classes of the same photographs tie on every such image); ``max_abs_diff``: largest
     logit difference (fp32 files only; int8 logits are on another grid); ``accuracy`` and
     ``reference_accuracy`` (PyTorch fp32) when labels were given; ``latency_ms``: median batch-1 time on
     this machine; ``partitions``: delegate partitions (LiteRT/ExecuTorch, 1 = the whole graph on XNNPACK);
@@ -59,6 +62,8 @@ class DeviceFile:
     precision: str
     images: int = 0
     agreement: float | None = None
+    decided_images: int | None = None
+    decided_agreement: float | None = None
     max_abs_diff: float | None = None
     accuracy: float | None = None
     reference_accuracy: float | None = None
@@ -125,6 +130,20 @@ def reference_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
     )
 
 
+# fp32 probabilities of the top two classes this close: the float model itself has not decided.
+NEAR_TIE = 0.05
+
+
+def top2_gap(logits: np.ndarray) -> np.ndarray:
+    """Softmax probability of each row's top class minus its second's."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    if probabilities.shape[1] < 2:
+        return np.ones(len(probabilities))
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def compare(
     record: DeviceFile,
     outputs: np.ndarray,
@@ -135,7 +154,11 @@ def compare(
 ) -> DeviceFile:
     """Fill agreement (and max abs diff for fp32 files, accuracy when labels are known) into ``record``."""
     record.images = len(outputs)
-    record.agreement = float((outputs.argmax(1) == reference.argmax(1)).mean())
+    same = outputs.argmax(1) == reference.argmax(1)
+    record.agreement = float(same.mean())
+    decided = top2_gap(reference) >= NEAR_TIE
+    record.decided_images = int(decided.sum())
+    record.decided_agreement = float(same[decided].mean()) if decided.any() else None
     if exact:
         record.max_abs_diff = float(np.abs(outputs - reference).max())
     if labels is not None:

@@ -165,6 +165,7 @@ def settings_rows(config: dict, run_dir: Path) -> list[list[str]]:
 
 def deployment_section(entries: list[dict]) -> str:
     """The device files, each verified in its own runtime (``mobilenets export --format …``)."""
+    from mobilenets.deployment.device_files import NEAR_TIE  # deployment imports torch; reports need it only here
 
     def percent(value) -> str:
         return "—" if value is None else f"{100 * value:.1f}%"
@@ -177,6 +178,7 @@ def deployment_section(entries: list[dict]) -> str:
             f"{e.get('bytes', 0) / 1e6:.2f}",
             e.get("runtime", ""),
             percent(e.get("agreement")) if e.get("ran", True) else "not run",
+            percent(e.get("decided_agreement")) if e.get("ran", True) else "not run",
             percent(e.get("accuracy")),
             "—" if e.get("latency_ms") is None else f"{e['latency_ms']:.2f}",
             "—" if e.get("partitions") is None else str(e["partitions"]),
@@ -184,10 +186,24 @@ def deployment_section(entries: list[dict]) -> str:
         ]
         for e in entries
     ]
-    header = ["format", "file", "precision", "MB", "runtime", "agreement", "accuracy", "batch-1 ms", "partitions", "arena KB"]
+    header = [
+        "format",
+        "file",
+        "precision",
+        "MB",
+        "runtime",
+        "agreement",
+        "decided",
+        "accuracy",
+        "batch-1 ms",
+        "partitions",
+        "arena KB",
+    ]
     return (
         "<h2>Deployment files</h2><p>Each file was run in its own runtime on this machine and compared with the "
-        "PyTorch model on validation images (agreement: same top-1 class).</p>" + _table(rows, header)
+        "PyTorch model on validation images (agreement: same top-1 class; decided: the same, on the images where "
+        f"fp32's top class leads the second by at least {100 * NEAR_TIE:.0f} points of probability).</p>"
+        + _table(rows, header)
     )
 
 
