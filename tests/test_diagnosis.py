@@ -187,3 +187,10 @@ def test_a_teacher_no_better_than_its_student_is_named_with_the_way_out():
     assert WEAK_TEACHER not in [f.symptom for f in clearly_better]
     unmeasured = diagnose(RunFacts(**base))  # an older run, no teacher figure: nothing said
     assert WEAK_TEACHER not in [f.symptom for f in unmeasured]
+
+
+def test_a_tiny_rise_of_a_tiny_validation_loss_is_not_overfitting():
+    # A V2 fine-tune at 100% validation accuracy: val loss 0.056 at epoch 3, 0.082 at the end (+46%, +0.026 nats).
+    rows = [(0.9, 0.8, 0.09, 1.0), (0.5, 0.95, 0.06, 1.0), (0.4, 0.97, 0.056, 1.0), (0.3, 0.98, 0.07, 1.0)]
+    facts = healthy(history=history(*rows, (0.25, 0.99, 0.082, 1.0)))
+    assert "overfitting" not in [f.symptom for f in diagnose(facts)]

@@ -1,0 +1,157 @@
+"""ExecuTorch int8: does the activation observer, or a float classifier, make agreement robust to the calibration draw?
+
+For a run trained with ``mobilenets train``: several draws of calibration images from the run's training
+images; for each draw, int8 ``.pte`` programs whose calibration differs only in the observer of the
+activations, each run in ``executorch.runtime`` and compared with PyTorch fp32 on held-out images
+(``--test-folder DIR``, a class folder neither training nor calibration saw, or ``val`` for the run's
+validation images):
+
+- ``product``: what ``mobilenets export --format executorch --int8`` writes (``export_executorch``):
+  XNNPACKQuantizer's symmetric config, ``HistogramObserver`` activations, batches of 32;
+- ``minmax``: ``MinMaxObserver`` (global min/max over the draw);
+- ``moving-average``: ``MovingAverageMinMaxObserver`` (averaging constant 0.1 over batches of 32);
+- ``float-classifier``: the product's config with the classifier left in float (a filter on the nodes).
+
+Top-1 agreement with fp32 on every image, and on the "decided" images (fp32's top class ahead of the
+second by ≥ 5 points of probability, ``deployment.device_files.NEAR_TIE``).
+
+    .venv/bin/python benchmarks/executorch_int8_calibration.py --run RUN --test-folder DIR --test-images 600 --draws 0,1,2
+
+Needs the edge extra (``pip install 'mobilenets[edge]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_average, machine_info
+
+from mobilenets.data.folders import folder_images
+from mobilenets.deployment.device_files import DeviceFile, compare, exportable, reference_logits
+from mobilenets.deployment.executorch import CALIBRATION_BATCH, export_executorch
+from mobilenets.deployment.loading import load_source_model, model_source, source_images
+from mobilenets.deployment.quantization import labels_for_model, load_images, named_classes, sample
+
+VARIANTS = ("product", "minmax", "moving-average", "float-classifier")
+
+
+def _variant_program(model, variant: str, calibration: np.ndarray, size: int, path: Path) -> Path:
+    """A batch-1 int8 program calibrated like the product, but with ``variant``'s observer or float classifier."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e import MinMaxObserver, MovingAverageMinMaxObserver
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    observer = {"minmax": MinMaxObserver, "moving-average": MovingAverageMinMaxObserver.with_args(averaging_constant=0.1)}
+    if variant in observer:
+        spec = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer[variant])
+        config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    if variant == "float-classifier":
+        # set_module_name(name, None) asserts in executorch 1.5.1; a node filter leaves the module unannotated.
+        quantizer.set_filter_function(
+            lambda node: not any("classifier" in str(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values())
+        )
+    module = exportable(model)
+    batch = min(CALIBRATION_BATCH, len(calibration))
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=max(2, batch))},)
+    graph = torch.export.export(module, (torch.zeros(2, 3, size, size),), dynamic_shapes=dynamic)
+    prepared = prepare_pt2e(graph.module(), quantizer)
+    with torch.no_grad():
+        for start in range(0, len(calibration), batch):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[start : start + batch])))
+    lowered = to_edge_transform_and_lower(
+        torch.export.export(convert_pt2e(prepared), (torch.zeros(1, 3, size, size),)), partitioner=[XnnpackPartitioner()]
+    )
+    path.write_bytes(lowered.to_executorch().buffer)
+    return path
+
+
+def _run(path: Path, images: np.ndarray) -> np.ndarray:
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(path).load_method("forward")
+    rows = [method.execute([torch.from_numpy(np.ascontiguousarray(images[i : i + 1]))])[0].numpy() for i in range(len(images))]
+    return np.concatenate(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a `mobilenets train` run directory")
+    parser.add_argument("--test-folder", default="val", help="held-out class folder, or `val` (the run's validation split)")
+    parser.add_argument("--test-images", type=int, default=600)
+    parser.add_argument("--calibration-images", type=int, default=256, help="as `export --calibration`")
+    parser.add_argument("--draws", default="0,1,2", help="seeds of the calibration draws")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(2)
+    print(machine_info(), f"load average {load_average()}", flush=True)
+    source = model_source(run_dir=args.run)
+    model = load_source_model(source)
+    preprocessing = model.metadata.preprocessing
+    size = preprocessing.input_size
+    train_paths, train_labels = source_images(source, None, "train")
+    if args.test_folder == "val":
+        paths, labels = source_images(source, None, "val")
+        held_out = list(zip(paths, labels, strict=True))
+    else:
+        folder = Path(args.test_folder)
+        paths, labels, classes = folder_images(folder)
+        labels = labels_for_model(folder, classes, labels, named_classes(model))
+        held_out = sample(list(zip(paths, labels, strict=True)), args.test_images, seed=1)
+    test = load_images([p for p, _ in held_out], [y for _, y in held_out], preprocessing, "test")
+    reference = reference_logits(model, test.images)
+    print(f"{args.run}: {size}px, {len(test.images)} held-out images, fp32 accuracy {np.mean(reference.argmax(1) == test.labels):.1%}")
+    results: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variants.split(",")}
+    with tempfile.TemporaryDirectory() as folder:
+        for draw in (int(d) for d in args.draws.split(",")):
+            chosen = sample(list(zip(train_paths, train_labels, strict=True)), args.calibration_images, seed=draw)
+            calibration = load_images([p for p, _ in chosen], [y for _, y in chosen], preprocessing, "train").images
+            for variant in results:
+                started = time.perf_counter()
+                path = Path(folder) / f"{variant}.pte"
+                if variant == "product":
+                    export_executorch(model, path, calibration=calibration, int8=True, input_size=size)
+                else:
+                    _variant_program(model, variant, calibration, size, path)
+                record = compare(
+                    DeviceFile("executorch", path, path.stat().st_size, "executorch.runtime", "int8"),
+                    _run(path, test.images),
+                    reference,
+                    test.labels,
+                    exact=False,
+                )
+                results[variant].append((record.agreement, record.decided_agreement))
+                print(
+                    f"draw {draw} {variant:17s} agreement {record.agreement:.1%}, decided {record.decided_agreement:.1%} "
+                    f"({record.decided_images} images), accuracy {record.accuracy:.1%} ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+    print("\n| variant | agreement per draw | median | decided agreement per draw |\n|---|---|---|---|")
+    for variant, rows in results.items():
+        agreements = " / ".join(f"{100 * a:.1f}%" for a, _ in rows)
+        decided = " / ".join(f"{100 * d:.1f}%" for _, d in rows)
+        print(f"| {variant} | {agreements} | {100 * statistics.median(a for a, _ in rows):.1f}% | {decided} |")
+    print(f"load average after: {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
