@@ -138,9 +138,10 @@ def main() -> int:
                     test.labels,
                     exact=False,
                 )
-                results[variant].append((record.agreement, record.decided_agreement))
+                decided = record.decided_agreement if record.decided_agreement is not None else float("nan")
+                results[variant].append((record.agreement, decided))
                 print(
-                    f"draw {draw} {variant:17s} agreement {record.agreement:.1%}, decided {record.decided_agreement:.1%} "
+                    f"draw {draw} {variant:17s} agreement {record.agreement:.1%}, decided {decided:.1%} "
                     f"({record.decided_images} images), accuracy {record.accuracy:.1%} ({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )

@@ -185,6 +185,8 @@ def test_a_teacher_no_better_than_its_student_is_named_with_the_way_out():
     assert any("--distill-weight 0.45 (this run: 0.9)" in a for a in finding.advice)
     clearly_better = diagnose(RunFacts(**base, teacher_val_accuracy=0.96))  # 7 points ahead: a teacher worth having
     assert WEAK_TEACHER not in [f.symptom for f in clearly_better]
+    (worse,) = [f for f in diagnose(RunFacts(**base, teacher_val_accuracy=0.85)) if f.symptom == WEAK_TEACHER]
+    assert "the teacher is no better" in worse.evidence
     unmeasured = diagnose(RunFacts(**base))  # an older run, no teacher figure: nothing said
     assert WEAK_TEACHER not in [f.symptom for f in unmeasured]
 

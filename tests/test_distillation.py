@@ -200,14 +200,20 @@ def test_onnx_and_pytorch_teachers_agree(teacher_run, tmp_path):
 def test_teacher_is_measured_on_the_students_validation_images():
     from mobilenets.training.distillation import Teacher, TeacherInput, measure_teacher
 
-    # A teacher that always answers class 1, in the student's order, on 5 images of which 2 are class 1.
+    # A teacher that answers class 1 for bright images, in its own normalization (mean 0.5, std 0.5):
+    # it sees the pixels only if measure_teacher normalizes the uint8 images as the student does.
     wants = TeacherInput(resolution=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    teacher = Teacher(lambda x: torch.tensor([[0.0, 1.0]]).repeat(len(x), 1), source="t", engine="torch", wants=wants)
-    images = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
-    labels = torch.tensor([0, 1, 0, 1, 0])
+
+    def bright_is_class_1(x: torch.Tensor) -> torch.Tensor:
+        bright = (x.mean(dim=(1, 2, 3)) > 0).float()  # pixel > 0.5 after the teacher's normalization
+        return torch.stack([1 - bright, bright], dim=1)
+
+    teacher = Teacher(bright_is_class_1, source="t", engine="torch", wants=wants)
+    images = torch.tensor([20, 230, 230, 20, 20], dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 8, 8)
+    labels = torch.tensor([0, 1, 0, 1, 0])  # right on images 0, 1 and 4
     quality = measure_teacher(
         teacher,
-        images,
+        images.contiguous(),
         labels,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
@@ -215,7 +221,8 @@ def test_teacher_is_measured_on_the_students_validation_images():
         teacher_train_paths=["b.jpg", "x.jpg"],
         batch_size=2,
     )
-    assert quality.to_dict() == {"val_accuracy": 0.4, "val_images": 5, "saw_validation": 1}
+    assert quality.val_accuracy == 0.6 and quality.val_images == 5 and quality.saw_validation == 1
+    assert quality.unseen_accuracy == 0.5  # images 0, 2, 3, 4: right on 0 and 4
 
 
 def test_published_teacher_explains_how_to_fine_tune_it_first():

@@ -205,7 +205,9 @@ def _verify(module, spec: DeviceFormat, path: Path, model, check, *, size: int):
         # Loaded and run once on a blank image: the file works in its runtime; nothing is compared.
         blank = np.zeros((1, 3, size, size), dtype=np.float32)
         record = verify(path, model, blank)
-        record.agreement = record.max_abs_diff = record.accuracy = None
+        record.agreement = record.max_abs_diff = record.accuracy = record.reference_accuracy = None
+        record.decided_images = record.decided_agreement = None
+        record.images = 0
         record.notes.append("not verified against PyTorch: no validation images")
         return record
     return verify(path, model, check.images, check.labels)

@@ -341,7 +341,10 @@ def weak_teacher(facts: RunFacts) -> Finding | None:
     "Clearly" is two binomial standard errors of the teacher's accuracy on these validation images: a
     smaller lead cannot be told from the noise of the split. The student is pulled toward the teacher's
     predictions (with weight ``--distill-weight``), mistakes included, so once it is level with the
-    teacher there is little left to learn from it and it may do better alone.
+    teacher there is little left to learn from it and it may do better alone. The student's figure is
+    its best epoch, chosen on these same images, and the teacher's a single measurement: the comparison
+    leans toward firing, which for advice that says "compare with the student alone" is the safe side.
+    ``teacher_val_accuracy`` counts only validation images the teacher was not trained on.
     """
     if facts.teacher is None or facts.teacher_val_accuracy is None or not facts.history:
         return None
@@ -532,7 +535,8 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         augment=config.augment,
         initial_weights=config.initial_weights,
         teacher=config.teacher,
-        teacher_val_accuracy=quality.val_accuracy if (quality := getattr(trainer.teacher, "quality", None)) else None,
+        # On the validation images the teacher did not train on (None if it trained on all of them).
+        teacher_val_accuracy=quality.unseen_accuracy if (quality := getattr(trainer.teacher, "quality", None)) else None,
         distill_weight=config.distill_weight,
         leakage_exact=tuple(tuple(pair) for pair in leakage.get("exact", [])),
         leakage_near=tuple(tuple(pair) for pair in leakage.get("near", [])),

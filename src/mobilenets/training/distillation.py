@@ -137,15 +137,22 @@ class TeacherQuality:
 
     A teacher no better than the student it teaches can only pull the student toward its own mistakes;
     the run's diagnosis compares the two (``weak_teacher``). ``saw_validation`` counts validation images
-    the teacher was trained on (from its run's split), which make its figure optimistic.
+    the teacher was trained on (from its run's split), which make ``val_accuracy`` optimistic;
+    ``unseen_accuracy`` is the top-1 on the others (None when it trained on all of them).
     """
 
     val_accuracy: float
     val_images: int
     saw_validation: int = 0
+    unseen_accuracy: float | None = None
 
     def to_dict(self) -> dict:
-        return {"val_accuracy": self.val_accuracy, "val_images": self.val_images, "saw_validation": self.saw_validation}
+        return {
+            "val_accuracy": self.val_accuracy,
+            "val_images": self.val_images,
+            "saw_validation": self.saw_validation,
+            "unseen_accuracy": self.unseen_accuracy,
+        }
 
 
 def measure_teacher(
@@ -159,16 +166,23 @@ def measure_teacher(
     teacher_train_paths: Sequence[str] = (),
     batch_size: int = 64,
 ) -> TeacherQuality:
-    """Top-1 of ``teacher`` on cached uint8 validation images (N, 3, S, S), normalized like the student's."""
-    correct = 0
+    """Top-1 of ``teacher`` on cached uint8 validation images (N, 3, S, S), normalized like the student's.
+
+    ``val_paths`` name the images in order; those also in ``teacher_train_paths`` are counted as seen.
+    """
+    hits = []
     for start in range(0, len(images), batch_size):
         batch = normalize_batch(images[start : start + batch_size], mean, std)
-        correct += int((teacher(batch, mean, std).argmax(1) == labels[start : start + batch_size]).sum())
-    seen = set(map(str, teacher_train_paths))
+        hits.append(teacher(batch, mean, std).argmax(1) == labels[start : start + batch_size])
+    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    trained_on = set(map(str, teacher_train_paths))
+    seen = torch.tensor([str(path) in trained_on for path in val_paths] or [False] * len(correct), dtype=torch.bool)
+    unseen = correct[~seen]
     return TeacherQuality(
-        val_accuracy=correct / max(len(images), 1),
-        val_images=len(images),
-        saw_validation=sum(1 for path in val_paths if str(path) in seen),
+        val_accuracy=int(correct.sum()) / len(correct) if len(correct) else 0.0,
+        val_images=len(correct),
+        saw_validation=int(seen.sum()),
+        unseen_accuracy=int(unseen.sum()) / len(unseen) if len(unseen) else None,
     )
 
 

@@ -195,8 +195,9 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
         input_size=config.resolution, resize_size=config.resolution, mean=normalization.mean, std=normalization.std
     )
     teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
+    # Only the main rank diagnoses the run, so only it measures the teacher (the others wait a few seconds).
     if teacher is not None and context.is_main:
-        teacher.quality = check_teacher(teacher, config.teacher, val_data, preprocessing)
+        teacher.quality = check_teacher(teacher, source=config.teacher, val_data=val_data, preprocessing=preprocessing)
     trainer = Trainer(
         config,
         model,
@@ -231,13 +232,15 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
 
 
 def check_teacher(
-    teacher: Teacher, source: str, val_data: DecodedImages, preprocessing: Preprocessing
+    teacher: Teacher, *, source: str, val_data: DecodedImages, preprocessing: Preprocessing
 ) -> TeacherQuality:
     """The teacher's top-1 on this run's validation images, said before training (the diagnosis compares it)."""
+    # A run directory, or a weights file inside one: its split says which images the teacher trained on.
+    run = Path(source) if Path(source).is_dir() else Path(source).parent
     teacher_train: list[str] = []
-    if Path(source).is_dir() and (Path(source) / RunDirectory.SPLIT).exists():
+    if (run / RunDirectory.SPLIT).exists():
         with contextlib.suppress(MobilenetsError, OSError, ValueError, KeyError):
-            teacher_train = [str(f.path.resolve()) for f in RunDirectory(source).read_split().train]
+            teacher_train = [str(f.path.resolve()) for f in RunDirectory(run).read_split().train]
     quality = measure_teacher(
         teacher,
         val_data.images,
@@ -249,9 +252,15 @@ def check_teacher(
     )
     say(f"teacher's accuracy on the {quality.val_images:,} validation images: {quality.val_accuracy:.1%}")
     if quality.saw_validation:
+        unseen = (
+            f"; on the {quality.val_images - quality.saw_validation:,} others: {quality.unseen_accuracy:.1%}"
+            if quality.unseen_accuracy is not None
+            else ""
+        )
         warn(
-            f"the teacher was trained on {quality.saw_validation} of these validation images, so its figure is "
-            "optimistic; train the teacher and the student on the same split (same --data, --val-fraction and --seed)"
+            f"the teacher was trained on {quality.saw_validation} of these validation images, so that figure is "
+            f"optimistic{unseen}; train the teacher and the student on the same split (same --data, --val-fraction "
+            "and --seed)"
         )
     return quality
 
