@@ -78,20 +78,11 @@ def test_without_validation_images_the_files_are_written_and_it_says_what_was_no
 
 
 def test_a_file_checked_without_validation_images_records_no_figures(run_dir, tmp_path):
-    from mobilenets.deployment.device_export import DeviceBudget, export_device_format
+    from mobilenets.deployment.device_export import export_device_format
     from mobilenets.deployment.loading import model_source
 
-    (record,) = export_device_format(
-        model_source(weights=run_dir / "model.safetensors"),
-        format="tflite",
-        out=tmp_path,
-        int8=False,
-        data=None,
-        check_images=32,
-        calibration_images=32,
-        budget=DeviceBudget(),
-        report=lambda _: None,
-    )
+    weights = model_source(weights=run_dir / "model.safetensors")  # weights alone: no validation images
+    (record,) = export_device_format(weights, format="tflite", out=tmp_path, report=lambda _: None)
     assert record.ran and record.images == 0 and "not verified" in " ".join(record.notes)
     figures = (record.agreement, record.decided_images, record.decided_agreement, record.accuracy, record.max_abs_diff)
     assert figures == (None, None, None, None, None)

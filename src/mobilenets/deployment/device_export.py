@@ -23,6 +23,7 @@ from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import check_writable
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.deployment.device_files import NEAR_TIE
+from mobilenets.deployment.formats import CHECK_IMAGES
 from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
 
 
@@ -78,13 +79,13 @@ def export_device_format(
     source: ModelSource,
     *,
     format: str,
-    out: Path | None,
-    int8: bool,
-    data: Path | None,
-    check_images: int,
-    calibration_images: int,
-    budget: DeviceBudget,
-    report: Callable[[str], None],
+    out: Path | None = None,
+    int8: bool = False,
+    data: Path | None = None,
+    check_images: int = CHECK_IMAGES,
+    calibration_images: int = 256,
+    budget: DeviceBudget | None = None,
+    report: Callable[[str], None] = print,
 ) -> list:
     """Write and verify ``format``'s files (fp32, and int8 when asked; microcontrollers: int8 only).
 
@@ -93,6 +94,7 @@ def export_device_format(
     from mobilenets.deployment.quantization import load_images, sample
 
     spec = DEVICE_FORMATS[format]
+    budget = budget or DeviceBudget()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the converters' TensorFlow Lite logging
     with native_output_silenced(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

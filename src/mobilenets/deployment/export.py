@@ -16,6 +16,7 @@ from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import check_writable
+from mobilenets.deployment.formats import CHECK_IMAGES
 from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
 
 INT8_SUFFIX = "_int8"
@@ -26,7 +27,7 @@ class ExportRequest:
     out: Path | None = None
     int8: bool = False
     data: Path | None = None
-    check_images: int = 32
+    check_images: int = CHECK_IMAGES
     calibration_images: int = 256
     ram_kb: float | None = None  # microcontroller budget (tflite-micro)
     flash_kb: float | None = None
@@ -93,7 +94,7 @@ def export_model(
     out: Path | None = None,
     int8: bool = False,
     data: Path | None = None,
-    check_images: int = 32,
+    check_images: int = CHECK_IMAGES,
     calibration_images: int = 256,
     ram_kb: float | None = None,
     flash_kb: float | None = None,

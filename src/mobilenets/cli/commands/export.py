@@ -10,7 +10,7 @@ from mobilenets.cli.commands._deploy_args import add_model_arguments, source_fro
 
 
 def add_parser(subparsers) -> None:
-    from mobilenets.deployment.formats import EXPORT_FORMATS
+    from mobilenets.deployment.formats import CHECK_IMAGES, EXPORT_FORMATS
 
     parser = subparsers.add_parser(
         "export",
@@ -42,7 +42,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--ram-kb", type=float, help="tflite-micro: the device's RAM for the tensor arena, in KB")
     parser.add_argument("--flash-kb", type=float, help="tflite-micro: the device's flash for the model file, in KB")
-    parser.add_argument("--check-images", type=int, default=32, help="images for the PyTorch check (default 32)")
+    parser.add_argument(
+        "--check-images",
+        type=int,
+        default=CHECK_IMAGES,
+        help=f"validation images for the PyTorch check (default {CHECK_IMAGES}, or all there are)",
+    )
     parser.add_argument("--calibration", type=int, default=256, help="calibration images for --int8 (default 256)")
     parser.set_defaults(run=run)
 
