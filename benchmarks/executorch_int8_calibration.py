@@ -1,19 +1,21 @@
-"""ExecuTorch int8: does the activation observer, or a float classifier, make agreement robust to the calibration draw?
+"""ExecuTorch int8: which calibration settings keep agreement with fp32 robust to the calibration draw?
 
 For a run trained with ``mobilenets train``: several draws of calibration images from the run's training
-images; for each draw, int8 ``.pte`` programs whose calibration differs only in the observer of the
-activations, each run in ``executorch.runtime`` and compared with PyTorch fp32 on held-out images
-(``--test-folder DIR``, a class folder neither training nor calibration saw, or ``val`` for the run's
-validation images):
+images; for each draw, int8 ``.pte`` programs that differ only in how they are quantized, each run in
+``executorch.runtime`` and compared with PyTorch fp32 on held-out images (``--test-folder DIR``, a class
+folder neither training nor calibration saw, or ``val`` for the run's validation images):
 
 - ``product``: what ``mobilenets export --format executorch --int8`` writes (``export_executorch``):
-  XNNPACKQuantizer's symmetric config, ``HistogramObserver`` activations, batches of 32;
-- ``minmax``: ``MinMaxObserver`` (global min/max over the draw);
-- ``moving-average``: ``MovingAverageMinMaxObserver`` (averaging constant 0.1 over batches of 32);
-- ``float-classifier``: the product's config with the classifier left in float (a filter on the nodes).
+  XNNPACKQuantizer's symmetric config (``HistogramObserver`` activations, batches of 32), with the stem
+  and the first block left in float;
+- ``all-int8``: the same with every layer quantized (the product until 2026-12-06);
+- ``minmax`` / ``moving-average``: ``all-int8`` with ``MinMaxObserver`` / ``MovingAverageMinMaxObserver``
+  (averaging constant 0.1) activations;
+- ``float-classifier``: ``all-int8`` with the classifier left in float.
 
 Top-1 agreement with fp32 on every image, and on the "decided" images (fp32's top class ahead of the
-second by ≥ 5 points of probability, ``deployment.device_files.NEAR_TIE``).
+second by ≥ 5 points of probability, ``deployment.device_files.NEAR_TIE``); then batch-1 latency of each
+variant's last program, interleaved, against the first variant.
 
     .venv/bin/python benchmarks/executorch_int8_calibration.py --run RUN --test-folder DIR --test-images 600 --draws 0,1,2
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import statistics
 import sys
 import tempfile
@@ -39,15 +42,18 @@ from common import load_average, machine_info
 
 from mobilenets.data.folders import folder_images
 from mobilenets.deployment.device_files import DeviceFile, compare, exportable, reference_logits
-from mobilenets.deployment.executorch import CALIBRATION_BATCH, export_executorch
+from mobilenets.deployment.executorch import CALIBRATION_BATCH, delegate_count, export_executorch
 from mobilenets.deployment.loading import load_source_model, model_source, source_images
 from mobilenets.deployment.quantization import labels_for_model, load_images, named_classes, sample
+from mobilenets.deployment.timing import interleaved_times
 
-VARIANTS = ("product", "minmax", "moving-average", "float-classifier")
+VARIANTS = ("product", "all-int8", "minmax", "moving-average", "float-classifier")
+# Module paths (in the exported wrapper's nn_module_stack) a float variant leaves unquantized.
+FLOAT_MODULES = {"float-classifier": r"(^|\.)classifier$"}
 
 
 def _variant_program(model, variant: str, calibration: np.ndarray, size: int, path: Path) -> Path:
-    """A batch-1 int8 program calibrated like the product, but with ``variant``'s observer or float classifier."""
+    """A batch-1 int8 program with every layer quantized, calibrated like the product, and ``variant``'s change."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -63,10 +69,11 @@ def _variant_program(model, variant: str, calibration: np.ndarray, size: int, pa
         spec = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer[variant])
         config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
     quantizer = XNNPACKQuantizer().set_global(config)
-    if variant == "float-classifier":
+    if variant in FLOAT_MODULES:
         # set_module_name(name, None) asserts in executorch 1.5.1; a node filter leaves the module unannotated.
+        pattern = re.compile(FLOAT_MODULES[variant])
         quantizer.set_filter_function(
-            lambda node: not any("classifier" in str(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values())
+            lambda node: not any(pattern.search(str(v[0])) for v in (node.meta.get("nn_module_stack") or {}).values())
         )
     module = exportable(model)
     batch = min(CALIBRATION_BATCH, len(calibration))
@@ -79,14 +86,21 @@ def _variant_program(model, variant: str, calibration: np.ndarray, size: int, pa
     lowered = to_edge_transform_and_lower(
         torch.export.export(convert_pt2e(prepared), (torch.zeros(1, 3, size, size),)), partitioner=[XnnpackPartitioner()]
     )
+    partitions = delegate_count(lowered)
+    if partitions != 1:
+        print(f"  {variant}: {partitions} XNNPACK delegate calls (the product requires one)")
     path.write_bytes(lowered.to_executorch().buffer)
     return path
 
 
-def _run(path: Path, images: np.ndarray) -> np.ndarray:
+def _method(path: Path):
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(path).load_method("forward")
+    return Runtime.get().load_program(path).load_method("forward")
+
+
+def _run(path: Path, images: np.ndarray) -> np.ndarray:
+    method = _method(path)
     rows = [method.execute([torch.from_numpy(np.ascontiguousarray(images[i : i + 1]))])[0].numpy() for i in range(len(images))]
     return np.concatenate(rows)
 
@@ -98,7 +112,8 @@ def main() -> int:
     parser.add_argument("--test-images", type=int, default=600)
     parser.add_argument("--calibration-images", type=int, default=256, help="as `export --calibration`")
     parser.add_argument("--draws", default="0,1,2", help="seeds of the calibration draws")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="the first is the timing baseline")
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved batch-1 timing rounds")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
@@ -120,13 +135,14 @@ def main() -> int:
     reference = reference_logits(model, test.images)
     print(f"{args.run}: {size}px, {len(test.images)} held-out images, fp32 accuracy {np.mean(reference.argmax(1) == test.labels):.1%}")
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variants.split(",")}
+    programs: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as folder:
         for draw in (int(d) for d in args.draws.split(",")):
             chosen = sample(list(zip(train_paths, train_labels, strict=True)), args.calibration_images, seed=draw)
             calibration = load_images([p for p, _ in chosen], [y for _, y in chosen], preprocessing, "train").images
             for variant in results:
                 started = time.perf_counter()
-                path = Path(folder) / f"{variant}.pte"
+                path = Path(folder) / f"{variant}.pte"  # the last draw's program stays for the timing below
                 if variant == "product":
                     export_executorch(model, path, calibration=calibration, int8=True, input_size=size)
                 else:
@@ -140,16 +156,28 @@ def main() -> int:
                 )
                 decided = record.decided_agreement if record.decided_agreement is not None else float("nan")
                 results[variant].append((record.agreement, decided))
+                programs[variant] = path
                 print(
                     f"draw {draw} {variant:17s} agreement {record.agreement:.1%}, decided {decided:.1%} "
                     f"({record.decided_images} images), accuracy {record.accuracy:.1%} ({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
-    print("\n| variant | agreement per draw | median | decided agreement per draw |\n|---|---|---|---|")
+        # Batch 1, the variants' last-draw programs timed in alternation (one process, same image).
+        image = torch.from_numpy(np.ascontiguousarray(test.images[:1]))
+        methods = [_method(programs[variant]) for variant in results]
+        times = interleaved_times([lambda m=m: m.execute([image]) for m in methods], repeats=args.repeats)
+    medians = {variant: statistics.median(t) for variant, t in zip(results, times, strict=True)}
+    baseline = next(iter(medians.values()))
+    print(
+        "\n| variant | agreement per draw | median | decided agreement per draw | batch-1 ms (vs first) |"
+        "\n|---|---|---|---|---|"
+    )
     for variant, rows in results.items():
         agreements = " / ".join(f"{100 * a:.1f}%" for a, _ in rows)
         decided = " / ".join(f"{100 * d:.1f}%" for _, d in rows)
-        print(f"| {variant} | {agreements} | {100 * statistics.median(a for a, _ in rows):.1f}% | {decided} |")
+        median = 100 * statistics.median(a for a, _ in rows)
+        speed = f"{medians[variant]:.2f} ({baseline / medians[variant]:.2f}×)"
+        print(f"| {variant} | {agreements} | {median:.1f}% | {decided} | {speed} |")
     print(f"load average after: {load_average()}")
     return 0
 

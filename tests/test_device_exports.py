@@ -191,6 +191,23 @@ def test_executorch_fp32_and_int8_are_one_delegate_call(tmp_path):
     assert read_metadata(int8)["labels"] == ["c0", "c1", "c2", "c3"]
 
 
+def test_executorch_int8_keeps_the_stem_and_first_block_in_float():
+    pytest.importorskip("executorch")
+    from mobilenets.deployment.device_files import exportable
+    from mobilenets.deployment.executorch import _quantize
+
+    model = settled("mobilenet_v1", 32, width=0.25)
+    converted = _quantize(exportable(model), torch.zeros(1, 3, 32, 32), images(8, 32, seed=1))
+    weights = {}  # each convolution's module path → what feeds its weight: the float tensor, or a dequantize
+    for node in converted.graph.nodes:
+        if node.op == "call_function" and "conv2d" in str(node.target):
+            path = list(node.meta["nn_module_stack"].values())[-1][0]
+            weights[path] = "int8" if "dequantize_per_channel" in str(getattr(node.args[1], "target", "")) else "float"
+    assert weights["model.stem.conv"] == weights["model.blocks.0.depthwise.conv"] == "float"
+    assert weights["model.blocks.0.pointwise.conv"] == "float"
+    assert {kind for path, kind in weights.items() if not path.startswith(("model.stem", "model.blocks.0."))} == {"int8"}
+
+
 def test_coreml_package_is_validated_and_says_it_was_not_run(tmp_path):
     pytest.importorskip("coremltools")
     from mobilenets.deployment.coreml import export_coreml, verify_coreml
