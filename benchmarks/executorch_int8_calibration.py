@@ -42,7 +42,7 @@ from common import load_average, machine_info
 
 from mobilenets.data.folders import folder_images
 from mobilenets.deployment.device_files import DeviceFile, compare, exportable, reference_logits
-from mobilenets.deployment.executorch import CALIBRATION_BATCH, delegate_count, export_executorch
+from mobilenets.deployment.executorch import _quantize, delegate_count, export_executorch
 from mobilenets.deployment.loading import load_source_model, model_source, source_images
 from mobilenets.deployment.quantization import labels_for_model, load_images, named_classes, sample
 from mobilenets.deployment.timing import interleaved_times
@@ -61,7 +61,6 @@ def _variant_program(model, variant: str, calibration: np.ndarray, size: int, pa
     )
     from executorch.exir import to_edge_transform_and_lower
     from torchao.quantization.pt2e import MinMaxObserver, MovingAverageMinMaxObserver
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     observer = {"minmax": MinMaxObserver, "moving-average": MovingAverageMinMaxObserver.with_args(averaging_constant=0.1)}
@@ -75,16 +74,9 @@ def _variant_program(model, variant: str, calibration: np.ndarray, size: int, pa
         quantizer.set_filter_function(
             lambda node: not any(pattern.search(str(v[0])) for v in (node.meta.get("nn_module_stack") or {}).values())
         )
-    module = exportable(model)
-    batch = min(CALIBRATION_BATCH, len(calibration))
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=max(2, batch))},)
-    graph = torch.export.export(module, (torch.zeros(2, 3, size, size),), dynamic_shapes=dynamic)
-    prepared = prepare_pt2e(graph.module(), quantizer)
-    with torch.no_grad():
-        for start in range(0, len(calibration), batch):
-            prepared(torch.from_numpy(np.ascontiguousarray(calibration[start : start + batch])))
+    converted = _quantize(exportable(model), torch.zeros(1, 3, size, size), calibration, quantizer=quantizer)
     lowered = to_edge_transform_and_lower(
-        torch.export.export(convert_pt2e(prepared), (torch.zeros(1, 3, size, size),)), partitioner=[XnnpackPartitioner()]
+        torch.export.export(converted, (torch.zeros(1, 3, size, size),)), partitioner=[XnnpackPartitioner()]
     )
     partitions = delegate_count(lowered)
     if partitions != 1:

@@ -59,7 +59,7 @@ def _quantized(node) -> bool:
     return not any(FLOAT_MODULES.search(str(path)) for path, _ in stack.values())
 
 
-def _quantize(module: nn.Module, sample: torch.Tensor, calibration: np.ndarray) -> nn.Module:
+def _quantize(module: nn.Module, sample: torch.Tensor, calibration: np.ndarray, quantizer=None) -> nn.Module:
     """PT2E static int8 with the XNNPACK quantizer, calibrated in batches of ``CALIBRATION_BATCH``.
 
     The graph observed during calibration has a dynamic batch dimension: a program's own batch is
@@ -73,9 +73,10 @@ def _quantize(module: nn.Module, sample: torch.Tensor, calibration: np.ndarray) 
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    # set_module_name(name, None) asserts in executorch 1.5.1; a node filter leaves the modules in float.
-    quantizer.set_filter_function(_quantized)
+    if quantizer is None:  # the product's; benchmarks pass variants of it
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        # set_module_name(name, None) asserts in executorch 1.5.1; a node filter leaves the modules in float.
+        quantizer.set_filter_function(_quantized)
     batch = min(CALIBRATION_BATCH, len(calibration))
     try:
         dynamic = ({0: torch.export.Dim("batch", min=1, max=max(2, batch))},)
