@@ -1,4 +1,4 @@
-"""``--recipe FILE``: YAML recipes replace defaults; options given on the command line win."""
+"""``--recipe FILE``: YAML recipes replace defaults; options given on the command line win. ``--recipe auto``'s table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from mobilenets.cli.commands.train import options_from
 from mobilenets.cli.main import build_parser
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.training.pipeline import apply_recipe_file
+from mobilenets.training.recipes import FINETUNE_RECIPES, RECIPES, choose_recipe, range_warnings
 
 
 def parse(*argv: str):
@@ -45,3 +46,11 @@ def test_recipe_errors_name_the_problem(tmp_path):
         apply_recipe_file(parse("--recipe", str(broken)))
     with pytest.raises(MobilenetsError, match=r"no such file.*mobilenet_v1_paper"):
         apply_recipe_file(parse("--recipe", str(tmp_path / "missing.yaml")))
+
+
+def test_auto_recipes_stay_inside_the_ranges_they_warn_about():
+    # A recipe chosen by `--recipe auto` must not print a range warning against its own choice.
+    for recipe in (*RECIPES, *FINETUNE_RECIPES):
+        assert range_warnings(recipe.batch_size, recipe.epochs, recipe.lr) == [], recipe.name
+    assert choose_recipe(1_200).epochs == 100  # small data from scratch: measured past the seed's 40
+    assert choose_recipe(1_200, pretrained=True).epochs == 25

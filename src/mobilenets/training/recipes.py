@@ -1,8 +1,8 @@
 """``--recipe auto``: the seed's advice by dataset size, and its allowed ranges.
 
-The MobileNetV3-Small product description (shared/seeds/001) gives a configuration per dataset size:
+The MobileNetV3-Small product description gives a configuration per dataset size:
 tiny (200–500 images): lr 5e-4, 60–100 epochs, batch 16, maximum augmentation; small (500–2,000):
-lr 1e-3, 30–50 epochs, batch 32, heavy augmentation; medium (2,000–5,000): lr 1e-3, 20–30 epochs,
+lr 1e-3, 30–50 epochs (100 here: measured better from scratch), batch 32, heavy augmentation; medium (2,000–5,000): lr 1e-3, 20–30 epochs,
 batch 64, standard augmentation; large (> 5,000): 10–20 epochs, lr 2e-3, batches of 64–128. It also
 gives the ranges users may set (batch 16–128, epochs 10–100, lr 5e-4–5e-3, fewer than 200 images
 discouraged); outside them we warn, and say why, but never refuse.
@@ -23,7 +23,14 @@ RANGES = {
         128,
         "small batches make BatchNorm statistics noisy; large ones rarely help a 2.5M-parameter model",
     ),
-    "epochs": (10, 100, "fewer than 10 rarely converges a small model; beyond 100 only overfits small data"),
+    "epochs": (
+        10,
+        100,
+        (
+            "fewer than 10 rarely converges a small model; beyond 100 is outside the seed's tested range "
+            "(from scratch it can still gain: judge on held-out images)"
+        ),
+    ),
     "lr": (5e-4, 5e-3, "the seed's tested range for Adam-type optimizers on MobileNetV3-Small"),
 }
 
@@ -52,7 +59,18 @@ class Recipe:
 
 RECIPES = (
     Recipe("tiny", 0, 500, 5e-4, 80, 16, "heavy", "tiny data: low lr, long training, maximum augmentation"),
-    Recipe("small", 500, 2_000, 1e-3, 40, 32, "heavy", "the optimal range for small models: heavy augmentation"),
+    # The seed says 30–50 epochs; from scratch, a V3-Small α=0.75 on 1,200 Fashion-MNIST training images scored
+    # 78.3–79.6% on held-out images at 40 epochs (3 seeds), 83.2% at 100 and 85.8% at 200.
+    Recipe(
+        "small",
+        500,
+        2_000,
+        1e-3,
+        100,
+        32,
+        "heavy",
+        "small data from scratch: heavy augmentation, and 100 epochs (measured: 83% against 79% at 40)",
+    ),
     Recipe("medium", 2_000, 5_000, 1e-3, 25, 64, "medium", "enough data for standard augmentation and fewer epochs"),
     Recipe("large", 5_000, None, 2e-3, 15, 128, "light", "large data: higher lr, larger batches, 10–20 epochs"),
 )
@@ -62,7 +80,8 @@ RECIPES = (
 # needed than from scratch, and one head-only epoch keeps the random new classifier from disturbing them.
 # Measured on Fashion-MNIST subsets of the seed's sizes (V2, 64 px, test images never seen in training):
 # 500 images / 5 classes: light 93.3%, heavy 92.2%, medium 91.2% (30 epochs), medium 15 epochs 89.6%;
-# 1,500 / 10: light 88.1%, medium 87.3%; 3,000 / 10 (medium, 20 epochs): 88.8% — all above the seed's ranges.
+# 1,500 / 10: light 88.1%, medium 87.3%; 3,000 / 10 (medium, 20 epochs): 88.8% — all above the seed's ranges;
+# 60,000 / 10 (the whole training split, light, 10 epochs): 94.6%, against 93.0% for V3-Small from scratch.
 FINETUNE_RECIPES = (
     Recipe(
         "fine-tune tiny",
@@ -97,7 +116,17 @@ FINETUNE_RECIPES = (
         "pretrained weights, enough data: 20 epochs of medium augmentation (88.8% on 3,000 images)",
         1,
     ),
-    Recipe("fine-tune large", 5_000, None, 2e-3, 10, 128, "light", "pretrained weights, large data (not measured)", 0),
+    Recipe(
+        "fine-tune large",
+        5_000,
+        None,
+        2e-3,
+        10,
+        128,
+        "light",
+        "pretrained weights, large data (94.6% on the 60,000 Fashion-MNIST images at 64 px)",
+        0,
+    ),
 )
 
 
