@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-# fp32: on this CPU bf16 autocast made these small-image training steps 2-3x slower (measured).
+# fp32: on this CPU (AVX-512-BF16, no AMX) bf16 autocast does not pay at 32-64 px: benchmarks/training_precision.py
+# measured fp32 at 0.89-0.97x bf16's step time for V3-Small and 0.94-0.99x for V2.
 COMMON = ["--precision", "fp32", "--augment", "light", "--batch-size", "128"]
 SETTINGS = {
     # 28-px images upscaled to 32 px: V3-Small's last feature maps are 1×1; fast, but coarse.

@@ -22,6 +22,7 @@ from mobilenets.data.augment import (
     equalize,
     jensen_shannon_consistency,
     posterize,
+    random_erasing_,
     rotate_affine,
     solarize,
     warp,
@@ -176,3 +177,31 @@ def test_the_training_steps_normalized_batch_equals_the_pytorch_path(level):
     expected = augment_module.normalize_batch(augment(batch, torch.Generator().manual_seed(3)), mean, std)
     assert fast.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast, expected, rtol=0, atol=1e-4)
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_papers_size_per_chosen_image():
+    x = torch.zeros(64, 3, 40, 40).contiguous(memory_format=torch.channels_last)
+    erased = random_erasing_(x.clone(), 1.0, torch.Generator().manual_seed(0))
+    assert erased.is_contiguous(memory_format=torch.channels_last)
+    for image in erased:
+        changed = (image != 0).any(0)
+        rows, columns = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        box = changed[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        assert box.all(), "one solid rectangle, every channel noise"
+        assert 0.02 * 1600 - 40 <= box.numel() <= 1600 / 3 + 80  # the paper's 2-33% of the area, rounded sides
+    again = random_erasing_(x.clone(), 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(again, erased), "the step's generator decides everything: resuming replays it"
+    assert torch.equal(random_erasing_(x.clone(), 0.0, torch.Generator().manual_seed(0)), x)
+    share = (random_erasing_(torch.zeros(2000, 3, 8, 8), 0.25, torch.Generator().manual_seed(1)) != 0).flatten(1)
+    assert 0.22 < share.any(1).float().mean() < 0.28
+
+
+def test_random_erasing_follows_the_rest_of_the_training_batch():
+    batch = images(6, 20)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    config = augment_config("light", 20)
+    plain = BatchAugment(config).normalized(batch, torch.Generator().manual_seed(3), mean, std)
+    erasing = BatchAugment(AugmentConfig(**{**config.__dict__, "erase_probability": 1.0}))
+    erased = erasing.normalized(batch, torch.Generator().manual_seed(3), mean, std)
+    kept = erased == plain
+    assert 0 < kept.float().mean() < 1  # same crops and flips, then a rectangle of noise in each image

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mobilenets.data import folders
 from mobilenets.data.augment import normalize_batch
 from mobilenets.data.folders import (
     DatasetError,
@@ -127,6 +128,26 @@ def test_every_pillow_mode_decodes_and_bad_files_are_named(tmp_path):
     # Grayscale in, three equal channels out; 16-bit scaled, not clipped to white.
     gray = decoded.images[list(files).index("sixteen.png")]
     assert torch.equal(gray[0], gray[1]) and 20 < gray.float().mean() < 235
+
+
+@pytest.mark.parametrize("threads_pay_above", [0.0, float("inf")])
+def test_decoding_in_threads_or_not_gives_the_same_cache_in_order(tmp_path, monkeypatch, threads_pay_above):
+    # Both paths of decode_in_chunks: threads forced (0 s) and refused (inf); a bad file in the middle.
+    monkeypatch.setattr(folders, "THREADS_PAY_ABOVE_SECONDS", threads_pay_above)
+    samples = []
+    for index in range(23):
+        path = tmp_path / f"{index:02d}.png"
+        gradient_image(20 + index, 18, seed=index).save(path)
+        samples.append(Sample(path, index % 3))
+    (tmp_path / "11.png").write_text("not an image")
+    decoded = decode_samples(samples, 12, workers=2)
+    one_by_one = [folders._decode_one(sample, 12, None) for sample in samples]
+    kept = [result for result in one_by_one if not isinstance(result, folders.SkippedFile)]
+    assert [s.path.name for s in decoded.samples] == [f"{i:02d}.png" for i in range(23) if i != 11]
+    assert [s.path.name for s in decoded.skipped] == ["11.png"]
+    assert torch.equal(decoded.images, torch.from_numpy(np.stack([array for array, _, _ in kept])))
+    assert decoded.sha256 == [digest for _, digest, _ in kept]
+    assert decoded.labels.tolist() == [s.label for s in decoded.samples]
 
 
 def test_exif_orientation_is_applied(tmp_path):

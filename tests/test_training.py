@@ -252,6 +252,47 @@ def test_fine_tuning_from_real_imagenet_weights_infers_the_model(tmp_path, capsy
     assert not torch.equal(tuned["classifier.bias"], torch.zeros(2))
 
 
+def test_freeze_keeps_the_first_blocks_and_trains_the_rest(tmp_path, capsys, real_v2_weights):
+    data = small_copy(tmp_path / "data", per_class=6, classes=2)
+    run_dir = tmp_path / "run"
+    arguments = ["--data", str(data), "--out", str(run_dir), "--weights", "mobilenet_v2.tv_in1k", "--resolution", "32"]
+    code = main(["train", *arguments, "--epochs", "1", "--batch-size", "5", "--freeze", "3", "--no-ema", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((run_dir / "config.json").read_text())["freeze"] == 3
+    tuned = load_file(run_dir / "last.safetensors")
+    pretrained = create_model("mobilenet_v2", weights="mobilenet_v2.tv_in1k").state_dict()
+    # The stem and blocks 0-2 keep ImageNet's weights; block 3 on learns. Batch statistics still adapt everywhere.
+    for name in ("stem.conv.weight", "blocks.2.depthwise.conv.weight", "blocks.2.depthwise.bn.weight"):
+        assert torch.equal(tuned[name], pretrained[name]), name
+    assert not torch.equal(tuned["blocks.3.depthwise.conv.weight"], pretrained["blocks.3.depthwise.conv.weight"])
+    assert not torch.equal(tuned["stem.bn.running_mean"], pretrained["stem.bn.running_mean"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--weights", "none", "--freeze", "2"],
+            "--freeze 2 keeps pretrained layers fixed, but this run starts from scratch",
+        ),
+        (
+            ["--weights", "mobilenet_v2.tv_in1k", "--freeze", "18"],
+            "mobilenet_v2 has 17 blocks after its stem; pass at most 17",
+        ),
+        (["--freeze", "-1"], "--freeze must be zero or more, got -1"),
+        (["--random-erasing", "1.5"], "--random-erasing is a probability in [0, 1], got 1.5"),
+    ],
+)
+def test_freeze_and_random_erasing_refuse_what_cannot_work(tmp_path, capsys, real_v2_weights, arguments, message):
+    data = small_copy(tmp_path / "data", per_class=2, classes=2)
+    assert (
+        main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "mobilenet_v2", *arguments]) == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_early_stopping(tmp_path, capsys):
     data = small_copy(tmp_path / "data", per_class=6, classes=2)
     run_dir = tmp_path / "run"

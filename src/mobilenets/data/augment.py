@@ -55,6 +55,7 @@ class AugmentConfig:
     augmix_severity: float = 3.0  # of 10
     augmix_width: int = 3
     augmix_depth: int = 3  # chains have 1..depth operations
+    erase_probability: float = 0.0  # random erasing (``--random-erasing``), after normalization
 
 
 def augment_config(level: str, resolution: int | None = None) -> AugmentConfig:
@@ -424,6 +425,39 @@ def jensen_shannon_consistency(logits_clean, logits_view1, logits_view2) -> torc
 # --------------------------------------------------------------------------------------------------
 
 
+# Random Erasing (Zhong et al., 2017, https://arxiv.org/abs/1708.04896): the paper's area and aspect ranges,
+# filled as timm's ``RandomErasing(mode="pixel")`` does, with per-pixel normal noise in normalized units.
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def random_erasing_(images: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace one random rectangle of each image, with ``probability``, by N(0, 1) noise; in place.
+
+    ``images`` is the normalized float batch (B, C, H, W), any memory format. Every draw comes from the
+    step's ``generator``, so resuming replays it exactly.
+    """
+    n, _, height, width = images.shape
+    chosen = torch.rand(n, generator=generator) < probability
+    area = _uniform(n, ERASE_AREA[0], ERASE_AREA[1], generator) * height * width
+    log_aspect = _uniform(n, math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]), generator)
+    box_height = (area * log_aspect.exp()).sqrt().round().clamp(1, height)
+    box_width = (area / log_aspect.exp()).sqrt().round().clamp(1, width)
+    top = (torch.rand(n, generator=generator) * (height - box_height + 1)).floor()
+    left = (torch.rand(n, generator=generator) * (width - box_width + 1)).floor()
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    rows = torch.arange(height).view(1, height, 1)
+    columns = torch.arange(width).view(1, 1, width)
+    inside = (
+        (rows >= top.view(-1, 1, 1))
+        & (rows < (top + box_height).view(-1, 1, 1))
+        & (columns >= left.view(-1, 1, 1))
+        & (columns < (left + box_width).view(-1, 1, 1))
+        & chosen.view(-1, 1, 1)
+    )
+    return images.copy_(torch.where(inside.unsqueeze(1), noise, images))
+
+
 class BatchAugment:
     """uint8 (B, 3, H, W) → augmented float [0, 1]; with AugMix, (3B, …): clean, view 1, view 2."""
 
@@ -468,6 +502,12 @@ class BatchAugment:
         rounding (tests/test_augment.py), a few passes per image in cache instead of ~25 over the batch
         (benchmarks/augmentation.py). Everything else runs the PyTorch operations above.
         """
+        x = self._normalized(images, generator, mean, std)
+        if self.config.erase_probability > 0:
+            random_erasing_(x, self.config.erase_probability, generator)
+        return x
+
+    def _normalized(self, images: torch.Tensor, generator: torch.Generator, mean, std) -> torch.Tensor:
         from mobilenets import kernels
 
         config = self.config

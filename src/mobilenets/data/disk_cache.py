@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 
 from mobilenets.core.distributed import DistributedContext
 from mobilenets.core.files import atomic_write_text
-from mobilenets.data.folders import DecodedImages, Sample, SkippedFile, _decode_one
+from mobilenets.data.folders import DecodedImages, Sample, SkippedFile, decode_in_chunks
 
 MEMORY_SHARE = 0.25  # decode to disk when the cache would take more than this share of available memory
 
@@ -102,19 +101,20 @@ def _decode_shards(
     context.barrier()
     rows = np.load(partial, mmap_mode="r+")
     results = {}
-    positions = range(context.rank, len(samples), context.world_size)
-    # Pillow releases the GIL while decoding: threads use the cores this process was given.
-    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        outcomes = pool.map(lambda i: _decode_one(samples[i], size, None), positions, chunksize=64)
-        for position, outcome in zip(positions, outcomes, strict=True):
+    positions = list(range(context.rank, len(samples), context.world_size))
+    mine = [samples[i] for i in positions]
+    done = 0
+    for chunk, outcomes in decode_in_chunks(mine, size, workers=max(1, torch.get_num_threads())):
+        for position, outcome in zip(positions[done : done + len(chunk)], outcomes, strict=True):
             if isinstance(outcome, SkippedFile):
                 results[position] = {"skipped": outcome.reason}
             else:
                 array, digest, dhash = outcome
                 rows[position] = array
                 results[position] = {"sha256": digest, "perceptual_hash": str(dhash)}
-            if progress is not None:
-                progress(1)
+        done += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
     rows.flush()
     del rows
     (cache_dir / f"{key}.rank{context.rank}.json").write_text(json.dumps(results))

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import os
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +208,48 @@ def _decode_one(
     )
 
 
+# Decoding in threads pays only where Pillow's C code (which releases the GIL) outweighs the Python
+# around each image. Measured on 2 cores, per image, 1 thread → 2: a 4000×3000 JPEG 122 → 65 ms, a 640×480
+# JPEG 4.7 → 2.4 ms, a 160×120 JPEG 0.59 → 0.52 ms, a 28×28 PNG 0.19 → 0.37 ms (slower: the threads queue
+# for the GIL). So the first chunk is decoded in this thread and timed, and threads take the rest only
+# when an image costs more than this.
+THREADS_PAY_ABOVE_SECONDS = 0.5e-3
+# Images per thread-pool task: ThreadPoolExecutor.map ignores ``chunksize`` (only process pools use it),
+# and one task per image cost more than decoding a 28-px PNG (BENCHMARKS.md, "Sixth round").
+DECODE_CHUNK = 64
+
+DecodeResult = tuple[np.ndarray, str, int] | SkippedFile
+
+
+def decode_chunk(samples: Sequence[Sample], size: int, preprocessing: Preprocessing | None) -> list[DecodeResult]:
+    """``_decode_one`` over a chunk of samples: one thread-pool task."""
+    return [_decode_one(sample, size, preprocessing) for sample in samples]
+
+
+def decode_in_chunks(
+    samples: Sequence[Sample], size: int, preprocessing: Preprocessing | None = None, workers: int = 1
+) -> Iterator[tuple[Sequence[Sample], list[DecodeResult]]]:
+    """(chunk, its results) in the input order, so a cache is identical from run to run; threads only
+    where they pay (``THREADS_PAY_ABOVE_SECONDS``)."""
+    size_of_chunk = max(1, min(DECODE_CHUNK, -(-len(samples) // (4 * max(1, workers)))))
+    chunks = [samples[start : start + size_of_chunk] for start in range(0, len(samples), size_of_chunk)]
+    if not chunks:
+        return
+    # The first image pays one-time costs (Pillow loading its format plugins), so it is not timed.
+    first = decode_chunk(chunks[0][:1], size, preprocessing)
+    started = time.perf_counter()
+    first += decode_chunk(chunks[0][1:], size, preprocessing)
+    seconds_per_image = (time.perf_counter() - started) / max(1, len(chunks[0]) - 1)
+    yield chunks[0], first
+    rest = chunks[1:]
+    if workers > 1 and len(rest) > 1 and seconds_per_image > THREADS_PAY_ABOVE_SECONDS:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            yield from zip(rest, pool.map(lambda chunk: decode_chunk(chunk, size, preprocessing), rest), strict=True)
+    else:
+        for chunk in rest:
+            yield chunk, decode_chunk(chunk, size, preprocessing)
+
+
 def decode_samples(
     samples: Sequence[Sample],
     size: int,
@@ -226,11 +269,8 @@ def decode_samples(
     sha: list[str] = []
     phash: list[int] = []
     skipped: list[SkippedFile] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # map keeps the input order, so the cache is identical from run to run.
-        for sample, result in zip(
-            samples, pool.map(lambda s: _decode_one(s, size, preprocessing), samples, chunksize=64), strict=True
-        ):
+    for chunk, results in decode_in_chunks(samples, size, preprocessing, workers):
+        for sample, result in zip(chunk, results, strict=True):
             if isinstance(result, SkippedFile):
                 skipped.append(result)
             else:
@@ -239,8 +279,8 @@ def decode_samples(
                 arrays.append(array)
                 sha.append(digest)
                 phash.append(dhash)
-            if progress is not None:
-                progress(1)
+        if progress is not None:
+            progress(len(chunk))
     images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, size, size), dtype=torch.uint8)
     labels = torch.tensor([s.label for s in kept], dtype=torch.int64)
     return DecodedImages(images, labels, kept, skipped, sha, phash)

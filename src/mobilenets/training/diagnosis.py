@@ -337,7 +337,8 @@ def below_expectation(facts: RunFacts) -> Finding | None:
         advice.append("if accuracy is critical, a larger architecture: --model mobilenet_v3_large or mobilenet_v2")
     if facts.confident_mistakes:
         advice.append(_check_labels_advice(facts))
-    advice.append("some of the gap is expected: MobileNetV3-Small trades accuracy for size and speed")
+    width = f" at width {facts.width:g}" if facts.width != 1.0 else ""
+    advice.append(f"some of the gap is expected: {facts.model}{width} trades accuracy for size and speed")
     return Finding(BELOW_EXPECTATION, evidence, tuple(advice))
 
 

@@ -25,7 +25,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -77,10 +77,13 @@ class TrainConfig:
     # Where the initial weights came from: a published name or a path; None when trained from scratch.
     initial_weights: str | None = None
     head_epochs: int = 0
+    # Fine-tuning: the stem and the first N blocks keep their pretrained weights (faster steps: no backward there).
+    freeze: int = 0
     teacher: str | None = None  # knowledge distillation (training.distillation): run dir, file or .onnx
     distill_weight: float = 0.5
     temperature: float = 4.0
     mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends
+    random_erasing: float = 0.0  # probability of erasing a random rectangle of each training image (timm's re_prob)
     early_stopping: int | None = None  # epochs without val improvement
     val: str | None = None
     val_fraction: float = 0.2
@@ -283,11 +286,27 @@ def head_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in model.classifier.parameters()}
 
 
-def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
-    """Train the classifier alone (fine-tuning warm-up): freeze other weights and BatchNorm statistics."""
+def frozen_layer_parameters(model: nn.Module, blocks: int) -> set[int]:
+    """``--freeze N``: the stem and the first ``N`` blocks, whose weights keep their pretrained values.
+
+    Nothing before them needs a gradient, so backpropagation stops at the first trained block: the
+    early, high-resolution layers cost a forward pass only. Their BatchNorm layers still normalize with
+    each batch's statistics, as the layers after them do, so training and evaluation see the same model.
+    """
+    if blocks <= 0:
+        return set()
+    return {id(p) for module in (model.stem, *list(model.blocks)[:blocks]) for p in module.parameters()}
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool, frozen_blocks: int = 0) -> None:
+    """Train the classifier alone (fine-tuning warm-up): freeze other weights and BatchNorm statistics.
+
+    ``frozen_blocks`` (``--freeze``) stay frozen either way.
+    """
     head = head_parameters(model)
+    kept = frozen_layer_parameters(model, frozen_blocks)
     for parameter in model.parameters():
-        parameter.requires_grad_(not frozen or id(parameter) in head)
+        parameter.requires_grad_((not frozen or id(parameter) in head) and id(parameter) not in kept)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.train(not frozen)
@@ -413,13 +432,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.context.device.type, enabled=getattr(self.model, "training_precision", "") == "float16"
         )
+        # Frozen before wrapping: DistributedDataParallel then never waits for their gradients.
+        set_backbone_frozen(self.model, False, config.freeze)
         self.train_model = self.context.wrap_model(training_step_model(self.model))
         self.classes = classes
         self.run_dir = Path(run_dir)
         self.preprocessing = preprocessing
         self.log = log if self.context.is_main else (lambda _: None)
         self.show_progress = show_progress and self.context.is_main
-        self.augment = BatchAugment(augment_config(config.augment, config.resolution))
+        self.augment = BatchAugment(
+            replace(augment_config(config.augment, config.resolution), erase_probability=config.random_erasing)
+        )
         adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
@@ -570,7 +593,7 @@ class Trainer:
         state = self.state
         frozen = epoch < self.config.head_epochs
         self.model.train()
-        set_backbone_frozen(self.model, frozen)
+        set_backbone_frozen(self.model, frozen, self.config.freeze)
         if self.config.freeze_bn:
             freeze_batchnorm_statistics(self.model)
         task = (
@@ -607,7 +630,7 @@ class Trainer:
             if self.should_checkpoint_mid_epoch():
                 self.save_checkpoint()
         if frozen:
-            set_backbone_frozen(self.model, False)
+            set_backbone_frozen(self.model, False, self.config.freeze)
             if self.config.freeze_bn:
                 freeze_batchnorm_statistics(self.model)
         if progress:

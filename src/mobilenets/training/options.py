@@ -37,7 +37,9 @@ class TrainOptions:
     distill_weight: float = 0.5
     temperature: float = 4.0
     mixup: float = 0.0
+    random_erasing: float = 0.0
     head_epochs: int | None = None
+    freeze: int = 0
     early_stopping: int | None = None
     val_fraction: float = 0.2
     seed: int = 0
@@ -86,6 +88,7 @@ RESUME_MAY_CHANGE = {
 POSITIVE = {"batch_size": "--batch-size", "epochs": "--epochs", "lr": "--lr", "width": "--width"}
 NON_NEGATIVE = {
     "head_epochs": "--head-epochs",
+    "freeze": "--freeze",
     "warmup_epochs": "--warmup-epochs",
     "weight_decay": "--weight-decay",
     "checkpoint_minutes": "--checkpoint-minutes",

@@ -61,6 +61,8 @@ def check_options(options: TrainOptions) -> None:
         raise MobilenetsError(f"--val-fraction must be between 0 and 1 (exclusive), got {options.val_fraction:g}")
     if not 0 <= options.label_smoothing < 1:
         raise MobilenetsError(f"--label-smoothing must be in [0, 1), got {options.label_smoothing:g}")
+    if not 0 <= options.random_erasing <= 1:
+        raise MobilenetsError(f"--random-erasing is a probability in [0, 1], got {options.random_erasing:g}")
     if options.dropout is not None and not 0 <= options.dropout < 1:
         raise MobilenetsError(f"--dropout must be in [0, 1), got {options.dropout:g}")
     if options.precision == "fp16" and not _cuda_requested(options.device):
@@ -349,6 +351,7 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
     batch_size, epochs, lr, augment = options.batch_size, options.epochs, options.lr, options.augment
     options.model = options.model or architecture_of(options.weights)
     initial_weights = resolve_initial_weights(options.weights, model=options.model, width=options.width)
+    check_freeze(options.freeze, model=options.model, width=options.width, initial_weights=initial_weights)
     if options.recipe == "auto":
         recipe = choose_recipe(num_train, pretrained=initial_weights is not None)
         say(recipe.describe(num_train))
@@ -402,6 +405,25 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,
         }
     )
+
+
+def check_freeze(blocks: int, *, model: str, width: float, initial_weights: str | None) -> None:
+    """``--freeze N`` keeps pretrained layers: refused from scratch (they would stay random) and beyond the last block."""
+    if not blocks:
+        return
+    if initial_weights is None:
+        raise MobilenetsError(
+            f"--freeze {blocks} keeps pretrained layers fixed, but this run starts from scratch, so they would stay "
+            "random; drop --freeze, or start from pretrained weights (--weights auto or a file)"
+        )
+    from mobilenets.models.registry import get_architecture
+
+    available = len(get_architecture(model, width=width).blocks)
+    if blocks > available:
+        raise MobilenetsError(
+            f"--freeze {blocks}: {model} has {available} blocks after its stem; pass at most {available} "
+            f"(--freeze {available} trains only the layers after the last block)"
+        )
 
 
 def choose_resolution(requested: str, samples: list[Sample]) -> int:

@@ -84,7 +84,23 @@ def add_parser(subparsers) -> None:
         "the teacher labels the blends. Default 0 (off)",
     )
     parser.add_argument(
+        "--random-erasing",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with probability P, replace a random rectangle (2–33%% of each training image) by noise "
+        "(Random Erasing; timm's --reprob, e.g. 0.25). Default 0 (off)",
+    )
+    parser.add_argument(
         "--head-epochs", type=int, help="fine-tuning: train only the new head first (default 0; --recipe auto: 1)"
+    )
+    parser.add_argument(
+        "--freeze",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fine-tuning: keep the stem and the first N blocks at their pretrained weights; steps are faster "
+        "(no backward pass there) and small folders overfit less. Default 0: train every layer",
     )
     parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after EPOCHS without improvement")
     parser.add_argument("--val-fraction", type=float, default=0.2)
