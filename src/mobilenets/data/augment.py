@@ -445,17 +445,17 @@ def random_erasing_(images: torch.Tensor, probability: float, generator: torch.G
     box_width = (area / log_aspect.exp()).sqrt().round().clamp(1, width)
     top = (torch.rand(n, generator=generator) * (height - box_height + 1)).floor()
     left = (torch.rand(n, generator=generator) * (width - box_width + 1)).floor()
-    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    erased = chosen.nonzero().flatten()
+    if not len(erased):
+        return images
+    # Noise only for the chosen images: drawing it for the whole batch cost ~5% of a 64-px V2 step.
+    noise = torch.randn((len(erased), *images.shape[1:]), generator=generator, dtype=images.dtype)
     rows = torch.arange(height).view(1, height, 1)
     columns = torch.arange(width).view(1, 1, width)
-    inside = (
-        (rows >= top.view(-1, 1, 1))
-        & (rows < (top + box_height).view(-1, 1, 1))
-        & (columns >= left.view(-1, 1, 1))
-        & (columns < (left + box_width).view(-1, 1, 1))
-        & chosen.view(-1, 1, 1)
-    )
-    return images.copy_(torch.where(inside.unsqueeze(1), noise, images))
+    top, left, box_height, box_width = (v[erased].view(-1, 1, 1) for v in (top, left, box_height, box_width))
+    inside = (rows >= top) & (rows < top + box_height) & (columns >= left) & (columns < left + box_width)
+    images[erased] = torch.where(inside.unsqueeze(1), noise, images[erased])
+    return images
 
 
 class BatchAugment:
