@@ -100,7 +100,7 @@ def add_parser(subparsers) -> None:
         default=0,
         metavar="N",
         help="fine-tuning: keep the stem and the first N blocks at their pretrained weights; steps are faster "
-        "(no backward pass there) and small folders overfit less. Default 0: train every layer",
+        "(no backward pass there), at some accuracy on images unlike ImageNet's. Default 0: train every layer",
     )
     parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after EPOCHS without improvement")
     parser.add_argument("--val-fraction", type=float, default=0.2)
