@@ -54,3 +54,25 @@ def test_auto_recipes_stay_inside_the_ranges_they_warn_about():
         assert range_warnings(recipe.batch_size, recipe.epochs, recipe.lr) == [], recipe.name
     assert choose_recipe(1_200).epochs == 100  # small data from scratch: measured past the seed's 40
     assert choose_recipe(1_200, pretrained=True).epochs == 25
+
+
+def test_few_epochs_from_pretrained_weights_on_large_data_warn_with_the_measured_reason():
+    from_scratch = range_warnings(128, 4, 2e-3)
+    fine_tune = range_warnings(128, 4, 2e-3, fine_tune_large=True)
+    assert len(from_scratch) == len(fine_tune) == 1
+    assert "rarely converges" in from_scratch[0]
+    assert fine_tune[0].startswith("--epochs 4 is outside the recommended 10–100: the seed's range is for training from scratch")
+    assert "rarely converges" not in fine_tune[0]
+    # Too many epochs keeps its own reason, pretrained or not.
+    assert range_warnings(128, 150, 2e-3, fine_tune_large=True) == range_warnings(128, 150, 2e-3)
+
+
+@pytest.mark.parametrize(("weights", "num_train", "measured_reason"), [("w.safetensors", 6_000, True), ("none", 6_000, False), ("w.safetensors", 4_000, False)])
+def test_a_run_gets_the_fine_tune_reason_only_from_pretrained_weights_on_large_data(caplog, weights, num_train, measured_reason):
+    from mobilenets.training.pipeline import make_config
+
+    options = parse("--model", "mobilenet_v2", "--weights", weights, "--epochs", "4", "--resolution", "32")
+    with caplog.at_level("WARNING", logger="mobilenets"):
+        make_config(options, num_train, [])
+    (epochs_warning,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--epochs 4")]
+    assert ("training from scratch; fine-tuning pretrained weights" in epochs_warning) == measured_reason

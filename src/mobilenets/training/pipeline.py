@@ -39,7 +39,14 @@ from mobilenets.training.distillation import (
 )
 from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup
 from mobilenets.training.options import NON_NEGATIVE, POSITIVE, RESUME_MAY_CHANGE, TrainOptions
-from mobilenets.training.recipes import DEFAULTS, choose_recipe, dataset_size_warning, load_recipe_file, range_warnings
+from mobilenets.training.recipes import (
+    DEFAULTS,
+    FINETUNE_RECIPES,
+    choose_recipe,
+    dataset_size_warning,
+    load_recipe_file,
+    range_warnings,
+)
 
 SPLIT = "split.json"
 CONFIG = "config.json"
@@ -376,7 +383,8 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
     for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", options.width)):
         if value <= 0:
             raise MobilenetsError(f"{name} must be positive, got {value:g}")
-    for message in range_warnings(batch_size, epochs, lr):
+    large_fine_tune = initial_weights is not None and num_train >= FINETUNE_RECIPES[-1].min_images
+    for message in range_warnings(batch_size, epochs, lr, fine_tune_large=large_fine_tune):
         warn(message)
     if message := dataset_size_warning(num_train):
         warn(message)

@@ -145,11 +145,25 @@ def choose_recipe(num_images: int, pretrained: bool = False) -> Recipe:
     return RECIPES[-1]
 
 
-def range_warnings(batch_size: int, epochs: int, lr: float) -> list[str]:
-    """One message per setting outside the seed's range, saying why the range exists."""
+# Fine-tuning pretrained weights on a large folder converges in fewer epochs than the seed's range
+# assumes: 4 epochs reached 93.3% on the 60,000 Fashion-MNIST images, 7 epochs 94.8%.
+FEW_EPOCHS_FINE_TUNE_LARGE = (
+    "the seed's range is for training from scratch; fine-tuning pretrained weights on this much data can "
+    "converge sooner (4 epochs gave 93.3% on the 60,000 Fashion-MNIST images): judge on held-out images"
+)
+
+
+def range_warnings(batch_size: int, epochs: int, lr: float, *, fine_tune_large: bool = False) -> list[str]:
+    """One message per setting outside the seed's range, saying why the range exists.
+
+    ``fine_tune_large``: the run starts from pretrained weights with at least the ``fine-tune large``
+    recipe's data, where too few epochs is a reason to check, not a likely failure.
+    """
     messages = []
     for name, value in (("batch_size", batch_size), ("epochs", epochs), ("lr", lr)):
         low, high, why = RANGES[name]
+        if name == "epochs" and fine_tune_large and value < low:
+            why = FEW_EPOCHS_FINE_TUNE_LARGE
         if not low <= value <= high:
             flag = "--" + name.replace("_", "-")
             messages.append(f"{flag} {value:g} is outside the recommended {low:g}–{high:g}: {why}")
