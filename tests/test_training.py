@@ -28,6 +28,7 @@ from mobilenets.training.loop import (
     ExponentialMovingAverage,
     TrainConfig,
     is_better,
+    make_optimizer,
     make_scheduler,
     parameter_groups,
     recompute_batchnorm_statistics,
@@ -76,6 +77,21 @@ def test_no_weight_decay_on_depthwise_batchnorm_and_biases():
     assert id(model.blocks[1].expand.conv.weight) in decayed  # pointwise convolutions decay
     assert id(model.classifier.weight) in decayed and id(model.classifier.bias) not in decayed
     assert all(not names[id(p)].endswith("bias") for p in decay["params"])
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kind", "weight_decay"),
+    [("adamw", torch.optim.AdamW, 0.02), ("rmsprop", torch.optim.RMSprop, 1e-5), ("sgd", torch.optim.SGD, 4e-5)],
+)
+def test_each_optimizer_has_its_default_weight_decay_on_the_decayed_group_only(optimizer, kind, weight_decay):
+    model = create_model("mobilenet_v3_small", 10, width=0.25)
+    built = make_optimizer(model, TrainConfig(data="unused", optimizer=optimizer, lr=0.01))
+    assert isinstance(built, kind)
+    assert [g["weight_decay"] for g in built.param_groups] == [weight_decay, 0.0]
+    if optimizer == "sgd":  # timm's and torchvision's: Nesterov momentum 0.9
+        assert built.defaults["momentum"] == 0.9 and built.defaults["nesterov"]
+    given = make_optimizer(model, TrainConfig(data="unused", optimizer=optimizer, lr=0.01, weight_decay=0.5))
+    assert [g["weight_decay"] for g in given.param_groups] == [0.5, 0.0]
 
 
 def test_warmup_then_cosine_schedule():

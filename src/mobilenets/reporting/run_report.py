@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilenets.core.files import atomic_write_text
+from mobilenets.training.options import DEFAULT_WEIGHT_DECAY
 
 
 def _read_json(path: Path, default):
@@ -138,7 +139,7 @@ def display_path(value: str, run_dir: Path) -> str:
 
 # What a setting left at None means: the value the training loop used.
 SETTING_DEFAULTS = {
-    "weight_decay": lambda c: 0.02 if c.get("optimizer", "adamw") == "adamw" else 1e-5,
+    "weight_decay": lambda c: DEFAULT_WEIGHT_DECAY[c.get("optimizer", "adamw")],
     "ema_decay": lambda c: "auto (an averaging horizon of a tenth of the run)" if c.get("ema", True) else "off",
     "dropout": lambda c: "the architecture's default",
     "weights": lambda c: "none (trained from scratch)",

@@ -45,6 +45,7 @@ from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import save_weights
 from mobilenets.training.distillation import Teacher, distillation_loss
 from mobilenets.training.evaluation import EvaluationResult, evaluate
+from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS
 
 CHECKPOINT = "checkpoint.pt"
 EPOCHS_CSV = "epochs.csv"
@@ -112,7 +113,7 @@ class TrainConfig:
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.02 if self.optimizer == "adamw" else 1e-5
+        return DEFAULT_WEIGHT_DECAY[self.optimizer]
 
 
 @dataclass
@@ -182,7 +183,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.optimizer == "rmsprop":
         # MobileNetV3 §6.1: RMSprop, momentum 0.9; TF's decay 0.9 and a large epsilon keep early steps sane.
         return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9, foreach=True)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adamw or rmsprop")
+    if config.optimizer == "sgd":
+        # Nesterov momentum 0.9: timm's default optimizer, and torchvision's for MobileNetV2.
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, foreach=True)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):

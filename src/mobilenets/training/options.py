@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+# Each optimizer's weight decay when --weight-decay is not given: AdamW's decoupled decay (Loshchilov &
+# Hutter 2019) works at a much larger value than the L2 penalty RMSprop and SGD add to the gradient;
+# RMSprop's is MobileNetV3's (§6.1), SGD's torchvision's MobileNetV2 recipe.
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.02, "rmsprop": 1e-5, "sgd": 4e-5}
+OPTIMIZERS = tuple(DEFAULT_WEIGHT_DECAY)
+
 
 @dataclass
 class TrainOptions:

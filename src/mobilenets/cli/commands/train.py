@@ -12,7 +12,7 @@ from pathlib import Path
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.models.published import list_weights
 from mobilenets.models.registry import list_models
-from mobilenets.training.options import TrainOptions
+from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainOptions
 from mobilenets.training.recipes import DEFAULTS, bundled_recipes
 
 
@@ -53,7 +53,13 @@ def add_parser(subparsers) -> None:
         help="augmentation strength (default medium); augmix: AugMix with its consistency loss (the paper's ops); "
         "augmix-all: AugMix plus colour/contrast/brightness/sharpness, which overlap the ImageNet-C corruptions",
     )
-    parser.add_argument("--optimizer", choices=["adamw", "rmsprop"], default="adamw")
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="adamw",
+        help="adamw (default), rmsprop (MobileNetV3's: momentum 0.9), sgd (Nesterov momentum 0.9); default "
+        "--weight-decay: " + ", ".join(f"{name} {decay:g}" for name, decay in DEFAULT_WEIGHT_DECAY.items()),
+    )
     parser.add_argument("--weight-decay", type=float, help="default 0.02 (AdamW) / 1e-5 (RMSprop)")
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
