@@ -67,7 +67,10 @@ def test_few_epochs_from_pretrained_weights_on_large_data_warn_with_the_measured
     assert range_warnings(128, 150, 2e-3, fine_tune_large=True) == range_warnings(128, 150, 2e-3)
 
 
-@pytest.mark.parametrize(("weights", "num_train", "measured_reason"), [("w.safetensors", 6_000, True), ("none", 6_000, False), ("w.safetensors", 4_000, False)])
+@pytest.mark.parametrize(
+    ("weights", "num_train", "measured_reason"),
+    [("w.safetensors", 5_000, True), ("none", 6_000, False), ("w.safetensors", 4_999, False)],
+)
 def test_a_run_gets_the_fine_tune_reason_only_from_pretrained_weights_on_large_data(caplog, weights, num_train, measured_reason):
     from mobilenets.training.pipeline import make_config
 
@@ -76,3 +79,45 @@ def test_a_run_gets_the_fine_tune_reason_only_from_pretrained_weights_on_large_d
         make_config(options, num_train, [])
     (epochs_warning,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--epochs 4")]
     assert ("training from scratch; fine-tuning pretrained weights" in epochs_warning) == measured_reason
+
+
+def test_the_lr_range_is_adamws_and_sgd_without_an_lr_is_told_to_give_one(caplog):
+    from mobilenets.training.pipeline import make_config
+
+    assert range_warnings(32, 10, 0.05)[0].startswith("--lr 0.05 is outside the recommended")
+    assert range_warnings(32, 10, 0.05, optimizer="sgd") == []
+    assert range_warnings(32, 10, 0.05, optimizer="rmsprop") == []
+    argv = ("--model", "mobilenet_v2", "--weights", "none", "--resolution", "32", "--optimizer", "sgd")
+    with caplog.at_level("WARNING", logger="mobilenets"):
+        make_config(parse(*argv), 400, [])
+    assert [r.getMessage() for r in caplog.records if "pass --lr" in r.getMessage()] == [
+        "--optimizer sgd with lr 0.001, which is AdamW's (the default): SGD usually needs 10–50× more "
+        "(0.02–0.05 fine-tuning V2 on Fashion-MNIST); pass --lr"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mobilenets"):
+        make_config(parse(*argv, "--lr", "0.05"), 400, [])
+    assert not [r for r in caplog.records if "--lr" in r.getMessage()]
+
+
+def test_an_unknown_optimizer_from_a_recipe_file_or_the_api_is_one_clear_error(tmp_path):
+    from mobilenets.training.pipeline import make_config
+
+    options = parse("--model", "mobilenet_v2", "--weights", "none", "--resolution", "32")
+    options.optimizer = "SGD"  # what a hand-written recipe file or mobilenets.train(optimizer=...) can pass
+    with pytest.raises(MobilenetsError, match=r"--optimizer 'SGD': choose one of adamw, rmsprop, sgd"):
+        make_config(options, 400, [])
+
+
+def test_the_help_and_the_report_give_each_optimizers_own_weight_decay(tmp_path, capsys):
+    from mobilenets.reporting.run_report import settings_rows
+    from mobilenets.training.options import DEFAULT_WEIGHT_DECAY
+
+    with pytest.raises(SystemExit):
+        build_parser(["train", "--help"]).parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name, decay in DEFAULT_WEIGHT_DECAY.items():
+        assert f"{name} {decay:g}" in help_text
+    rows = dict(settings_rows({"optimizer": "sgd", "weight_decay": None}, tmp_path))
+    assert rows["weight_decay"] == "4.00e-05"
+    assert dict(settings_rows({"weight_decay": None}, tmp_path))["weight_decay"] == "2.00e-02"  # older runs: AdamW

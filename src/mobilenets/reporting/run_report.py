@@ -139,7 +139,7 @@ def display_path(value: str, run_dir: Path) -> str:
 
 # What a setting left at None means: the value the training loop used.
 SETTING_DEFAULTS = {
-    "weight_decay": lambda c: DEFAULT_WEIGHT_DECAY[c.get("optimizer", "adamw")],
+    "weight_decay": lambda c: DEFAULT_WEIGHT_DECAY.get(c.get("optimizer", "adamw"), "the optimizer's default"),
     "ema_decay": lambda c: "auto (an averaging horizon of a tenth of the run)" if c.get("ema", True) else "off",
     "dropout": lambda c: "the architecture's default",
     "weights": lambda c: "none (trained from scratch)",

@@ -1,6 +1,6 @@
 """The training loop: what suits small models (MobileNetV3 §6.1, https://arxiv.org/abs/1905.02244), resumable to the step.
 
-- AdamW or RMSprop; no weight decay on depthwise filters, BatchNorm and biases (they have few
+- AdamW, RMSprop or SGD; no weight decay on depthwise filters, BatchNorm and biases (they have few
   parameters each, and decaying them only hurts); linear warm-up then cosine decay, stepped per batch;
   label smoothing; an exponential moving average (EMA) of the weights, which is what is evaluated and
   saved when enabled.
@@ -65,7 +65,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
     optimizer: str = "adamw"
-    weight_decay: float | None = None  # None: 0.02 for AdamW, 1e-5 for RMSprop
+    weight_decay: float | None = None  # None: the optimizer's (options.DEFAULT_WEIGHT_DECAY)
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
@@ -184,7 +184,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         # MobileNetV3 §6.1: RMSprop, momentum 0.9; TF's decay 0.9 and a large epsilon keep early steps sane.
         return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9, foreach=True)
     if config.optimizer == "sgd":
-        # Nesterov momentum 0.9: timm's default optimizer, and torchvision's for MobileNetV2.
+        # Nesterov momentum 0.9, timm's default optimizer (torchvision's MobileNetV2 recipe: plain momentum).
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, foreach=True)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 

@@ -153,14 +153,19 @@ FEW_EPOCHS_FINE_TUNE_LARGE = (
 )
 
 
-def range_warnings(batch_size: int, epochs: int, lr: float, *, fine_tune_large: bool = False) -> list[str]:
+def range_warnings(
+    batch_size: int, epochs: int, lr: float, *, fine_tune_large: bool = False, optimizer: str = "adamw"
+) -> list[str]:
     """One message per setting outside the seed's range, saying why the range exists.
 
     ``fine_tune_large``: the run starts from pretrained weights with at least the ``fine-tune large``
-    recipe's data, where too few epochs is a reason to check, not a likely failure.
+    recipe's data, where too few epochs is a reason to check, not a likely failure. The lr range is
+    the seed's for Adam-type optimizers; RMSprop and SGD work on other scales, so it is not applied.
     """
     messages = []
     for name, value in (("batch_size", batch_size), ("epochs", epochs), ("lr", lr)):
+        if name == "lr" and optimizer != "adamw":
+            continue
         low, high, why = RANGES[name]
         if name == "epochs" and fine_tune_large and value < low:
             why = FEW_EPOCHS_FINE_TUNE_LARGE

@@ -57,10 +57,16 @@ def add_parser(subparsers) -> None:
         "--optimizer",
         choices=OPTIMIZERS,
         default="adamw",
-        help="adamw (default), rmsprop (MobileNetV3's: momentum 0.9), sgd (Nesterov momentum 0.9); default "
-        "--weight-decay: " + ", ".join(f"{name} {decay:g}" for name, decay in DEFAULT_WEIGHT_DECAY.items()),
+        help="adamw (default), rmsprop (MobileNetV3's: momentum 0.9), sgd (Nesterov momentum 0.9: give it an "
+        "SGD learning rate, e.g. --lr 0.05); each has its own default --weight-decay",
     )
-    parser.add_argument("--weight-decay", type=float, help="default 0.02 (AdamW) / 1e-5 (RMSprop)")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        help="default: the optimizer's ("
+        + ", ".join(f"{name} {decay:g}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
+        + ")",
+    )
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate/save raw weights, not their EMA")
