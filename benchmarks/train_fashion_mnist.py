@@ -84,6 +84,13 @@ SETTINGS = {
         *COMMON,
         *["--augment", "none", "--model", "mobilenet_v2", "--resolution", "64", "--epochs", "7", "--recipe", "auto"],
     ],
+    # Mild crops (81-100% of the area) and no flips (the shoes face one way) hold off the overfitting that
+    # stops `none` at 7 epochs: chosen on 12,000 held-out training images (95.2% vs 94.9%).
+    "pretrained-v2-30min-mild": [
+        *COMMON,
+        *["--augment", "light", "--no-flip", "--crop-scale", "0.81"],
+        *["--model", "mobilenet_v2", "--resolution", "64", "--epochs", "10", "--recipe", "auto"],
+    ],
 }
 # Fine-tuning against training from scratch on a small dataset: the 500 images shipped in examples/
 # (50 per class) for training, 1,000 test-split images for validation, same recipe for both.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +52,60 @@ def test_none_is_identity_and_flip_is_an_exact_mirror():
     mirrored = [torch.allclose(f, o.flip(-1), atol=1e-5) for f, o in zip(flipped, original, strict=True)]
     kept = [torch.allclose(f, o, atol=1e-5) for f, o in zip(flipped, original, strict=True)]
     assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and any(mirrored) and any(kept)
+
+
+@pytest.mark.parametrize("level", AUGMENT_LEVELS)
+def test_no_flip_keeps_every_images_left_side_on_the_left(level):
+    # Left half white, right half black: a crop of at least 64% of the area always holds some of both, so
+    # only a flip can put more white on the right. The training batch (``normalized``: the C++ kernel
+    # where it is built) and the PyTorch path must both honour it.
+    batch = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
+    batch[..., :8] = 255
+    config = augment_config(level, 16, flip=False)
+    assert config.flip is False
+    assert replace(config, flip=augment_config(level, 16).flip) == augment_config(level, 16)  # nothing else moved
+    if config.randaugment_ops:
+        return  # RandAugment's Invert and Solarize swap dark and bright: this test cannot see flips there
+    for run in (BatchAugment(config), lambda x, g: BatchAugment(config).normalized(x, g, (0.5,) * 3, (0.5,) * 3)):
+        out = run(batch, torch.Generator().manual_seed(0))[:64]  # AugMix: the clean view
+        left, right = out[..., :8].mean((1, 2, 3)), out[..., 8:].mean((1, 2, 3))
+        assert (left >= right).all()
+    if level != "none":  # the same level with its flips mirrors some of them
+        with_flips = BatchAugment(augment_config(level, 16))(batch, torch.Generator().manual_seed(0))[:64]
+        assert (with_flips[..., :8].mean((1, 2, 3)) < with_flips[..., 8:].mean((1, 2, 3))).any()
+
+
+def test_crop_scale_replaces_the_levels_smallest_crop_and_nothing_else():
+    for level in AUGMENT_LEVELS[1:]:
+        config = augment_config(level, 16, crop_scale=0.81)
+        assert config.crop_scale == (0.81, 1.0)
+        assert replace(config, crop_scale=augment_config(level, 16).crop_scale) == augment_config(level, 16)
+    with pytest.raises(ValueError, match="none has no random crop"):
+        augment_config("none", crop_scale=0.81)
+    # A horizontal ramp from 0 to 1: a crop of width w (of the image's) spans w of it. The narrowest crop
+    # keeps 81% of the area at the narrowest aspect ratio (3/4): w = sqrt(0.81 * 3/4) = 0.78.
+    ramp = torch.linspace(0, 255, 16).round().to(torch.uint8).view(1, 1, 1, 16).expand(256, 3, 16, 16).contiguous()
+
+    def narrowest_span(crop_scale: float | None) -> float:
+        out = BatchAugment(augment_config("light", 16, crop_scale=crop_scale, flip=False))(
+            ramp, torch.Generator().manual_seed(0)
+        )
+        return (out[:, 0, 8].amax(-1) - out[:, 0, 8].amin(-1)).min().item()
+
+    assert narrowest_span(0.81) == pytest.approx((0.81 * 3 / 4) ** 0.5, abs=0.01)
+    assert narrowest_span(None) == pytest.approx((0.64 * 3 / 4) ** 0.5, abs=0.01)  # light's own 0.64
+
+
+def test_the_command_line_passes_flip_crop_scale_and_random_erasing_on():
+    from mobilenets.cli.commands.train import options_from
+    from mobilenets.cli.main import build_parser
+
+    argv = ["train", "--data", "images", "--no-flip", "--crop-scale", "0.81", "--random-erasing", "0.25"]
+    options = options_from(build_parser(argv).parse_args(argv))
+    assert (options.flip, options.crop_scale, options.random_erasing) == (False, 0.81, 0.25)
+    argv = ["train", "--data", "images"]
+    defaults = options_from(build_parser(argv).parse_args(argv))
+    assert (defaults.flip, defaults.crop_scale) == (True, None)
 
 
 @pytest.mark.parametrize("level", AUGMENT_LEVELS)

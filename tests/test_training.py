@@ -308,9 +308,16 @@ def test_freeze_keeps_the_first_blocks_and_trains_the_rest(tmp_path, capsys, rea
         ),
         (["--freeze", "-1"], "--freeze must be zero or more, got -1"),
         (["--random-erasing", "1.5"], "--random-erasing is a probability in [0, 1], got 1.5"),
+        (["--crop-scale", "0"], "--crop-scale is the smallest share of an image's area a crop keeps, in (0, 1], got 0"),
+        (["--crop-scale", "1.2"], "in (0, 1], got 1.2"),
+        (
+            ["--augment", "none", "--crop-scale", "0.8"],
+            "--crop-scale 0.8 sets the random crop of --augment light, medium, heavy or augmix, but this run's "
+            "augmentation is none: pick one of those levels, or drop --crop-scale",
+        ),
     ],
 )
-def test_freeze_and_random_erasing_refuse_what_cannot_work(tmp_path, capsys, real_v2_weights, arguments, message):
+def test_freeze_random_erasing_and_crop_scale_refuse_what_cannot_work(tmp_path, capsys, real_v2_weights, arguments, message):
     data = small_copy(tmp_path / "data", per_class=2, classes=2)
     assert (
         main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "mobilenet_v2", *arguments]) == 2

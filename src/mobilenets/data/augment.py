@@ -22,13 +22,16 @@ Strengths, light → heavy, as the seed's recipes ask ("maximum augmentation" fo
 - ``augmix-all``: the same with those four operations added (the reference code's ``--all-ops``, timm's
   default). Scores under the contrast and brightness corruptions then measure overlap with the training
   augmentation, not robustness to something unseen.
+
+Every level with flips keeps them unless ``--no-flip``: a mirrored letter, digit or shoe (Fashion-MNIST's
+all face one way) is an image the test set never shows.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -58,25 +61,38 @@ class AugmentConfig:
     erase_probability: float = 0.0  # random erasing (``--random-erasing``), after normalization
 
 
-def augment_config(level: str, resolution: int | None = None) -> AugmentConfig:
-    """The configuration of an ``--augment`` level; ``resolution`` (None: ImageNet scale) picks AugMix's base crop."""
-    if level in ("augmix", "augmix-all"):
-        small = resolution is not None and resolution <= SMALL_IMAGE_SIZE
-        return AugmentConfig(
-            crop_scale=LIGHT_CROP_SCALE if small else INCEPTION_CROP_SCALE,
-            flip=True,
-            augmix=True,
-            augmix_all_ops=level == "augmix-all",
-        )
+def augment_config(
+    level: str,
+    resolution: int | None = None,
+    *,
+    flip: bool = True,
+    crop_scale: float | None = None,
+    erase_probability: float = 0.0,
+) -> AugmentConfig:
+    """The configuration of an ``--augment`` level; ``resolution`` (None: ImageNet scale) picks AugMix's base crop.
+
+    ``flip=False`` (``--no-flip``) drops the level's horizontal flips, for images whose left and right
+    differ (text, digits, shoes that all face one way); ``crop_scale`` (``--crop-scale``) replaces the
+    smallest area fraction of the level's random-resized crop; ``erase_probability`` adds Random Erasing.
+    """
+    small = resolution is not None and resolution <= SMALL_IMAGE_SIZE
+    augmix_base = AugmentConfig(crop_scale=LIGHT_CROP_SCALE if small else INCEPTION_CROP_SCALE, flip=True, augmix=True)
     configs = {
         "none": AugmentConfig(),
         "light": AugmentConfig(crop_scale=LIGHT_CROP_SCALE, flip=True),
         "medium": AugmentConfig(crop_scale=INCEPTION_CROP_SCALE, flip=True, color_jitter=0.3),
         "heavy": AugmentConfig(crop_scale=INCEPTION_CROP_SCALE, flip=True, randaugment_ops=2),
+        "augmix": augmix_base,
+        "augmix-all": replace(augmix_base, augmix_all_ops=True),
     }
     if level not in configs:
         raise ValueError(f"unknown augmentation {level!r}; choose one of {', '.join(AUGMENT_LEVELS)}")
-    return configs[level]
+    config = configs[level]
+    if crop_scale is not None:
+        if config.crop_scale is None:
+            raise ValueError(f"--augment {level} has no random crop to set the scale of")
+        config = replace(config, crop_scale=(crop_scale, 1.0))
+    return replace(config, flip=config.flip and flip, erase_probability=erase_probability)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ SETTING_DEFAULTS = {
     "weight_decay": lambda c: DEFAULT_WEIGHT_DECAY.get(c.get("optimizer", "adamw"), "the optimizer's default"),
     "ema_decay": lambda c: "auto (an averaging horizon of a tenth of the run)" if c.get("ema", True) else "off",
     "dropout": lambda c: "the architecture's default",
+    "crop_scale": lambda c: "the augmentation level's",
     "weights": lambda c: "none (trained from scratch)",
     "initial_weights": lambda c: "none (trained from scratch)",
     "teacher": lambda c: "none",

@@ -25,7 +25,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -84,6 +84,11 @@ class TrainConfig:
     distill_weight: float = 0.5
     temperature: float = 4.0
     mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends
+    # Horizontal flips in the levels that have them; off for images with a handedness (text, digits, and
+    # Fashion-MNIST's shoes, which all face one way: flips cost 0.5 points there, docs/training.md).
+    flip: bool = True
+    # The smallest share of the image's area a random-resized crop keeps (None: the --augment level's).
+    crop_scale: float | None = None
     random_erasing: float = 0.0  # probability of erasing a random rectangle of each training image (timm's re_prob)
     early_stopping: int | None = None  # epochs without val improvement
     val: str | None = None
@@ -457,7 +462,13 @@ class Trainer:
         self.log = log if self.context.is_main else (lambda _: None)
         self.show_progress = show_progress and self.context.is_main
         self.augment = BatchAugment(
-            replace(augment_config(config.augment, config.resolution), erase_probability=config.random_erasing)
+            augment_config(
+                config.augment,
+                config.resolution,
+                flip=config.flip,
+                crop_scale=config.crop_scale,
+                erase_probability=config.random_erasing,
+            )
         )
         adapt_batchnorm_momentum(self.model, config.epochs * self.steps_per_epoch)
         self.optimizer = make_optimizer(self.model, config)

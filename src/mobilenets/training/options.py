@@ -31,6 +31,8 @@ class TrainOptions:
     lr: float | None = None
     recipe: str | None = None
     augment: str | None = None
+    flip: bool = True
+    crop_scale: float | None = None
     optimizer: str = "adamw"
     weight_decay: float | None = None
     warmup_epochs: float = 1.0

@@ -68,6 +68,10 @@ def check_options(options: TrainOptions) -> None:
         raise MobilenetsError(f"--val-fraction must be between 0 and 1 (exclusive), got {options.val_fraction:g}")
     if not 0 <= options.label_smoothing < 1:
         raise MobilenetsError(f"--label-smoothing must be in [0, 1), got {options.label_smoothing:g}")
+    if options.crop_scale is not None and not 0 < options.crop_scale <= 1:
+        raise MobilenetsError(
+            f"--crop-scale is the smallest share of an image's area a crop keeps, in (0, 1], got {options.crop_scale:g}"
+        )
     if not 0 <= options.random_erasing <= 1:
         raise MobilenetsError(f"--random-erasing is a probability in [0, 1], got {options.random_erasing:g}")
     if options.dropout is not None and not 0 <= options.dropout < 1:
@@ -380,6 +384,11 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
     epochs = epochs or DEFAULTS["epochs"]
     lr = lr or DEFAULTS["lr"]
     augment = augment or "medium"
+    if options.crop_scale is not None and augment == "none":
+        raise MobilenetsError(
+            f"--crop-scale {options.crop_scale:g} sets the random crop of --augment light, medium, heavy or augmix, "
+            "but this run's augmentation is none: pick one of those levels, or drop --crop-scale"
+        )
     for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", options.width)):
         if value <= 0:
             raise MobilenetsError(f"{name} must be positive, got {value:g}")

@@ -96,6 +96,20 @@ def add_parser(subparsers) -> None:
         "the teacher labels the blends. Default 0 (off)",
     )
     parser.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        help="no horizontal flips in the augmentation, for images whose left and right differ (text, digits, "
+        "shoes that all face one way); the other operations of --augment stay",
+    )
+    parser.add_argument(
+        "--crop-scale",
+        type=float,
+        metavar="MIN",
+        help="the smallest share of each image's area a random training crop keeps (timm's --scale MIN 1); default: "
+        "the --augment level's (light 0.64, medium and heavy 0.25)",
+    )
+    parser.add_argument(
         "--random-erasing",
         type=float,
         default=0.0,
