@@ -77,6 +77,9 @@ def test_resume_refuses_flags_it_cannot_change_instead_of_ignoring_them(tmp_path
     code = main(["train", "--resume", str(out), "--lr", "0.01"])
     message = error_of(capsys, code)
     assert "--lr cannot change on resume" in message and "--epochs" in message
+    # A flag that turns an option off is named as the user typed it.
+    message = error_of(capsys, main(["train", "--resume", str(out), "--no-flip", "--no-ema"]))
+    assert "--no-flip, --no-ema cannot change on resume" in message
 
 
 def test_resume_applies_more_epochs_and_says_so(tmp_path, capsys):

@@ -81,6 +81,15 @@ class TrainOptions:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != defaults[f.name]}
 
 
+# Options whose command-line flag turns them off (store_false).
+NEGATED_FLAGS = {"ema": "--no-ema", "flip": "--no-flip"}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a ``TrainOptions`` field, as a user types it."""
+    return NEGATED_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 # Options a resumed run may change, and how; every other option is kept from config.json and refused
 # when given with --resume (never silently ignored).
 RESUME_MAY_CHANGE = {

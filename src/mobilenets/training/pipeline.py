@@ -38,7 +38,14 @@ from mobilenets.training.distillation import (
     measure_teacher,
 )
 from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup
-from mobilenets.training.options import NON_NEGATIVE, OPTIMIZERS, POSITIVE, RESUME_MAY_CHANGE, TrainOptions
+from mobilenets.training.options import (
+    NON_NEGATIVE,
+    OPTIMIZERS,
+    POSITIVE,
+    RESUME_MAY_CHANGE,
+    TrainOptions,
+    flag_of,
+)
 from mobilenets.training.recipes import (
     DEFAULTS,
     FINETUNE_RECIPES,
@@ -102,10 +109,10 @@ def check_resume(options: TrainOptions) -> None:
     run.require(CONFIG, SPLIT, needed_by="--resume")
     refused = [name for name in options.given() if name not in RESUME_MAY_CHANGE and name != "resume"]
     if refused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        flags = ", ".join(flag_of(name) for name in refused)
         raise MobilenetsError(
             f"--resume keeps the run's settings (config.json); {flags} cannot change on resume. Resume may change only "
-            f"{', '.join('--' + n.replace('_', '-') for n in RESUME_MAY_CHANGE)}; for other settings start a new run "
+            f"{', '.join(flag_of(n) for n in RESUME_MAY_CHANGE)}; for other settings start a new run "
             "with --out"
         )
     if run.is_complete():
