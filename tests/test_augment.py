@@ -56,8 +56,8 @@ def test_none_is_identity_and_flip_is_an_exact_mirror():
 
 @pytest.mark.parametrize("level", AUGMENT_LEVELS)
 def test_no_flip_keeps_every_images_left_side_on_the_left(level):
-    # Left half white, right half black: a crop of at least 64% of the area always holds some of both, so
-    # only a flip can put more white on the right. The training batch (``normalized``: the C++ kernel
+    # Left half white, right half black: a crop holds some of both halves, or one half only (both sides of
+    # the output then equal), so only a flip can put more white on the right. The training batch (``normalized``: the C++ kernel
     # where it is built) and the PyTorch path must both honour it.
     batch = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
     batch[..., :8] = 255
