@@ -74,6 +74,39 @@ def test_timm_checkpoints_load_identically(timm, tmp_path, timm_name, name):
         assert torch.equal(reference.forward_features(x), ours.forward_features(x))
 
 
+@pytest.mark.parametrize("oracle", ["timm", "torchvision"])
+def test_safetensors_checkpoints_are_read_in_module_order(timm, torchvision_models, oracle):
+    """safetensors files list tensors sorted by name (blocks.* before conv_stem), not in the order the
+    modules run, which the conversion walks: read_checkpoint restores that order from the names."""
+    from mobilenets.models.weights import in_module_order
+
+    if oracle == "timm":
+        names = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_small_100", "mobilenetv3_large_100"]
+        references = [timm.create_model(name) for name in names]
+    else:
+        names = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
+        references = [getattr(torchvision_models, name)() for name in names]
+    for reference in references:
+        state_dict = reference.state_dict()
+        assert list(in_module_order(dict(sorted(state_dict.items())))) == list(state_dict)
+
+
+@pytest.mark.parametrize(
+    ("oracle", "builder", "name"),
+    [("timm", "mobilenetv1_100", "mobilenet_v1"), ("torchvision", "mobilenet_v3_small", "mobilenet_v3_small")],
+)
+def test_timm_and_torchvision_safetensors_load_identically(timm, torchvision_models, tmp_path, oracle, builder, name):
+    """The published mobilenet_v1.timm_ra4_in1k is a timm safetensors file: it must load, not fail on order."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model(builder) if oracle == "timm" else getattr(torchvision_models, builder)()
+    randomize_batchnorm(reference)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    assert_identical_outputs(reference, load_model(path, name=name))
+
+
 def test_real_torchvision_v2_weights_load_without_missing_keys(real_v2_weights):
     state_dict = torch.load(real_v2_weights, weights_only=True)
     model = create_model("mobilenet_v2", weights=real_v2_weights)

@@ -1,8 +1,11 @@
 """Downloads of published checkpoints: once, into the cache, verified, atomic, never hanging offline.
 
 - The file is streamed into a temporary file beside its final name and renamed only after its sha256
-  matched: a wrong hash never enters the cache, and a dropped connection or Ctrl-C leaves no partial
-  file under the final name (the temporary one is removed).
+  matched and, unless a full sha256 proved it, its structure is that of the expected format
+  (``Download.format``: a safetensors header that parses and covers the file, or a PyTorch zip/pickle
+  checkpoint; never unpickled) and it passes ``Download.check``: a wrong hash, a proxy's login page or
+  a truncated file never enters the cache, and a dropped connection or Ctrl-C leaves no partial file
+  under the final name (the temporary one is removed). A cached file is checked the same way when used.
 - The connection timeout is short (``MOBILENETS_DOWNLOAD_TIMEOUT``, 5 s) so that an offline machine,
   or a firewall that drops packets, fails within seconds instead of hanging; once the server has
   answered, reads get a longer timeout (30 s without a byte).
@@ -23,8 +26,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobilenets.core.errors import MobilenetsError
@@ -35,6 +39,7 @@ TIMEOUT_ENV = "MOBILENETS_DOWNLOAD_TIMEOUT"
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 CHUNK = 1 << 16
+FORMATS = {"safetensors": "safetensors file", "torch": "PyTorch checkpoint"}  # format: what it is called
 
 
 class DownloadError(MobilenetsError):
@@ -54,6 +59,10 @@ class Download:
     sha256: str | None = None
     sha256_prefix: str | None = None
     name: str | None = None  # for messages; the file name when absent
+    # "safetensors" or "torch": the file's structure is checked before it enters the cache (or is used from it).
+    format: str | None = None
+    # A further check of the content (e.g. tensor names and shapes): None when fine, else what is wrong.
+    check: Callable[[Path], str | None] | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -115,6 +124,124 @@ def hash_matches(actual: str, download: Download) -> bool:
     return expected is None or actual.startswith(expected.lower())
 
 
+def content_problem(path: Path, download: Download) -> str | None:
+    """What is wrong with ``path`` as the file ``download`` describes (format, then ``check``), or None.
+
+    Called once the hash matched; a full published sha256 already proves the file, so only files with a
+    prefix or no hash at all are checked (a proxy's page, a truncated or a different file).
+    """
+    if download.sha256 is not None:
+        return None
+    if download.format is not None:
+        problem = format_problem(path, download.format)
+        if problem is not None:
+            return problem
+    return download.check(path) if download.check is not None else None
+
+
+def format_problem(path: Path, format: str) -> str | None:
+    """None when ``path`` is structurally a ``format`` file, else one phrase: what arrived and why it is not one.
+
+    Structure only, never unpickling: a safetensors header that parses and whose tensors exactly cover
+    the rest of the file; for "torch", a zip archive holding a ``data.pkl`` or a pickle stream (the legacy
+    format). E.g. "34 bytes starting with '<html>Proxy login required</html>', a web page (a proxy login
+    or an error page?), not a safetensors file".
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; expected one of {', '.join(FORMATS)}")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    expected = FORMATS[format]
+    if size == 0:
+        return f"an empty file (0 bytes), not a {expected}"
+    looks = _looks_like_text(head)
+    if looks is not None:
+        return f"{describe_start(size, head)}, {looks}, not a {expected}"
+    if format == "safetensors":
+        reason = _safetensors_reason(path)
+        if reason is not None and _torch_reason(path, head) is None:  # a valid header can start like a pickle
+            reason = f"a PyTorch checkpoint, not a {expected}"
+    else:
+        reason = _torch_reason(path, head)
+    return None if reason is None else f"{describe_start(size, head)}, {reason}"
+
+
+def describe_start(size: int, head: bytes) -> str:
+    """'34 bytes starting with '<html>…'' or '12.3 MiB starting with bytes 50 4b 03 04 …': what arrived."""
+    text = _decoded(head[:48])
+    if text is not None and text.strip():
+        shown = text.strip()
+        return f"{amount(size)} starting with {shown!r}{'…' if size > len(head[:48]) else ''}"
+    return f"{amount(size)} starting with bytes {head[:8].hex(' ')}"
+
+
+def amount(size: int) -> str:
+    """'34 bytes' below 1 MiB (a web page is not '0.0 MiB'), else '16.2 MiB'."""
+    return f"{size:,} byte{'s' if size != 1 else ''}" if size < 2**20 else f"{size / 2**20:.1f} MiB"
+
+
+def _decoded(head: bytes) -> str | None:
+    """``head`` as text when it is text (UTF-8 without control bytes other than whitespace), else None."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:  # not just a multi-byte character cut at the end
+            return None
+        text = head[: error.start].decode("utf-8")
+    return text if all(c.isprintable() or c in "\t\r\n" for c in text) else None
+
+
+def _looks_like_text(head: bytes) -> str | None:
+    """'a web page (…)' or 'text (…)' when the file is text: no checkpoint format starts with text."""
+    if _decoded(head) is None:
+        return None
+    start = head.lstrip().lower()
+    if start.startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<?xml")) or b"<html" in start:
+        return "a web page (a proxy login or an error page?)"
+    if start.startswith((b"{", b"[")):
+        return "a JSON reply (a server's error message?)"
+    return "text (a server's error message?)"
+
+
+def _safetensors_reason(path: Path) -> str | None:
+    """Why ``path`` is not a safetensors file, or None: the safetensors library's own check (a header that
+    parses, and tensors that cover the rest of the file exactly: a truncated download fails it)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as file:
+            if not list(file.keys()):
+                return "a safetensors file without tensors"
+    except (SafetensorError, OSError) as error:
+        return f"not a readable safetensors file ({_first_line(error)})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _torch_reason(path: Path, head: bytes) -> str | None:
+    """Why ``path`` is not a PyTorch checkpoint (zip with data.pkl, or a legacy pickle stream), or None."""
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "a truncated or damaged PyTorch (zip) checkpoint"
+        if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return "a zip archive without data.pkl, not a PyTorch checkpoint"
+        return None
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2-5: torch's legacy format
+        return None
+    return "not a PyTorch checkpoint (neither a zip archive nor a pickle stream)"
+
+
 def download_file(
     download: Download,
     *,
@@ -165,6 +292,12 @@ def download_file(
                 ),
                 reason="sha256 mismatch",
             )
+        problem = content_problem(temporary, download)
+        if problem is not None:
+            raise DownloadError(
+                _advice(download, f"{url} sent {problem}; nothing was cached"),
+                reason=f"not a {download.format or 'usable'} file",
+            )
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
@@ -200,7 +333,7 @@ def _stream(
         received = 0
         bar = _progress_bar(label, expected_size) if show else None
         if log is not None and bar is None:
-            size = f" ({expected_size / 2**20:.1f} MiB)" if expected_size else ""
+            size = f" ({amount(expected_size)})" if expected_size else ""
             log(f"downloading {label}{size} from {url}")
         started = time.monotonic()
         try:
@@ -226,7 +359,7 @@ def _stream(
             if bar is not None:
                 bar[0].stop()
         if log is not None and bar is None:
-            log(f"downloaded {received / 2**20:.1f} MiB in {time.monotonic() - started:.1f}s")
+            log(f"downloaded {amount(received)} in {time.monotonic() - started:.1f}s")
     return received, expected_size, digest
 
 
@@ -260,21 +393,32 @@ def _progress_bar(label: str, total: int | None):
 
 def _advice(download: Download, why: str) -> str:
     expected = f" (sha256 {download.sha256})" if download.sha256 else ""
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    fix = (
+        f"point {MIRROR_ENV} (now {mirror}) at a mirror that serves the file"
+        if mirror
+        else f"set {MIRROR_ENV} to a mirror's base URL"
+    )
     return (
         f"cannot download {download.label}: {why}. Download {download.url} elsewhere and place it at "
-        f"{download.target}{expected}, or set {MIRROR_ENV} to a mirror's base URL"
+        f"{download.target}{expected}, or {fix}"
     )
 
 
 def fetch(download: Download, **options) -> Path:
-    """The cached file when present and intact, else ``download_file``; a cached file with a wrong hash is replaced."""
+    """The cached file when present and intact, else ``download_file``; a cached file with a wrong hash,
+    or one that fails the format check or ``check``, is replaced."""
     target = download.target
     if target.exists():
-        if hash_matches(sha256_file(target), download):
-            return target
+        if not hash_matches(sha256_file(target), download):
+            problem = f"sha256 does not match {download.label}"
+        else:
+            problem = content_problem(target, download)
+            if problem is None:
+                return target
         log = options.get("log")
         if log is not None:
-            log(f"{target}: sha256 does not match {download.label}; downloading it again")
+            log(f"{target}: {problem}; downloading it again")
     try:
         return download_file(download, **options)
     except DownloadError as error:

@@ -31,6 +31,11 @@ class PublishedWeights:
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1] if not self.url.endswith("model.safetensors") else f"{self.name}.safetensors"
 
+    @property
+    def format(self) -> str:
+        """How the file is stored: "safetensors", or "torch" (a ``torch.save`` zip or legacy pickle, .pth)."""
+        return "safetensors" if self.filename.endswith(".safetensors") else "torch"
+
 
 _TV_TEST = Preprocessing(224, 256, "bilinear")
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -34,6 +34,9 @@ from mobilenets.models.published import (
     list_weights,
     offline_copy,
 )
+
+if TYPE_CHECKING:
+    from mobilenets.models.hub import Download
 
 FORMAT_VERSION = 1
 LAYOUTS = ("mobilenets", "torchvision", "timm")
@@ -100,29 +103,91 @@ def verify_hash(path: Path, published: PublishedWeights) -> None:
         )
 
 
-def fetch_published(name: str, log: Callable[[str], None] | None = None) -> Path:
-    """Path of a published checkpoint: cache, offline package copy, or download (hash verified)."""
-    published = PUBLISHED_WEIGHTS[name]
-    target = cache_dir() / published.filename
-    if target.exists():
-        verify_hash(target, published)
-        return target
-    for package, inner in published.offline_copies:
-        candidate = offline_copy(package, inner)
-        if candidate is not None:  # an installed offline package counts as the cache
-            verify_hash(candidate, published)
-            return candidate
-    from mobilenets.models.hub import Download, DownloadError, fetch
+def published_tensor_problem(path: Path, published: PublishedWeights) -> str | None:
+    """None when a published safetensors file's tensor names and shapes fit its architecture, else what is wrong.
 
-    download = Download(
+    Reads the header only (names and shapes; no tensor data), and builds the architecture on the CPU
+    (~50 ms), so that a file without a published hash is still known to be the right checkpoint.
+    """
+    from safetensors import safe_open
+
+    from mobilenets.models.registry import get_architecture
+
+    try:
+        with safe_open(path, "pt") as file:
+            names = file.keys()
+            state_dict = {name: torch.empty(file.get_slice(name).get_shape(), device="meta") for name in names}
+        state_dict = in_module_order(state_dict)  # as read_checkpoint does
+    except (SafetensorError, OSError, ValueError) as error:
+        return f"not a readable safetensors file ({error})"
+    source = str(path)
+    try:
+        layout = detect_layout(state_dict)
+        options = {**LAYOUT_OPTIONS.get((layout, published.architecture), {}), **published.options}
+        model = MobileNet(get_architecture(published.architecture, 1.0, **options), classifier_classes(state_dict))
+        convert_state_dict(state_dict, model, source)
+    except WeightsError as error:
+        detail = str(error).removeprefix(f"{source}: ").split("; ")[0]
+        return f"a safetensors file whose tensors do not fit {published.architecture} ({detail})"
+    return None
+
+
+def published_download(published: PublishedWeights, target: Path) -> Download:
+    """The ``mobilenets.models.hub.Download`` of a published checkpoint: hash, format and (safetensors) tensor check."""
+    from mobilenets.models.hub import Download
+
+    check = None
+    if published.format == "safetensors":
+
+        def check(path: Path) -> str | None:
+            return published_tensor_problem(path, published)
+
+    return Download(
         url=published.url,
         target=target,
         sha256=published.sha256,
         sha256_prefix=published.sha256_prefix,
         name=published.name,
+        format=published.format,
+        check=check,
     )
+
+
+def verify_published_file(path: Path, published: PublishedWeights) -> None:
+    """The sha256 (where published), then (without a full sha256) the structure and, for safetensors, the tensor
+    names and shapes.
+
+    Raises ``WeightsError`` naming the file: an unreadable cached file (a proxy's login page saved by an
+    older version, a truncated copy, a disk problem) is reported, never used and never left to fail later.
+    """
+    from mobilenets.models.hub import content_problem
+
+    verify_hash(path, published)
+    problem = content_problem(path, published_download(published, path))
+    if problem is not None:
+        raise WeightsError(
+            f"{path}: the cached file of {published.name} is {problem}; delete it (the next run downloads it "
+            f"again) or replace it with a copy of {published.url}"
+        )
+
+
+def fetch_published(name: str, log: Callable[[str], None] | None = None) -> Path:
+    """Path of a published checkpoint: cache, offline package copy, or download (hash and format verified)."""
+    published = PUBLISHED_WEIGHTS[name]
+    target = cache_dir() / published.filename
+    if target.exists():
+        verify_published_file(target, published)
+        return target
+    for package, inner in published.offline_copies:
+        candidate = offline_copy(package, inner)
+        if candidate is not None:  # an installed offline package counts as the cache
+            verify_published_file(candidate, published)
+            return candidate
+    from mobilenets.models.hub import DownloadError, fetch
+
+    download = published_download(published, target)
     try:
-        # Streams to a temporary file, checks the sha256, then renames: see mobilenets.models.hub.
+        # Streams to a temporary file, checks the sha256 and the format, then renames: see mobilenets.models.hub.
         return fetch(download, log=log)
     except DownloadError as error:
         offline_hint = (
@@ -169,7 +234,7 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
             metadata = json.loads(metadata_path(path).read_text())
         elif embedded:
             metadata = json.loads(embedded)
-        return state_dict, metadata
+        return in_module_order(state_dict), metadata
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -252,6 +317,58 @@ def model_metadata(
 # --------------------------------------------------------------------------------------------------
 # Layout conversion
 # --------------------------------------------------------------------------------------------------
+
+# safetensors files list tensors sorted by dtype and name, not in the order the modules run (which torch.save
+# keeps and convert_state_dict walks): that order is restored from the names. Ranks of the names at each level;
+# numbers sort as numbers, unknown names after known ones, alphabetically.
+_PARAMETER_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
+_TOP_RANK = {
+    "timm": {"conv_stem": 0, "bn1": 1, "blocks": 2, "conv_head": 3, "bn2": 4, "classifier": 5},
+    "torchvision": {"features": 0, "classifier": 1},
+}
+_TIMM_BLOCK_RANK = {  # by block type: inverted residual, depthwise-separable, conv-bn-act; then the SE module
+    "inverted_residual": {"conv_pw": 0, "bn1": 1, "conv_dw": 2, "bn2": 3, "se": 4, "conv_pwl": 5, "bn3": 6},
+    "depthwise_separable": {"conv_dw": 0, "bn1": 1, "se": 2, "conv_pw": 3, "bn2": 4},
+    "conv": {"conv": 0, "bn1": 1},
+}
+_TIMM_SE_RANK = {"conv_reduce": 0, "bn": 1, "conv_expand": 2}
+
+
+def in_module_order(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm or torchvision state dict read from safetensors, in the order its modules run; others unchanged."""
+    if "conv_stem.weight" in state_dict:
+        layout = "timm"
+    elif "features.0.0.weight" in state_dict:
+        layout = "torchvision"
+    else:
+        return state_dict
+    inverted = {key.rsplit(".conv_pwl.", 1)[0] for key in state_dict if ".conv_pwl." in key}
+    convs = {key.rsplit(".conv.", 1)[0] for key in state_dict if key.startswith("blocks.") and ".conv." in key}
+
+    def rank(key: str) -> tuple:
+        parts = key.split(".")
+        ranks = []
+        for index, part in enumerate(parts):
+            if part.isdigit():
+                ranks.append((int(part), ""))
+                continue
+            if index == len(parts) - 1:
+                table = _PARAMETER_RANK
+            elif index == 0:
+                table = _TOP_RANK[layout]
+            elif layout == "timm" and parts[0] == "blocks" and index == 3:
+                block = ".".join(parts[:3])
+                kind = "inverted_residual" if block in inverted else "conv" if block in convs else "depthwise_separable"
+                table = _TIMM_BLOCK_RANK[kind]
+            elif layout == "timm" and index > 0 and parts[index - 1] == "se":
+                table = _TIMM_SE_RANK
+            else:
+                table = {}
+            ranks.append((table.get(part, len(table)), part))
+        return tuple(ranks)
+
+    return {key: state_dict[key] for key in sorted(state_dict, key=rank)}
+
 
 LAYOUT_OPTIONS: dict[tuple[str, str], dict] = {
     # timm's MobileNet v1 uses ReLU6 (the paper: ReLU); timm's own V3 weights use PyTorch's BN eps.
