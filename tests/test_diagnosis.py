@@ -7,11 +7,14 @@ from mobilenets.training.diagnosis import (
     ConfidentMistake,
     EpochStats,
     RunFacts,
+    chance_margin,
     confident_mistakes,
     diagnose,
     expected_range,
     findings_html,
     format_findings,
+    images_to_tell_chance,
+    missing_auto_weights,
 )
 
 
@@ -199,3 +202,130 @@ def test_a_tiny_rise_of_a_tiny_validation_loss_is_not_overfitting():
     rows = [(0.9, 0.8, 0.09, 1.0), (0.5, 0.95, 0.06, 1.0), (0.4, 0.97, 0.056, 1.0), (0.3, 0.98, 0.07, 1.0)]
     facts = healthy(history=history(*rows, (0.25, 0.99, 0.082, 1.0)))
     assert "overfitting" not in [f.symptom for f in diagnose(facts)]
+
+
+def test_a_good_result_on_a_tiny_validation_set_is_not_called_near_chance():
+    # `--data tiny`: 6 validation images of 3 classes; 3 standard errors at chance are 58 points, so 83.3% was
+    # "near chance" and "what random labels look like". Too few images to tell is no evidence of not learning.
+    rows = [(1.10, 0.40, 1.05, 0.50), (0.80, 0.70, 0.90, 0.667), (0.40, 0.95, 0.70, 0.833)]
+    facts = healthy(num_classes=3, train_images=24, val_images=6, history=history(*rows), augment="none")
+    assert chance_margin(3, 6) > 0.5
+    assert "not_learning" not in symptoms(facts)
+    # At chance on the same 6 images, the accuracy is still no evidence (the training/validation gap is, below).
+    at_chance = healthy(
+        num_classes=3, train_images=24, val_images=6, history=history(*rows[:2], (0.4, 0.95, 1.1, 0.333))
+    )
+    assert "not_learning" not in symptoms(at_chance)
+    # A flat training loss is evidence on any validation set; the finding then says the set is too small.
+    flat = healthy(
+        num_classes=3,
+        train_images=24,
+        val_images=6,
+        history=history((1.1, 0.3, 1.1, 0.5), (1.09, 0.3, 1.1, 0.5), (1.08, 0.3, 1.1, 0.5)),
+    )
+    (finding,) = [f for f in diagnose(flat) if f.symptom == "not_learning"]
+    assert "6 validation images cannot tell learning from chance (3 standard errors = 58 points)" in finding.evidence
+    assert "near chance" not in finding.evidence and "random labels" not in finding.evidence
+    assert any(
+        "add validation images (at least 32 for 3 classes; this run: 6)" in a and "--val DIR" in a
+        for a in finding.advice
+    )
+    # From 32 images of 3 classes (24 of 5) the set can tell, and accuracy near chance is not_learning again.
+    assert (images_to_tell_chance(2), images_to_tell_chance(3), images_to_tell_chance(5)) == (36, 32, 24)
+    assert chance_margin(3, 32) <= 0.25 < chance_margin(3, 31)
+    shuffled = healthy(
+        num_classes=5,
+        val_images=24,
+        initial_weights=None,
+        history=history((1.62, 0.21, 1.61, 0.21), (1.50, 0.35, 1.66, 0.19), (1.20, 0.55, 1.75, 0.22)),
+    )
+    (finding,) = [f for f in diagnose(shuffled) if f.symptom == "not_learning"]
+    assert "near chance" in finding.evidence and "cannot tell" not in finding.evidence
+
+
+def test_overfitting_without_augmentation_does_not_say_augmented():
+    rows = [(1.5, 0.4, 1.3, 0.45), (0.6, 0.85, 1.1, 0.55), (0.2, 0.97, 1.5, 0.56), (0.1, 1.0, 1.8, 0.55)]
+    plain = {f.symptom: f for f in diagnose(healthy(train_images=40, history=history(*rows), augment="none"))}
+    assert "(on training images, no augmentation)" in plain["overfitting"].evidence
+    assert "augmented" not in plain["overfitting"].evidence
+    augmented = {f.symptom: f for f in diagnose(healthy(train_images=40, history=history(*rows), augment="light"))}
+    assert "(on augmented images)" in augmented["overfitting"].evidence
+
+
+def test_below_expectation_counts_training_images_as_training_data():
+    # 500 images, 400 of them for training: the seed's sizes (the range and "up to 5,000") count the whole folder.
+    facts = healthy(history=history((1.2, 0.5, 1.0, 0.55), (1.0, 0.6, 0.9, 0.62), (0.9, 0.65, 0.85, 0.64)))
+    finding = {f.symptom: f for f in diagnose(facts)}["below_expectation"]
+    assert "(this run: 500 images, 5 classes)" in finding.evidence
+    assert any(
+        "collect more training data (this run: 500 images, 400 for training; up to 5,000" in a for a in finding.advice
+    )
+
+
+def test_a_teacher_measured_on_few_unseen_images_is_not_called_weak():
+    history = tuple(
+        EpochStats(epoch=e, train_loss=2.0 / e, train_accuracy=0.9, val_loss=0.4, val_accuracy=0.87 + 0.01 * e)
+        for e in (1, 2)
+    )  # the student's best: 89%
+    base = dict(num_classes=9, train_images=576, val_images=144, history=history, teacher="runs/v2")
+    # It trained on 142 of the 144: 0.0% on the other 2 says nothing about it.
+    (few,) = [
+        f
+        for f in diagnose(RunFacts(**base, teacher_val_accuracy=0.0, teacher_saw_validation=142))
+        if f.symptom == WEAK_TEACHER
+    ]
+    assert "trained on 142 of the 144 validation images" in few.evidence
+    assert "on the 2 it did not train on it scores 0.0%, too few to judge it" in few.evidence
+    assert "on the validation images" not in few.evidence and "no better" not in few.evidence
+    assert any("--val-fraction" in a and "--val DIR" in a for a in few.advice)
+    # Trained on all of them: no figure at all, and said so.
+    (none_left,) = [f for f in diagnose(RunFacts(**base, teacher_saw_validation=144)) if f.symptom == WEAK_TEACHER]
+    assert "none is left to judge it by" in none_left.evidence
+    # Enough unseen images: judged on those, and the wording says which figure it is (2 SE on 44 images: 9 points).
+    (judged,) = [
+        f
+        for f in diagnose(RunFacts(**base, teacher_val_accuracy=0.80, teacher_saw_validation=100))
+        if f.symptom == WEAK_TEACHER
+    ]
+    assert (
+        "scores 80.0% on the 44 validation images it did not train on (it trained on the other 100)" in judged.evidence
+    )
+    assert "the teacher is no better" in judged.evidence
+    # A 5-point lead is clear on 144 images (2 SE: 3.6) but not on the 44 it did not see (2 SE: 6.2).
+    ahead = diagnose(RunFacts(**base, teacher_val_accuracy=0.94, teacher_saw_validation=100))
+    (finding,) = [f for f in ahead if f.symptom == WEAK_TEACHER]
+    assert "within the 7.2 points these 44 validation images can resolve" in finding.evidence
+    assert WEAK_TEACHER not in [f.symptom for f in diagnose(RunFacts(**base, teacher_val_accuracy=0.94))]
+
+
+def test_not_learning_advises_a_checkpoint_file_when_auto_cannot_have_found_one():
+    shuffled = history((1.62, 0.21, 1.61, 0.21), (1.50, 0.35, 1.66, 0.19), (1.20, 0.55, 1.75, 0.22))
+
+    def advice(**changes) -> str:
+        (finding,) = [
+            f
+            for f in diagnose(healthy(history=shuffled, initial_weights=None, **changes))
+            if f.symptom == "not_learning"
+        ]
+        return " ".join(finding.advice)
+
+    assert "--weights auto, the default" in advice()  # the checkpoint is here: the run said --weights none
+    missing = advice(model="mobilenet_v2", auto_weights_missing="mobilenet_v2.tv_in1k")
+    assert "--weights FILE" in missing and "mobilenet_v2.tv_in1k" in missing and "the default" not in missing
+    unpublished = advice(model="mobilenet_v3_small_minimal")
+    assert "no ImageNet checkpoint is published for mobilenet_v3_small_minimal" in unpublished
+    assert "--weights FILE" in unpublished and "the default" not in unpublished
+
+
+def test_missing_auto_weights_looks_in_the_cache(tmp_path, monkeypatch):
+    from mobilenets.models.published import PUBLISHED_WEIGHTS, default_published
+
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
+    assert missing_auto_weights("mobilenet_v3_small", 0.5) is None  # no checkpoint at this width to miss
+    name = default_published("mobilenet_v3_small").name
+    if PUBLISHED_WEIGHTS[name].offline_copies and missing_auto_weights("mobilenet_v3_small", 1.0) is None:
+        return  # installed offline on this machine: nothing is missing
+    assert missing_auto_weights("mobilenet_v3_small", 1.0) == name
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / PUBLISHED_WEIGHTS[name].filename).write_bytes(b"")
+    assert missing_auto_weights("mobilenet_v3_small", 1.0) is None

@@ -267,3 +267,157 @@ def test_train_with_a_teacher_end_to_end(tmp_path, augment):
     # Same folder, seed and split as the teacher's run: it never saw these validation images.
     assert metrics["teacher"]["source"] == str(teacher) and metrics["teacher"]["saw_validation"] == 0
     assert metrics["teacher"]["val_images"] == metrics["val_images"] and 0 <= metrics["teacher"]["val_accuracy"] <= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad teachers: each is one clear line naming --teacher's value, what is wrong and what it needs,
+# found when the teacher is loaded (before training), never a traceback or an "internal error".
+# --------------------------------------------------------------------------------------------------
+
+NEEDS = "--teacher needs a run directory or model file of a classifier fine-tuned on the same classes"
+
+
+def _onnx_teacher(path, nodes, output_shape, labels=("a", "b", "c"), batch="N"):
+    """A tiny hand-made ONNX graph image [batch, 3, 32, 32] → output, with labels stored as `mobilenets export` does."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "teacher",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, output_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if labels is not None:
+        helper.set_model_props(model, {"mobilenets.labels": json.dumps(list(labels))})
+    onnx.save(model, str(path))
+    return path
+
+
+def _classifier(path, **kwargs):
+    """Global average pool + flatten: a [N, 3] output for three labels (a valid, if useless, classifier)."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["out"]),
+    ]
+    return _onnx_teacher(path, nodes, ["N", 3], **kwargs)
+
+
+def _flatten(path):
+    from onnx import helper
+
+    return _onnx_teacher(path, [helper.make_node("Flatten", ["image"], ["out"], axis=1)], ["N", 3072])
+
+
+def _load(path, classes=("a", "b", "c")):
+    return load_teacher(str(path), student_classes=list(classes), log=lambda _: None)
+
+
+def test_corrupt_onnx_teacher_is_one_clear_line(tmp_path):
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(MobilenetsError) as error:
+        _load(path)
+    message = str(error.value)  # the parser's own first line, whose wording varies with protobuf's backend
+    assert message.startswith(f"--teacher {path}: not a readable ONNX model (Error parsing message")
+    assert message.endswith(f"); {NEEDS}") and "\n" not in message
+
+
+def test_onnx_teacher_that_is_not_a_classifier_is_refused_before_training(tmp_path):
+    from onnx import helper
+
+    identity = _onnx_teacher(tmp_path / "identity.onnx", [helper.make_node("Identity", ["image"], ["out"])],
+                             ["N", 3, 32, 32])  # fmt: skip
+    with pytest.raises(MobilenetsError) as error:
+        _load(identity)
+    assert str(error.value) == (
+        f"--teacher {identity}: not a classifier of its labels: its output has 3072 values per image "
+        f"(shape 2×3×32×32), its labels name 3 classes; {NEEDS}"
+    )
+    flat = _flatten(tmp_path / "flat.onnx")
+    with pytest.raises(MobilenetsError) as error:
+        _load(flat)
+    assert str(error.value) == (
+        f"--teacher {flat}: not a classifier of its labels: its output has 3072 values per image "
+        f"(shape 2×3072), its labels name 3 classes; {NEEDS}"
+    )
+
+
+def test_onnx_teacher_with_a_fixed_batch_is_refused(tmp_path):
+    path = _classifier(tmp_path / "fixed.onnx", batch=1)
+    with pytest.raises(MobilenetsError) as error:
+        _load(path)
+    assert str(error.value) == (
+        f"--teacher {path}: its input takes a fixed batch of 1 image(s), but training feeds it batches of any "
+        "size; export it with a dynamic batch (`mobilenets export`)"
+    )
+
+
+def test_onnx_teacher_is_recognised_by_content_without_its_suffix(tmp_path):
+    good = _classifier(tmp_path / "model")
+    teacher = _load(good, classes=["b", "c", "a"])
+    assert teacher.engine == "onnxruntime" and teacher.wants.resolution == 32
+    assert teacher(torch.zeros(4, 3, 32, 32), (0.5,) * 3, (0.5,) * 3).shape == (4, 3)
+    flat = _flatten(tmp_path / "flat.bin")
+    with pytest.raises(MobilenetsError, match=r"its output has 3072 values per image \(shape 2×3072\)"):
+        _load(flat)
+
+
+def test_a_file_that_is_no_model_says_what_teacher_accepts(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"")
+    config = run / "config.json"
+    config.write_text('{"model": "mobilenet_v3_small", "epochs": 1}')
+    with pytest.raises(MobilenetsError) as error:
+        _load(config)
+    assert str(error.value) == (
+        f"--teacher {config}: not a run directory, a weights file (.safetensors, .pth) or an ONNX model; "
+        f"pass its run directory: --teacher {run}"
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(MobilenetsError) as error:
+        _load(notes)
+    assert str(error.value) == (
+        f"--teacher {notes}: not a run directory, a weights file (.safetensors, .pth) or an ONNX model; {NEEDS}"
+    )
+
+
+def test_a_pickled_teacher_checkpoint_names_teacher(tmp_path):
+    import argparse
+
+    path = tmp_path / "teacher.pth"
+    torch.save(argparse.Namespace(weights=1), path)
+    with pytest.raises(MobilenetsError) as error:
+        _load(path)
+    assert str(error.value).startswith(f"--teacher {path}: cannot load: it contains pickled code or objects")
+
+
+def test_cli_reports_a_bad_teacher_as_one_line_and_exit_2(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from mobilenets.cli.main import main
+
+    for index in range(12):
+        folder = tmp_path / "data" / "abc"[index % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 20 * index, dtype=np.uint8)).save(folder / f"{index}.png")
+    flat = _flatten(tmp_path / "flat.onnx")
+    arguments = ["train", "--data", str(tmp_path / "data"), "--model", "mobilenet_v3_small", "--width", "0.25",
+                 "--resolution", "32", "--epochs", "1", "--weights", "none", "--teacher", str(flat),
+                 "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(arguments) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"mobilenets train: error: --teacher {flat}: not a classifier of its labels: its output has 3072 values "
+        f"per image (shape 2×3072), its labels name 3 classes; {NEEDS}"
+    )
+    assert not any("Traceback" in line or "internal error" in line for line in err)

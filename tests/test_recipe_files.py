@@ -69,7 +69,7 @@ def test_few_epochs_from_pretrained_weights_on_large_data_warn_with_the_measured
 
 @pytest.mark.parametrize(
     ("weights", "num_train", "measured_reason"),
-    [("w.safetensors", 5_000, True), ("none", 6_000, False), ("w.safetensors", 4_999, False)],
+    [("mobilenet_v2.tv_in1k", 5_000, True), ("none", 6_000, False), ("mobilenet_v2.tv_in1k", 4_999, False)],
 )
 def test_a_run_gets_the_fine_tune_reason_only_from_pretrained_weights_on_large_data(caplog, weights, num_train, measured_reason):
     from mobilenets.training.pipeline import make_config

@@ -37,6 +37,13 @@ OVERFITTING_GAP = 0.15
 MATERIAL_LOSS_RISE = 0.05
 # Above this share of step time, the data pipeline rather than the model is what is slow.
 DATA_SHARE_LIMIT = 0.25
+# A validation set whose 3 standard errors at chance (``chance_margin``) are wider than this cannot tell
+# learning from chance: with 6 images of 3 classes the margin is 58 points, and 83% would still be "near
+# chance". From 144·p·(1 − p) images up (p = 1/classes: 36 for 2 classes, 32 for 3, 24 for 5) it can.
+MAX_CHANCE_MARGIN = 0.25
+# Fewer validation images the teacher did not train on than this cannot judge it (one image is over 5
+# points, and two standard errors of a 50% accuracy are over 22).
+MIN_TEACHER_IMAGES = 20
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,8 @@ class RunFacts:
     augment: str = "medium"
     initial_weights: str | None = None
     teacher: str | None = None
-    teacher_val_accuracy: float | None = None  # measured on the same validation images before training
+    teacher_val_accuracy: float | None = None  # measured before training on the validation images it did not train on
+    teacher_saw_validation: int = 0  # validation images the teacher was trained on (excluded from the figure above)
     distill_weight: float = 0.5
     leakage_exact: tuple[tuple[str, str], ...] = ()  # (train path, val path)
     leakage_near: tuple[tuple[str, str], ...] = ()
@@ -117,6 +125,9 @@ class RunFacts:
     precision: str | None = None  # the training precision in use: float32, bfloat16, float16
     confident_mistakes: tuple[ConfidentMistake, ...] = ()
     class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
+    # From scratch at width 1.0: the published checkpoint --weights auto would use, when it is neither cached
+    # nor installed offline (config.json cannot tell a failed --weights auto from --weights none; this can).
+    auto_weights_missing: str | None = None
 
     @property
     def best_val_accuracy(self) -> float:
@@ -148,6 +159,32 @@ def chance_margin(num_classes: int, val_images: int) -> float:
     return max(0.05, 3 * math.sqrt(chance * (1 - chance) / max(val_images, 1)))
 
 
+def images_to_tell_chance(num_classes: int) -> int:
+    """The fewest validation images whose ``chance_margin`` is at most ``MAX_CHANCE_MARGIN``."""
+    chance = 1 / max(num_classes, 1)
+    return max(1, math.ceil(9 * chance * (1 - chance) / MAX_CHANCE_MARGIN**2 - 1e-9))
+
+
+def missing_auto_weights(model: str, width: float) -> str | None:
+    """The checkpoint ``--weights auto`` would fine-tune, when it is neither cached nor installed offline.
+
+    A run from scratch with it missing may have asked for ``--weights auto`` and fallen back because the
+    download failed; pointing it at ``--weights auto`` again would not help.
+    """
+    from mobilenets.core.files import cache_dir
+    from mobilenets.models.published import PUBLISHED_WEIGHTS, default_published, offline_copy
+
+    name = default_published(model, width).name
+    if name is None:
+        return None
+    published = PUBLISHED_WEIGHTS[name]
+    if (cache_dir() / published.filename).exists():
+        return None
+    if any(offline_copy(package, inner) is not None for package, inner in published.offline_copies):
+        return None
+    return name
+
+
 def diagnose(facts: RunFacts) -> list[Finding]:
     """Every symptom that applies, most fundamental first."""
     findings = [
@@ -167,12 +204,20 @@ def diagnose(facts: RunFacts) -> list[Finding]:
 
 
 def not_learning(facts: RunFacts) -> Finding | None:
-    """Validation accuracy near chance, or a training loss that did not go down."""
+    """Validation accuracy near chance, or a training loss that did not go down.
+
+    On a validation set too small to tell learning from chance (``MAX_CHANCE_MARGIN``) accuracy is no
+    evidence either way, so only a flat training loss makes the finding, which then says the set is too
+    small. Not firing on accuracy there rather than firing with "cannot tell": the symptom's name is a
+    claim that the model does not learn, and 83% on 6 images of 3 classes is no evidence of that.
+    """
     if not facts.history:
         return None
     chance = 1 / max(facts.num_classes, 1)
     best = facts.best_val_accuracy
-    near_chance = best < chance + chance_margin(facts.num_classes, facts.val_images)
+    margin = chance_margin(facts.num_classes, facts.val_images)
+    resolvable = margin <= MAX_CHANCE_MARGIN
+    near_chance = resolvable and best < chance + margin
     first, last = facts.history[0].train_loss, facts.history[-1].train_loss
     flat = len(facts.history) >= 3 and last > 0.95 * first
     if not (near_chance or flat):
@@ -184,6 +229,11 @@ def not_learning(facts: RunFacts) -> Finding | None:
         )
     if flat:
         parts.append(f"training loss went from {first:.3f} to {last:.3f} in {len(facts.history)} epochs")
+    if not resolvable:
+        parts.append(
+            f"{facts.val_images} validation images cannot tell learning from chance "
+            f"(3 standard errors = {100 * margin:.0f} points), so their accuracy ({best:.1%}) is no evidence either way"
+        )
     memorizing = near_chance and facts.history[-1].train_accuracy > chance + 0.25
     if memorizing:
         parts.append(
@@ -191,6 +241,12 @@ def not_learning(facts: RunFacts) -> Finding | None:
             "images but finds nothing that carries over, which is what wrong or random labels look like"
         )
     advice = [_check_labels_advice(facts)]
+    if not resolvable:
+        advice.append(
+            f"add validation images (at least {images_to_tell_chance(facts.num_classes)} for "
+            f"{facts.num_classes} classes; this run: {facts.val_images}), or validate on separately collected "
+            "images: --val DIR"
+        )
     if facts.lr < 2e-3:
         advice.append(f"increase the learning rate to 2e-3: --lr 2e-3 (this run: {facts.lr:g})")
     if facts.augment in ("heavy", "augmix", "augmix-all", "medium"):
@@ -200,12 +256,7 @@ def not_learning(facts: RunFacts) -> Finding | None:
         f"(this run: {facts.epochs})"
     )
     if facts.initial_weights is None:
-        where = (
-            "" if facts.width == 1.0 else f" at --width 1.0 (checkpoints exist only there; this run: {facts.width:g})"
-        )
-        advice.append(
-            f"start from pretrained ImageNet weights (--weights auto, the default){where}: they learn from few images"
-        )
+        advice.append(_pretrained_advice(facts))
     per_class = facts.train_images / max(facts.num_classes, 1)
     advice.append(
         f"verify sufficient data variation: {per_class:.0f} training images per class; each class needs varied "
@@ -234,8 +285,9 @@ def overfitting(facts: RunFacts) -> Finding | None:
         return None
     parts = []
     if gap > OVERFITTING_GAP:
+        measured_on = "training images, no augmentation" if facts.augment == "none" else "augmented images"
         parts.append(
-            f"training accuracy {last.train_accuracy:.1%} (on augmented images) against {best:.1%} best on validation: "
+            f"training accuracy {last.train_accuracy:.1%} (on {measured_on}) against {best:.1%} best on validation: "
             f"a gap of {100 * gap:.0f} points"
         )
     if rising:
@@ -325,8 +377,12 @@ def below_expectation(facts: RunFacts) -> Finding | None:
         advice.append(
             f"raise --resolution: ImageNet weights were trained at 224px and transfer better above {facts.resolution}px"
         )
+    # The seed's sizes (the expected range above, and "up to 5,000") count the whole folder.
     if facts.total_images < 5_000:
-        advice.append(f"collect more training data (this run: {facts.total_images:,}; up to 5,000 helps)")
+        advice.append(
+            f"collect more training data (this run: {facts.total_images:,} images, {facts.train_images:,} for "
+            "training; up to 5,000 images helps)"
+        )
     if facts.augment in ("none", "light"):
         advice.append(f"increase augmentation: --augment medium or heavy (this run: {facts.augment})")
     if facts.epochs < 50 and facts.initial_weights is not None:
@@ -351,22 +407,35 @@ def weak_teacher(facts: RunFacts) -> Finding | None:
     teacher there is little left to learn from it and it may do better alone. The student's figure is
     its best epoch, chosen on these same images, and the teacher's a single measurement: the comparison
     leans toward firing, which for advice that says "compare with the student alone" is the safe side.
-    ``teacher_val_accuracy`` counts only validation images the teacher was not trained on.
+    ``teacher_val_accuracy`` counts only validation images the teacher was not trained on; when it was
+    trained on some, the evidence names that count, and under ``MIN_TEACHER_IMAGES`` of them the finding
+    says the teacher could not be judged instead of calling it weak.
     """
-    if facts.teacher is None or facts.teacher_val_accuracy is None or not facts.history:
+    if facts.teacher is None or not facts.history:
         return None
+    saw = min(max(facts.teacher_saw_validation, 0), facts.val_images)
+    unseen = facts.val_images - saw
     teacher, student = facts.teacher_val_accuracy, facts.best_val_accuracy
-    noise = 2 * math.sqrt(max(teacher * (1 - teacher), 0.0025) / max(facts.val_images, 1))
+    if saw and unseen < MIN_TEACHER_IMAGES:
+        return _unjudged_teacher(facts, saw=saw, unseen=unseen)
+    if teacher is None:
+        return None
+    noise = 2 * math.sqrt(max(teacher * (1 - teacher), 0.0025) / max(unseen, 1))
     if teacher - student >= noise:
         return None
+    images = (
+        f"the {unseen} validation images it did not train on (it trained on the other {saw})"
+        if saw
+        else "the validation images"
+    )
     lead = (
         f"{100 * (teacher - student):.1f} points ahead, within the {100 * noise:.1f} points these "
-        f"{facts.val_images} validation images can resolve"
+        f"{unseen} validation images can resolve"
         if teacher > student
         else "no better"
     )
     evidence = (
-        f"the teacher ({facts.teacher}) scores {teacher:.1%} on the validation images and the student it taught "
+        f"the teacher ({facts.teacher}) scores {teacher:.1%} on {images} and the student it taught "
         f"{student:.1%}: the teacher is {lead}"
     )
     advice = (
@@ -376,6 +445,30 @@ def weak_teacher(facts: RunFacts) -> Finding | None:
         "model (--model mobilenet_v3_large or mobilenet_v2, --width 1.0), and check its accuracy before distilling",
         f"give the labels more weight: --distill-weight {round(facts.distill_weight / 2, 2):g} "
         f"(this run: {facts.distill_weight:g})",
+    )
+    return Finding(WEAK_TEACHER, evidence, advice)
+
+
+def _unjudged_teacher(facts: RunFacts, *, saw: int, unseen: int) -> Finding:
+    """The teacher trained on (nearly) all the validation images: too few are left to judge it by."""
+    if unseen:
+        measured = (
+            f"on the {unseen} it did not train on it scores {facts.teacher_val_accuracy:.1%}"
+            if facts.teacher_val_accuracy is not None
+            else f"{unseen} it did not train on"
+        )
+        left = f"{measured}, too few to judge it (under {MIN_TEACHER_IMAGES})"
+    else:
+        left = "none is left to judge it by"
+    evidence = (
+        f"the teacher ({facts.teacher}) was trained on {saw} of the {facts.val_images} validation images; {left}, "
+        f"so whether it is better than the student it taught ({facts.best_val_accuracy:.1%}) is unknown"
+    )
+    advice = (
+        "measure the teacher on images it did not train on: train teacher and student on the same folder with the "
+        "same --seed and --val-fraction (they then share a split), or validate both on separately collected "
+        "images: --val DIR",
+        "train the same student without --teacher (same --seed and --epochs) and keep the better run",
     )
     return Finding(WEAK_TEACHER, evidence, advice)
 
@@ -406,6 +499,30 @@ def slow_training(facts: RunFacts) -> Finding | None:
         advice.append(f"increase --batch-size to 64 or 128 (this run: {facts.batch_size})")
     speed = f" ({facts.images_per_second:.0f} images/s)" if facts.images_per_second else ""
     return Finding(SLOW_TRAINING, "; ".join(parts) + speed, tuple(advice))
+
+
+def _pretrained_advice(facts: RunFacts) -> str:
+    """Where pretrained weights for this run would come from (it trained from scratch)."""
+    from mobilenets.models.published import default_published
+
+    if default_published(facts.model, 1.0).name is None:
+        return (
+            f"start from pretrained weights: no ImageNet checkpoint is published for {facts.model}, so --weights auto "
+            "trains it from scratch; pass a checkpoint file of this model (--weights FILE), or pick a model that "
+            "has one (--model mobilenet_v3_small, mobilenet_v3_large, mobilenet_v2)"
+        )
+    if facts.width != 1.0:
+        return (
+            "start from pretrained ImageNet weights (--weights auto, the default) at --width 1.0 (checkpoints exist "
+            f"only there; this run: {facts.width:g}): they learn from few images"
+        )
+    if facts.auto_weights_missing:
+        return (
+            f"start from pretrained ImageNet weights: place the checkpoint file on this machine and pass --weights FILE "
+            f"(--weights auto needs {facts.auto_weights_missing}, which is neither cached nor installed here; when "
+            "its download fails the run falls back to scratch): they learn from few images"
+        )
+    return "start from pretrained ImageNet weights (--weights auto, the default): they learn from few images"
 
 
 def _check_labels_advice(facts: RunFacts) -> str:
@@ -546,6 +663,7 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         teacher_val_accuracy=quality.unseen_accuracy
         if (quality := getattr(trainer.teacher, "quality", None))
         else None,
+        teacher_saw_validation=quality.saw_validation if quality else 0,
         distill_weight=config.distill_weight,
         leakage_exact=tuple(tuple(pair) for pair in leakage.get("exact", [])),
         leakage_near=tuple(tuple(pair) for pair in leakage.get("near", [])),
@@ -558,5 +676,8 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         precision=getattr(trainer.model, "training_precision", None),
         confident_mistakes=mistakes,
         class_counts=counts,
+        auto_weights_missing=missing_auto_weights(config.model, config.width)
+        if config.initial_weights is None
+        else None,
     )
     return diagnose(facts)

@@ -240,23 +240,148 @@ def _onnx_runner(path: Path, threads: int | None = None) -> Callable[[torch.Tens
     return run
 
 
-def _onnx_metadata(path: Path) -> tuple[list[str] | None, TeacherInput]:
-    import json
+TEACHER_NEEDS = "--teacher needs a run directory or model file of a classifier fine-tuned on the same classes"
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
+CHECK_BATCH = 2  # images in the dummy batch every teacher must classify before training starts
 
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0].strip() if text else "") or type(error).__name__
+
+
+def _parse_onnx(path: Path):  # -> onnx.ModelProto
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether a file without the ``.onnx`` suffix is an ONNX model (a protobuf that parses as one)."""
+    if not path.is_file() or path.suffix in (".safetensors", ".json", ".yaml", ".yml", ".txt"):
+        return False
+    with path.open("rb") as file:
+        head = file.read(4)
+    if head.startswith((b"PK", b"\x80")):  # torch.save's zip, or a legacy pickle
+        return False
+    try:
+        model = _parse_onnx(path)
+    except Exception:
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.output) > 0
+
+
+def _onnx_metadata(path: Path, source: str) -> tuple[list[str] | None, TeacherInput]:
+    import json
+
+    try:
+        model = _parse_onnx(path)
+    except Exception as error:  # protobuf's DecodeError and friends: cut short, or not ONNX at all
+        raise MobilenetsError(
+            f"--teacher {source}: not a readable ONNX model ({_first_line(error)}); {TEACHER_NEEDS}"
+        ) from None
     meta = {p.key: p.value for p in model.metadata_props}
-    labels = json.loads(meta["mobilenets.labels"]) if "mobilenets.labels" in meta else None
-    pre = json.loads(meta.get("mobilenets.preprocessing", "{}"))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    size = dims[-1].dim_value or pre.get("input_size", 224)
-    wants = TeacherInput(
-        resolution=int(size),
-        mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(pre.get("std", (0.229, 0.224, 0.225))),
-    )
+    try:
+        labels = json.loads(meta["mobilenets.labels"]) if "mobilenets.labels" in meta else None
+        pre = json.loads(meta.get("mobilenets.preprocessing", "{}"))
+    except json.JSONDecodeError as error:
+        raise MobilenetsError(
+            f"--teacher {source}: its mobilenets metadata is not valid JSON ({error}); export it again with "
+            "`mobilenets export`"
+        ) from None
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        raise MobilenetsError(
+            f"--teacher {source}: its mobilenets.labels metadata is not a list of class names; export it again "
+            "with `mobilenets export`"
+        )
+    if not isinstance(pre, dict):
+        pre = {}
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if not inputs or not model.graph.output:
+        raise MobilenetsError(
+            f"--teacher {source}: the ONNX graph has no {'input' if not inputs else 'output'}; {TEACHER_NEEDS}"
+        )
+    dims = inputs[0].type.tensor_type.shape.dim
+    if dims and dims[0].dim_value > 0:
+        raise MobilenetsError(
+            f"--teacher {source}: its input takes a fixed batch of {dims[0].dim_value} image(s), but training feeds "
+            "it batches of any size; export it with a dynamic batch (`mobilenets export`)"
+        )
+    size = (dims[-1].dim_value if dims else 0) or pre.get("input_size", 224)
+    try:
+        wants = TeacherInput(
+            resolution=int(size),
+            mean=tuple(float(x) for x in pre.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(float(x) for x in pre.get("std", (0.229, 0.224, 0.225))),
+        )
+    except (TypeError, ValueError):
+        raise MobilenetsError(
+            f"--teacher {source}: its mobilenets.preprocessing metadata is malformed; export it again with "
+            "`mobilenets export`"
+        ) from None
     return labels, wants
+
+
+def check_teacher_output(
+    run: Callable[[torch.Tensor], torch.Tensor], wants: TeacherInput, num_classes: int, source: str
+) -> None:
+    """One forward pass on a dummy batch: the output must be [batch, classes] (its labels' count)."""
+    batch = torch.zeros(CHECK_BATCH, 3, wants.resolution, wants.resolution)
+    try:
+        with torch.no_grad():
+            output = run(batch)
+    except Exception as error:
+        raise MobilenetsError(
+            f"--teacher {source}: fails on a batch of {CHECK_BATCH} images of 3×{wants.resolution}×{wants.resolution} "
+            f"({_first_line(error)}); {TEACHER_NEEDS}"
+        ) from None
+    shape = tuple(output.shape)
+    if shape == (CHECK_BATCH, num_classes):
+        return
+    per_image = output[0].numel() if len(shape) and shape[0] == CHECK_BATCH else None
+    what = (
+        f"its output has {per_image} values per image (shape {'×'.join(map(str, shape))})"
+        if per_image is not None
+        else f"its output for {CHECK_BATCH} images has shape {'×'.join(map(str, shape)) or 'scalar'}"
+    )
+    raise MobilenetsError(
+        f"--teacher {source}: not a classifier of its labels: {what}, its labels name {num_classes} classes; "
+        f"{TEACHER_NEEDS}"
+    )
+
+
+def _not_a_model(path: Path, source: str) -> MobilenetsError:
+    run_dir = path.parent
+    if path.name == "config.json" and any(run_dir.glob("*.safetensors")):
+        hint = f"pass its run directory: --teacher {run_dir}"
+    else:
+        hint = TEACHER_NEEDS
+    return MobilenetsError(
+        f"--teacher {source}: not a run directory, a weights file (.safetensors, .pth) or an ONNX model; {hint}"
+    )
+
+
+def _load_teacher_model(path: Path, source: str) -> nn.Module:
+    from mobilenets.models.weights import load_model
+
+    weights = path / "model.safetensors" if path.is_dir() and (path / "model.safetensors").exists() else path
+    try:
+        return load_model(weights)
+    except MobilenetsError as error:
+        if path.is_file() and path.suffix not in WEIGHTS_SUFFIXES:
+            raise _not_a_model(path, source) from None
+        reason = str(error).removeprefix(f"{weights}: ").removeprefix(f"{weights}:")
+        if "--model" in reason:  # the student's flag: a teacher's checkpoint must say its architecture itself
+            reason = "a checkpoint without mobilenets metadata (its architecture and classes are unknown)"
+            raise MobilenetsError(f"--teacher {source}: {reason}; {TEACHER_NEEDS}") from None
+        raise MobilenetsError(f"--teacher {source}: {reason}") from None
+    except Exception as error:
+        if path.is_file() and path.suffix not in WEIGHTS_SUFFIXES:
+            raise _not_a_model(path, source) from None
+        raise MobilenetsError(
+            f"--teacher {source}: cannot be loaded as a model ({_first_line(error)}); {TEACHER_NEEDS}"
+        ) from None
 
 
 def _time(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, repeats: int = 3) -> float:
@@ -286,15 +411,20 @@ def load_teacher(
     if engine not in ("auto", "torch", "onnxruntime"):
         raise MobilenetsError(f"teacher engine must be auto, torch or onnxruntime, got {engine!r}")
     path = Path(source)
-    if path.suffix == ".onnx":
+    if path.suffix == ".onnx" or _is_onnx(path):
         if not path.is_file():
             raise MobilenetsError(f"--teacher {source}: no such file")
-        labels, wants = _onnx_metadata(path)
+        labels, wants = _onnx_metadata(path, source)
         order = class_order(labels, student_classes, source)
+        try:
+            runner = _onnx_runner(path)
+        except Exception as error:  # parses as protobuf, but ONNX Runtime cannot build a session from it
+            raise MobilenetsError(
+                f"--teacher {source}: not a valid ONNX model ({_first_line(error)}); {TEACHER_NEEDS}"
+            ) from None
+        check_teacher_output(runner, wants, len(labels or ()), source)
         log(f"teacher {source}: ONNX Runtime, {wants.resolution}px")
-        return Teacher(_onnx_runner(path), source=source, engine="onnxruntime", wants=wants, class_order=order)
-    from mobilenets.models.weights import load_model
-
+        return Teacher(runner, source=source, engine="onnxruntime", wants=wants, class_order=order)
     try:
         from mobilenets.models.published import PUBLISHED_WEIGHTS
     except ImportError:  # the registry before it had a module of its own
@@ -306,7 +436,7 @@ def load_teacher(
             f"--teacher {source}: no such run directory or file (a fine-tuned run dir, its model.safetensors, "
             "or an exported .onnx)"
         )
-    model = load_model(path / "model.safetensors" if path.is_dir() and (path / "model.safetensors").exists() else path)
+    model = _load_teacher_model(path, source)
     metadata = getattr(model, "weights_metadata", {}) or {}
     order = class_order(metadata.get("classes"), student_classes, source)
     pre = metadata.get("preprocessing", {})
@@ -326,6 +456,7 @@ def load_teacher(
             exporter=exporter or export_for_teacher,
             log=log,
         )
+    check_teacher_output(runner, wants, len(metadata.get("classes") or ()), source)
     arch = model.architecture
     log(
         f"teacher {source}: {arch.name} (width {arch.options.get('width', 1.0):g}) at {wants.resolution}px, "

@@ -24,7 +24,7 @@ class TrainOptions:
     data: Path | str | None = None
     val: Path | str | None = None
     model: str | None = None
-    width: float = 1.0
+    width: float | None = None  # None: the width --weights holds, else 1.0
     resolution: int | str = "auto"
     batch_size: int | None = None
     epochs: int | None = None

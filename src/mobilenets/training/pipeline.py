@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import shutil
 import statistics
 import sys
 import time
@@ -37,7 +39,7 @@ from mobilenets.training.distillation import (
     load_teacher,
     measure_teacher,
 )
-from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup
+from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup, read_checkpoint
 from mobilenets.training.options import (
     NON_NEGATIVE,
     OPTIMIZERS,
@@ -62,7 +64,21 @@ log = logging.getLogger("mobilenets")
 
 
 def check_options(options: TrainOptions) -> None:
-    """Refuse impossible values before any work: zero is refused like a negative, never replaced."""
+    """Refuse impossible values and paths before any work: zero is refused like a negative, never replaced."""
+    check_values(options)
+    if options.resume is not None:
+        check_resume(options)
+    else:
+        check_new_run_paths(options)
+        check_distillation_options(options)
+
+
+def check_values(options: TrainOptions) -> None:
+    """The numbers and choices of ``options``, from the command line, Python or a recipe file."""
+    for name, value in vars(options).items():
+        # NaN passes every comparison below, and an infinite Beta or temperature never returns.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MobilenetsError(f"{flag_of(name)} must be a finite number, got {value:g}")
     for name, flag in POSITIVE.items():
         value = getattr(options, name)
         if value is not None and not value > 0:
@@ -88,10 +104,17 @@ def check_options(options: TrainOptions) -> None:
             "--precision fp16 needs a CUDA GPU (CPUs have no fast fp16 arithmetic); on a CPU use --precision bf16 "
             "(native on recent CPUs) or fp32"
         )
-    if options.resume is not None:
-        check_resume(options)
-    else:
-        check_new_run_paths(options)
+
+
+def check_distillation_options(options: TrainOptions) -> None:
+    """``--distill-weight`` and ``--temperature`` only mean something with a teacher: never silently ignored."""
+    stray = [name for name in ("distill_weight", "temperature") if name in options.given()]
+    if stray and options.teacher is None:
+        flags = " and ".join(flag_of(name) for name in stray)
+        raise MobilenetsError(
+            f"{flags} set{'s' if len(stray) == 1 else ''} knowledge distillation, which needs a teacher: add "
+            f"--teacher RUN_DIR|FILE|MODEL.onnx, or drop {flags}"
+        )
 
 
 def _cuda_requested(device: str) -> bool:
@@ -121,10 +144,18 @@ def check_resume(options: TrainOptions) -> None:
             "or start a new run with another --out"
         )
     if not run.checkpoint.exists() and not run.metrics_path.exists():
+        if holds_trained_state(run):  # killed while saving the epoch's checkpoint: weights written, state not
+            raise MobilenetsError(
+                f"{run.path}: no {RunDirectory.CHECKPOINT} to resume from (it holds: {', '.join(run.contents())}); "
+                f"it stopped while saving an epoch, so it cannot continue exactly: evaluate or export its "
+                f"{RunDirectory.MODEL}, or train again with another --out"
+            )
         raise MobilenetsError(
             f"{run.path}: no {RunDirectory.CHECKPOINT} to resume from (it holds: {', '.join(run.contents())}); "
-            "the run stopped before its first checkpoint — start it again with --out"
+            f"the run stopped before its first checkpoint, so nothing was trained: start it again with --out {run.path}"
         )
+    if options.epochs is not None and run.checkpoint.exists():
+        check_resumed_epochs(options.epochs, epochs_done=read_checkpoint(run.checkpoint)["state"]["epoch"])
 
 
 def check_new_run_paths(options: TrainOptions) -> None:
@@ -149,8 +180,28 @@ def check_new_run_paths(options: TrainOptions) -> None:
             raise MobilenetsError(
                 f"{run.path}: holds an unfinished run; continue it with --resume {run.path}, or choose another --out"
             )
-        if run.metrics_path.exists() or run.config.exists():
+        if holds_trained_state(run) or (run.config.exists() and not is_untrained_run(run)):
             raise MobilenetsError(f"{run.path}: already holds a run; choose another --out")
+        if run.config.exists():
+            # Killed while scanning or decoding: nothing was trained, so nothing is lost by starting again.
+            warn(f"{run.path}: its run stopped before its first checkpoint (nothing trained); starting it again")
+
+
+def is_untrained_run(run: RunDirectory) -> bool:
+    """A run's own settings and split, and nothing trained: what a run killed while decoding leaves. Any
+    other config.json (a project's own, say) is never overwritten."""
+    try:
+        TrainConfig.from_dict(run.read_json(CONFIG))
+        run.read_split()
+    except (MobilenetsError, OSError, ValueError, TypeError, KeyError):
+        return False
+    return not holds_trained_state(run)
+
+
+def holds_trained_state(run: RunDirectory) -> bool:
+    """Whether a run directory holds anything training produced (weights, an epoch, a checkpoint, metrics)."""
+    produced = (RunDirectory.CHECKPOINT, RunDirectory.MODEL, RunDirectory.LAST, RunDirectory.EPOCHS, RunDirectory.METRICS)
+    return any((run.path / name).exists() for name in produced)
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -194,13 +245,75 @@ def train(options: TrainOptions) -> RunDirectory:
 def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     if options.resume is None and options.recipe not in (None, "auto"):
         apply_recipe_file(options)
+        check_values(options)  # a recipe file's values face the same checks as the command line's
+        check_distillation_options(options)
     if options.resume is not None:
-        config, split = load_run(options.resume, options)
+        config, split, changes = load_run(options.resume, options)
         run_dir = options.resume
-        train_samples, val_samples, classes = split
         say(f"resuming {run_dir}")
+        trainer = _prepare(config, run_dir, split, context=context, options=options)
+        if (run_dir / CHECKPOINT).exists():
+            trainer.load_checkpoint(run_dir / CHECKPOINT)
+            say(f"continuing at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}")
+        if changes and context.is_main:
+            say(f"resume changes: {'; '.join(changes)}")
+            RunDirectory(run_dir).write_json(CONFIG, config.to_dict())
     else:
-        config, run_dir, (train_samples, val_samples, classes) = new_run(options, context)
+        config, run_dir, split, existed = new_run(options, context)
+        try:
+            trainer = _prepare(config, run_dir, split, context=context, options=options)
+        except (MobilenetsError, KeyboardInterrupt):
+            if context.is_main:
+                remove_failed_start(run_dir, kept=existed)
+            raise
+    say(
+        f"training {config.model} (width {config.width:g}) at {config.resolution}px on {len(trainer.train_data):,} "
+        f"images, validating on {len(trainer.val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
+    )
+    say(
+        f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'lr':>9} {'img/s':>7} {'time':>6}"
+    )
+    try:
+        trainer.fit(on_epoch=print_epoch)
+    except Interrupted:
+        say(f"interrupted: checkpoint saved; continue with `mobilenets train --resume {run_dir}`")
+        raise
+    if context.is_main:
+        finish_run(trainer, run_dir, config)
+    return RunDirectory(run_dir)
+
+
+def remove_failed_start(run_dir: Path, *, kept: set[str]) -> None:
+    """Undo a start that failed before training (bad weights or teacher, unreadable images): its config and
+    split would make the same ``--out`` look taken. Files that were there before are left alone."""
+    for name in set(RunDirectory(run_dir).contents()) - kept:
+        path = run_dir / name
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when empty: a folder the user made keeps what else it holds
+
+
+def check_resumed_epochs(epochs: int, *, epochs_done: int) -> None:
+    if epochs < epochs_done:
+        raise MobilenetsError(
+            f"--epochs {epochs}: this run has already trained {epochs_done} epochs; pass at least "
+            f"{epochs_done} (--epochs {epochs_done} finishes it now with the epochs done)"
+        )
+
+
+def _prepare(
+    config: TrainConfig,
+    run_dir: Path,
+    split: tuple[list[Sample], list[Sample], list[str]],
+    *,
+    context: DistributedContext,
+    options: TrainOptions,
+) -> Trainer:
+    """Everything between the settings and the first step: images decoded, model and teacher built."""
+    train_samples, val_samples, classes = split
+    # A teacher that cannot be used is said before minutes of decoding, not after.
+    teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
     train_data, val_data = decode_sets(config, train_samples, val_samples, run_dir, context=context)
     if options.resume is None and context.is_main:
         check_leakage(train_data, val_data, run_dir)
@@ -214,11 +327,10 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     preprocessing = Preprocessing(
         input_size=config.resolution, resize_size=config.resolution, mean=normalization.mean, std=normalization.std
     )
-    teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
     # Only the main rank diagnoses the run, so only it measures the teacher (the others wait a few seconds).
     if teacher is not None and context.is_main:
         teacher.quality = check_teacher(teacher, source=config.teacher, val_data=val_data, preprocessing=preprocessing)
-    trainer = Trainer(
+    return Trainer(
         config,
         model,
         train_data,
@@ -231,24 +343,6 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
         show_progress=not options.quiet and sys.stderr.isatty(),
         teacher=teacher,
     )
-    if options.resume is not None and (run_dir / CHECKPOINT).exists():
-        trainer.load_checkpoint(run_dir / CHECKPOINT)
-        say(f"continuing at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}")
-    say(
-        f"training {config.model} (width {config.width:g}) at {config.resolution}px on {len(train_data):,} images, "
-        f"validating on {len(val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
-    )
-    say(
-        f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'lr':>9} {'img/s':>7} {'time':>6}"
-    )
-    try:
-        trainer.fit(on_epoch=print_epoch)
-    except Interrupted:
-        say(f"interrupted: checkpoint saved; continue with `mobilenets train --resume {run_dir}`")
-        raise
-    if context.is_main:
-        finish_run(trainer, run_dir, config)
-    return RunDirectory(run_dir)
 
 
 def check_teacher(
@@ -292,7 +386,11 @@ def print_epoch(record) -> None:
     )
 
 
-def new_run(options: TrainOptions, context: DistributedContext) -> tuple[TrainConfig, Path, tuple[list[Sample], list[Sample], list[str]]]:
+def new_run(
+    options: TrainOptions, context: DistributedContext
+) -> tuple[TrainConfig, Path, tuple[list[Sample], list[Sample], list[str]], set[str]]:
+    """Scan, split and settle the settings of a new run, and write them; also returns the names its run
+    directory held before (a start that fails removes only what it wrote)."""
     if options.data is None:
         raise MobilenetsError("--data DIR is required (or --resume RUN_DIR)")
     scan = scan_folder(options.data)
@@ -317,7 +415,8 @@ def new_run(options: TrainOptions, context: DistributedContext) -> tuple[TrainCo
     run_dir = Path(config.out)
     context.barrier()  # every rank has checked before rank 0 starts writing
     if not context.is_main:
-        return config, run_dir, (train_samples, val_samples, scan.classes)
+        return config, run_dir, (train_samples, val_samples, scan.classes), set()
+    existed = set(RunDirectory(run_dir).contents())
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     RunDirectory(run_dir).write_split(
@@ -331,7 +430,7 @@ def new_run(options: TrainOptions, context: DistributedContext) -> tuple[TrainCo
     )
     skipped = [str(s) for s in scan.skipped]
     atomic_write_text(run_dir / "skipped.json", json.dumps(skipped, indent=1))
-    return config, run_dir, (train_samples, val_samples, scan.classes)
+    return config, run_dir, (train_samples, val_samples, scan.classes), existed
 
 
 def report_scan(scan: FolderScan, what: str) -> None:
@@ -367,9 +466,12 @@ def apply_recipe_file(options: TrainOptions) -> None:
 
 def make_config(options: TrainOptions, num_train: int, train_samples: list[Sample]) -> TrainConfig:
     batch_size, epochs, lr, augment = options.batch_size, options.epochs, options.lr, options.augment
-    options.model = options.model or architecture_of(options.weights)
+    head_epochs_given = options.head_epochs is not None
+    options.model, options.width = choose_architecture(options.weights, model=options.model, width=options.width)
     initial_weights = resolve_initial_weights(options.weights, model=options.model, width=options.width)
-    check_freeze(options.freeze, model=options.model, width=options.width, initial_weights=initial_weights)
+    check_freeze(
+        options.freeze, model=options.model, width=options.width, initial_weights=initial_weights, weights=options.weights
+    )
     if options.recipe == "auto":
         recipe = choose_recipe(num_train, pretrained=initial_weights is not None)
         say(recipe.describe(num_train))
@@ -396,6 +498,11 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
             f"--crop-scale {options.crop_scale:g} sets the random crop of --augment light, medium, heavy or augmix, "
             "but this run's augmentation is none: pick one of those levels, or drop --crop-scale"
         )
+    if not options.flip and augment == "none":
+        raise MobilenetsError(
+            "--no-flip turns off the flips of --augment light, medium, heavy or augmix, but this run's augmentation "
+            "is none, which has no flips: pick one of those levels, or drop --no-flip"
+        )
     for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", options.width)):
         if value <= 0:
             raise MobilenetsError(f"{name} must be positive, got {value:g}")
@@ -409,7 +516,7 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
     large_fine_tune = initial_weights is not None and num_train >= FINETUNE_RECIPES[-1].min_images
     for message in range_warnings(batch_size, epochs, lr, fine_tune_large=large_fine_tune, optimizer=options.optimizer):
         warn(message)
-    if message := dataset_size_warning(num_train):
+    if message := dataset_size_warning(num_train, pretrained=initial_weights is not None):
         warn(message)
     if batch_size > num_train:
         warn(f"--batch-size {batch_size} exceeds the {num_train} training images; using {num_train}")
@@ -417,7 +524,9 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
     resolution = choose_resolution(options.resolution, train_samples)
     DistillationSettings(weight=options.distill_weight, temperature=options.temperature)  # checks the values
     check_mixup(options.mixup, augment=augment)
-    options.head_epochs = options.head_epochs or 0
+    options.head_epochs = check_head_epochs(
+        options.head_epochs or 0, epochs=epochs, given=head_epochs_given, initial_weights=initial_weights
+    )
     out = options.out or Path("runs") / f"{options.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Every option has the name of its TrainConfig field; the values decided above replace the raw ones.
     return TrainConfig.from_dict(
@@ -430,22 +539,96 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
             "epochs": epochs,
             "lr": lr,
             "augment": augment,
-            "weights": initial_weights,
-            "initial_weights": initial_weights,
+            "weights": absolute_if_path(initial_weights),
+            "initial_weights": absolute_if_path(initial_weights),
+            "teacher": absolute_if_path(options.teacher),
             "out": str(out),
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,
         }
     )
 
 
-def check_freeze(blocks: int, *, model: str, width: float, initial_weights: str | None) -> None:
+def absolute_if_path(value: str | Path | None) -> str | None:
+    """A file or run directory as an absolute path (``--resume`` from another folder finds it); names stay."""
+    if value is None:
+        return None
+    return str(Path(value).resolve()) if Path(value).exists() else str(value)
+
+
+def check_head_epochs(head_epochs: int, *, epochs: int, given: bool, initial_weights: str | None) -> int:
+    """Head-only epochs train the new classifier on a pretrained backbone; they need both, and epochs after."""
+    if not head_epochs:
+        return 0
+    if initial_weights is None:
+        if given:
+            raise MobilenetsError(
+                f"--head-epochs {head_epochs} trains only the new head on a pretrained backbone, but this run starts "
+                "from scratch, so the backbone would stay random; drop --head-epochs, or start from pretrained weights"
+            )
+        return 0
+    if head_epochs >= epochs:
+        if given:  # a linear probe: asked for, so done, and said
+            warn(
+                f"--head-epochs {head_epochs} covers all {epochs} epochs: only the new head trains (a linear probe); "
+                "the backbone keeps its pretrained weights"
+            )
+            return head_epochs
+        plural = "s leave" if epochs > 1 else " leaves"
+        say(f"  no head-only epoch: {epochs} epoch{plural} none to train the backbone after it")
+        return 0
+    return head_epochs
+
+
+def choose_architecture(weights: str | None, *, model: str | None, width: float | None) -> tuple[str, float]:
+    """``--model`` and ``--width``, or those of the checkpoint ``--weights`` names. A given value that
+    contradicts a weights file is refused here, before the run directory is written."""
+    from mobilenets.models.weights import PUBLISHED_WEIGHTS, load_model
+
+    if weights is None or weights in ("auto", "none"):
+        return model or "mobilenet_v3_small", 1.0 if width is None else width
+    if weights in PUBLISHED_WEIGHTS:
+        published = PUBLISHED_WEIGHTS[weights]
+        if model is not None and model != published.architecture:
+            raise MobilenetsError(
+                f"--weights {weights} holds a {published.architecture} model, not {model}; drop --model or pass "
+                f"--model {published.architecture}"
+            )
+        if width not in (None, 1.0):
+            raise MobilenetsError(
+                f"--weights {weights} is published at width 1.0, not {width:g}; drop --width, or pass a checkpoint "
+                "of that width (--weights FILE)"
+            )
+        return published.architecture, 1.0
+    from mobilenets.models.weights import read_checkpoint as read_weights
+
+    _, metadata = read_weights(weights)
+    saved_width = float(metadata.get("options", {}).get("width", 1.0)) if metadata else None
+    if width is not None and saved_width is not None and width != saved_width:
+        name = metadata.get("architecture", model)
+        raise MobilenetsError(
+            f"--width {width:g}: --weights {weights} holds {name} at width {saved_width:g}; drop --width, or pass "
+            f"--width {saved_width:g}"
+        )
+    # A file without our metadata (torchvision's, timm's) is loaded at the given width, its shapes checked.
+    held = load_model(weights, name=model, width=saved_width if saved_width is not None else width)
+    return held.architecture.name, float(held.architecture.options.get("width", 1.0))
+
+
+def check_freeze(
+    blocks: int, *, model: str, width: float, initial_weights: str | None, weights: str | None = None
+) -> None:
     """``--freeze N`` keeps pretrained layers: refused from scratch (they would stay random) and beyond the last block."""
     if not blocks:
         return
     if initial_weights is None:
+        where = (
+            "a checkpoint file (--weights FILE; auto found none, see above)"
+            if weights == "auto"
+            else "--weights auto or a file"
+        )
         raise MobilenetsError(
             f"--freeze {blocks} keeps pretrained layers fixed, but this run starts from scratch, so they would stay "
-            "random; drop --freeze, or start from pretrained weights (--weights auto or a file)"
+            f"random; drop --freeze, or start from pretrained weights ({where})"
         )
     from mobilenets.models.registry import get_architecture
 
@@ -482,8 +665,11 @@ def choose_resolution(requested: str, samples: list[Sample]) -> int:
     return resolution
 
 
-def load_run(run_dir: Path, options: TrainOptions) -> tuple[TrainConfig, tuple[list[Sample], list[Sample], list[str]]]:
-    """A run's config and split for ``--resume``, with the options a resume may change applied."""
+def load_run(
+    run_dir: Path, options: TrainOptions
+) -> tuple[TrainConfig, tuple[list[Sample], list[Sample], list[str]], list[str]]:
+    """A run's config and split for ``--resume``, with the options a resume may change applied, and those
+    changes said (config.json is rewritten only once the checkpoint shows they fit the run)."""
     run = RunDirectory(run_dir)
     config = TrainConfig.from_dict(run.read_json(CONFIG))
     split = run.read_split()
@@ -492,12 +678,9 @@ def load_run(run_dir: Path, options: TrainOptions) -> tuple[TrainConfig, tuple[l
         if name in RESUME_MAY_CHANGE and hasattr(config, name) and getattr(config, name) != value:
             changed.append(f"--{name.replace('_', '-')} {getattr(config, name)} → {value}")
             setattr(config, name, value)
-    if changed:
-        say(f"resume changes: {'; '.join(changed)}")
-        run.write_json(CONFIG, config.to_dict())
     train = [Sample(f.path, f.label) for f in split.train]
     val = [Sample(f.path, f.label) for f in split.val]
-    return config, (train, val, split.classes)
+    return config, (train, val, split.classes), changed
 
 
 def decode_sets(
@@ -558,17 +741,6 @@ def check_leakage(train: DecodedImages, val: DecodedImages, run_dir: Path) -> No
             indent=1,
         ),
     )
-
-
-def architecture_of(weights: str | None) -> str:
-    """The architecture a set of weights holds (published name or file metadata); V3-Small without weights."""
-    if weights is None or weights in ("auto", "none"):
-        return "mobilenet_v3_small"
-    from mobilenets.models.weights import PUBLISHED_WEIGHTS, load_model
-
-    if weights in PUBLISHED_WEIGHTS:
-        return PUBLISHED_WEIGHTS[weights].architecture
-    return load_model(weights).architecture.name
 
 
 def resolve_initial_weights(weights: str | None, *, model: str, width: float) -> str | None:

@@ -175,11 +175,17 @@ def range_warnings(
     return messages
 
 
-def dataset_size_warning(num_images: int) -> str | None:
+def dataset_size_warning(num_images: int, *, pretrained: bool) -> str | None:
     if num_images < MINIMUM_IMAGES:
+        remedy = (
+            "collect more images"
+            if pretrained  # already fine-tuning: more images are the remedy left
+            else "fine-tune from pretrained weights (--model mobilenet_v2, whose ImageNet weights --weights auto "
+            "fetches) or collect more images"
+        )
         return (
             f"only {num_images} training images (the recommended minimum is {MINIMUM_IMAGES}): expect a noisy, "
-            "overfitted model; fine-tune from pretrained weights (--weights mobilenet_v2.tv_in1k) or collect more images"
+            f"overfitted model; {remedy}"
         )
     return None
 

@@ -31,7 +31,9 @@ def add_parser(subparsers) -> None:
         metavar="NAME",
         help="architecture (default: the one --weights holds, else mobilenet_v3_small)",
     )
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+    parser.add_argument(
+        "--width", type=float, help="width multiplier (default: the width --weights holds, else 1.0)"
+    )
     parser.add_argument(
         "--resolution",
         default="auto",
