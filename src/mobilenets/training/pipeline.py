@@ -182,9 +182,6 @@ def check_new_run_paths(options: TrainOptions) -> None:
             )
         if holds_trained_state(run) or (run.config.exists() and not is_untrained_run(run)):
             raise MobilenetsError(f"{run.path}: already holds a run; choose another --out")
-        if run.config.exists():
-            # Killed while scanning or decoding: nothing was trained, so nothing is lost by starting again.
-            warn(f"{run.path}: its run stopped before its first checkpoint (nothing trained); starting it again")
 
 
 def is_untrained_run(run: RunDirectory) -> bool:
@@ -417,6 +414,8 @@ def new_run(
     if not context.is_main:
         return config, run_dir, (train_samples, val_samples, scan.classes), set()
     existed = set(RunDirectory(run_dir).contents())
+    if CONFIG in existed:  # check_new_run_paths let it through: killed while decoding, nothing trained
+        warn(f"{run_dir}: its run stopped before its first checkpoint (nothing trained); starting it again")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     RunDirectory(run_dir).write_split(
