@@ -45,3 +45,97 @@ def test_idx_with_own_class_names_and_missing_files(tmp_path, monkeypatch, capsy
     error = capsys.readouterr().err.strip()
     assert error.startswith("mobilenets datasets: error:") and "apt install dataset-fashion-mnist" in error
     assert "\n" not in error
+
+
+def fashion_pair(folder, split: str, seed: int, count: int = 30):
+    """A tiny Fashion-MNIST split where the installed one would be; returns its images."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = np.random.default_rng(seed).integers(0, 256, (count, 28, 28))
+    write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
+    return images
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("mobilenets datasets: error: ")
+    return err.strip().removeprefix("mobilenets datasets: error: ")
+
+
+def test_a_second_split_into_the_same_out_is_refused_not_mixed_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
+    train = fashion_pair(tmp_path, "train", seed=0)
+    fashion_pair(tmp_path, "test", seed=1)
+    out = tmp_path / "mix"
+    command = ["datasets", "fashion-mnist", "--out", str(out), "--limit-per-class", "2"]
+    assert main(command) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    assert len(before) == 20
+    capsys.readouterr()
+
+    assert main([*command, "--split", "test"]) == 2
+    assert one_line_error(capsys) == (
+        f"--out {out}: class folder {out / 'ankle_boot'} already holds 2 files, which this run would overwrite or "
+        f"mix with; pass an empty --out, e.g. --out {out}-test"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before  # nothing overwritten, nothing added
+    assert main([*command, "--limit-per-class", "3"]) == 2  # same split, other limit: would mix too
+    assert "already holds 2 files" in one_line_error(capsys)
+
+    assert main(command) == 0  # the same command on its own completed output: said, and nothing written
+    assert (
+        capsys.readouterr().out.strip()
+        == f"{out} already holds these 20 images (the same files, pixel for pixel); nothing to do"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+    assert np.array_equal(np.asarray(Image.open(out / "bag" / "00008.png")), train[8])
+
+    Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(out / "bag" / "00008.png")  # same names, other pixels
+    assert main(command) == 2
+    assert "already holds 2 files" in one_line_error(capsys)
+    (out / "bag" / "00008.png").unlink()  # an incomplete earlier run is not "done"
+    assert main(command) == 2
+    assert "already holds 2 files" in one_line_error(capsys)
+
+    assert main([*command, "--split", "test", "--out", str(tmp_path / "test")]) == 0  # an empty --out is fine
+
+
+def test_a_file_where_a_class_folder_goes_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
+    fashion_pair(tmp_path, "train", seed=0)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "bag").write_text("mine")
+    assert main(["datasets", "fashion-mnist", "--out", str(tmp_path / "out")]) == 2
+    assert one_line_error(capsys) == (
+        f"--out {tmp_path / 'out'}: {tmp_path / 'out' / 'bag'} is a file where class folder 'bag' goes; "
+        f"pass an empty --out, e.g. --out {tmp_path / 'out'}-train"
+    )
+    assert (tmp_path / "out" / "bag").read_text() == "mine"
+
+
+def test_bad_arguments_are_named_in_the_commands_terms_and_leave_no_out_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
+    fashion_pair(tmp_path, "train", seed=0)
+    out = tmp_path / "deep" / "out"
+    labels = str(tmp_path / "train-labels-idx1-ubyte.gz")
+    cases = {
+        ("fashion-mnist", "--images", "X"): "fashion-mnist: --images given without --labels; pass both --images FILE "
+        "and --labels FILE, or neither to use the installed Fashion-MNIST",
+        ("fashion-mnist", "--labels", "X"): "fashion-mnist: --labels given without --images; pass both --images FILE "
+        "and --labels FILE, or neither to use the installed Fashion-MNIST",
+        ("idx", "--images", "X"): "idx: --labels missing; pass --images IMAGES_FILE --labels LABELS_FILE "
+        "(IDX files, .gz or raw)",
+        ("idx",): "idx: --images and --labels missing; pass --images IMAGES_FILE --labels LABELS_FILE "
+        "(IDX files, .gz or raw)",
+        ("fashion-mnist", "--classes", "a,b,c"): f"--classes names 3 classes but the labels in {labels} use 10 "
+        "(0..9); pass --classes with 10 comma-separated names",
+        ("fashion-mnist", "--classes", "a,b,a,c,d,e,f,g,h,i"): "--classes: a named twice; give each class its own name",
+        ("fashion-mnist", "--classes", "a,../b,c,d,e,f,g,h,i,j"): "--classes: '../b' cannot be a class folder name; "
+        "use a plain name without / \\ or a leading dot",
+        ("fashion-mnist", "--limit-per-class", "0"): "--limit-per-class must be at least 1, got 0",
+    }
+    for argv, message in cases.items():
+        assert main(["datasets", *argv, "--out", str(out)]) == 2, argv
+        assert one_line_error(capsys) == message
+        assert not (tmp_path / "deep").exists(), argv  # nothing created for a run that was refused

@@ -11,7 +11,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,19 +55,54 @@ def disk_full_message(folder: Path, needed_bytes: int | None) -> str:
     return f"no space left on the disk holding {folder}{needed}; free some space and run the same command again"
 
 
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """A new empty file beside ``path``, created the way ``open(name, "w")`` creates one (mode 0o666 less
+    the umask, applied by the kernel: no process-wide ``os.umask`` dance, so it is safe with threads).
+    Returns the file and the mode it got."""
+    for _ in range(100):
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+        finally:
+            os.close(descriptor)
+        return temporary, mode
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+def _final_mode(path: Path, created_mode: int) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return created_mode
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str, needed_bytes: int | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` only if the block succeeds.
 
     On any failure the temporary file is removed and ``path`` keeps its previous content; a full disk
     raises ``DiskFullError`` naming the folder (``needed_bytes``, when known, is said too).
+
+    Permissions are those a plain ``open(path, "w")`` would leave: a new file gets 0o666 less the umask
+    (0o644 under the usual umask 0o022, so other users and web servers can read reports and models), and
+    replacing an existing file keeps that file's mode (a checkpoint someone made private stays private).
     """
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    temporary = Path(name)
+    try:
+        temporary, created_mode = _create_temporary(path)
+    except OSError as error:
+        if _is_disk_full(error):
+            raise DiskFullError(disk_full_message(path.parent, needed_bytes)) from None
+        raise
     try:
         yield temporary
+        mode = _final_mode(path, created_mode)
+        if os.name != "nt" and stat.S_IMODE(os.stat(temporary).st_mode) != mode:
+            os.chmod(temporary, mode)  # the writer may have replaced the file rather than written into it
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
@@ -89,12 +126,24 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return atomic_write(path, lambda temporary: temporary.write_bytes(data), needed_bytes=len(data))
 
 
-def check_writable(folder: Path | str, what: str = "--out") -> Path:
-    """Create ``folder`` if needed and prove it is writable, before any long work starts."""
+def check_writable(folder: Path | str, what: str = "--out", create: bool = True) -> Path:
+    """Prove ``folder`` is writable, before any long work starts, creating it if needed.
+
+    With ``create=False`` nothing is left behind: a missing ``folder`` is checked through its nearest
+    existing parent (a file in the way, or a parent that cannot be written, is refused the same way), so
+    arguments can be checked before anything is created.
+    """
     folder = Path(folder)
+    probe = folder
+    if not create:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise MobilenetsError(f"{what} {folder}: a file is in the way; pass a folder path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
             pass
     except FileExistsError:
         raise MobilenetsError(f"{what} {folder}: a file is in the way; pass a folder path") from None

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -430,6 +431,144 @@ def fashion_mnist_files(split: str, root: Path | None = None) -> tuple[Path, Pat
     return images, labels
 
 
+@dataclass
+class ClassFoldersPlan:
+    """An IDX pair, checked, and which image goes to which ``CLASS/NNNNN.png``, before anything is written."""
+
+    images_path: Path
+    labels_path: Path
+    images: np.ndarray
+    names: list[str]
+    files: list[tuple[int, str]]  # (index in the IDX pair, class name), in file order
+    limit_per_class: int | None
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(name for _, name in self.files)
+        return {name: counter.get(name, 0) for name in self.names}
+
+    def relative_paths(self) -> set[str]:
+        return {f"{name}/{index:05d}.png" for index, name in self.files}
+
+
+def check_class_names(classes: Sequence[str], what: str = "--classes") -> list[str]:
+    """Class names become folder names: each must be one plain, non-hidden folder name, and unique."""
+    names = [str(name).strip() for name in classes]
+    for name in names:
+        if not name:
+            raise DatasetError(f"{what}: an empty class name; give one name per class, separated by commas")
+        if name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\"):
+            raise DatasetError(
+                f"{what}: {name!r} cannot be a class folder name; use a plain name without / \\ or a leading dot"
+            )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DatasetError(f"{what}: {', '.join(duplicates)} named twice; give each class its own name")
+    return names
+
+
+def plan_class_folders(
+    images_path: Path | str,
+    labels_path: Path | str,
+    classes: Sequence[str] | None = None,
+    limit_per_class: int | None = None,
+    classes_from: str = "--classes",
+) -> ClassFoldersPlan:
+    """Read and check an IDX pair; ``classes_from`` says where ``classes`` came from, for the error."""
+    images_path, labels_path = Path(images_path), Path(labels_path)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetError(
+            f"{images_path}, {labels_path}: expected images (N, H, W) and labels (N,), got {images.shape} and {labels.shape}"
+        )
+    if len(labels) == 0:
+        raise DatasetError(f"{labels_path}: holds no labels (0 images); pass a non-empty IDX pair")
+    if not np.issubdtype(labels.dtype, np.integer) or int(labels.min()) < 0:
+        raise DatasetError(
+            f"{labels_path}: labels must be whole numbers 0..N-1, found {labels.min()}; pass a labels IDX file"
+        )
+    used = int(labels.max()) + 1
+    if classes is None:
+        names = [str(i) for i in range(used)]
+    else:
+        names = check_class_names(classes, classes_from)
+        if used > len(names):
+            raise DatasetError(
+                f"{classes_from} names {len(names)} classes but the labels in {labels_path} use {used} (0..{used - 1}); "
+                f"pass --classes with {used} comma-separated names"
+            )
+    if limit_per_class is not None and limit_per_class < 1:
+        raise DatasetError(f"--limit-per-class must be at least 1, got {limit_per_class}")
+    files, taken = [], Counter()
+    for index, label in enumerate(labels.tolist()):
+        name = names[label]
+        if limit_per_class is None or taken[name] < limit_per_class:
+            files.append((index, name))
+            taken[name] += 1
+    return ClassFoldersPlan(images_path, labels_path, images, names, files, limit_per_class)
+
+
+def check_class_folders_out(plan: ClassFoldersPlan, out: Path | str, other_out: str | None = None) -> bool:
+    """Whether ``out`` may take ``plan``'s images without overwriting or mixing with images already there.
+
+    Returns False when the class folders it would write are absent or empty; True when they already hold
+    exactly the files this run would write, pixel for pixel (the same command, completed: nothing to do);
+    otherwise raises, naming the class folder in the way. Reads only: nothing is created.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return False  # absent (or a file in the way: check_writable says so)
+    other = other_out or f"{out}-2"
+    found: set[str] = set()
+    for name in plan.counts():
+        folder = out / name
+        if folder.exists() and not folder.is_dir():
+            raise DatasetError(
+                f"--out {out}: {folder} is a file where class folder {name!r} goes; pass an empty --out, e.g. --out {other}"
+            )
+        if folder.is_dir():
+            found |= {f"{name}/{p.name}" for p in folder.iterdir() if not p.name.startswith(".")}
+    if not found:
+        return False
+    if found == plan.relative_paths() and _holds_planned_images(plan, out):
+        return True
+    first = sorted(found)[0].split("/")[0]
+    count = sum(1 for path in found if path.startswith(f"{first}/"))
+    raise DatasetError(
+        f"--out {out}: class folder {out / first} already holds {count:,} files, which this run would overwrite or "
+        f"mix with; pass an empty --out, e.g. --out {other}"
+    )
+
+
+def _holds_planned_images(plan: ClassFoldersPlan, out: Path) -> bool:
+    for index, name in plan.files:
+        try:
+            with Image.open(out / name / f"{index:05d}.png") as image:
+                if not np.array_equal(np.asarray(image), plan.images[index]):
+                    return False
+        except Exception:  # a truncated PNG from an interrupted run: not done
+            return False
+    return True
+
+
+def write_planned_class_folders(plan: ClassFoldersPlan, out: Path | str) -> dict[str, int]:
+    """Write ``plan`` as ``out/CLASS/NNNNN.png`` (check ``out`` first: see ``check_class_folders_out``)."""
+    from mobilenets.core.files import DiskFullError, disk_full_message
+
+    out = Path(out)
+    for index, name in plan.files:
+        folder = out / name
+        path = folder / f"{index:05d}.png"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(plan.images[index], dtype=np.uint8), "L").save(path, optimize=True)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(disk_full_message(folder, None)) from None
+            reason = error.strerror or str(error)
+            raise DatasetError(f"{path}: cannot write ({reason}); pass a writable, empty --out") from None
+    return plan.counts()
+
+
 def write_class_folders(
     images_path: Path | str,
     labels_path: Path | str,
@@ -437,28 +576,15 @@ def write_class_folders(
     classes: Sequence[str] | None = None,
     limit_per_class: int | None = None,
 ) -> dict[str, int]:
-    """Write an IDX image/label pair as ``out/CLASS/NNNNN.png``; returns images written per class."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DatasetError(
-            f"{images_path}, {labels_path}: expected images (N, H, W) and labels (N,), got {images.shape} and {labels.shape}"
-        )
-    names = list(classes) if classes is not None else [str(i) for i in range(int(labels.max()) + 1)]
-    if int(labels.max()) >= len(names):
-        raise DatasetError(f"{labels_path}: label {int(labels.max())} but only {len(names)} class names")
-    out = Path(out)
-    written = dict.fromkeys(names, 0)
-    for index, (pixels, label) in enumerate(zip(images, labels, strict=True)):
-        name = names[int(label)]
-        if limit_per_class is not None and written[name] >= limit_per_class:
-            continue
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "L").save(
-            folder / f"{index:05d}.png", optimize=True
-        )
-        written[name] += 1
-    return written
+    """Write an IDX image/label pair as ``out/CLASS/NNNNN.png``; returns images written per class.
+
+    Refuses (``DatasetError``) when the class folders under ``out`` already hold other images; the same
+    pair, classes and limit written there before, completely, is a no-op.
+    """
+    plan = plan_class_folders(images_path, labels_path, classes, limit_per_class)
+    if check_class_folders_out(plan, out):
+        return plan.counts()
+    return write_planned_class_folders(plan, out)
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

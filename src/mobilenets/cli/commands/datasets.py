@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mobilenets.data.folders import FASHION_MNIST_CLASSES, DatasetError, fashion_mnist_files, write_class_folders
+from mobilenets.data.folders import (
+    FASHION_MNIST_CLASSES,
+    DatasetError,
+    check_class_folders_out,
+    fashion_mnist_files,
+    plan_class_folders,
+    write_planned_class_folders,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -23,24 +30,50 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def _input_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.name == "fashion-mnist" and args.images is None and args.labels is None:
+        return fashion_mnist_files(args.split)
+    missing = [option for option in ("--images", "--labels") if getattr(args, option[2:]) is None]
+    if missing and args.name == "idx":
+        raise DatasetError(
+            f"idx: {' and '.join(missing)} missing; pass --images IMAGES_FILE --labels LABELS_FILE (IDX files, .gz or raw)"
+        )
+    if missing:
+        given = "--labels" if missing == ["--images"] else "--images"
+        raise DatasetError(
+            f"fashion-mnist: {given} given without {missing[0]}; pass both --images FILE and --labels FILE, "
+            "or neither to use the installed Fashion-MNIST"
+        )
+    return args.images, args.labels
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.limit_per_class is not None and args.limit_per_class < 1:
-        raise DatasetError("--limit-per-class must be at least 1")
-    if args.name == "fashion-mnist" and args.images is None:
-        images, labels = fashion_mnist_files(args.split)
-        classes = list(FASHION_MNIST_CLASSES)
-    else:
-        if args.images is None or args.labels is None:
-            raise DatasetError("idx needs --images FILE and --labels FILE")
-        images, labels = args.images, args.labels
-        classes = list(FASHION_MNIST_CLASSES) if args.name == "fashion-mnist" else None
-    if args.classes:
-        classes = [c.strip() for c in args.classes.split(",")]
+    """Check every argument and the input files before --out is created; refuse an --out whose class folders
+    already hold images (the same command run again on its own completed output is a no-op)."""
     from mobilenets.core.files import check_writable
 
-    check_writable(args.out)  # before decoding tens of thousands of images, not after
-    written = write_class_folders(images, labels, args.out, classes, args.limit_per_class)
-    print(f"wrote {sum(written.values()):,} images in {len(written)} class folders under {args.out}")
+    if args.limit_per_class is not None and args.limit_per_class < 1:
+        raise DatasetError(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
+    images, labels = _input_files(args)
+    check_writable(args.out, create=False)  # a read-only or blocked --out, found before reading any image
+    if args.classes:
+        classes, classes_from = args.classes.split(","), "--classes"
+    elif args.name == "fashion-mnist":
+        classes, classes_from = list(FASHION_MNIST_CLASSES), "Fashion-MNIST's class list"
+    else:
+        classes, classes_from = None, "--classes"
+    plan = plan_class_folders(images, labels, classes, args.limit_per_class, classes_from)
+    other_out = f"{args.out}-{args.split}" if args.name == "fashion-mnist" else f"{args.out}-2"
+    counts = plan.counts()
+    if check_class_folders_out(plan, args.out, other_out):
+        print(
+            f"{args.out} already holds these {sum(counts.values()):,} images (the same files, pixel for pixel); nothing to do"
+        )
+        return 0
+    check_writable(args.out)  # created only now, with every argument checked
+    written = write_planned_class_folders(plan, args.out)
+    folders = sum(1 for count in written.values() if count)
+    print(f"wrote {sum(written.values()):,} images in {folders} class folders under {args.out}")
     for name, count in written.items():
         print(f"  {name:<16} {count:>6,}")
     return 0
