@@ -201,3 +201,27 @@ def test_hash_mismatch_is_refused(tmp_path, monkeypatch):
     torch.save(create_model("mobilenet_v3_small").state_dict(), target)
     with pytest.raises(WeightsError, match="does not match the published"):
         create_model("mobilenet_v3_small", weights="mobilenet_v3_small.tv_in1k")
+
+
+def test_a_run_folder_without_its_best_weights_never_gives_its_last_epochs(tmp_path):
+    from mobilenets.models.weights import WeightsError, save_weights
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    save_weights(create_model("mobilenet_v3_small", num_classes=2, width=0.25), run / "last.safetensors", classes=["a", "b"])
+    with pytest.raises(WeightsError, match=r"no model.safetensors \(a run's best weights\) in this folder \(it holds last.safetensors\)"):
+        create_model("mobilenet_v3_small", weights=run)
+    assert create_model("mobilenet_v3_small", weights=run / "last.safetensors").metadata.classes == ["a", "b"]
+
+
+def test_damaged_model_metadata_is_one_line_naming_the_file(tmp_path):
+    from mobilenets.models.weights import WeightsError, metadata_path, save_weights
+
+    path = tmp_path / "model.safetensors"
+    save_weights(create_model("mobilenet_v3_small", num_classes=2, width=0.25), path, classes=["a", "b"])
+    metadata_path(path).write_text('{"broken')
+    with pytest.raises(WeightsError, match=rf"{metadata_path(path)}: unreadable .*delete model.json to use the metadata inside model.safetensors"):
+        create_model("mobilenet_v3_small", weights=path)
+    metadata_path(path).unlink()  # the copy embedded in the file suffices
+    assert create_model("mobilenet_v3_small", weights=path).metadata.classes == ["a", "b"]

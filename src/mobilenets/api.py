@@ -65,7 +65,7 @@ def train_with_options(options: TrainOptions) -> Run:
 
 def load_run(path: Path | str) -> Run:
     """A run directory written by ``train`` (it may have been moved or copied since)."""
-    run = Run(path)
+    run = Run(as_path(path, "the run directory"))
     if not run.path.exists():
         raise MobilenetsError(f"{run.path}: does not exist; pass a run directory written by `mobilenets train`")
     run.directory.require(RunDirectory.CONFIG, RunDirectory.MODEL, needed_by="this")
@@ -76,7 +76,7 @@ class Run:
     """A training run on disk, and everything that can be done with it."""
 
     def __init__(self, path: Path | str) -> None:
-        self.directory = RunDirectory(path)
+        self.directory = RunDirectory(as_path(path, "the run directory"))
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -133,7 +133,7 @@ class Run:
         from mobilenets.deployment.evaluate import evaluate_folder
 
         return evaluate_folder(
-            run_dir=self.path, data=Path(data), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, report=log.info
+            run_dir=self.path, data=as_path(data, "data"), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, report=log.info
         )
 
     def quantize(self, method: str = "auto", *, write_report: bool = True, **options: Any) -> dict:
@@ -165,11 +165,13 @@ class Run:
         from mobilenets.deployment.export import export_model
         from mobilenets.deployment.loading import model_source
 
+        if not isinstance(int8, bool):  # int8="no" is truthy: it would write the int8 file
+            raise MobilenetsError(f"int8 must be True or False, got {int8!r}")
         result = export_model(
             source=model_source(run_dir=self.path),
             format=format,
             int8=int8,
-            out=Path(out) if out is not None else None,
+            out=as_path(out, "out") if out is not None else None,
             report=log.info,
             **options,
         )
@@ -185,7 +187,8 @@ class Run:
         from mobilenets.deployment.loading import model_source
         from mobilenets.deployment.predict import predict_files
 
-        inputs = [images] if isinstance(images, (str, Path)) else list(images)
+        inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+        inputs = [as_path(image, "images") for image in inputs]
         return predict_files(
             inputs=inputs, source=model_source(run_dir=self.path), top_k=top_k, engine=engine, report=log.info
         )
@@ -201,6 +204,9 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     """Corruptions, shifts, adversarial noise and SE/hard-swish latency of a run (see ``mobilenets robustness``)."""
     from mobilenets.robustness.run import robustness_report
 
+    reserved = sorted({"run_dir", "log"} & set(options))
+    if reserved:  # set here from `run` and the logger
+        raise MobilenetsError(f"unknown robustness option(s) {', '.join(reserved)}; pass the run as the first argument")
     run = run if isinstance(run, Run) else load_run(run)
     result = robustness_report(run_dir=run.path, log=log.info, **options)
     run.report()
@@ -218,6 +224,17 @@ def export_formats(text: str | None) -> list[str]:
     if unknown:
         raise MobilenetsError(f"--export {text}: unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
     return formats
+
+
+def as_path(value: object, what: str) -> Path:
+    """A path given to the API: a non-empty string or path-like, else one clear error (not a TypeError)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise MobilenetsError(f"{what} must be a path (a string or pathlib.Path), got {value!r}")
+    if not value.strip():
+        raise MobilenetsError(f"{what} is an empty string; give a path (for the current folder: '.')")
+    return Path(value)
 
 
 def _is_main_process() -> bool:

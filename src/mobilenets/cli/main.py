@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(quiet=args.log_quiet, verbose=args.verbose)
     try:
+        check_no_empty_values(sys.argv[1:] if argv is None else argv)
         return int(args.run(args) or 0)
     except BrokenPipeError:
         return _stdout_closed()
@@ -86,6 +87,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def check_no_empty_values(argv: list[str]) -> None:
+    """An empty value (``--out ""``, an unset shell variable) would become the current folder as a path,
+    or nothing as a list: never what was meant, so it is refused rather than read."""
+    from mobilenets.core.errors import MobilenetsError
+
+    def hint(option: str) -> str:
+        return f" (for the current folder: {option} .)" if option in FOLDER_OPTIONS else ""
+
+    for index, token in enumerate(argv):
+        option, equals, value = token.partition("=")
+        if token.startswith("--") and equals and not value.strip():
+            raise MobilenetsError(f'{option}="": an empty value; give one{hint(option)}')
+        if not token.strip():
+            before = argv[index - 1] if index and argv[index - 1].startswith("-") else None
+            if before is not None and "=" not in before:
+                raise MobilenetsError(f'{before} "": an empty value; give one{hint(before)}')
+            raise MobilenetsError('an empty argument (""); remove it or give a value (for the current folder: .)')
+
+
+# Options whose value is a folder, where "." is what an empty value would have become.
+FOLDER_OPTIONS = ("--out", "--data", "--val", "--cache-dir", "--resume")
 
 
 def _stdout_closed() -> int:

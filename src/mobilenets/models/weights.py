@@ -213,9 +213,16 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
     if path.is_dir():
         candidates = sorted(path.glob("*.safetensors"))
         preferred = [p for p in candidates if p.stem in ("model", "best")]
-        if not (preferred or candidates):
-            raise WeightsError(f"{path}: no .safetensors weights in this folder; pass the weights file itself")
-        path = (preferred or candidates)[0]
+        # A run directory without its best weights must not silently give its last epoch's (last.safetensors),
+        # and a folder of several files must not give whichever sorts first.
+        sole = candidates if len(candidates) == 1 and not (path / "config.json").exists() else []
+        if not (preferred or sole):
+            held = f" (it holds {', '.join(p.name for p in candidates)})" if candidates else ""
+            raise WeightsError(
+                f"{path}: no model.safetensors (a run's best weights) in this folder{held}; pass the weights file "
+                "itself"
+            )
+        path = (preferred or sole)[0]
     if not path.exists():
         raise WeightsError(f"{path}: no such file; check the path (published names: {', '.join(list_weights())})")
     if path.suffix == ".safetensors":
@@ -230,10 +237,20 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
                 f"{path}: not a readable safetensors file ({error}); it may be truncated, re-copy it"
             ) from None
         metadata = None
-        if metadata_path(path).exists():
-            metadata = json.loads(metadata_path(path).read_text())
-        elif embedded:
-            metadata = json.loads(embedded)
+        try:
+            if metadata_path(path).exists():
+                metadata = json.loads(metadata_path(path).read_text())
+            elif embedded:
+                metadata = json.loads(embedded)
+        except (OSError, ValueError) as error:
+            source = metadata_path(path) if metadata_path(path).exists() else f"{path}'s embedded metadata"
+            raise WeightsError(
+                f"{source}: unreadable ({error}); it says the model's architecture, classes and preprocessing: "
+                f"restore it from the run's copy, or delete {metadata_path(path).name} to use the metadata inside "
+                f"{path.name}"
+            ) from None
+        if metadata is not None and not isinstance(metadata, dict):
+            raise WeightsError(f"{metadata_path(path)}: not a JSON object of model metadata; restore or delete it")
         return in_module_order(state_dict), metadata
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,8 +3,11 @@ command line can build its parser without loading it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from mobilenets.core.errors import MobilenetsError
 
 # Each optimizer's weight decay when --weight-decay is not given: AdamW's decoupled decay (Loshchilov &
 # Hutter 2019) works at a much larger value than the L2 penalty RMSprop and SGD add to the gradient;
@@ -66,10 +69,16 @@ class TrainOptions:
     sync_bn: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("data", "val", "out", "resume", "cache_dir"):
+        for name in PATHS:
             value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, Path(value))
+            if value is None:
+                continue
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                # Path("") is the current folder: an empty value is refused, never read as ".".
+                raise MobilenetsError(
+                    f"{flag_of(name)} must be a path (a non-empty string or pathlib.Path), got {value!r}"
+                )
+            setattr(self, name, Path(value))
 
     @classmethod
     def defaults(cls) -> dict:
@@ -79,6 +88,39 @@ class TrainOptions:
         """The options whose value differs from the default (what the user asked for)."""
         defaults = self.defaults()
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != defaults[f.name]}
+
+
+PATHS = ("data", "val", "out", "resume", "cache_dir")
+# The type of each option's value, checked before any work (the Python API takes any object).
+WHOLE_NUMBERS = ("batch_size", "epochs", "head_epochs", "freeze", "early_stopping", "seed", "checkpoint_steps")
+NUMBERS = (
+    "width", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "ema_decay", "dropout", "distill_weight",
+    "temperature", "mixup", "random_erasing", "val_fraction", "checkpoint_minutes", "crop_scale",
+)  # fmt: skip
+SWITCHES = ("flip", "ema", "quantize", "quiet", "freeze_bn", "sync_bn")
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "cache": ("auto", "memory", "disk"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def type_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot be option ``name``'s (``None``: it can); ``True`` is no epoch count."""
+    if value is None:
+        return None
+    if name in WHOLE_NUMBERS and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"{flag_of(name)} must be a whole number, got {value!r}"
+    if name in NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"{flag_of(name)} must be a number, got {value!r}"
+    if name in SWITCHES and not isinstance(value, bool):
+        return f"{name} must be True or False, got {value!r}"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"{flag_of(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}"
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
+    if name == "resolution" and not (value == "auto" or whole):
+        return f"--resolution must be a whole number of pixels or auto, got {value!r}"
+    return None
 
 
 # Options whose command-line flag turns them off (store_false).

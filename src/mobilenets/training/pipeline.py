@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from mobilenets.core.distributed import DistributedContext, explain_peer_failure
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write_text
 from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
+from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.data.disk_cache import choose_cache, decode_to_disk
 from mobilenets.data.folders import (
     DecodedImages,
@@ -31,6 +33,7 @@ from mobilenets.data.folders import (
 )
 from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import Preprocessing
+from mobilenets.models.registry import list_models
 from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format_findings
 from mobilenets.training.distillation import (
     DistillationSettings,
@@ -47,6 +50,7 @@ from mobilenets.training.options import (
     RESUME_MAY_CHANGE,
     TrainOptions,
     flag_of,
+    type_problem,
 )
 from mobilenets.training.recipes import (
     DEFAULTS,
@@ -75,6 +79,17 @@ def check_options(options: TrainOptions) -> None:
 
 def check_values(options: TrainOptions) -> None:
     """The numbers and choices of ``options``, from the command line, Python or a recipe file."""
+    for name, value in vars(options).items():
+        if problem := type_problem(name, value):
+            raise MobilenetsError(problem)
+    if options.model is not None and options.model not in list_models():
+        close = difflib.get_close_matches(str(options.model), list_models(), n=1)
+        raise MobilenetsError(
+            f"--model {options.model!r}: no such architecture"
+            + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(list_models())}")
+        )
+    if options.augment is not None and options.augment not in AUGMENT_LEVELS:
+        raise MobilenetsError(f"--augment {options.augment!r}: choose one of {', '.join(AUGMENT_LEVELS)}")
     for name, value in vars(options).items():
         # NaN passes every comparison below, and an infinite Beta or temperature never returns.
         if isinstance(value, float) and not math.isfinite(value):

@@ -1,0 +1,71 @@
+"""Values of the wrong type from Python, and empty values from the shell: one clear error, never a
+TypeError from deep inside, and never read as something else ("" as the current folder, True as 1 epoch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mobilenets
+from mobilenets.cli.main import main
+from mobilenets.core.errors import MobilenetsError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": "1"}, "--epochs must be a whole number, got '1'"),
+        ({"epochs": 1.5}, "--epochs must be a whole number, got 1.5"),
+        ({"epochs": True}, "--epochs must be a whole number, got True"),
+        ({"width": "0.25"}, "--width must be a number, got '0.25'"),
+        ({"resolution": 32.7}, "--resolution must be a whole number of pixels or auto, got 32.7"),
+        ({"quantize": "no"}, "quantize must be True or False, got 'no'"),
+        ({"device": "gpu"}, "--device must be one of auto, cpu, cuda, got 'gpu'"),
+        ({"model": "mobilenet_v3_smal"}, "--model 'mobilenet_v3_smal': no such architecture; did you mean mobilenet_v3_small?"),
+        ({"augment": "strong"}, "--augment 'strong': choose one of"),
+        ({"out": ""}, "--out must be a path (a non-empty string or pathlib.Path), got ''"),
+        ({"out": 123}, "--out must be a path (a non-empty string or pathlib.Path), got 123"),
+    ],
+)
+def test_train_refuses_values_of_the_wrong_type_in_one_line(options, message, tmp_path):
+    options = {"out": tmp_path / "run", "weights": "none", **options}
+    with pytest.raises(MobilenetsError) as raised:
+        mobilenets.train(EXAMPLES, **options)
+    assert str(raised.value).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_paths_and_switches_of_the_api_are_checked(tmp_path):
+    with pytest.raises(MobilenetsError, match=r"the run directory must be a path \(a string or pathlib.Path\), got None"):
+        mobilenets.load_run(None)
+    with pytest.raises(MobilenetsError, match="the run directory is an empty string"):
+        mobilenets.load_run("")
+    run = mobilenets.api.Run(tmp_path)
+    with pytest.raises(MobilenetsError, match="data must be a path"):
+        run.evaluate(123)
+    with pytest.raises(MobilenetsError, match="int8 must be True or False, got 'no'"):
+        run.export("onnx", int8="no")
+
+
+@pytest.mark.parametrize("argv", [["--out", ""], ["--out="], ["--out", " "]])
+def test_an_empty_value_from_the_shell_is_refused_not_read_as_the_current_folder(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["datasets", "fashion-mnist", *argv, "--limit-per-class", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().endswith("an empty value; give one (for the current folder: --out .)")
+    assert list(tmp_path.iterdir()) == []  # nothing written where "" would have pointed
+
+
+def test_an_empty_value_of_an_option_that_is_no_folder_gets_no_folder_hint(capsys):
+    code = main(["datasets", "fashion-mnist", "--classes", "", "--out", "x"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith('--classes "": an empty value; give one')
+
+
+def test_robustness_from_python_refuses_the_arguments_it_sets_itself(tmp_path):
+    with pytest.raises(MobilenetsError, match=r"unknown robustness option\(s\) log, run_dir; pass the run as the first"):
+        mobilenets.robustness(tmp_path, run_dir=tmp_path, log=print)
