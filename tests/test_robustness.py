@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,172 @@ def test_data_folder_with_a_broken_file_is_scored_without_it(tmp_path, capsys):
     assert result["images"] == 12 and result["images_available"] == 13
     assert len(result["skipped_files"]) == 1 and "broken.png" in result["skipped_files"][0]
     assert "warning: skipped" in captured.err and "broken.png" in captured.err
+
+
+# --------------------------------------------------------------------------------------------------
+# --quick fills in only what was not given; the public function keeps its name
+# --------------------------------------------------------------------------------------------------
+
+
+class Measured(Exception):
+    """Raised by a stand-in for the measurement: the options it was called with are all a test needs."""
+
+
+def capture_options(monkeypatch) -> dict:
+    """Run ``robustness`` up to the measurement, recording its options and the image subset asked for."""
+    from mobilenets.robustness import evaluate
+
+    seen: dict = {}
+    load_eval_images = evaluate.load_eval_images
+
+    def loading(samples, preprocessing, max_images=None, seed=0):
+        seen["max_images"] = max_images
+        return load_eval_images(samples, preprocessing, max_images, seed)
+
+    def measuring(model, preprocessing, images, options, **kwargs):
+        seen["options"], seen["images"] = options, len(images.labels)
+        raise Measured
+
+    monkeypatch.setattr(evaluate, "load_eval_images", loading)
+    monkeypatch.setattr(evaluate, "run_robustness", measuring)
+    monkeypatch.setenv("MOBILENETS_DEBUG", "1")  # let Measured through the command line's error handling
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("extra", "severities", "corruptions", "max_images", "attacked", "latency"),
+    [
+        ([], (1, 2, 3, 4, 5), 19, 1000, 200, True),
+        (["--quick"], (3,), 15, 200, 50, False),
+        # Given values win over --quick's, and are not capped (0 = all images).
+        (
+            [
+                "--quick",
+                "--severities",
+                "5",
+                "--corruptions",
+                "fog",
+                "--max-images",
+                "0",
+                "--adversarial-images",
+                "300",
+            ],
+            (5,),
+            1,
+            None,
+            300,
+            False,
+        ),
+        (["--quick", "--max-images", "500", "--severities", "1-5"], (1, 2, 3, 4, 5), 15, 500, 50, False),
+    ],
+)
+def test_quick_fills_in_only_the_options_not_given(
+    tmp_path, monkeypatch, extra, severities, corruptions, max_images, attacked, latency
+):
+    run = make_run(tmp_path, "run", seed=0)
+    seen = capture_options(monkeypatch)
+    with pytest.raises(Measured):
+        main(["robustness", str(run), *extra])
+    options = seen["options"]
+    assert options.severities == severities and len(options.corruptions) == corruptions
+    assert seen["max_images"] == max_images and options.adversarial_images == attacked
+    assert options.latency is latency and options.device_latency is latency
+
+
+@pytest.mark.parametrize("quick", [[], ["--quick"]])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--severities", "0"], "--severities '0': severities run from 1 to 5"),
+        (["--severities", "6"], "--severities '6': severities run from 1 to 5"),
+        (["--severities", ""], "--severities"),  # the command line refuses empty values before robustness runs
+        (["--severities", "5-1"], "--severities '5-1': write a range low to high, e.g. 1-5"),
+        (["--corruptions", ""], "--corruptions"),
+        (["--max-images", "-1"], "--max-images -1: give a whole number, 0 (all images) or more"),
+        (["--adversarial-images", "0"], "--adversarial-images 0: give a whole number, 1 or more"),
+        (["--seed", "-1"], "--seed -1: give a whole number, 0 or more"),
+    ],
+)
+def test_given_values_are_checked_the_same_with_and_without_quick(tmp_path, capsys, quick, extra, message):
+    run = make_run(tmp_path, "run", seed=0)
+    assert main(["robustness", str(run), *quick, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_public_robustness_stays_the_function_after_its_subpackage_is_imported(tmp_path, monkeypatch):
+    import importlib
+    import pkgutil
+
+    import mobilenets
+    from mobilenets import api
+    from mobilenets.robustness import run as robustness_run
+
+    # Importing every module of every subpackage named like a public function leaves the function bound.
+    subpackages = {module.name for module in pkgutil.iter_modules(mobilenets.__path__)}
+    for name in set(mobilenets._PUBLIC) & subpackages:
+        assert name in mobilenets._SHADOWED_SUBPACKAGES, f"mobilenets.{name} would be rebound to the subpackage"
+        package = importlib.import_module(f"mobilenets.{name}")
+        for module in pkgutil.walk_packages(package.__path__, f"mobilenets.{name}."):
+            importlib.import_module(module.name)
+        assert getattr(mobilenets, name) is getattr(importlib.import_module(mobilenets._PUBLIC[name]), name)
+    assert callable(mobilenets.robustness) and mobilenets.robustness is api.robustness
+
+    # Called twice in one process (the second call failed: 'module' object is not callable).
+    calls = []
+
+    def report(**options):
+        calls.append(options)
+        return robustness_run.RobustnessRun({"calls": len(calls)}, {})
+
+    monkeypatch.setattr(robustness_run, "robustness_report", report)
+    monkeypatch.setattr(api.Run, "report", lambda self: None)
+    run = api.Run(make_run(tmp_path, "run", seed=0))
+    assert mobilenets.robustness(run, quick=True) == {"calls": 1}
+    assert mobilenets.robustness(run, quick=True) == {"calls": 2}
+    assert callable(mobilenets.robustness) and [c["quick"] for c in calls] == [True, True]
+
+
+def test_an_unknown_api_option_is_named_with_the_known_ones(tmp_path):
+    import mobilenets
+    from mobilenets import api
+    from mobilenets.core.errors import MobilenetsError
+
+    run = api.Run(make_run(tmp_path, "run", seed=0))
+    with pytest.raises(MobilenetsError) as caught:
+        mobilenets.robustness(run, bogus=1, max_image=5)
+    message = str(caught.value)
+    assert message.startswith("unknown robustness option(s) bogus, max_image; known: adversarial, adversarial_images,")
+    assert "max_images" in message and "quick" in message and "run_dir" not in message and "\n" not in message
+    assert not (run.path / "robustness").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"quick": "no"}, "quick must be True or False, got 'no'"),
+        ({"severities": ""}, "--severities '': write a range like 1-5 or a list like 1,3,5"),
+        ({"corruptions": ""}, "--corruptions '': name at least one corruption or group"),
+        ({"corruptions": [" ", ","]}, "--corruptions '  ,': name at least one corruption or group"),
+        ({"max_images": 2.5}, "--max-images 2.5: give a whole number"),
+        ({"severities": [1, 7]}, "--severities '1,7': severities run from 1 to 5"),
+        ({"corruptions": [3]}, "--corruptions [3]: give names or groups as strings"),
+        ({"out": 3}, "--out 3: give a folder path"),
+    ],
+)
+def test_bad_api_values_are_one_clear_error(tmp_path, options, message):
+    from mobilenets.core.errors import MobilenetsError
+    from mobilenets.robustness.run import robustness_report
+
+    with pytest.raises(MobilenetsError, match=re.escape(message)):
+        robustness_report(run_dir=make_run(tmp_path, "run", seed=0), **options)
+
+
+def test_severities_from_python_may_be_numbers():
+    from mobilenets.robustness.corruptions import parse_severities
+
+    assert (
+        parse_severities(3) == (3,)
+        and parse_severities([1, 3, 5]) == (1, 3, 5)
+        and parse_severities("2-4") == (2, 3, 4)
+    )

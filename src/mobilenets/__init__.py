@@ -56,6 +56,17 @@ if TYPE_CHECKING:
     from mobilenets.models.weights import WeightsError, load_model, save_weights
 
 
+# Public functions named like a subpackage. The import system binds a subpackage to its parent's attribute
+# when it first loads it, so ``import mobilenets.robustness.run`` after ``mobilenets.robustness`` was resolved
+# would replace the function with the module. Loading the subpackage here (its ``__init__`` is a docstring)
+# means that binding happens once, now, and is dropped: the name then resolves to the function, on first use.
+_SHADOWED_SUBPACKAGES = ("robustness",)
+for _name in _SHADOWED_SUBPACKAGES:
+    importlib.import_module(f"{__name__}.{_name}")
+    globals().pop(_name, None)
+del _name
+
+
 def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")

@@ -605,7 +605,9 @@ def parse_corruptions(text: str | list[str] | None) -> tuple[str, ...]:
     """``None``/"all" → the 15 + 4 held out; "common" → the 15; otherwise comma-separated names or groups."""
     if text is None:
         return ALL_CORRUPTIONS
-    items = text if isinstance(text, list) else [text]
+    items = list(text) if isinstance(text, (list, tuple)) else [text]
+    if not all(isinstance(item, str) for item in items):
+        raise MobilenetsError(f"--corruptions {text!r}: give names or groups as strings, e.g. 'common' or 'fog,snow'")
     names: list[str] = []
     for item in (part.strip() for piece in items for part in piece.split(",") if part.strip()):
         if item == "all":
@@ -618,14 +620,26 @@ def parse_corruptions(text: str | list[str] | None) -> tuple[str, ...]:
             names += [n for n, c in CORRUPTION_TABLE.items() if c.group == item]
         else:
             names.append(_lookup(item).name)
+    if not names:
+        raise MobilenetsError(
+            f"--corruptions {' '.join(items)!r}: name at least one corruption or group (all, common, noise, …)"
+        )
     return tuple(dict.fromkeys(names))
 
 
-def parse_severities(text: str) -> tuple[int, ...]:
-    """ "1-5", "3", "1,3,5" → severities; a clear error otherwise."""
+def parse_severities(text: str | int | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """ "1-5", "3", "1,3,5" (or 3, [1, 3, 5] from Python) → severities; a clear error otherwise."""
+    if isinstance(text, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in text):
+        text = ",".join(str(v) for v in text)
+    elif isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise MobilenetsError(f"--severities {text!r}: write a range like 1-5 or a list like 1,3,5")
     try:
         if "-" in text:
             low, high = (int(part) for part in text.split("-", 1))
+            if low > high:
+                raise MobilenetsError(f"--severities {text!r}: write a range low to high, e.g. {high}-{low}")
             values = tuple(range(low, high + 1))
         else:
             values = tuple(int(part) for part in text.split(","))

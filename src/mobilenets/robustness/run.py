@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write_text
 from mobilenets.models.preprocessing import Preprocessing
 
-# `--quick`: minutes → about a tenth, for a first look (one mid severity, the 15 common corruptions,
-# 200 images, 50 attacked, no latency attribution). Full runs stay the default: CE/mCE are defined
-# over all five severities.
-QUICK = {"severities": "3", "corruptions": ["common"], "max_images": 200, "adversarial_images": 50, "latency": False}
+# What an option not given means: a full run by default (CE/mCE are defined over all five severities), and with
+# `--quick` a first look in about a tenth of the time (one mid severity, the 15 common corruptions, 200 images,
+# 50 attacked, no latency attribution). `--quick` only fills in the options not given: a value the user gave wins.
+DEFAULTS = {
+    "severities": "1-5",
+    "corruptions": None,  # all: the 15 common + 4 held out
+    "max_images": 1000,
+    "adversarial_images": 200,
+    "latency": True,
+    "device_latency": True,
+}
+QUICK = {
+    "severities": "3",
+    "corruptions": ["common"],
+    "max_images": 200,
+    "adversarial_images": 50,
+    "latency": False,
+    "device_latency": False,
+}
 
 
 @dataclass
@@ -40,25 +58,29 @@ def robustness_report(
     *,
     run_dir: Path,
     data: Path | None = None,
-    severities: str = "1-5",
-    corruptions: list[str] | None = None,
+    severities: str | int | list[int] | None = None,
+    corruptions: str | list[str] | None = None,
     baseline: Path | None = None,
     bn_adapt: bool = False,
     bn_samples: int = 32,
-    max_images: int = 1000,
-    adversarial_images: int = 200,
+    max_images: int | None = None,
+    adversarial_images: int | None = None,
     shifts: bool = True,
     adversarial: bool = True,
-    latency: bool = True,
-    device_latency: bool = True,
+    latency: bool | None = None,
+    device_latency: bool | None = None,
     seed: int = 0,
     out: Path | None = None,
     quick: bool = False,
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    **unknown: Any,
 ) -> RobustnessRun:
     """Corruptions, shifts, attacks and SE/hard-swish latency of ``run_dir``'s model, written to ``out``
-    (default ``RUN_DIR/robustness``) as JSON, Markdown and HTML; the headline figures go into metrics.json."""
+    (default ``RUN_DIR/robustness``) as JSON, Markdown and HTML; the headline figures go into metrics.json.
+
+    An option left at ``None`` takes its value from ``DEFAULTS``, or from ``QUICK`` with ``quick=True``; a value
+    given is used as given, with or without ``quick``, and checked the same way."""
     from mobilenets.core.files import check_writable
     from mobilenets.data.folders import scan_folder
     from mobilenets.deployment.loading import summarize_skipped
@@ -72,24 +94,42 @@ def robustness_report(
     )
     from mobilenets.robustness.report import write_report
 
+    if unknown:
+        raise MobilenetsError(f"unknown robustness option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    if quick:
-        severities, corruptions = QUICK["severities"], corruptions or QUICK["corruptions"]
-        max_images = min(max_images or QUICK["max_images"], QUICK["max_images"])
-        adversarial_images = min(adversarial_images, QUICK["adversarial_images"])
-        latency = latency and QUICK["latency"]
+    unset = QUICK if quick else DEFAULTS
+    severities = unset["severities"] if severities is None else severities
+    corruptions = unset["corruptions"] if corruptions is None else corruptions
+    max_images = unset["max_images"] if max_images is None else max_images
+    adversarial_images = unset["adversarial_images"] if adversarial_images is None else adversarial_images
+    latency = unset["latency"] if latency is None else latency
+    device_latency = unset["device_latency"] if device_latency is None else device_latency
     parsed_severities = parse_severities(severities)
     parsed_corruptions = parse_corruptions(corruptions)
-    if max_images < 0 or bn_samples < 1 or adversarial_images < 1:
-        raise MobilenetsError("--max-images must be ≥ 0, --bn-samples and --adversarial-images ≥ 1")
-    run_dir = Path(run_dir)
+    for name, value in {
+        "bn_adapt": bn_adapt,
+        "shifts": shifts,
+        "adversarial": adversarial,
+        "latency": latency,
+        "device_latency": device_latency,
+        "quick": quick,
+    }.items():
+        if not isinstance(value, bool):  # quick="no" is truthy: it would not be what was meant
+            raise MobilenetsError(f"{name} must be True or False, got {value!r}")
+    check_count("--max-images", max_images, 0, "0 (all images) or more")
+    check_count("--bn-samples", bn_samples, 1, "1 or more")
+    check_count("--adversarial-images", adversarial_images, 1, "1 or more (--no-adversarial skips the attacks)")
+    check_count("--seed", seed, 0, "0 or more")
+    run_dir = as_path(run_dir, "RUN_DIR")
+    data = as_path(data, "--data") if data is not None else None
+    baseline = as_path(baseline, "--baseline") if baseline is not None else None
     model, classes, preprocessing = load_run(run_dir)
-    out = Path(out) if out is not None else run_dir / "robustness"
+    out = as_path(out, "--out") if out is not None else run_dir / "robustness"
     check_writable(out)  # before minutes of measuring, not after
     check_writable(run_dir, "RUN_DIR")  # metrics.json gets the headline figures
     baseline_model = None
     if baseline is not None:
-        baseline_model, base_classes, base_preprocessing = load_run(Path(baseline))
+        baseline_model, base_classes, base_preprocessing = load_run(baseline)
         if base_classes != classes:
             raise MobilenetsError(
                 f"{baseline}: its classes differ from {run_dir}'s; a baseline must solve the same task"
@@ -145,6 +185,29 @@ def robustness_report(
     paths = write_report(result, out, title=f"Robustness of {run_dir.name} ({model.architecture.name})")
     merge_metrics(run_dir, result)
     return RobustnessRun(result, paths)
+
+
+# The options ``robustness_report`` takes from a caller (``mobilenets.robustness(run, **options)``).
+OPTIONS = tuple(
+    sorted(
+        name for name in inspect.signature(robustness_report).parameters if name not in {"run_dir", "log", "unknown"}
+    )
+)
+
+
+def check_count(option: str, value: object, minimum: int, wanted: str) -> None:
+    """A whole-number option given by the user: at least ``minimum``, else one clear line."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MobilenetsError(f"{option} {value!r}: give a whole number, {wanted}")
+
+
+def as_path(value: object, option: str) -> Path:
+    """A folder given by the user (from Python it may be anything): a non-empty str or path-like."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise MobilenetsError(f"{option} {value!r}: give a folder path (a string or pathlib.Path)")
+    return Path(value)
 
 
 def load_run(run_dir: Path):

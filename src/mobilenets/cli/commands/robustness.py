@@ -23,20 +23,23 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--data", type=Path, help="folder with one subfolder per class (default: the run's validation split)"
     )
-    parser.add_argument("--severities", default="1-5", help="e.g. 1-5 (default), 3, 1,3,5")
+    parser.add_argument("--severities", help="e.g. 1-5, 3, 1,3,5 (default 1-5; 3 with --quick)")
     parser.add_argument(
         "--corruptions",
         nargs="+",
         default=None,
-        help="names, or groups: all (default: 15 common + 4 held out), common, held_out, noise, blur, weather, digital",
+        help="names, or groups: all (the default: 15 common + 4 held out; common with --quick), common, held_out, "
+        "noise, blur, weather, digital",
     )
     parser.add_argument("--baseline", type=Path, help="run directory of the model CE/mCE are normalized by")
     parser.add_argument("--bn-adapt", action="store_true", help="also score with test-time BatchNorm re-estimation")
     parser.add_argument("--bn-samples", type=int, default=32, help="images per BN re-estimation (default 32)")
     parser.add_argument(
-        "--max-images", type=int, default=1000, help="evaluate a seeded subset of this many (default 1000; 0 = all)"
+        "--max-images",
+        type=int,
+        help="evaluate a seeded subset of this many (default 1000, 200 with --quick; 0 = all)",
     )
-    parser.add_argument("--adversarial-images", type=int, default=200, help="images attacked (default 200)")
+    parser.add_argument("--adversarial-images", type=int, help="images attacked (default 200, 50 with --quick)")
     parser.add_argument("--no-shifts", action="store_true", help="skip the resolution/exposure/gamma/JPEG sweeps")
     parser.add_argument("--no-adversarial", action="store_true", help="skip FGSM/PGD")
     parser.add_argument("--no-latency", action="store_true", help="skip the SE/hard-swish latency attribution")
@@ -49,9 +52,12 @@ def add_parser(subparsers) -> None:
         "--quick",
         action="store_true",
         help="a first look in about a tenth of the time: severity 3 only, the 15 common corruptions, 200 images, "
-        "50 attacked, no latency attribution (mCE needs the full run)",
+        "50 attacked, no latency attribution, for each of these options not given (a value given is used as "
+        "given; mCE needs all five severities)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the image subset and every random draw (default 0)"
+    )
     parser.add_argument("--out", type=Path, help="report folder (default RUN_DIR/robustness)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
@@ -79,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
             adversarial_images=args.adversarial_images,
             shifts=not args.no_shifts,
             adversarial=not args.no_adversarial,
-            latency=not args.no_latency,
-            device_latency=not args.no_device_latency,
+            latency=False if args.no_latency else None,  # None: the default, or --quick's
+            device_latency=False if args.no_device_latency else None,
             seed=args.seed,
             out=args.out,
             quick=args.quick,
