@@ -101,9 +101,16 @@ def test_resolution_grid_follows_image_size():
 
 def test_parse_duration():
     assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90s") == 90
-    assert parse_duration("2") == 120  # a bare number is minutes
     with pytest.raises(MobilenetsError, match="duration"):
         parse_duration("soon")
+    # A bare number could be seconds or minutes: a unit is required, and the message offers each reading.
+    with pytest.raises(MobilenetsError, match=r"--time-budget 5: give a unit: 5m \(minutes\), 5s"):
+        parse_duration("5")
+    for zero in ("0", "0s", "0m", "0h0m"):
+        with pytest.raises(MobilenetsError, match="must be longer than zero"):
+            parse_duration(zero)
+    with pytest.raises(MobilenetsError, match="too long"):
+        parse_duration("9" * 400 + "h")
 
 
 def test_budget_filters_and_says_by_how_much():
@@ -231,6 +238,119 @@ def test_impossible_budget_names_the_closest_and_exits_2(tmp_path, capsys, monke
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no candidate meets the budget" in err[0] and "flash" in err[0]
+    assert "add --int8 (about 4× smaller files)" in err[0]  # int8 is the fix for a flash budget
+
+
+def test_latency_miss_gives_no_int8_advice_and_formats_tiny_budgets(tmp_path):
+    tight = settings(tmp_path, budget=Budget(max_latency_ms=1e-9))
+    with pytest.raises(MobilenetsError) as caught:
+        Search(tight, trainer=FakeTrainer(), measurer=fake_measurer, log=quiet).run()
+    message = str(caught.value)
+    assert "latency ≤ 1e-09 ms" in message and "> 1e-09 ms (" in message and "× the limit)" in message
+    assert "0.0 ms" not in message and "%" not in message  # not "> 0.0 ms (+12599999900%)"
+    assert "--int8" not in message and message.endswith("Relax the budget")
+
+
+def test_nothing_measured_in_the_time_budget_says_raise_the_time_budget(tmp_path):
+    ticks = iter(range(0, 10**6, 10))  # every look at the clock: 10 s later; the 1 s budget is gone at once
+    tight = settings(tmp_path, budget=Budget(max_latency_ms=1e-9), time_budget_s=1.0)
+    with pytest.raises(MobilenetsError) as caught:
+        Search(tight, trainer=FakeTrainer(), measurer=fake_measurer, clock=lambda: next(ticks), log=quiet).run()
+    message = str(caught.value)
+    assert message.startswith("no candidate was measured: the time budget (--time-budget 1s) ran out")
+    assert "raise --time-budget" in message
+    assert "Relax the budget" not in message and "--int8" not in message and "none measured" not in message
+
+
+def test_some_unmeasured_candidates_are_counted_with_the_closest(tmp_path):
+    now = [0.0]
+
+    def slow_measurer(**options):
+        now[0] += 1000.0  # each (model, width) takes longer than the measuring share of the budget
+        return fake_measurer(**options)
+
+    tight = settings(tmp_path, budget=Budget(max_latency_ms=1e-9), time_budget_s=600.0)
+    with pytest.raises(MobilenetsError) as caught:
+        Search(tight, trainer=FakeTrainer(), measurer=slow_measurer, clock=lambda: now[0], log=quiet).run()
+    message = str(caught.value)
+    assert "closest: mobilenet_v" in message and "candidates not measured within the time budget" in message
+    assert "Relax the budget, or raise --time-budget (now 10m) to measure the other" in message
+
+
+def search_cli(tmp_path, *arguments, data=EXAMPLES):
+    from mobilenets.cli import main as cli
+
+    base = ["search", "--data", str(data), "--models", "mobilenet_v3_small", "--widths", "0.5",
+            "--resolutions", "32", "--time-budget", "1m"]  # fmt: skip
+    if "--out" not in arguments:
+        arguments = (*arguments, "--out", str(tmp_path / "out"))
+    return cli.main([*base, *arguments])
+
+
+def one_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("mobilenets search: error: ") and "internal error" not in lines[0]
+    return lines[0].removeprefix("mobilenets search: error: ")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--models", ","), "--models ',': give at least one value"),
+        (("--models", " , "), "--models ' , ': give at least one value"),
+        (("--models", "mobilenet_v3_small,resnet50"), "--models: unknown model 'resnet50'"),
+        (("--time-budget", "0"), "--time-budget 0: must be longer than zero"),
+        (("--time-budget", "5"), "--time-budget 5: give a unit: 5m (minutes), 5s (seconds) or 5h (hours)"),
+        (("--max-flash-kb", "nan"), "--max-flash-kb nan: must be a finite positive number"),
+        (("--max-flash-kb", "inf"), "--max-flash-kb inf: must be a finite positive number"),
+        (("--max-ram-kb", "inf"), "--max-ram-kb inf: must be a finite positive number"),
+        (("--max-latency-ms", "nan"), "--max-latency-ms nan: must be a finite positive number"),
+        (("--max-latency-ms", "-1"), "--max-latency-ms -1: must be a finite positive number"),
+        (("--max-flash-kb", "1e-9"), "--max-flash-kb 1e-09: less than one byte"),
+        (("--resolutions", "100000"), "--resolutions 100000 is too large: use at most 1024"),
+        (("--resolutions", "16"), "--resolutions 16 is too small"),
+        (("--widths", "inf"), "inf is not a finite number"),
+        (("--widths", "3"), "--widths 3: the width multiplier must be > 0 and at most 2"),
+        (("--val", "/no/such/folder"), "--val /no/such/folder: does not exist"),
+        (("--max-candidates", "0"), "--max-candidates 0: must be ≥ 1"),
+    ],
+)
+def test_bad_search_arguments_are_one_line_and_write_nothing(arguments, message, tmp_path, capsys):
+    assert search_cli(tmp_path, *arguments) == 2
+    assert message in one_line(capsys)
+    assert not (tmp_path / "out").exists()  # refused before --out is created
+
+
+def test_search_out_that_is_a_file_and_data_that_is_a_file(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert search_cli(tmp_path, "--out", str(afile)) == 2
+    expected = f"--out {afile}: is a file; pass a folder (a new one, or an earlier search's to resume it)"
+    assert one_line(capsys) == expected
+    assert search_cli(tmp_path, "--out", str(afile / "sub")) == 2
+    assert f"is under {afile}, a file" in one_line(capsys)
+    image = next((EXAMPLES / "bag").iterdir())
+    assert search_cli(tmp_path, data=image) == 2
+    assert one_line(capsys).startswith(f"--data {image}: is a file, not a folder; pass the folder that holds")
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_refused_after_the_scan_leaves_no_out_folder(tmp_path, capsys):
+    one_class = tmp_path / "one_class"
+    (one_class / "bag").mkdir(parents=True)
+    image = next((EXAMPLES / "bag").iterdir())
+    (one_class / "bag" / image.name).write_bytes(image.read_bytes())
+    assert search_cli(tmp_path, data=one_class) == 2
+    assert "a classifier needs at least 2" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
+    wrong_val = tmp_path / "val"
+    (wrong_val / "not_a_class").mkdir(parents=True)
+    (wrong_val / "not_a_class" / image.name).write_bytes(image.read_bytes())
+    assert search_cli(tmp_path, "--val", str(wrong_val)) == 2
+    assert f"--val {wrong_val}: no images in folders named like --data's classes" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def test_real_candidate_training_at_32px(tmp_path):
@@ -263,3 +383,4 @@ def test_profile_measures_latency_for_a_width_and_resolution(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["width"] == 0.5 and data["resolution"] == 32
     assert data["latency_ms"] > 0 and data["file_bytes"] > 100_000 and data["latency_runtime"] == "onnx"
+    assert data["latency_int8"] is False

@@ -79,9 +79,9 @@ class Budget:
         if self.max_latency_ms is not None:
             parts.append(f"latency ≤ {self.max_latency_ms:g} ms")
         if self.max_flash_bytes is not None:
-            parts.append(f"flash ≤ {self.max_flash_bytes / 1024:g} KB")
+            parts.append(f"flash ≤ {self.max_flash_bytes / 1024:.6g} KB")
         if self.max_ram_bytes is not None:
-            parts.append(f"RAM ≤ {self.max_ram_bytes / 1024:g} KB")
+            parts.append(f"RAM ≤ {self.max_ram_bytes / 1024:.6g} KB")
         return ", ".join(parts) or "no budget"
 
 
@@ -147,30 +147,68 @@ def candidate_key(*, model: str, width: float, resolution: int) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+DURATION_EXAMPLES = "30m, 1h, 90s or 1h30m"
+
+
 def parse_duration(text: str) -> float:
-    """Seconds in '30m', '1h', '90s', '1h30m' or a bare number of minutes."""
+    """Seconds in '30m', '1h', '90s' or '1h30m'. A unit is required: a bare '30' could mean seconds or minutes."""
     text = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text) * 60.0
+        if float(text) == 0:
+            raise MobilenetsError(f"--time-budget {text}: must be longer than zero, e.g. 30m")
+        raise MobilenetsError(
+            f"--time-budget {text}: give a unit: {text}m (minutes), {text}s (seconds) or {text}h (hours)"
+        )
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
     if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", text):
-        raise MobilenetsError(f"--time-budget {text!r}: give a duration such as 30m, 1h, 90s or 1h30m")
+        raise MobilenetsError(f"--time-budget {text!r}: give a duration such as {DURATION_EXAMPLES}")
     seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if seconds <= 0:
-        raise MobilenetsError(f"--time-budget {text!r}: must be positive")
+    if not seconds > 0:
+        raise MobilenetsError(f"--time-budget {text}: must be longer than zero, e.g. 30m")
+    if not math.isfinite(seconds):
+        raise MobilenetsError(f"--time-budget {text}: too long to be meant; give e.g. 30m, 8h")
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """'45s', '1.5m', '2h' — the units --time-budget takes."""
+    if seconds < 120:
+        return f"{seconds:.3g}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g}m"
+    return f"{seconds / 3600:.3g}h"
+
+
 def parse_list(text: str | None, kind: Callable[[str], float], option: str) -> list | None:
+    """Comma-separated numbers (finite, each once, in the order given); None when the option is not given."""
     if text is None:
         return None
+    example = "1,0.75,0.5" if kind is float else "224,160,128"
     try:
         values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise MobilenetsError(f"{option} {text!r}: give comma-separated numbers, e.g. 1,0.75,0.5") from None
+        raise MobilenetsError(f"{option} {text!r}: give comma-separated numbers, e.g. {example}") from None
     if not values:
-        raise MobilenetsError(f"{option} {text!r}: give at least one value")
-    return values
+        raise MobilenetsError(f"{option} {text!r}: give at least one value, e.g. {example}")
+    for value in values:
+        if not math.isfinite(value):
+            raise MobilenetsError(f"{option} {text!r}: {value:g} is not a finite number; give e.g. {example}")
+    return list(dict.fromkeys(values))
+
+
+def parse_names(text: str | None, option: str, known: Sequence[str]) -> list[str] | None:
+    """Comma-separated names, each one of ``known`` (each once, in the order given); None when not given."""
+    if text is None:
+        return None
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise MobilenetsError(
+            f"{option} {text!r}: give at least one value, e.g. {option} mobilenet_v3_small,mobilenet_v2"
+        )
+    for name in names:
+        if name not in known:
+            raise MobilenetsError(f"{option}: unknown model {name!r}; choose from {', '.join(known)}")
+    return names
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,6 +233,28 @@ def resolution_grid(native_size: int, at_most: int = MAX_RESOLUTIONS) -> list[in
     return sorted(picks)
 
 
+MAX_SEARCH_WIDTH = 2.0
+
+
+def check_grid(
+    *, models: Sequence[str], widths: Sequence[float] | None = None, resolutions: Sequence[int] | None = None
+) -> None:
+    """Refuse, in one line, a model, width or resolution the search cannot build."""
+    from mobilenets.models.profiling import check_input_size, check_width
+    from mobilenets.models.registry import list_models
+
+    known = list_models()
+    if not models:
+        raise MobilenetsError(f"--models: give at least one model, e.g. --models {','.join(FAMILIES[:2])}")
+    for name in models:
+        if name not in known:
+            raise MobilenetsError(f"--models: unknown model {name!r}; choose from {', '.join(known)}")
+    for resolution in resolutions or ():
+        check_input_size(resolution, "--resolutions")
+    for width in widths or ():
+        check_width(width, "--widths", at_most=MAX_SEARCH_WIDTH)
+
+
 def generate_candidates(
     *,
     models: Sequence[str] = FAMILIES,
@@ -202,18 +262,7 @@ def generate_candidates(
     resolutions: Sequence[int],
 ) -> list[Candidate]:
     """Every (model, width, resolution): a family's published widths unless ``widths`` is given."""
-    from mobilenets.models.registry import list_models
-
-    known = list_models()
-    for name in models:
-        if name not in known:
-            raise MobilenetsError(f"--models: unknown model {name!r}; choose from {', '.join(known)}")
-    for resolution in resolutions:
-        if resolution < 32:
-            raise MobilenetsError(f"--resolutions: {resolution} is too small (MobileNets downsample 32×); use ≥ 32")
-    for width in widths or ():
-        if not 0 < width <= 2:
-            raise MobilenetsError(f"--widths: {width:g} is not a width multiplier in (0, 2]")
+    check_grid(models=models, widths=widths, resolutions=resolutions)
     candidates = []
     for name in models:
         for width in widths or FAMILY_WIDTHS.get(name, (1.0, 0.75, 0.5)):
@@ -278,17 +327,29 @@ def closest_misses(candidates: Sequence[Candidate], budget: Budget, count: int =
     return [(candidate, over) for _, candidate, over in scored[:count]]
 
 
+def format_amount(value: float) -> str:
+    """A measured amount or a limit: one decimal from 10 up (205.2), three significant digits below (0.123, 1e-09)."""
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def format_overrun(fraction: float) -> str:
+    """How far over a limit: '+25%', or for wild overruns '126× the limit' rather than '+12500%'."""
+    if fraction < 10:
+        return f"+{100 * fraction:.0f}%"
+    return f"{fraction + 1:.3g}× the limit"
+
+
 def describe_miss(candidate: Candidate, over: dict[str, float], budget: Budget) -> str:
     limits = budget.limits()
     units = {"latency_ms": ("latency", 1.0, "ms"), "flash_bytes": ("flash", 1024.0, "KB"), "ram_bytes": ("RAM", 1024.0, "KB")}
     pieces = []
     for name, fraction in over.items():
         label, scale, unit = units[name]
-        value = getattr(candidate, name) / scale
+        value = format_amount(getattr(candidate, name) / scale)
         # Not exported: the flash figure is the weights alone, a lower bound of the file.
         floor = name == "flash_bytes" and candidate.latency_ms is None
-        shown = f"≥ {value:,.1f} {unit} (weights alone)" if floor else f"{value:,.1f} {unit}"
-        pieces.append(f"{label} {shown} > {limits[name] / scale:,.1f} {unit} (+{100 * fraction:.0f}%)")
+        shown = f"≥ {value} {unit} (weights alone)" if floor else f"{value} {unit}"
+        pieces.append(f"{label} {shown} > {format_amount(limits[name] / scale)} {unit} ({format_overrun(fraction)})")
     return f"{candidate.key}: " + ", ".join(pieces)
 
 

@@ -38,6 +38,7 @@ from mobilenets.search.candidates import (
     candidate_key,
     closest_misses,
     describe_miss,
+    format_duration,
     generate_candidates,
     recommend,
     resolution_grid,
@@ -119,15 +120,48 @@ Measurer = Callable[..., dict[int, Measurement]]
 # --------------------------------------------------------------------------------------------------
 
 
+def check_data_folder(path: Path, option: str) -> None:
+    """A folder of class folders: refuse, in one line, a path that is missing or a file."""
+    path = Path(path)
+    if not path.exists():
+        raise MobilenetsError(f"{option} {path}: does not exist; pass a folder with one subfolder of images per class")
+    if not path.is_dir():
+        raise MobilenetsError(
+            f"{option} {path}: is a file, not a folder; pass the folder that holds one subfolder of images per class"
+        )
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out`` must be (or become) a folder: refuse an existing file, or a path under one, before any work."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                which = "is a file" if path == out else f"is under {path}, a file"
+                raise MobilenetsError(
+                    f"--out {out}: {which}; pass a folder (a new one, or an earlier search's to resume it)"
+                )
+            return
+
+
 def summarize_data(data: Path, val: Path | None) -> DataSummary:
     from PIL import Image
 
     from mobilenets.data.folders import scan_folder
 
+    check_data_folder(data, "--data")
     scan = scan_folder(data)
     samples = scan.samples
     if len(scan.classes) < 2:
-        raise MobilenetsError(f"{data}: {len(scan.classes)} class folder(s); a classifier needs at least 2")
+        raise MobilenetsError(f"--data {data}: {len(scan.classes)} class folder(s); a classifier needs at least 2")
+    if val is not None:
+        check_data_folder(val, "--val")
+        held_out = scan_folder(val, classes=scan.classes)
+        if not held_out.samples:
+            raise MobilenetsError(
+                f"--val {val}: no images in folders named like --data's classes ({', '.join(scan.classes[:5])}"
+                f"{', …' if len(scan.classes) > 5 else ''})"
+            )
     step = max(1, len(samples) // 24)
     sizes = []
     for sample in samples[::step][:24]:
@@ -319,6 +353,7 @@ class Search:
             "plan": self.plan.to_dict() if self.plan else None,
             "candidates": [c.to_dict() for c in self.candidates],
         }
+        self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / STATE, json.dumps(state, indent=1))
 
     def load_state(self) -> bool:
@@ -347,7 +382,10 @@ class Search:
     def prepare(self) -> None:
         """Data summary and the profiled grid (or the saved state of an interrupted search)."""
         check_target(self.settings.target)
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_out_folder(self.out)
+        check_data_folder(Path(self.settings.data), "--data")
+        if self.settings.val is not None:
+            check_data_folder(Path(self.settings.val), "--val")
         if self.load_state():
             finished = sum(1 for c in self.candidates for r in c.runs if r.complete)
             self.log(f"resuming the search in {self.out}: {finished} finished run(s) are reused")
@@ -359,12 +397,12 @@ class Search:
                 models=self.settings.models, widths=self.settings.widths, resolutions=resolutions
             )
             profile_candidates(self.candidates, self.data.classes)
-            self.save_state()
+            self.save_state()  # the first write to --out: every argument has been checked by now
         self.log(
             f"{len(self.candidates)} candidates: {len({c.model for c in self.candidates})} model(s) × widths × "
             f"resolutions {sorted({c.resolution for c in self.candidates})} for {self.data.classes} classes, "
             f"~{self.data.images:,} training images (median short side {self.data.native_size} px); "
-            f"budget: {self.settings.budget.describe()}; time: {self.settings.time_budget_s / 60:.0f} min"
+            f"budget: {self.settings.budget.describe()}; time: {format_duration(self.settings.time_budget_s)}"
         )
 
     def measure(self) -> None:
@@ -425,16 +463,40 @@ class Search:
                 c.status = "over budget (flash: its weights alone exceed the limit; not exported)"
 
     def check_feasible(self) -> None:
-        """A budget nothing meets: one line with the closest candidates and what they miss by."""
+        """A budget nothing meets: one line with the closest candidates and what they miss by.
+
+        Candidates the time budget left unmeasured are named as such: the advice is then a longer
+        --time-budget, not a looser device budget."""
         if any(c.within_budget for c in self.candidates):
             return
         budget = self.settings.budget
         misses = closest_misses(self.candidates, budget)
+        unmeasured = [c for c in self.candidates if c.status == "not measured"]
         self.write_result(recommended=None, command=None)
+        time_budget = format_duration(self.settings.time_budget_s)
+        if not misses and unmeasured:
+            raise MobilenetsError(
+                f"no candidate was measured: the time budget (--time-budget {time_budget}) ran out before the "
+                f"first measurement (measuring may use {MEASURE_SHARE:.0%} of it); raise --time-budget, e.g. 30m"
+            )
         closest = "; ".join(describe_miss(c, over, budget) for c, over in misses) or "none measured"
+        advice = ["Relax the budget"]
+        if unmeasured:
+            advice.append(f"raise --time-budget (now {time_budget}) to measure the other {len(unmeasured)}")
+        missed = {name for _, over in misses for name in over}
+        if not self.settings.int8 and missed & {"flash_bytes", "ram_bytes"}:
+            smaller = " and ".join(
+                what for name, what in (("flash_bytes", "files"), ("ram_bytes", "activations")) if name in missed
+            )
+            advice.append(f"add --int8 (about 4× smaller {smaller})")
+        unmeasured_note = (
+            f"; {len(unmeasured)} of {len(self.candidates)} candidates not measured within the time budget"
+            if unmeasured
+            else ""
+        )
         raise MobilenetsError(
-            f"no candidate meets the budget ({budget.describe()}, {runtime_name(self.settings)}); closest: {closest}. "
-            "Relax the budget" + ("" if self.settings.int8 else ", or add --int8 (about 4× smaller files)")
+            f"no candidate meets the budget ({budget.describe()}, {runtime_name(self.settings)}); closest: {closest}"
+            f"{unmeasured_note}. " + ", or ".join(advice)
         )
 
     def in_budget(self) -> list[Candidate]:
@@ -508,7 +570,7 @@ class Search:
                 members = members[:-1]  # the least promising (last selected) goes
         if best is None:
             raise MobilenetsError(
-                f"--time-budget {self.settings.time_budget_s / 60:.0f} min is too short to train even one "
+                f"--time-budget {format_duration(self.settings.time_budget_s)} is too short to train even one "
                 f"candidate once on this data (one run ≈ {overhead + self.data.images * image_epoch:.0f} s); "
                 "raise it or pass fewer images"
             )

@@ -10,8 +10,7 @@ from rich.table import Table
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.models.factory import create_model
-from mobilenets.models.preprocessing import check_resolution
-from mobilenets.models.profiling import LAYER_TYPES, profile_grid, profile_model
+from mobilenets.models.profiling import LAYER_TYPES, check_input_size, check_width, profile_grid, profile_model
 from mobilenets.models.registry import list_models
 
 TYPE_LABELS = {
@@ -25,9 +24,11 @@ TYPE_LABELS = {
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("profile", help="parameters, multiply-adds, sizes, breakdown by layer type")
     parser.add_argument("model", choices=list_models(), metavar="MODEL", help=", ".join(list_models()))
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier α (default 1.0)")
+    parser.add_argument("--width", type=float, help="width multiplier α (default 1.0); with --grid use --widths")
     parser.add_argument(
-        "--resolution", type=int, default=224, help="input size, the resolution multiplier ρ×224 (default 224)"
+        "--resolution",
+        type=int,
+        help="input size, the resolution multiplier ρ×224 (default 224); with --grid use --resolutions",
     )
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument(
@@ -41,30 +42,60 @@ def add_parser(subparsers) -> None:
         choices=("onnx", "tflite", "executorch", "tflite-micro"),
         help="also measure batch-1 latency and file size in this runtime on this machine (random weights)",
     )
-    parser.add_argument("--int8", action="store_true", help="with --latency: the int8 file")
+    parser.add_argument(
+        "--int8", action="store_true", help="with --latency: measure the int8 file (tflite-micro always is)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    check_resolution(args.resolution)
-    if not args.width > 0:
-        raise MobilenetsError(f"--width {args.width:g}: the width multiplier must be > 0 (e.g. 0.5, 0.75, 1.0)")
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, in one line, values that cannot be meant and options that the chosen mode would ignore."""
+    if args.width is not None:
+        check_width(args.width)
+    if args.resolution is not None:
+        check_input_size(args.resolution)
     if args.num_classes < 1:
         raise MobilenetsError(f"--num-classes {args.num_classes}: a classifier needs at least 1 output")
-    options = {"convention": args.convention} if args.convention else {}
+    if args.grid:
+        for single, plural in (("--width", "--widths"), ("--resolution", "--resolutions")):
+            if getattr(args, single[2:]) is not None:
+                value = getattr(args, single[2:])
+                raise MobilenetsError(
+                    f"{single} {value:g} with --grid: the grid takes {plural} (e.g. {plural} {value:g}); "
+                    f"without --grid, {single} profiles one model"
+                )
+    else:
+        for plural in ("--widths", "--resolutions"):
+            if getattr(args, plural[2:]) is not None:
+                raise MobilenetsError(
+                    f"{plural} applies with --grid: add --grid for a table over them, or use "
+                    f"{plural[:-1]} for one model"
+                )
+    if args.int8 and not args.latency:
+        raise MobilenetsError(
+            "--int8 measures the int8 file's latency: add --latency onnx (or another runtime); "
+            "the int8 size estimate is printed without it"
+        )
     if args.convention and not args.model.startswith("mobilenet_v3"):
         raise MobilenetsError("--convention applies to mobilenet_v3_* models only")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    options = {"convention": args.convention} if args.convention else {}
     if args.grid:
         from mobilenets.search.candidates import parse_list
 
         grid = {}
-        if args.widths:
+        if args.widths is not None:
             grid["widths"] = tuple(parse_list(args.widths, float, "--widths"))
-        if args.resolutions:
+            for width in grid["widths"]:
+                check_width(width, "--widths")
+        if args.resolutions is not None:
             grid["resolutions"] = tuple(parse_list(args.resolutions, int, "--resolutions"))
             for resolution in grid["resolutions"]:
-                check_resolution(resolution)
+                check_input_size(resolution, "--resolutions")
         profiles = profile_grid(args.model, num_classes=args.num_classes, **grid, **options)
         latency = measured_latency(args, profiles, options)
         if args.json:
@@ -72,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         table = Table(title=f"{args.model}: width × resolution (paper Tables 6/7)")
         columns = ["width α", "resolution", "MACs (M)", "params (M)"]
-        columns += [f"{args.latency}{' int8' if args.int8 else ''} ms (batch 1)", "file KB"] if latency else []
+        columns += [f"{runtime_label(args)} ms (batch 1)", "file KB"] if latency else []
         for column in columns:
             table.add_column(column, justify="right")
         for p in profiles:
@@ -83,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(*row)
         Console().print(table)
         return 0
+    args.width = 1.0 if args.width is None else args.width
+    args.resolution = 224 if args.resolution is None else args.resolution
     model = create_model(args.model, num_classes=args.num_classes, width=args.width, **options)
     profile = profile_model(model, args.resolution)
     latency = measured_latency(args, [profile], options).get((profile.width, profile.resolution), {})
@@ -97,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if latency:
         console.print(
-            f"  latency     {latency['latency_ms']:.2f} ms batch 1 in {args.latency}{' int8' if args.int8 else ''} "
+            f"  latency     {latency['latency_ms']:.2f} ms batch 1 in {runtime_label(args)} "
             f"on this machine (file {latency['file_bytes'] / 1024:,.0f} KB)"
         )
     table = Table(title="Resources per layer type (v1 paper Table 2)")
@@ -131,7 +164,22 @@ def measured_latency(args: argparse.Namespace, profiles, options: dict) -> dict[
         int8=args.int8,
         model_options=options,
     )
+    int8 = measured_int8(args)
     return {
-        key: {"latency_ms": round(m.latency_ms, 3), "file_bytes": m.flash_bytes, "latency_runtime": args.latency}
+        key: {
+            "latency_ms": round(m.latency_ms, 3),
+            "file_bytes": m.flash_bytes,
+            "latency_runtime": args.latency,
+            "latency_int8": int8,
+        }
         for key, m in measured.items()
     }
+
+
+def measured_int8(args: argparse.Namespace) -> bool:
+    """Whether the measured file is int8: with --int8, and always for tflite-micro (integer-only)."""
+    return bool(args.int8 or args.latency == "tflite-micro")
+
+
+def runtime_label(args: argparse.Namespace) -> str:
+    return f"{args.latency}{' int8' if measured_int8(args) else ''}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from mobilenets.core.errors import MobilenetsError
@@ -26,7 +27,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-latency-ms", type=float, help="batch-1 latency limit on this machine")
     parser.add_argument("--max-flash-kb", type=float, help="limit of the deployed file's size, KB (1024 bytes)")
     parser.add_argument("--max-ram-kb", type=float, help="limit of activation memory (tflite-micro: the arena), KB")
-    parser.add_argument("--time-budget", default="30m", help="wall time for the whole search: 30m, 1h, 90s (default 30m)")
+    parser.add_argument(
+        "--time-budget",
+        default="30m",
+        help="wall time for the whole search, with a unit: 30m, 1h, 90s, 1h30m (default 30m)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/search"), help="search folder; rerun to resume")
     parser.add_argument("--models", help=f"comma-separated families (default: {', '.join(FAMILIES)})")
     parser.add_argument("--widths", help="comma-separated widths (default: each family's published widths)")
@@ -37,21 +42,36 @@ def add_parser(subparsers) -> None:
 
 
 def settings_from(args: argparse.Namespace):
-    from mobilenets.search.candidates import FAMILIES, Budget, parse_duration, parse_list
-    from mobilenets.search.runner import SearchSettings
+    """Every argument checked (one line each, before anything is written), as the search's settings."""
+    from mobilenets.models.registry import list_models
+    from mobilenets.search.candidates import FAMILIES, Budget, check_grid, parse_duration, parse_list, parse_names
+    from mobilenets.search.runner import SearchSettings, check_data_folder, check_out_folder
 
-    for flag, value in (("--max-latency-ms", args.max_latency_ms), ("--max-flash-kb", args.max_flash_kb),
-                        ("--max-ram-kb", args.max_ram_kb)):  # fmt: skip
-        if value is not None and value <= 0:
-            raise MobilenetsError(f"{flag} {value:g}: must be positive")
+    for flag, value, example in (("--max-latency-ms", args.max_latency_ms, 10), ("--max-flash-kb", args.max_flash_kb, 1500),
+                                 ("--max-ram-kb", args.max_ram_kb, 256)):  # fmt: skip
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise MobilenetsError(f"{flag} {value:g}: must be a finite positive number, e.g. {flag} {example}")
+    for flag, value in (("--max-flash-kb", args.max_flash_kb), ("--max-ram-kb", args.max_ram_kb)):
+        if value is not None and value * 1024 < 1:
+            raise MobilenetsError(
+                f"{flag} {value:g}: less than one byte; give a size in KB (1024 bytes), e.g. {flag} 256"
+            )
     if args.max_candidates < 1:
-        raise MobilenetsError("--max-candidates must be ≥ 1")
+        raise MobilenetsError(f"--max-candidates {args.max_candidates}: must be ≥ 1 (default 12)")
     budget = Budget(
         max_latency_ms=args.max_latency_ms,
         max_flash_bytes=None if args.max_flash_kb is None else int(args.max_flash_kb * 1024),
         max_ram_bytes=None if args.max_ram_kb is None else int(args.max_ram_kb * 1024),
     )
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(FAMILIES)
+    models = parse_names(args.models, "--models", list_models()) or list(FAMILIES)
+    widths = parse_list(args.widths, float, "--widths")
+    resolutions = parse_list(args.resolutions, int, "--resolutions")
+    check_grid(models=models, widths=widths, resolutions=resolutions)
+    time_budget_s = parse_duration(args.time_budget)
+    check_data_folder(args.data, "--data")
+    if args.val is not None:
+        check_data_folder(args.val, "--val")
+    check_out_folder(args.out)
     return SearchSettings(
         data=args.data,
         val=args.val,
@@ -59,10 +79,10 @@ def settings_from(args: argparse.Namespace):
         target=args.target,
         int8=args.int8,
         budget=budget,
-        time_budget_s=parse_duration(args.time_budget),
+        time_budget_s=time_budget_s,
         models=models,
-        widths=parse_list(args.widths, float, "--widths"),
-        resolutions=parse_list(args.resolutions, int, "--resolutions"),
+        widths=widths,
+        resolutions=resolutions,
         max_candidates=args.max_candidates,
         seed=args.seed,
     )
