@@ -378,7 +378,7 @@ def test_finding24_no_citations_of_files_outside_the_repository():
     ("argv", "message"),
     [
         (["bench", "mobilenet_v1", "--threads", "0"], "--threads 0: give at least 1"),
-        (["export", "RUN", "--check-images", "0"], "--check-images and --calibration must be at least 1"),
+        (["export", "RUN", "--check-images", "0"], "--check-images 0: give a whole number of images, at least 1"),
         (["quantize", "RUN", "--qat-epochs", "0"], "--qat-epochs and --max-val must be at least 1"),
         (["evaluate", "RUN", "--data", "DATA", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["predict", "IMAGE", "--weights", "RUN", "--classes", "/no/classes.txt"], "/no/classes.txt: does not exist"),

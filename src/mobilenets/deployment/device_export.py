@@ -20,11 +20,10 @@ import numpy as np
 
 from mobilenets.core.console import native_output_silenced
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import check_writable
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.deployment.device_files import NEAR_TIE
 from mobilenets.deployment.formats import CHECK_IMAGES
-from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
+from mobilenets.deployment.loading import ModelSource, check_output_folder, load_source_model, source_images
 
 
 @dataclass(frozen=True)
@@ -110,9 +109,19 @@ def export_device_format(
             f"--format {format} --int8: {spec.runtime} int8 is not offered; export fp32 without --int8"
         )
     folder = _output_folder(source, out)
-    check_writable(folder)
+    check_output_folder(folder, out, source.run_dir)
     model = load_source_model(source, report=report)
     preprocessing = model.metadata.preprocessing
+    calibration = None
+    if spec.int8_calibrated and any(name != spec.fp32_name for name in names):  # before any file is written
+        calibration = _images(
+            source, data, "train", calibration_images, preprocessing, load_images=load_images, sample=sample
+        )
+        if calibration is None:
+            raise MobilenetsError(
+                f"--format {format}{'' if spec.fp32_name is None else ' --int8'} needs calibration images: export "
+                "a run directory (its training images) or pass --data DIR"
+            )
     check = _images(source, data, "val", check_images, preprocessing, load_images=load_images, sample=sample)
     if check is None:
         report(
@@ -123,20 +132,16 @@ def export_device_format(
     for name in names:
         path = folder / name
         is_int8 = name != spec.fp32_name
-        calibration = None
-        if is_int8 and spec.int8_calibrated:
-            calibration = _images(
-                source, data, "train", calibration_images, preprocessing, load_images=load_images, sample=sample
-            )
-            if calibration is None:
-                raise MobilenetsError(
-                    f"--format {format} --int8 needs calibration images: export a run directory (its training images) "
-                    "or pass --data DIR"
-                )
         with native_output_silenced(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # converters' deprecation chatter
             written = _export(
-                module, spec, model, path, calibration=calibration, is_int8=is_int8, size=preprocessing.input_size
+                module,
+                spec,
+                model,
+                path,
+                calibration=calibration if is_int8 else None,
+                is_int8=is_int8,
+                size=preprocessing.input_size,
             )
         with native_output_silenced():  # runtimes log their CPU probing on load
             record = _verify(module, spec, written, model, check, size=preprocessing.input_size)
@@ -147,10 +152,10 @@ def export_device_format(
             verdict = module.micro_budget(
                 written, arena_bytes=record.arena_bytes, ram_kb=budget.ram_kb, flash_kb=budget.flash_kb
             )
-            report(verdict.verdict)
-            if not verdict.fits:
+            if not verdict.fits:  # said once, as the error
                 _record(source, records)
                 raise MobilenetsError(verdict.verdict)
+            report(verdict.verdict)
     _record(source, records)
     return records
 

@@ -42,6 +42,11 @@ def evaluate_folder(
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
     if batch_size < 1:
         raise MobilenetsError("--batch-size must be at least 1")
+    if bn_adapt and engine == "int8":
+        raise MobilenetsError(
+            "--bn-adapt changes the fp32 weights; the int8 engine runs the weights it was calibrated for: "
+            "use --engine onnxruntime or torch with --bn-adapt"
+        )
     model = load_model(run_dir)
     metadata = model.weights_metadata
     classes = metadata.get("classes")
@@ -54,6 +59,13 @@ def evaluate_folder(
     scan = scan_folder(data, classes=classes)
     if not scan.samples:  # one line naming both class lists, not a warning per file of the wrong classes first
         found = sorted({Path(s.path).relative_to(data).parts[0] for s in scan.skipped if Path(s.path).is_relative_to(data)})
+        found = [name for name in found if (Path(data) / name).is_dir()]
+        if not found and any(path.is_file() for path in Path(data).iterdir()):
+            raise MobilenetsError(
+                f"{data}: holds files but no class subfolders; evaluate needs one folder per class, "
+                f"named like the model's classes: DIR/CLASS/*.jpg ({', '.join(classes[:3])}"
+                f"{', …' if len(classes) > 3 else ''})"
+            )
         raise MobilenetsError(
             f"{data}: no images of the model's classes ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}); "
             f"its class folders are {', '.join(found[:5]) or 'none'}{', …' if len(found) > 5 else ''}"

@@ -7,6 +7,7 @@ and returns an ``ExportResult``; device formats are added as further entries.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,9 +16,8 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import check_writable
 from mobilenets.deployment.formats import CHECK_IMAGES
-from mobilenets.deployment.loading import ModelSource, load_source_model, source_images
+from mobilenets.deployment.loading import ModelSource, check_output_folder, load_source_model, source_images
 
 INT8_SUFFIX = "_int8"
 
@@ -94,30 +94,70 @@ def export_model(
     out: Path | None = None,
     int8: bool = False,
     data: Path | None = None,
-    check_images: int = CHECK_IMAGES,
-    calibration_images: int = 256,
+    check_images: int | None = None,
+    calibration_images: int | None = None,
     ram_kb: float | None = None,
     flash_kb: float | None = None,
     report: Callable[[str], None] = print,
 ) -> ExportResult:
-    """Export ``source``'s model in ``format`` (a key of ``FORMATS``)."""
-    if format not in FORMATS:
-        raise MobilenetsError(f"--format {format}: choose one of {', '.join(FORMATS)}")
-    if check_images < 1 or calibration_images < 1:
-        raise MobilenetsError("--check-images and --calibration must be at least 1")
-    for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
-        if value is not None and not value > 0:
-            raise MobilenetsError(f"{flag} must be positive, got {value:g}")
+    """Export ``source``'s model in ``format`` (a key of ``FORMATS``).
+
+    ``check_images`` defaults to ``CHECK_IMAGES`` and ``calibration_images`` to 256; an option given where it
+    does not apply (a budget outside tflite-micro, calibration without int8) is refused, not ignored.
+    """
+    check_export_options(format, int8, check_images, calibration_images, ram_kb, flash_kb)
     request = ExportRequest(
         out=out,
         int8=int8,
         data=data,
-        check_images=check_images,
-        calibration_images=calibration_images,
+        check_images=CHECK_IMAGES if check_images is None else check_images,
+        calibration_images=256 if calibration_images is None else calibration_images,
         ram_kb=ram_kb,
         flash_kb=flash_kb,
     )
     return FORMATS[format](source, request, report)
+
+
+def check_export_options(
+    format: str,
+    int8: bool,
+    check_images: int | None,
+    calibration_images: int | None,
+    ram_kb: float | None,
+    flash_kb: float | None,
+) -> None:
+    """Each option is valid and applies to ``format``: one line naming the option and when it applies."""
+    if format not in FORMATS:
+        raise MobilenetsError(f"--format {format}: choose one of {', '.join(FORMATS)}")
+    for flag, value in (("--check-images", check_images), ("--calibration", calibration_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MobilenetsError(f"{flag} {value}: give a whole number of images, at least 1")
+    for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise MobilenetsError(f"{flag} {value:g}: give a finite number of KB greater than 0")
+    micro = format == "tflite-micro" or (format == "all" and int8)
+    for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
+        if value is not None and not micro:
+            raise MobilenetsError(
+                f"{flag} {value:g}: a microcontroller budget, for --format tflite-micro (or all --int8) only; "
+                f"drop it for --format {format}{'' if format != 'all' else ' without --int8'}"
+            )
+    if format == "coreml":
+        if check_images is not None:
+            raise MobilenetsError(
+                f"--check-images {check_images}: Core ML packages are validated, not run, so no images are "
+                "checked; drop --check-images for --format coreml"
+            )
+        if calibration_images is not None:
+            raise MobilenetsError(
+                f"--calibration {calibration_images}: Core ML int8 quantizes the weights only, without "
+                "calibration images; drop --calibration for --format coreml"
+            )
+    elif calibration_images is not None and not int8 and format != "tflite-micro":
+        raise MobilenetsError(
+            f"--calibration {calibration_images}: calibration images are for the int8 file; add --int8 or "
+            "drop --calibration"
+        )
 
 
 def export_onnx_files(source: ModelSource, request: ExportRequest, report: Callable[[str], None]) -> ExportResult:
@@ -128,12 +168,25 @@ def export_onnx_files(source: ModelSource, request: ExportRequest, report: Calla
     model = load_source_model(source, report=report)
     fp32_path, int8_path = onnx_paths(source, model, request.out, request.int8)
     refuse_replacing_chosen_int8(source, int8_path)
-    check_writable(fp32_path.parent)
+    check_output_folder(fp32_path.parent, request.out, source.run_dir)
+    preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
+    calibration = None
+    if int8_path is not None:  # the images are found (or refused) before any file is written
+        try:
+            calibration_paths, _ = source_images(source, request.data, "train")
+        except MobilenetsError:
+            if request.data is not None:
+                raise
+            raise MobilenetsError(
+                "--int8 needs calibration images: export a run directory (its training images) or pass --data DIR"
+            ) from None
+        calibration = load_images(
+            sample(calibration_paths, request.calibration_images), None, preprocessing, "calibration"
+        )
     result = ExportResult()
     export_onnx(model, fp32_path)
     result.files.append(ExportedFile(fp32_path, "fp32", fp32_path.stat().st_size))
     report(f"wrote {fp32_path} (fp32, opset {OPSET}, {fp32_path.stat().st_size / 1e6:.2f} MB)")
-    preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
     try:
         paths, _ = source_images(source, request.data, "val")
         check = load_images(sample(paths, request.check_images), None, preprocessing, "check").images
@@ -151,10 +204,6 @@ def export_onnx_files(source: ModelSource, request: ExportRequest, report: Calla
         f"top-1 agreement {100 * result.top1_agreement:.1f}%"
     )
     if int8_path is not None:
-        calibration_paths, _ = source_images(source, request.data, "train")
-        calibration = load_images(
-            sample(calibration_paths, request.calibration_images), None, preprocessing, "calibration"
-        )
         quantize_ptq(fp32_path, int8_path, calibration.images)
         result.int8_agreement = compare(
             fp32_path, int8_path, ImageSet(check, None, result.check_source), latency_batch=None

@@ -150,6 +150,23 @@ def read_classes_file(path: Path | str, num_classes: int) -> list[str]:
     return names
 
 
+def check_output_folder(folder: Path, out: Path | None, run_dir: Path | None) -> Path:
+    """``folder`` (where files go) is writable, refused in words naming what the user gave: --out, the run
+    directory, or (neither given) the current folder."""
+    from mobilenets.core.files import check_writable
+
+    if out is not None:
+        return check_writable(folder)
+    if run_dir is not None:
+        return check_writable(folder, "RUN_DIR")
+    try:
+        return check_writable(folder, "--out")
+    except MobilenetsError:
+        raise MobilenetsError(
+            f"the current folder {Path(folder).resolve()}: cannot write there; pass --out DIR (a writable folder)"
+        ) from None
+
+
 def run_split(run_dir: Path | None) -> dict | None:
     """A run directory's ``split.json`` (its training and validation images), if it has one."""
     if run_dir is None or not Path(run_dir).is_dir():

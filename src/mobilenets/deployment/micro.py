@@ -267,6 +267,39 @@ def largest_tensors(path: Path | str, count: int = 3) -> tuple[list[tuple[str, l
     return activations[:count], parameters
 
 
+def input_resolution(path: Path | str) -> int | None:
+    """The input size (pixels) of a file's NHWC image input, or None when it does not say."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
+    subgraph = model.subgraphs[0]
+    if subgraph.inputs is None or len(subgraph.inputs) == 0:
+        return None
+    shape = subgraph.tensors[int(subgraph.inputs[0])].shape
+    return int(shape[1]) if shape is not None and len(shape) == 4 else None
+
+
+def activation_advice(resolution: int | None) -> str:
+    """How to shrink activation memory, from the model's own resolution (never below the models' minimum)."""
+    from mobilenets.models.preprocessing import MIN_RESOLUTION
+
+    if resolution is None:
+        return "Activation memory scales with pixels and channels: lower the resolution or the width"
+    if resolution <= MIN_RESOLUTION:
+        return (
+            f"Activation memory scales with pixels and channels; {resolution} px is already the smallest input a "
+            "MobileNet takes: lower the width, or use mobilenet_v1 width 0.25"
+        )
+    lower = max(MIN_RESOLUTION, 32 * round(resolution * 2 / 3 / 32))
+    if lower >= resolution:
+        lower = MIN_RESOLUTION
+    return (
+        "Activation memory scales with pixels and channels: lower the resolution "
+        f"({resolution} → {lower} px needs ~{(resolution / lower) ** 2:.2f}× less) or the width, "
+        "or use mobilenet_v1 width 0.25"
+    )
+
+
 def micro_budget(path: Path | str, *, arena_bytes: int, ram_kb: float | None, flash_kb: float | None) -> MicroBudget:
     """Check the exact arena against ``ram_kb`` and the file size against ``flash_kb`` (KB = 1024 bytes)."""
     path = Path(path)
@@ -279,8 +312,7 @@ def micro_budget(path: Path | str, *, arena_bytes: int, ram_kb: float | None, fl
         )
         problems.append(
             f"tensor arena {arena_bytes / 1024:.1f} KB > RAM budget {ram_kb:g} KB; largest activations: {listed}. "
-            "Activation memory scales with pixels and channels: lower the resolution (96 → 64 px needs ~2.25× less) "
-            "or the width, or use mobilenet_v1 width 0.25"
+            + activation_advice(input_resolution(path))
         )
     if flash_kb is not None and flash > flash_kb * 1024:
         problems.append(

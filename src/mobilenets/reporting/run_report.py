@@ -258,7 +258,10 @@ def summary_lines(metrics: dict, run_dir: Path, skipped: list, leakage: dict) ->
 
 def write_report(run_dir: Path | str) -> Path:
     """Write ``curves.png``, ``confusion.png`` and ``report.html`` for a run directory."""
+    from mobilenets.core.files import check_writable
+
     run_dir = Path(run_dir)
+    check_writable(run_dir, "RUN_DIR", create=False)  # one line, not an OSError from the first figure saved
     metrics = _read_json(run_dir / "metrics.json", {})
     config = _read_json(run_dir / "config.json", {})
     evaluation = _read_json(run_dir / "evaluation.json", None)

@@ -65,8 +65,11 @@ def add_parser(subparsers) -> None:
 
 
 def parse_batches(text: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",")]
+    if "" in parts:
+        raise MobilenetsError(f"--batch {text!r}: an empty item; give comma-separated positive integers, e.g. 1,32")
     try:
-        batches = [int(part) for part in text.split(",") if part.strip()]
+        batches = [int(part) for part in parts]
     except ValueError:
         raise MobilenetsError(f"--batch {text!r}: give comma-separated positive integers, e.g. 1,32") from None
     if not batches or min(batches) < 1:
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise MobilenetsError("--repeats must be ≥ 1 and --warmup ≥ 0")
     if args.threads is not None and args.threads < 1:  # 0 would silently mean "all cores"
         raise MobilenetsError(f"--threads {args.threads}: give at least 1 (default: all cores)")
+    check_target_options(args)
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as work:
@@ -119,6 +123,85 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_target_options(args: argparse.Namespace) -> None:
+    """Options that MODEL_OR_FILE fixes itself, and --resolution/--int8 values, refused before any work."""
+    from mobilenets.models.preprocessing import check_resolution
+
+    target = Path(args.target)
+    if args.resolution is not None:
+        check_resolution(args.resolution)
+    if args.width is not None and not args.width > 0:
+        raise MobilenetsError(f"--width {args.width:g}: the width multiplier must be > 0 (e.g. 0.5, 0.75, 1.0)")
+    if target.suffix == ".onnx":
+        for flag, value in (("--width", args.width), ("--resolution", args.resolution), ("--model", args.model)):
+            if value is not None:
+                raise MobilenetsError(
+                    f"{flag}: {target} is an ONNX file with its own architecture and input size; drop {flag} "
+                    "or bench the weights it was exported from"
+                )
+    elif target.is_dir():
+        for flag, value in (("--width", args.width), ("--model", args.model)):
+            if value is not None:
+                raise MobilenetsError(
+                    f"{flag}: the run directory {target} fixes its model's architecture and width; drop {flag}, "
+                    "or bench a model name (e.g. mobilenet_v3_small --width 0.5)"
+                )
+    if args.int8 is not None:
+        check_int8_file(args.int8)
+
+
+def check_int8_file(path: Path) -> None:
+    import onnx
+
+    if not path.is_file():
+        raise MobilenetsError(
+            f"--int8 {path}: {'a folder' if path.is_dir() else 'not found'}; pass an int8 .onnx file "
+            "(from `mobilenets quantize` or `export --int8`)"
+        )
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError, onnx's own errors: not a model file
+        raise MobilenetsError(
+            f"--int8 {path}: not an ONNX model ({type(error).__name__}); pass an int8 .onnx file "
+            "(from `mobilenets quantize` or `export --int8`)"
+        ) from None
+
+
+def onnx_input_size(path: Path) -> int | None:
+    """The fixed spatial size of an ONNX file's image input, or None when it takes any."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    sizes = [d.dim_value for d in dims[2:4] if d.HasField("dim_value")]
+    return sizes[0] if len(sizes) == 2 and sizes[0] == sizes[1] else None
+
+
+def check_run_files_size(target: Path, int8: Path | None, given: bool, size: int, own: int) -> None:
+    """A run's int8 and device files take the run's input size: --resolution cannot time them at another."""
+    if int8 is not None:
+        fixed = onnx_input_size(int8)
+        if fixed is not None and fixed != size:
+            where = f"--int8 {int8}" if given else f"{int8} (the run's int8 file)"
+            raise MobilenetsError(
+                f"--resolution {size}: {where} takes {fixed}-px inputs; time at {fixed} (drop --resolution) "
+                f"or pass --int8 FILE made at {size} px"
+            )
+    if target.is_dir() and size != own:
+        from mobilenets.deployment.device_export import DEVICE_FORMATS
+
+        names = [
+            name
+            for spec in DEVICE_FORMATS.values()
+            for name in (spec.fp32_name, spec.int8_name)
+            if name is not None and (target / name).exists()
+        ]
+        if names:
+            raise MobilenetsError(
+                f"--resolution {size}: the run's device files ({', '.join(names)}) take {own}-px inputs; drop "
+                f"--resolution to time them, or bench {target / 'model.safetensors'} --resolution {size}"
+            )
+
+
 def _eager(model, tensor):
     import torch
 
@@ -141,6 +224,8 @@ def resolve_engines(args: argparse.Namespace, work: Path):
             raise MobilenetsError(f"{target}: not found")
         size = json.loads(read_metadata(target).get("preprocessing", '{"input_size": 224}'))["input_size"]
         is_int8 = "quantization" in read_metadata(target)
+        if args.int8 is not None and not is_int8:
+            check_run_files_size(target, args.int8, True, size, size)
         return None, None if is_int8 else target, target if is_int8 else args.int8, size, notes
     if target.is_dir():
         if not (target / "model.safetensors").exists():
@@ -159,14 +244,14 @@ def resolve_engines(args: argparse.Namespace, work: Path):
             model_source(weights=args.target, model_name=args.model, width=args.width), report=notes.append
         )
         int8 = args.int8
-    if getattr(args, "resolution", None):
-        if args.resolution < 32:
-            raise MobilenetsError(f"--resolution {args.resolution}: MobileNets downsample 32×; use ≥ 32")
+    own = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {})).input_size
+    if getattr(args, "resolution", None) is not None:
         # Time at another input size (the resolution multiplier ρ): the export takes its size from here.
         preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {})).to_dict()
         preprocessing.update(input_size=args.resolution, resize_size=round(args.resolution * 256 / 224))
         model.weights_metadata = {**model.weights_metadata, "preprocessing": preprocessing}
     size = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {})).input_size
+    check_run_files_size(target, int8, args.int8 is not None, size, own)
     fp32 = export_onnx(model, work / "fp32.onnx")
     if int8 is None:
         int8 = quantize_for_timing(model, fp32, work / "int8.onnx", args.data, size)

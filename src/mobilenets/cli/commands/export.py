@@ -45,17 +45,26 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--check-images",
         type=int,
-        default=CHECK_IMAGES,
-        help=f"validation images for the PyTorch check (default {CHECK_IMAGES}, or all there are)",
+        default=None,
+        help=f"validation images for the PyTorch check (default {CHECK_IMAGES}, or all there are; not Core ML)",
     )
-    parser.add_argument("--calibration", type=int, default=256, help="calibration images for --int8 (default 256)")
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=None,
+        help="calibration images for --int8 and tflite-micro (default 256; not Core ML, whose int8 is weights only)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenets.deployment.export import export_model
+    from mobilenets.core.files import check_writable
+    from mobilenets.deployment.export import check_export_options, export_model
 
+    check_export_options(args.format, args.int8, args.check_images, args.calibration, args.ram_kb, args.flash_kb)
     source = source_from_args(args)
+    if source.run_dir is not None:  # its metrics.json and report.html record the export, wherever --out is
+        check_writable(source.run_dir, "RUN_DIR", create=False)
     export_model(
         source=source,
         format=args.format,

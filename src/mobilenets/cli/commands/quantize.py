@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_THRESHOLD,
         help=f"accuracy points int8 may lose before the warning and the fixes (default {DEFAULT_THRESHOLD:g})",
     )
-    parser.add_argument("--qat-epochs", type=int, default=2, help="QAT fine-tuning epochs (default 2)")
+    parser.add_argument(
+        "--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default 2; --method auto or qat only)"
+    )
     parser.add_argument("--max-val", type=int, default=2000, help="evaluation images at most (default 2000)")
     parser.add_argument("--out", type=Path, help="int8 file (default RUN_DIR/model_int8.onnx or ./NAME_int8.onnx)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -67,8 +70,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibration < 1:
         raise MobilenetsError("--calibration must be at least 1")
-    if args.threshold < 0:
-        raise MobilenetsError("--threshold must be ≥ 0 (accuracy points)")
+    if not (math.isfinite(args.threshold) and args.threshold >= 0):
+        raise MobilenetsError(f"--threshold {args.threshold:g}: give a finite number of accuracy points ≥ 0, e.g. 1")
+    if args.qat_epochs is not None and args.method not in ("auto", "qat"):
+        raise MobilenetsError(
+            f"--qat-epochs {args.qat_epochs}: QAT runs only with --method auto or qat; drop --qat-epochs for "
+            f"--method {args.method}"
+        )
+    args.qat_epochs = 2 if args.qat_epochs is None else args.qat_epochs
     if args.qat_epochs < 1 or args.max_val < 1:
         raise MobilenetsError("--qat-epochs and --max-val must be at least 1")
     if args.out is not None and args.out.suffix != ".onnx":
@@ -84,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
         "out": args.out,
         "report": report,
     }
+    if source.run_dir is not None and (args.model is not None or args.width is not None or args.classes is not None):
+        raise MobilenetsError(
+            "--model, --width and --classes are for --weights; the run directory "
+            f"{source.run_dir} carries its own architecture, width and classes"
+        )
     if args.data is None and run_split(source.run_dir) is not None:
-        if args.classes is not None or args.width is not None:
-            raise MobilenetsError("--classes and --width are for --weights; a run directory carries its own")
         result = quantize_run(source.run_dir, max_val_images=args.max_val, **common)
     elif args.data is None:
         raise MobilenetsError("no images: pass --data DIR (a class folder, or a flat folder for calibration)")
