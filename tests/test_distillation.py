@@ -375,19 +375,14 @@ def test_a_file_that_is_no_model_says_what_teacher_accepts(tmp_path):
     (run / "model.safetensors").write_bytes(b"")
     config = run / "config.json"
     config.write_text('{"model": "mobilenet_v3_small", "epochs": 1}')
-    with pytest.raises(MobilenetsError) as error:
-        _load(config)
-    assert str(error.value) == (
-        f"--teacher {config}: not a run directory, a weights file (.safetensors, .pth) or an ONNX model; "
-        f"pass its run directory: --teacher {run}"
-    )
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    with pytest.raises(MobilenetsError) as error:
-        _load(notes)
-    assert str(error.value) == (
-        f"--teacher {notes}: not a run directory, a weights file (.safetensors, .pth) or an ONNX model; {NEEDS}"
-    )
+    for path, fix in ((config, f"pass its run directory: --teacher {run}"), (notes, NEEDS)):
+        with pytest.raises(MobilenetsError) as error:
+            _load(path)
+        assert str(error.value) == (
+            f"--teacher {path}: not a run directory, a weights file (.safetensors, .pth) or an ONNX model; {fix}"
+        )
 
 
 def test_a_pickled_teacher_checkpoint_names_teacher(tmp_path):

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import error_line
 
 from mobilenets.cli.main import build_parser, main
 from mobilenets.core.errors import MobilenetsError
 
 
 def one_line(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("mobilenets profile: error: ") and "internal error" not in lines[0]
-    return lines[0].removeprefix("mobilenets profile: error: ")
+    return error_line(capsys, "profile")
 
 
 @pytest.mark.parametrize(

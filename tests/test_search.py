@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import error_line
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.search.candidates import (
@@ -288,11 +289,7 @@ def search_cli(tmp_path, *arguments, data=EXAMPLES):
 
 
 def one_line(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("mobilenets search: error: ") and "internal error" not in lines[0]
-    return lines[0].removeprefix("mobilenets search: error: ")
+    return error_line(capsys, "search")
 
 
 @pytest.mark.parametrize(
