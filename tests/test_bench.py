@@ -58,6 +58,7 @@ def test_bench_bad_input_is_one_line(argv, message, capsys):
     assert err.count("\n") == 1 and err.startswith("mobilenets bench: error: ") and message in err
 
 
+@pytest.mark.slow  # three device conversions: ~45 s on 2 cores (each exporter is tested in test_device_exports.py)
 def test_bench_times_a_runs_device_files_in_their_own_runtimes(capsys):
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("executorch")

@@ -210,6 +210,7 @@ def test_micro_advice_follows_the_models_resolution():
     assert "already the smallest input" in at_minimum and "→" not in at_minimum
 
 
+@pytest.mark.slow  # a real TFLite Micro conversion: ~15 s on 2 cores (the advice itself is tested above)
 def test_micro_verdict_is_said_once(run, tmp_path, capsys):
     pytest.importorskip("tflite_micro")
     line = refused(
