@@ -197,3 +197,12 @@ def test_advice_does_not_send_the_user_back_to_what_just_failed():
     assert "--model mobilenet_v2" in dataset_size_warning(50, pretrained=False)
     with pytest.raises(MobilenetsError, match=r"\(a checkpoint file \(--weights FILE; auto found none, see above\)\)"):
         check_freeze(3, model="mobilenet_v2", width=1.0, initial_weights=None, weights="auto")
+
+
+def test_train_shares_the_resolution_bounds_of_every_command(tmp_path, capsys):
+    code = main(["train", "--data", str(EXAMPLES), *TINY, "--resolution", "2000", "--out", str(tmp_path / "r")])
+    assert error_of(capsys, code) == (
+        "--resolution 2000 is too large: use at most 1024 (MobileNets are trained at 224; much larger inputs "
+        "exhaust memory)"
+    )
+    assert not (tmp_path / "r").exists()

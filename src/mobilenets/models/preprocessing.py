@@ -20,15 +20,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Every MobileNet downsamples 32×: below 32 px the last stages see a 1×1 (or empty) map. The one bound
 # `train --resolution` and `profile --resolution` both apply.
 MIN_RESOLUTION = 32
+# Above this one image's activations no longer fit a machine's memory; the largest published MobileNet
+# evaluation size is 448 px (timm).
+MAX_RESOLUTION = 1024
 
 
-def check_resolution(resolution: int) -> int:
-    """``resolution`` if a MobileNet can take it, else the one-line error every command gives."""
+def check_resolution(resolution: int, option: str = "--resolution") -> int:
+    """``resolution`` if a MobileNet can take it, else the one-line error every command gives (naming
+    ``option``): at least 32 px, which the 32× downsampling needs, and at most ``MAX_RESOLUTION``."""
     from mobilenets.core.errors import MobilenetsError
 
     if resolution < MIN_RESOLUTION:
         raise MobilenetsError(
-            f"--resolution {resolution} is too small: MobileNets downsample 32×; use {MIN_RESOLUTION} or more"
+            f"{option} {resolution} is too small: MobileNets downsample 32×; use {MIN_RESOLUTION} or more"
+        )
+    if resolution > MAX_RESOLUTION:
+        raise MobilenetsError(
+            f"{option} {resolution} is too large: use at most {MAX_RESOLUTION} (MobileNets are trained at 224; "
+            "much larger inputs exhaust memory)"
         )
     return resolution
 

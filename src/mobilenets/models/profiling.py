@@ -15,30 +15,9 @@ from torch import nn
 
 LAYER_TYPES = ("conv_1x1", "depthwise", "full_conv", "fully_connected")
 
-# Bounds of what ``profile`` and ``search`` build. The smallest input is the shared one
-# (models.preprocessing.check_resolution); above these the activations (or weights) of one image no longer
-# fit a machine's memory. The largest published MobileNet evaluation sizes are 448 px (timm) and widths 1.4.
-MAX_RESOLUTION = 1024
+# The widest model ``profile`` builds: above it the weights no longer fit a machine's memory (the widest
+# published MobileNet is 1.4). Input sizes are bounded by models.preprocessing.check_resolution.
 MAX_WIDTH = 4.0
-
-
-def check_input_size(resolution: int, option: str = "--resolution") -> int:
-    """``resolution`` if a model can be built and run at it here, else one line naming ``option`` and the fix."""
-    from mobilenets.core.errors import MobilenetsError
-    from mobilenets.models.preprocessing import check_resolution
-
-    try:
-        check_resolution(resolution)
-    except MobilenetsError as error:
-        if option == "--resolution":
-            raise
-        raise MobilenetsError(str(error).replace("--resolution", option, 1)) from None
-    if resolution > MAX_RESOLUTION:
-        raise MobilenetsError(
-            f"{option} {resolution} is too large: use at most {MAX_RESOLUTION} (MobileNets are trained at 224; "
-            "much larger inputs exhaust memory)"
-        )
-    return resolution
 
 
 def check_width(width: float, option: str = "--width", *, at_most: float = MAX_WIDTH) -> float:

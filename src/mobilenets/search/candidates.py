@@ -240,7 +240,8 @@ def check_grid(
     *, models: Sequence[str], widths: Sequence[float] | None = None, resolutions: Sequence[int] | None = None
 ) -> None:
     """Refuse, in one line, a model, width or resolution the search cannot build."""
-    from mobilenets.models.profiling import check_input_size, check_width
+    from mobilenets.models.preprocessing import check_resolution
+    from mobilenets.models.profiling import check_width
     from mobilenets.models.registry import list_models
 
     known = list_models()
@@ -250,7 +251,7 @@ def check_grid(
         if name not in known:
             raise MobilenetsError(f"--models: unknown model {name!r}; choose from {', '.join(known)}")
     for resolution in resolutions or ():
-        check_input_size(resolution, "--resolutions")
+        check_resolution(resolution, "--resolutions")
     for width in widths or ():
         check_width(width, "--widths", at_most=MAX_SEARCH_WIDTH)
 

@@ -662,7 +662,7 @@ def choose_resolution(requested: str, samples: list[Sample]) -> int:
             resolution = int(requested)
         except ValueError:
             raise MobilenetsError(f"--resolution must be a number of pixels or auto, got {requested!r}") from None
-        check_resolution(resolution)  # the one bound, shared with `profile` (models.preprocessing)
+        check_resolution(resolution)  # the bounds every command shares (models.preprocessing)
         if resolution % 32:
             warn(f"--resolution {resolution} is not a multiple of 32; the last feature maps get uneven borders")
         return resolution

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.models.factory import create_model
-from mobilenets.models.profiling import LAYER_TYPES, check_input_size, check_width, profile_grid, profile_model
+from mobilenets.models.preprocessing import check_resolution
+from mobilenets.models.profiling import LAYER_TYPES, check_width, profile_grid, profile_model
 from mobilenets.models.registry import list_models
 
 TYPE_LABELS = {
@@ -54,7 +55,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.width is not None:
         check_width(args.width)
     if args.resolution is not None:
-        check_input_size(args.resolution)
+        check_resolution(args.resolution)
     if args.num_classes < 1:
         raise MobilenetsError(f"--num-classes {args.num_classes}: a classifier needs at least 1 output")
     if args.grid:
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if args.resolutions is not None:
             grid["resolutions"] = tuple(parse_list(args.resolutions, int, "--resolutions"))
             for resolution in grid["resolutions"]:
-                check_input_size(resolution, "--resolutions")
+                check_resolution(resolution, "--resolutions")
         profiles = profile_grid(args.model, num_classes=args.num_classes, **grid, **options)
         latency = measured_latency(args, profiles, options)
         if args.json:
