@@ -616,16 +616,20 @@ def choose_architecture(weights: str | None, *, model: str | None, width: float 
     from mobilenets.models.weights import read_checkpoint as read_weights
 
     _, metadata = read_weights(weights)
-    saved_width = float(metadata.get("options", {}).get("width", 1.0)) if metadata else None
-    if width is not None and saved_width is not None and width != saved_width:
-        name = metadata.get("architecture", model)
+    if metadata is None:
+        # torchvision's or timm's file says neither: it is built at the given width and its shapes checked.
+        held = load_model(weights, name=model, width=width)
+        return held.architecture.name, float(held.architecture.options.get("width", 1.0))
+    # Our own file says both (read above, so it is whole); the run builds it once, later.
+    name, saved_width = metadata["architecture"], float(metadata.get("options", {}).get("width", 1.0))
+    if model is not None and model != name:
+        raise MobilenetsError(f"--weights {weights} holds a {name} model, not {model}; drop --model or pass --model {name}")
+    if width is not None and width != saved_width:
         raise MobilenetsError(
             f"--width {width:g}: --weights {weights} holds {name} at width {saved_width:g}; drop --width, or pass "
             f"--width {saved_width:g}"
         )
-    # A file without our metadata (torchvision's, timm's) is loaded at the given width, its shapes checked.
-    held = load_model(weights, name=model, width=saved_width if saved_width is not None else width)
-    return held.architecture.name, float(held.architecture.options.get("width", 1.0))
+    return name, saved_width
 
 
 def check_freeze(
