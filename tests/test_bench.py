@@ -50,6 +50,10 @@ def test_bench_json_times_pytorch_both_onnx_runtimes_and_the_int8_engine(capsys)
     [
         (["bench", "/nonexistent.onnx"], "/nonexistent.onnx: not found"),
         (["bench", "mobilenet_v2", "--batch", "x"], "--batch 'x': give comma-separated positive integers"),
+        (["bench", "mobilenet_v3_smal"], "mobilenet_v3_smal: no such file, architecture or published weights; "
+         "did you mean mobilenet_v3_small?"),
+        (["bench", "mobilenet_v2.tv_in1"], "did you mean mobilenet_v2.tv_in1k?"),
+        (["bench", "mobilenet_v2", "--width", "0"], "--width 0: the width multiplier must be > 0"),
     ],
 )
 def test_bench_bad_input_is_one_line(argv, message, capsys):

@@ -213,6 +213,40 @@ def test_finding17_missing_data_folder_says_does_not_exist(run_dir, capsys):
     assert "/no/such/dir: does not exist" in one_line_error(capsys, "evaluate")
 
 
+@pytest.mark.parametrize(
+    ("value", "bounds", "message"),
+    [
+        (float("nan"), {}, "--x nan: give a finite number"),
+        (float("inf"), {"above": 0}, "--x inf: give a finite number > 0"),
+        (0.0, {"above": 0, "example": 256}, "--x 0: give a finite number > 0, e.g. --x 256"),
+        (-1, {"at_least": 0}, "--x -1: give a whole number ≥ 0"),
+    ],
+)
+def test_one_number_check_for_every_command(value, bounds, message):
+    from mobilenets.core.errors import MobilenetsError, check_number
+
+    with pytest.raises(MobilenetsError) as raised:
+        check_number("--x", value, **bounds)
+    assert str(raised.value) == message
+    for fine in (None, 0, 1e-9) if "above" not in bounds else (None, 1e-9, 5):
+        check_number("--x", fine, **bounds)
+
+
+def test_ctrl_c_wrapped_by_a_library_is_an_interruption_not_an_internal_error(monkeypatch, capsys):
+    # Ctrl-C during `export` reached the user as "internal error: TorchExportError" (torch.export wraps it).
+    from mobilenets.cli.commands import profile
+
+    def export_interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Failed to export the model with torch.export") from interrupt
+
+    monkeypatch.setattr(profile, "run", export_interrupted)
+    assert main(["profile", "mobilenet_v1"]) == 130
+    assert capsys.readouterr().err == "mobilenets profile: interrupted\n"
+
+
 def test_finding17_one_resolution_bound():
     from mobilenets.core.errors import MobilenetsError
     from mobilenets.models.preprocessing import MIN_RESOLUTION, check_resolution

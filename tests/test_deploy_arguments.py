@@ -136,8 +136,8 @@ def test_quantize_refuses_ignored_or_non_finite_options(run, options, expected, 
         (["--format", "coreml", "--check-images", "3"], "--check-images 3: Core ML packages are validated, not run"),
         (["--format", "onnx", "--calibration", "7"], "--calibration 7: calibration images are for the int8 file"),
         (["--format", "all", "--flash-kb", "9"], "drop it for --format all without --int8"),
-        (["--format", "tflite-micro", "--ram-kb", "inf"], "--ram-kb inf: give a finite number of KB greater than 0"),
-        (["--format", "tflite-micro", "--flash-kb", "1e400"], "--flash-kb inf: give a finite number of KB"),
+        (["--format", "tflite-micro", "--ram-kb", "inf"], "--ram-kb inf: give a finite number > 0, e.g. --ram-kb 256"),
+        (["--format", "tflite-micro", "--flash-kb", "1e400"], "--flash-kb inf: give a finite number > 0"),
     ],
 )
 def test_export_refuses_options_that_do_not_apply(run, options, expected, capsys):

@@ -375,3 +375,32 @@ def test_agreement_is_also_reported_on_the_images_fp32_has_decided():
     record = compare(DeviceFile("tflite", Path("m.tflite"), 1, "LiteRT", "int8"), outputs, reference, None, exact=False)
     # Image 2 is a near-tie in fp32 (0.497 against 0.502) and flipped; the three decided images all agree.
     assert record.agreement == 0.75 and record.decided_images == 3 and record.decided_agreement == 1.0
+
+
+def test_ctrl_c_during_a_conversion_stops_after_it_and_leaves_no_unverified_file(tmp_path, monkeypatch, capsys):
+    # litert-torch runs Python callbacks from native code that swallowed a Ctrl-C: the export went on.
+    import contextlib
+    import signal
+
+    pytest.importorskip("litert_torch")
+    from deploy_helpers import tiny_run_dir, write_class_folder
+
+    from mobilenets.cli.main import main
+    from mobilenets.deployment import device_export
+
+    data = write_class_folder(tmp_path / "data", classes=2, per_class=3)
+    run_dir = tiny_run_dir(tmp_path / "run", data)
+    converted = []
+
+    def conversion_that_swallows_ctrl_c(module, spec, model, path, **options):
+        with contextlib.suppress(KeyboardInterrupt):  # what the native callbacks did with it
+            signal.raise_signal(signal.SIGINT)
+        path.write_bytes(b"converted")
+        converted.append(path)
+        return path
+
+    monkeypatch.setattr(device_export, "_export", conversion_that_swallows_ctrl_c)
+    assert main(["export", str(run_dir), "--format", "tflite", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.endswith("mobilenets export: interrupted\n")
+    assert converted and not converted[0].exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -23,6 +23,7 @@ def one_line(capsys) -> str:
         (["--width", "1e6"], "--width 1e+06: the width multiplier must be > 0 and at most 4"),
         (["--grid", "--widths", "inf"], "--widths 'inf': inf is not a finite number"),
         (["--grid", "--widths", "0.5,9"], "--widths 9: the width multiplier must be > 0 and at most 4"),
+        (["--num-classes", "1000000000"], "--num-classes 1,000,000,000: give at most 100,000"),
         (["--resolution", "100000"], "--resolution 100000 is too large: use at most 1024"),
         (["--grid", "--resolutions", "100000"], "--resolutions 100000 is too large: use at most 1024"),
         (["--grid", "--resolutions", "16"], "--resolutions 16 is too small"),

@@ -6,6 +6,7 @@ candidate for an epoch at 32 px through the same subprocess the search uses.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -197,8 +198,20 @@ def test_search_writes_schema_and_recommends_in_budget(tmp_path):
     assert "data:image/png;base64," in html and "Pareto" in html
     # Successive halving: later rungs are fewer candidates, trained longer.
     plan = data["plan"]
-    assert plan["rung_sizes"] == sorted(plan["rung_sizes"], reverse=True)
+    assert all(later < earlier for earlier, later in itertools.pairwise(plan["rung_sizes"]))
     assert plan["rung_epochs"] == sorted(plan["rung_epochs"])
+
+
+@pytest.mark.parametrize(
+    ("candidates", "rungs", "sizes"),
+    [(12, 3, [12, 6, 3]), (5, 3, [5, 3, 2]), (4, 3, None), (4, 2, [4, 2]), (3, 2, [3, 2]), (2, 2, None), (2, 1, [2]),
+     (1, 1, [1])],
+)
+def test_each_rung_trains_fewer_candidates_than_the_one_before(candidates, rungs, sizes):
+    # 2 candidates used to be planned as rungs of [2, 2]: the first rung trained both, then both again.
+    from mobilenets.search.runner import rung_sizes
+
+    assert rung_sizes(candidates, rungs=rungs) == sizes
 
 
 def test_interrupted_search_resumes_without_retraining(tmp_path):
@@ -300,11 +313,11 @@ def one_line(capsys) -> str:
         (("--models", "mobilenet_v3_small,resnet50"), "--models: unknown model 'resnet50'"),
         (("--time-budget", "0"), "--time-budget 0: must be longer than zero"),
         (("--time-budget", "5"), "--time-budget 5: give a unit: 5m (minutes), 5s (seconds) or 5h (hours)"),
-        (("--max-flash-kb", "nan"), "--max-flash-kb nan: must be a finite positive number"),
-        (("--max-flash-kb", "inf"), "--max-flash-kb inf: must be a finite positive number"),
-        (("--max-ram-kb", "inf"), "--max-ram-kb inf: must be a finite positive number"),
-        (("--max-latency-ms", "nan"), "--max-latency-ms nan: must be a finite positive number"),
-        (("--max-latency-ms", "-1"), "--max-latency-ms -1: must be a finite positive number"),
+        (("--max-flash-kb", "nan"), "--max-flash-kb nan: give a finite number > 0"),
+        (("--max-flash-kb", "inf"), "--max-flash-kb inf: give a finite number > 0"),
+        (("--max-ram-kb", "inf"), "--max-ram-kb inf: give a finite number > 0"),
+        (("--max-latency-ms", "nan"), "--max-latency-ms nan: give a finite number > 0"),
+        (("--max-latency-ms", "-1"), "--max-latency-ms -1: give a finite number > 0"),
         (("--max-flash-kb", "1e-9"), "--max-flash-kb 1e-09: less than one byte"),
         (("--resolutions", "100000"), "--resolutions 100000 is too large: use at most 1024"),
         (("--resolutions", "16"), "--resolutions 16 is too small"),

@@ -36,7 +36,8 @@ def error_of(capsys, code: int) -> str:
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--lr", "--width"])
 def test_zero_is_refused_like_a_negative_never_replaced_by_the_default(flag, tmp_path, capsys):
     code = main(["train", "--data", str(EXAMPLES), *TINY, flag, "0", "--out", str(tmp_path / "run")])
-    assert f"{flag} must be positive, got 0" in error_of(capsys, code)
+    message = error_of(capsys, code)
+    assert f"{flag} 0: give a " in message and message.endswith(" > 0")
     assert not (tmp_path / "run").exists()
 
 

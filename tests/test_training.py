@@ -306,7 +306,7 @@ def test_freeze_keeps_the_first_blocks_and_trains_the_rest(tmp_path, capsys, rea
             ["--weights", "mobilenet_v2.tv_in1k", "--freeze", "18"],
             "mobilenet_v2 has 17 blocks after its stem; pass at most 17",
         ),
-        (["--freeze", "-1"], "--freeze must be zero or more, got -1"),
+        (["--freeze", "-1"], "--freeze -1: give a whole number ≥ 0"),
         (["--random-erasing", "1.5"], "--random-erasing is a probability in [0, 1], got 1.5"),
         (["--crop-scale", "0"], "--crop-scale is the smallest share of an image's area a crop keeps, in (0, 1], got 0"),
         (["--crop-scale", "1.2"], "in (0, 1], got 1.2"),

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        if caused_by_ctrl_c(error):
+            print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
+            return 130
         if os.environ.get("MOBILENETS_DEBUG"):
             raise
         print(
@@ -87,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether ``error`` wraps a Ctrl-C: torch.export turns one raised inside it into its own TorchExportError."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def check_no_empty_values(argv: list[str]) -> None:

@@ -68,3 +68,35 @@ def native_output_silenced() -> Iterator[None]:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C inside the block stops the command when the block ends instead of inside it.
+
+    Device converters run Python callbacks from native code (JAX's garbage-collection hook in
+    litert-torch, for one) that print a KeyboardInterrupt raised there as "Exception ignored" and carry
+    on, and others wrap it as a conversion error: either way the user's Ctrl-C was lost. A conversion
+    takes seconds, so waiting for it costs little; a second Ctrl-C stops at once. Outside the main
+    thread Python delivers no signals, and the block runs unchanged.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        pressed.append(signum)
+        if len(pressed) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt

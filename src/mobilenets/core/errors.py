@@ -1,5 +1,32 @@
 """The one exception type users see: its message names the file or argument, the problem and the fix."""
 
+from __future__ import annotations
+
+import math
+
 
 class MobilenetsError(Exception):
     """Raised for bad input (files, folders, arguments); the CLI prints it as one line, no traceback."""
+
+
+def check_number(
+    flag: str,
+    value: float | None,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    example: float | str | None = None,
+) -> None:
+    """One line naming ``flag`` unless ``value`` is None or a finite number within the bound.
+
+    NaN passes no comparison and infinity ends no sampler or budget, so both are refused by every check,
+    whatever its bound. ``above`` is a strict lower bound, ``at_least`` an inclusive one.
+    """
+    if value is None:
+        return
+    bound = f" > {above:g}" if above is not None else f" ≥ {at_least:g}" if at_least is not None else ""
+    fits = math.isfinite(value) and (above is None or value > above) and (at_least is None or value >= at_least)
+    if not fits:
+        hint = f", e.g. {flag} {example}" if example is not None else ""
+        kind = "a whole number" if isinstance(value, int) else "a finite number"
+        raise MobilenetsError(f"{flag} {value:g}: give {kind}{bound}{hint}")

@@ -126,6 +126,14 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return atomic_write(path, lambda temporary: temporary.write_bytes(data), needed_bytes=len(data))
 
 
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a folder (a Core ML package is one); nothing when it is not there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def check_writable(folder: Path | str, what: str = "--out", create: bool = True) -> Path:
     """Prove ``folder`` is writable, before any long work starts, creating it if needed.
 

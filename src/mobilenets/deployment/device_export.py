@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenets.core.console import native_output_silenced
+from mobilenets.core.console import ctrl_c_deferred, native_output_silenced
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import remove_path
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.deployment.device_files import NEAR_TIE
 from mobilenets.deployment.formats import CHECK_IMAGES
@@ -132,19 +133,26 @@ def export_device_format(
     for name in names:
         path = folder / name
         is_int8 = name != spec.fp32_name
-        with native_output_silenced(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # converters' deprecation chatter
-            written = _export(
-                module,
-                spec,
-                model,
-                path,
-                calibration=calibration if is_int8 else None,
-                is_int8=is_int8,
-                size=preprocessing.input_size,
-            )
-        with native_output_silenced():  # runtimes log their CPU probing on load
-            record = _verify(module, spec, written, model, check, size=preprocessing.input_size)
+        written = None
+        try:
+            with ctrl_c_deferred(), native_output_silenced(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # converters' deprecation chatter
+                written = _export(
+                    module,
+                    spec,
+                    model,
+                    path,
+                    calibration=calibration if is_int8 else None,
+                    is_int8=is_int8,
+                    size=preprocessing.input_size,
+                )
+            with native_output_silenced():  # runtimes log their CPU probing on load
+                record = _verify(module, spec, written, model, check, size=preprocessing.input_size)
+        except KeyboardInterrupt:
+            # A device file counts once it ran in its runtime: an interrupted export leaves none unverified.
+            if written is not None:
+                remove_path(Path(written))
+            raise
         record.format = format  # the name users pass to --format
         records.append(record)
         report(describe(record))

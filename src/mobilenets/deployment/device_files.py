@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import remove_path
 
 EDGE_INSTALL = "pip install 'mobilenets[edge]'"
 
@@ -93,22 +93,15 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
-    _remove(temporary)
+    remove_path(temporary)
     try:
         yield temporary
         if not temporary.exists():
             raise MobilenetsError(f"{path}: the exporter wrote nothing")
-        _remove(path)
+        remove_path(path)
         os.replace(temporary, path)
     finally:
-        _remove(temporary)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+        remove_path(temporary)
 
 
 def check_images(images: np.ndarray | torch.Tensor, purpose: str) -> np.ndarray:

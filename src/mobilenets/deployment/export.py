@@ -7,7 +7,6 @@ and returns an ``ExportResult``; device formats are added as further entries.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.deployment.formats import CHECK_IMAGES
 from mobilenets.deployment.loading import ModelSource, check_output_folder, load_source_model, source_images
 
@@ -133,8 +132,7 @@ def check_export_options(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise MobilenetsError(f"{flag} {value}: give a whole number of images, at least 1")
     for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise MobilenetsError(f"{flag} {value:g}: give a finite number of KB greater than 0")
+        check_number(flag, value, above=0, example=256)
     micro = format == "tflite-micro" or (format == "all" and int8)
     for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
         if value is not None and not micro:

@@ -18,6 +18,8 @@ LAYER_TYPES = ("conv_1x1", "depthwise", "full_conv", "fully_connected")
 # The widest model ``profile`` builds: above it the weights no longer fit a machine's memory (the widest
 # published MobileNet is 1.4). Input sizes are bounded by models.preprocessing.check_resolution.
 MAX_WIDTH = 4.0
+# The most classes ``profile`` builds: a 1,280-wide head over 100,000 classes already holds 128 M weights.
+MAX_NUM_CLASSES = 100_000
 
 
 def check_width(width: float, option: str = "--width", *, at_most: float = MAX_WIDTH) -> float:

@@ -18,6 +18,7 @@ finished and resumes a half-trained run with ``mobilenets train --resume``.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import shlex
@@ -58,6 +59,21 @@ MAX_RUNGS = 3
 
 
 
+
+
+def rung_sizes(candidates: int, *, rungs: int) -> list[int] | None:
+    """How many candidates each rung of successive halving trains; None when ``rungs`` cannot halve.
+
+    Each rung keeps the better 1/ETA, and the last compares at least two. A rung that would keep as many
+    candidates as the one before it only repeats it at more epochs (2 candidates in 2 rungs, or 4 in 3),
+    so such plans are refused and a shorter one trains the same candidates longer instead.
+    """
+    sizes = [max(1, math.ceil(candidates / ETA**k)) for k in range(rungs)]
+    if rungs > 1 and sizes[-1] < 2 <= candidates:
+        sizes[-1] = 2
+    if any(later >= earlier for earlier, later in itertools.pairwise(sizes)):
+        return None
+    return sizes
 
 
 @dataclass
@@ -556,9 +572,9 @@ class Search:
         members = list(pool)
         while members and best is None:
             for rungs in range(min(MAX_RUNGS, 1 + int(math.log(max(len(members), 1), ETA))), 0, -1):
-                sizes = [max(1, math.ceil(len(members) / ETA**k)) for k in range(rungs)]
-                if rungs > 1 and sizes[-1] < 2 <= len(members):
-                    sizes[-1] = 2  # the last rung compares at least two candidates
+                sizes = rung_sizes(len(members), rungs=rungs)
+                if sizes is None:
+                    continue
                 for first in range(max(1, full_epochs // ETA ** (rungs - 1)), 0, -1):
                     epochs = [first * ETA**k for k in range(rungs)]
                     if self.plan_seconds(members, sizes=sizes, epochs=epochs) <= available:

@@ -6,8 +6,6 @@ import contextlib
 import difflib
 import json
 import logging
-import math
-import shutil
 import statistics
 import sys
 import time
@@ -17,8 +15,8 @@ import torch
 from PIL import Image
 
 from mobilenets.core.distributed import DistributedContext, explain_peer_failure, init_distributed, shutdown
-from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import atomic_write_text
+from mobilenets.core.errors import MobilenetsError, check_number
+from mobilenets.core.files import atomic_write_text, remove_path
 from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.data.disk_cache import choose_cache, decode_to_disk
@@ -92,16 +90,12 @@ def check_values(options: TrainOptions) -> None:
         raise MobilenetsError(f"--augment {options.augment!r}: choose one of {', '.join(AUGMENT_LEVELS)}")
     for name, value in vars(options).items():
         # NaN passes every comparison below, and an infinite Beta or temperature never returns.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise MobilenetsError(f"{flag_of(name)} must be a finite number, got {value:g}")
+        if isinstance(value, float):
+            check_number(flag_of(name), value)
     for name, flag in POSITIVE.items():
-        value = getattr(options, name)
-        if value is not None and not value > 0:
-            raise MobilenetsError(f"{flag} must be positive, got {value:g}")
+        check_number(flag, getattr(options, name), above=0)
     for name, flag in NON_NEGATIVE.items():
-        value = getattr(options, name)
-        if value is not None and value < 0:
-            raise MobilenetsError(f"{flag} must be zero or more, got {value:g}")
+        check_number(flag, getattr(options, name), at_least=0)
     if not 0 < options.val_fraction < 1:
         raise MobilenetsError(f"--val-fraction must be between 0 and 1 (exclusive), got {options.val_fraction:g}")
     if not 0 <= options.label_smoothing < 1:
@@ -301,7 +295,7 @@ def remove_failed_start(run_dir: Path, *, kept: set[str]) -> None:
     for name in set(RunDirectory(run_dir).contents()) - kept:
         path = run_dir / name
         with contextlib.suppress(OSError):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            remove_path(path)
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only when empty: a folder the user made keeps what else it holds
 

@@ -126,12 +126,15 @@ def run(args: argparse.Namespace) -> int:
 def check_target_options(args: argparse.Namespace) -> None:
     """Options that MODEL_OR_FILE fixes itself, and --resolution/--int8 values, refused before any work."""
     from mobilenets.models.preprocessing import check_resolution
+    from mobilenets.models.profiling import check_width
 
     target = Path(args.target)
     if args.resolution is not None:
         check_resolution(args.resolution)
-    if args.width is not None and not args.width > 0:
-        raise MobilenetsError(f"--width {args.width:g}: the width multiplier must be > 0 (e.g. 0.5, 0.75, 1.0)")
+    if args.width is not None:
+        check_width(args.width)
+    if not target.exists() and len(target.parts) == 1 and target.suffix not in (".onnx", ".safetensors", ".pth", ".pt"):
+        check_name(args.target)
     if target.suffix == ".onnx":
         for flag, value in (("--width", args.width), ("--resolution", args.resolution), ("--model", args.model)):
             if value is not None:
@@ -148,6 +151,23 @@ def check_target_options(args: argparse.Namespace) -> None:
                 )
     if args.int8 is not None:
         check_int8_file(args.int8)
+
+
+def check_name(name: str) -> None:
+    """A bare MODEL_OR_FILE that is no file must be an architecture or a published name; a typo gets the closest."""
+    import difflib
+
+    from mobilenets.models.registry import list_models
+    from mobilenets.models.weights import list_weights
+
+    names = [*list_models(), *list_weights()]
+    if name in names:
+        return
+    close = difflib.get_close_matches(name, names, n=1)
+    raise MobilenetsError(
+        f"{name}: no such file, architecture or published weights"
+        + (f"; did you mean {close[0]}?" if close else f"; architectures: {', '.join(list_models())}")
+    )
 
 
 def check_int8_file(path: Path) -> None:

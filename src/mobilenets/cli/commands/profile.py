@@ -11,7 +11,7 @@ from rich.table import Table
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import check_resolution
-from mobilenets.models.profiling import LAYER_TYPES, check_width, profile_grid, profile_model
+from mobilenets.models.profiling import LAYER_TYPES, MAX_NUM_CLASSES, check_width, profile_grid, profile_model
 from mobilenets.models.registry import list_models
 
 TYPE_LABELS = {
@@ -58,6 +58,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_resolution(args.resolution)
     if args.num_classes < 1:
         raise MobilenetsError(f"--num-classes {args.num_classes}: a classifier needs at least 1 output")
+    if args.num_classes > MAX_NUM_CLASSES:
+        raise MobilenetsError(
+            f"--num-classes {args.num_classes:,}: give at most {MAX_NUM_CLASSES:,} (ImageNet-21k has 21,841 classes); "
+            "the classifier of far more would not fit in memory"
+        )
     if args.grid:
         for single, plural in (("--width", "--widths"), ("--resolution", "--resolutions")):
             if getattr(args, single[2:]) is not None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 from mobilenets.cli.commands._deploy_args import add_model_arguments, source_from_args
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.deployment.loading import run_split
 
 
@@ -70,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibration < 1:
         raise MobilenetsError("--calibration must be at least 1")
-    if not (math.isfinite(args.threshold) and args.threshold >= 0):
-        raise MobilenetsError(f"--threshold {args.threshold:g}: give a finite number of accuracy points ≥ 0, e.g. 1")
+    check_number("--threshold", args.threshold, at_least=0, example=1)
     if args.qat_epochs is not None and args.method not in ("auto", "qat"):
         raise MobilenetsError(
             f"--qat-epochs {args.qat_epochs}: QAT runs only with --method auto or qat; drop --qat-epochs for "

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 
 
 def add_parser(subparsers) -> None:
@@ -49,8 +48,7 @@ def settings_from(args: argparse.Namespace):
 
     for flag, value, example in (("--max-latency-ms", args.max_latency_ms, 10), ("--max-flash-kb", args.max_flash_kb, 1500),
                                  ("--max-ram-kb", args.max_ram_kb, 256)):  # fmt: skip
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise MobilenetsError(f"{flag} {value:g}: must be a finite positive number, e.g. {flag} {example}")
+        check_number(flag, value, above=0, example=example)
     for flag, value in (("--max-flash-kb", args.max_flash_kb), ("--max-ram-kb", args.max_ram_kb)):
         if value is not None and value * 1024 < 1:
             raise MobilenetsError(
