@@ -214,22 +214,25 @@ def test_finding17_missing_data_folder_says_does_not_exist(run_dir, capsys):
 
 
 @pytest.mark.parametrize(
-    ("value", "bounds", "message"),
+    ("value", "bounds", "message", "fine"),
     [
-        (float("nan"), {}, "--x nan: give a finite number"),
-        (float("inf"), {"above": 0}, "--x inf: give a finite number > 0"),
-        (0.0, {"above": 0, "example": 256}, "--x 0: give a finite number > 0, e.g. --x 256"),
-        (-1, {"at_least": 0}, "--x -1: give a whole number ≥ 0"),
+        (float("nan"), {}, "--x nan: give a finite number", (None, -1, 0.5)),
+        (float("inf"), {"above": 0}, "--x inf: give a finite number > 0", (1e-9, 5)),
+        (0.0, {"above": 0, "example": 256}, "--x 0: give a finite number > 0, e.g. --x 256", (0.1,)),
+        (-1, {"at_least": 0}, "--x -1: give a whole number ≥ 0", (0, 0.0, 3)),
+        (2.5, {"at_least": 1, "whole": True}, "--x 2.5: give a whole number ≥ 1", (1, 200)),
+        (True, {"whole": True}, "--x True: give a whole number", (0,)),
+        ("3", {}, "--x '3': give a finite number", (3,)),
     ],
 )
-def test_one_number_check_for_every_command(value, bounds, message):
+def test_one_number_check_for_every_command(value, bounds, message, fine):
     from mobilenets.core.errors import MobilenetsError, check_number
 
     with pytest.raises(MobilenetsError) as raised:
         check_number("--x", value, **bounds)
     assert str(raised.value) == message
-    for fine in (None, 0, 1e-9) if "above" not in bounds else (None, 1e-9, 5):
-        check_number("--x", fine, **bounds)
+    for accepted in fine:
+        check_number("--x", accepted, **bounds)
 
 
 def test_ctrl_c_wrapped_by_a_library_is_an_interruption_not_an_internal_error(monkeypatch, capsys):
@@ -411,10 +414,10 @@ def test_finding24_no_citations_of_files_outside_the_repository():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["bench", "mobilenet_v1", "--threads", "0"], "--threads 0: give at least 1"),
-        (["export", "RUN", "--check-images", "0"], "--check-images 0: give a whole number of images, at least 1"),
-        (["quantize", "RUN", "--qat-epochs", "0"], "--qat-epochs and --max-val must be at least 1"),
-        (["evaluate", "RUN", "--data", "DATA", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["bench", "mobilenet_v1", "--threads", "0"], "--threads 0: give a whole number ≥ 1, e.g. --threads 2"),
+        (["export", "RUN", "--check-images", "0"], "--check-images 0: give a whole number ≥ 1"),
+        (["quantize", "RUN", "--qat-epochs", "0"], "--qat-epochs 0: give a whole number ≥ 1"),
+        (["evaluate", "RUN", "--data", "DATA", "--batch-size", "0"], "--batch-size 0: give a whole number ≥ 1"),
         (["predict", "IMAGE", "--weights", "RUN", "--classes", "/no/classes.txt"], "/no/classes.txt: does not exist"),
         (["profile", "mobilenet_v1", "--num-classes", "0"], "--num-classes 0: a classifier needs at least 1 output"),
     ],

@@ -133,7 +133,7 @@ def test_bad_arguments_are_named_in_the_commands_terms_and_leave_no_out_folder(t
         ("fashion-mnist", "--classes", "a,b,a,c,d,e,f,g,h,i"): "--classes: a named twice; give each class its own name",
         ("fashion-mnist", "--classes", "a,../b,c,d,e,f,g,h,i,j"): "--classes: '../b' cannot be a class folder name; "
         "use a plain name without / \\ or a leading dot",
-        ("fashion-mnist", "--limit-per-class", "0"): "--limit-per-class must be at least 1, got 0",
+        ("fashion-mnist", "--limit-per-class", "0"): "--limit-per-class 0: give a whole number ≥ 1",
     }
     for argv, message in cases.items():
         assert main(["datasets", *argv, "--out", str(out)]) == 2, argv

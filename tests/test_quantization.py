@@ -235,7 +235,7 @@ def test_quantize_command_with_a_flat_folder_reports_agreement(tmp_path, capsys)
     [
         (["quantize", "--weights", "mobilenet_v2.tv_in1k"], "no images: pass --data DIR"),
         (["quantize", "--weights", "mobilenet_v2.tv_in1k", "--data", "/nonexistent"], "/nonexistent: does not exist"),  # issue 17
-        (["quantize", "--weights", "x", "--calibration", "0"], "--calibration must be at least 1"),
+        (["quantize", "--weights", "x", "--calibration", "0"], "--calibration 0: give a whole number ≥ 1"),
         (["quantize", "--weights", "x", "--out", "m.pt"], "--out m.pt: name the file *.onnx"),
     ],
 )

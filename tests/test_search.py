@@ -324,7 +324,7 @@ def one_line(capsys) -> str:
         (("--widths", "inf"), "inf is not a finite number"),
         (("--widths", "3"), "--widths 3: the width multiplier must be > 0 and at most 2"),
         (("--val", "/no/such/folder"), "--val /no/such/folder: does not exist"),
-        (("--max-candidates", "0"), "--max-candidates 0: must be ≥ 1"),
+        (("--max-candidates", "0"), "--max-candidates 0: give a whole number ≥ 1"),
     ],
 )
 def test_bad_search_arguments_are_one_line_and_write_nothing(arguments, message, tmp_path, capsys):

@@ -11,22 +11,31 @@ class MobilenetsError(Exception):
 
 def check_number(
     flag: str,
-    value: float | None,
+    value: object,
     *,
     above: float | None = None,
     at_least: float | None = None,
+    whole: bool = False,
     example: float | str | None = None,
 ) -> None:
     """One line naming ``flag`` unless ``value`` is None or a finite number within the bound.
 
     NaN passes no comparison and infinity ends no sampler or budget, so both are refused by every check,
-    whatever its bound. ``above`` is a strict lower bound, ``at_least`` an inclusive one.
+    whatever its bound. ``above`` is a strict lower bound, ``at_least`` an inclusive one; ``whole`` asks
+    for an int (a count of images or epochs; ``True`` is not one).
     """
     if value is None:
         return
-    bound = f" > {above:g}" if above is not None else f" ≥ {at_least:g}" if at_least is not None else ""
-    fits = math.isfinite(value) and (above is None or value > above) and (at_least is None or value >= at_least)
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    is_whole = is_number and isinstance(value, int)
+    fits = (
+        (is_whole or (is_number and not whole and math.isfinite(value)))
+        and (above is None or value > above)
+        and (at_least is None or value >= at_least)
+    )
     if not fits:
+        shown = f"{value:g}" if is_number else repr(value)
+        bound = f" > {above:g}" if above is not None else f" ≥ {at_least:g}" if at_least is not None else ""
+        kind = "a whole number" if whole or is_whole else "a finite number"
         hint = f", e.g. {flag} {example}" if example is not None else ""
-        kind = "a whole number" if isinstance(value, int) else "a finite number"
-        raise MobilenetsError(f"{flag} {value:g}: give {kind}{bound}{hint}")
+        raise MobilenetsError(f"{flag} {shown}: give {kind}{bound}{hint}")

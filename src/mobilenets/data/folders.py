@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from mobilenets.core.distributed import sampler_indices
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.data.images import ImageLoadError, load_image
 from mobilenets.models.preprocessing import Preprocessing
 
@@ -496,8 +496,7 @@ def plan_class_folders(
                 f"{classes_from} names {len(names)} classes but the labels in {labels_path} use {used} (0..{used - 1}); "
                 f"pass --classes with {used} comma-separated names"
             )
-    if limit_per_class is not None and limit_per_class < 1:
-        raise DatasetError(f"--limit-per-class must be at least 1, got {limit_per_class}")
+    check_number("--limit-per-class", limit_per_class, at_least=1, whole=True)
     files, taken = [], Counter()
     for index, label in enumerate(labels.tolist()):
         name = names[label]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 
 
 @dataclass
@@ -40,8 +40,7 @@ def evaluate_folder(
     from mobilenets.training.evaluation import evaluate
 
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-    if batch_size < 1:
-        raise MobilenetsError("--batch-size must be at least 1")
+    check_number("--batch-size", batch_size, at_least=1, whole=True)
     if bn_adapt and engine == "int8":
         raise MobilenetsError(
             "--bn-adapt changes the fp32 weights; the int8 engine runs the weights it was calibrated for: "

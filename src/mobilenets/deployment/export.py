@@ -129,8 +129,7 @@ def check_export_options(
     if format not in FORMATS:
         raise MobilenetsError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     for flag, value in (("--check-images", check_images), ("--calibration", calibration_images)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise MobilenetsError(f"{flag} {value}: give a whole number of images, at least 1")
+        check_number(flag, value, at_least=1, whole=True)
     for flag, value in (("--ram-kb", ram_kb), ("--flash-kb", flash_kb)):
         check_number(flag, value, above=0, example=256)
     micro = format == "tflite-micro" or (format == "all" and int8)

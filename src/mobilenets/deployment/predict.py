@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.data.folders import IMAGE_SUFFIXES
 from mobilenets.data.images import ImageLoadError, load_image
 from mobilenets.deployment.engines import Engine, InferenceEngine, load_engine
@@ -107,8 +107,7 @@ def predict_files(
     ``source`` may be an exported ``.onnx`` file: it then runs in ONNX Runtime with the labels and
     preprocessing in its metadata, exactly as a device would.
     """
-    if top_k < 1:
-        raise MobilenetsError("--top must be at least 1")
+    check_number("--top", top_k, at_least=1, whole=True)
     paths, skipped = collect_images(inputs)
     if source.is_onnx:
         runner, labels, preprocessing = _onnx_runner(source, engine)

@@ -34,7 +34,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobilenets.core.distributed import DistributedContext as TrainingContext
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.core.files import atomic_write
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
@@ -406,8 +406,7 @@ def mixup(
 
 def check_mixup(alpha: float, *, augment: str) -> None:
     """``--mixup`` is a Beta parameter, and cannot join AugMix, whose loss compares three views of one image."""
-    if alpha < 0:
-        raise MobilenetsError(f"--mixup must be zero or more, got {alpha:g}")
+    check_number("--mixup", alpha, at_least=0)
     if alpha > 0 and augment.startswith("augmix"):
         raise MobilenetsError(f"--mixup and --augment {augment} cannot be combined: choose one")
 

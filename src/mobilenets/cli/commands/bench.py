@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.deployment.timing import Timing, time_engines
 
 __all__ = ["Timing", "measure", "parse_batches"]
@@ -83,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from mobilenets.deployment.onnx_runtime import create_session
 
     batches = parse_batches(args.batch)
-    if args.repeats < 1 or args.warmup < 0:
-        raise MobilenetsError("--repeats must be ≥ 1 and --warmup ≥ 0")
-    if args.threads is not None and args.threads < 1:  # 0 would silently mean "all cores"
-        raise MobilenetsError(f"--threads {args.threads}: give at least 1 (default: all cores)")
+    check_number("--repeats", args.repeats, at_least=1)
+    check_number("--warmup", args.warmup, at_least=0)
+    check_number("--threads", args.threads, at_least=1, example=2)  # 0 would silently mean "all cores"
     check_target_options(args)
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

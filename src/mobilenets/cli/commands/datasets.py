@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mobilenets.core.errors import check_number
 from mobilenets.data.folders import (
     FASHION_MNIST_CLASSES,
     DatasetError,
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     already hold images (the same command run again on its own completed output is a no-op)."""
     from mobilenets.core.files import check_writable
 
-    if args.limit_per_class is not None and args.limit_per_class < 1:
-        raise DatasetError(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
+    check_number("--limit-per-class", args.limit_per_class, at_least=1)
     images, labels = _input_files(args)
     check_writable(args.out, create=False)  # a read-only or blocked --out, found before reading any image
     if args.classes:

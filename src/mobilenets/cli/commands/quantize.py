@@ -67,8 +67,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mobilenets.deployment.quantization import quantize_folder, quantize_run
 
-    if args.calibration < 1:
-        raise MobilenetsError("--calibration must be at least 1")
+    check_number("--calibration", args.calibration, at_least=1)
     check_number("--threshold", args.threshold, at_least=0, example=1)
     if args.qat_epochs is not None and args.method not in ("auto", "qat"):
         raise MobilenetsError(
@@ -76,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
             f"--method {args.method}"
         )
     args.qat_epochs = 2 if args.qat_epochs is None else args.qat_epochs
-    if args.qat_epochs < 1 or args.max_val < 1:
-        raise MobilenetsError("--qat-epochs and --max-val must be at least 1")
+    check_number("--qat-epochs", args.qat_epochs, at_least=1)
+    check_number("--max-val", args.max_val, at_least=1)
     if args.out is not None and args.out.suffix != ".onnx":
         raise MobilenetsError(f"--out {args.out}: name the file *.onnx")
     report = (lambda line: print(line, file=sys.stderr)) if args.json else print
