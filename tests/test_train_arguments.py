@@ -48,6 +48,13 @@ def test_teacher_values_without_a_teacher_are_refused_not_ignored(tmp_path, caps
     )
     code = main(["train", "--data", str(EXAMPLES), *TINY, "--distill-weight", "0.9", "--temperature", "2"])
     assert "--distill-weight and --temperature set knowledge distillation" in error_of(capsys, code)
+    # At its default value (0.5) the option is refused the same way, from the command line and from Python.
+    code = main(["train", "--data", str(EXAMPLES), *TINY, "--distill-weight", "0.5", "--out", str(tmp_path / "b")])
+    assert error_of(capsys, code).startswith("--distill-weight sets knowledge distillation")
+    with pytest.raises(MobilenetsError, match="--temperature sets knowledge distillation"):
+        api.train(EXAMPLES, out=tmp_path / "c", model="mobilenet_v3_small", width=0.25, resolution=32,
+                         weights="none", temperature=4.0)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_no_flip_without_augmentation_is_refused_like_crop_scale(tmp_path, capsys):

@@ -81,6 +81,9 @@ def test_resume_refuses_flags_it_cannot_change_instead_of_ignoring_them(tmp_path
     # A flag that turns an option off is named as the user typed it.
     message = error_of(capsys, main(["train", "--resume", str(out), "--no-flip", "--no-ema"]))
     assert "--no-flip, --no-ema cannot change on resume" in message
+    # Passed at its default value, an option is still passed: it was silently ignored when the run's differs.
+    message = error_of(capsys, main(["train", "--resume", str(out), "--seed", "0", "--label-smoothing", "0.1"]))
+    assert "--label-smoothing, --seed cannot change on resume" in message
 
 
 def test_resume_applies_more_epochs_and_says_so(tmp_path, capsys):

@@ -47,7 +47,8 @@ def train(data: Path | str | None = None, *, out: Path | str | None = None, **op
         raise MobilenetsError(
             f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(TrainOptions.defaults()))}"
         )
-    return train_with_options(TrainOptions(data=data, out=out, **options))
+    passed = set(options) | {name for name, value in (("data", data), ("out", out)) if value is not None}
+    return train_with_options(TrainOptions(data=data, out=out, **options, passed=frozenset(passed)))
 
 
 def train_with_options(options: TrainOptions) -> Run:

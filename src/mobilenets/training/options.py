@@ -4,7 +4,7 @@ command line can build its parser without loading it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mobilenets.core.errors import MobilenetsError
@@ -67,6 +67,9 @@ class TrainOptions:
     precision: str = "auto"
     freeze_bn: bool = False
     sync_bn: bool = False
+    # The options the user passed, whatever their value: `--seed 0` asks for seed 0 although 0 is the
+    # default, so a resume must refuse it, and `--distill-weight 0.5` without a teacher is an error.
+    passed: frozenset[str] = field(default=frozenset(), repr=False)
 
     def __post_init__(self) -> None:
         for name in PATHS:
@@ -82,12 +85,18 @@ class TrainOptions:
 
     @classmethod
     def defaults(cls) -> dict:
-        return {f.name: f.default for f in fields(cls)}
+        """Each option's default, by name (``passed`` is no option)."""
+        return {f.name: f.default for f in fields(cls) if f.name != "passed"}
 
     def given(self) -> dict:
-        """The options whose value differs from the default (what the user asked for)."""
+        """What the user asked for: the options passed, at any value, and any other whose value differs from
+        its default (set on the object, or by a recipe file)."""
         defaults = self.defaults()
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != defaults[f.name]}
+        return {
+            name: getattr(self, name)
+            for name in defaults
+            if name in self.passed or getattr(self, name) != defaults[name]
+        }
 
 
 PATHS = ("data", "val", "out", "resume", "cache_dir")

@@ -15,6 +15,8 @@ from mobilenets.models.registry import list_models
 from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainOptions
 from mobilenets.training.recipes import DEFAULTS, bundled_recipes
 
+NOT_PASSED = object()
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -167,8 +169,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--sync-bn", action="store_true", help="with torchrun on GPUs: BatchNorm statistics over the global batch"
     )
-    # One source of defaults: the library's TrainOptions (so the CLI and mobilenets.train() agree).
-    parser.set_defaults(**TrainOptions.defaults())
+    # One source of defaults: the library's TrainOptions (so the CLI and mobilenets.train() agree). The
+    # parser's own default is a marker, so that an option passed at its default value still counts as passed.
+    parser.set_defaults(**dict.fromkeys(TrainOptions.defaults(), NOT_PASSED))
     parser.set_defaults(run=run)
 
 
@@ -185,4 +188,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def options_from(args: argparse.Namespace) -> TrainOptions:
-    return TrainOptions(**{name: getattr(args, name) for name in TrainOptions.defaults()})
+    passed = {name: getattr(args, name) for name in TrainOptions.defaults() if getattr(args, name) is not NOT_PASSED}
+    return TrainOptions(**passed, passed=frozenset(passed))
