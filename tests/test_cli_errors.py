@@ -140,15 +140,20 @@ def test_finding06_bench_times_engines_interleaved(monkeypatch):
 # --- 9: export --int8 does not replace the int8 model quantize chose ------------------------------------------
 
 
-def test_finding09_export_int8_refuses_to_replace_the_chosen_int8_model(run_dir, tmp_path, capsys):
+def test_finding09_export_int8_never_replaces_the_chosen_int8_model(run_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "model_int8.onnx").write_bytes(b"chosen by quantize")
     (run / "quantization.json").write_text(json.dumps({"method": "mixed precision (stem and first block)"}))
-    assert main(["export", str(run), "--int8"]) == 2
+    # Named as the output, it is refused; by default it is kept and said to be (as --format all does), so
+    # `train --quantize` then `export --int8` works (it used to fail).
+    assert main(["export", str(run), "--int8", "--out", str(run / "model_int8.onnx")]) == 2
     line = one_line_error(capsys, "export")
     assert "already the run's int8 model (mixed precision" in line and "--out OTHER.onnx" in line
     assert (run / "model_int8.onnx").read_bytes() == b"chosen by quantize" and not (run / "model.onnx").exists()
+    assert main(["export", str(run), "--int8"]) == 0
+    assert "keeping the run's model_int8.onnx (mixed precision" in capsys.readouterr().out
+    assert (run / "model_int8.onnx").read_bytes() == b"chosen by quantize" and (run / "model.onnx").exists()
 
 
 # --- 11: a read-only --out is found out before the work --------------------------------------------------------
@@ -219,7 +224,8 @@ def test_finding17_missing_data_folder_says_does_not_exist(run_dir, capsys):
         (float("nan"), {}, "--x nan: give a finite number", (None, -1, 0.5)),
         (float("inf"), {"above": 0}, "--x inf: give a finite number > 0", (1e-9, 5)),
         (0.0, {"above": 0, "example": 256}, "--x 0: give a finite number > 0, e.g. --x 256", (0.1,)),
-        (-1, {"at_least": 0}, "--x -1: give a whole number ≥ 0", (0, 0.0, 3)),
+        (-1, {"at_least": 0}, "--x -1: give a finite number ≥ 0", (0, 0.0, 3)),
+        (-1, {"at_least": 0, "whole": True}, "--x -1: give a whole number ≥ 0", (0, 3)),
         (2.5, {"at_least": 1, "whole": True}, "--x 2.5: give a whole number ≥ 1", (1, 200)),
         (True, {"whole": True}, "--x True: give a whole number", (0,)),
         ("3", {}, "--x '3': give a finite number", (3,)),

@@ -404,3 +404,13 @@ def test_ctrl_c_during_a_conversion_stops_after_it_and_leaves_no_unverified_file
     assert capsys.readouterr().err.endswith("mobilenets export: interrupted\n")
     assert converted and not converted[0].exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deployment_table_paths_are_relative_to_the_run_or_absolute(tmp_path, monkeypatch):
+    from mobilenets.deployment.device_export import _relative
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    assert _relative(Path("run/model.tflite"), tmp_path / "run") == "model.tflite"
+    # Written with --out elsewhere: was "exports/model.tflite", relative to wherever the command ran.
+    assert _relative(Path("exports/model.tflite"), tmp_path / "run") == str(tmp_path / "exports" / "model.tflite")

@@ -140,6 +140,9 @@ def test_drop_warning_names_layers_and_fixes():
     # Under auto (the default) the fixes are already on their way: it says so instead of naming flags.
     running = warn_drop(comparison, 1.0, [], method="auto")
     assert "Trying the fixes next" in running and "--method" not in running
+    # Without labels auto stops before QAT: neither warning may promise it.
+    assert "then QAT" not in warn_drop(comparison, 1.0, [], method="auto", labelled=False)
+    assert "tries both" not in warn_drop(comparison, 1.0, [], method="ptq", labelled=False)
     unlabelled = Comparison(100, None, None, 0.97, 4000, 1000)
     assert unlabelled.drop_points == pytest.approx(3.0)
 

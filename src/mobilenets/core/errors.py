@@ -36,6 +36,6 @@ def check_number(
     if not fits:
         shown = f"{value:g}" if is_number else repr(value)
         bound = f" > {above:g}" if above is not None else f" ≥ {at_least:g}" if at_least is not None else ""
-        kind = "a whole number" if whole or is_whole else "a finite number"
+        kind = "a whole number" if whole else "a finite number"
         hint = f", e.g. {flag} {example}" if example is not None else ""
         raise MobilenetsError(f"{flag} {shown}: give {kind}{bound}{hint}")

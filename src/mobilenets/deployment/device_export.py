@@ -268,7 +268,9 @@ def _record(source: ModelSource, records: list) -> None:
 
 
 def _relative(path: Path, folder: Path) -> str:
+    """Inside the run: relative to it (the run may move). Outside: absolute, since the command's working
+    folder means nothing to whoever reads metrics.json later."""
     try:
         return path.resolve().relative_to(folder.resolve()).as_posix()
     except ValueError:
-        return str(path)
+        return str(path.resolve())

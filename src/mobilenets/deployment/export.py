@@ -67,11 +67,17 @@ def onnx_paths(source: ModelSource, model: nn.Module, out: Path | None, int8: bo
     return out, out.with_name(out.stem + INT8_SUFFIX + ".onnx")
 
 
-def refuse_replacing_chosen_int8(source: ModelSource, int8_path: Path | None) -> None:
-    """``quantize`` chose the run's ``model_int8.onnx`` (by accuracy, with fallbacks) and ``metrics.json`` and
-    ``quantization.json`` describe it; a plain PTQ from ``export --int8`` must not silently take its place."""
+def keep_chosen_int8(
+    source: ModelSource, int8_path: Path | None, *, out: Path | None, report: Callable[[str], None]
+) -> Path | None:
+    """The int8 file to write: ``None`` where it would replace the run's chosen ``model_int8.onnx``.
+
+    ``quantize`` chose that file (by accuracy, with fallbacks), and ``metrics.json`` and ``quantization.json``
+    describe it; a plain PTQ from ``export --int8`` must not silently take its place. Without ``--out`` the
+    chosen file is kept, and said to be; an ``--out`` that names it is refused.
+    """
     if int8_path is None or source.run_dir is None:
-        return
+        return int8_path
     chosen = source.run_dir / "model_int8.onnx"
     record = source.run_dir / "quantization.json"
     if record.exists() and int8_path.resolve() == chosen.resolve():
@@ -79,11 +85,16 @@ def refuse_replacing_chosen_int8(source: ModelSource, int8_path: Path | None) ->
             method = json.loads(record.read_text()).get("method", "?")
         except (OSError, json.JSONDecodeError):
             method = "?"
+        if out is None:
+            report(f"onnx int8: keeping the run's model_int8.onnx ({method}), chosen and evaluated by `mobilenets "
+                   "quantize`; pass --out OTHER.onnx for a separate int8 export")
+            return None
         raise MobilenetsError(
             f"{chosen}: already the run's int8 model ({method}, chosen and evaluated by `mobilenets quantize`, "
             f"described by {record.name} and metrics.json); deploy that file as it is, re-run `mobilenets quantize "
             f"{source.run_dir}` to replace it, or pass --out OTHER.onnx to write a separate export"
         )
+    return int8_path
 
 
 def export_model(
@@ -164,7 +175,7 @@ def export_onnx_files(source: ModelSource, request: ExportRequest, report: Calla
 
     model = load_source_model(source, report=report)
     fp32_path, int8_path = onnx_paths(source, model, request.out, request.int8)
-    refuse_replacing_chosen_int8(source, int8_path)
+    int8_path = keep_chosen_int8(source, int8_path, out=request.out, report=report)
     check_output_folder(fp32_path.parent, request.out, source.run_dir)
     preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
     calibration = None
@@ -242,10 +253,6 @@ def export_all(source: ModelSource, request: ExportRequest, report: Callable[[st
     if request.out is not None and Path(request.out).suffix:
         raise MobilenetsError(f"--out {request.out}: for --format all pass a folder")
     onnx_request = request if request.out is None else replace(request, out=Path(request.out) / "model.onnx")
-    chosen = source.run_dir is not None and (Path(source.run_dir) / "quantization.json").exists()
-    if request.int8 and request.out is None and chosen:
-        report("onnx int8: keeping the run's model_int8.onnx, chosen and evaluated by `mobilenets quantize`")
-        onnx_request = replace(onnx_request, int8=False)
     combined = export_onnx_files(source, onnx_request, report)
     for name in ("tflite", "executorch", "tflite-micro", "coreml"):
         if name == "tflite-micro" and not request.int8:

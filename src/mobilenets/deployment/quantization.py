@@ -1039,7 +1039,8 @@ def quantize_model(
             ptq = quantize_ptq(fp32_onnx, work / "ptq.onnx", images_for(calibration_method), calibration_method)
             if attempt(f"ptq ({calibration_method})", ptq).drop_points > threshold:
                 worst = layer_errors(fp32_onnx, ptq, calibration.images[:32])
-                report(warn_drop(candidates[-1][2], threshold, worst, method))
+                labelled = not (train is None and calibration.labels is None)
+                report(warn_drop(candidates[-1][2], threshold, worst, method, labelled=labelled))
             if method in ("auto", "mixed") and candidates[-1][2].drop_points > threshold:
                 best_calibration = calibration_method
                 for name, options in fallbacks(calibration_method, worst):
@@ -1157,20 +1158,34 @@ def describe(name: str, c: Comparison) -> str:
     )
 
 
-def warn_drop(c: Comparison, threshold: float, worst: Sequence[LayerError], method: str = "ptq") -> str:
-    """The warning after a first attempt that loses too much; ``method`` says whether the fixes come next."""
+def warn_drop(
+    c: Comparison, threshold: float, worst: Sequence[LayerError], method: str = "ptq", *, labelled: bool = True
+) -> str:
+    """The warning after a first attempt that loses too much; ``method`` says whether the fixes come next, and
+    ``labelled`` whether ``auto`` goes on to QAT (without labels it stops before it)."""
     layers = "\n".join(
         f"    {e.where}: loses {e.loss_db:.1f} dB of SQNR vs fp32 (down to {e.sqnr_db:.1f} dB)"
         for e in worst[:5]
     )
+    if labelled:
+        auto = "  Trying the fixes next: another calibration, layers in float (mixed precision), then QAT."
+        other = (
+            "  Fixes: keep those layers in float (--method mixed), or quantization-aware training (--method qat); "
+            "--method auto (the default) tries both."
+        )
+    else:
+        auto = (
+            "  Trying the fixes next: another calibration, then layers in float (mixed precision); QAT is left "
+            "out: these images have no labels (--method qat runs it anyway, distilling fp32)."
+        )
+        other = (
+            "  Fixes: keep those layers in float (--method mixed, or auto, the default, which tries that), or "
+            "quantization-aware training (--method qat; without labels it distils fp32's predictions)."
+        )
     fixes = {
-        "auto": "  Trying the fixes next: another calibration, layers in float (mixed precision), then QAT.",
+        "auto": auto,
         "mixed": "  Trying the fixes next: another calibration, then layers in float (mixed precision).",
-    }.get(
-        method,
-        "  Fixes: keep those layers in float (--method mixed), or quantization-aware training (--method qat); "
-        "--method auto (the default) tries both.",
-    )
+    }.get(method, other)
     return (
         f"WARNING: int8 loses {c.drop_points:.2f} points (threshold {threshold:g}). "
         f"Layers with the largest quantization error:\n{layers}\n{fixes}"

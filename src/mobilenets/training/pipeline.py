@@ -46,6 +46,7 @@ from mobilenets.training.options import (
     OPTIMIZERS,
     POSITIVE,
     RESUME_MAY_CHANGE,
+    WHOLE_NUMBERS,
     TrainOptions,
     flag_of,
     type_problem,
@@ -93,9 +94,9 @@ def check_values(options: TrainOptions) -> None:
         if isinstance(value, float):
             check_number(flag_of(name), value)
     for name, flag in POSITIVE.items():
-        check_number(flag, getattr(options, name), above=0)
+        check_number(flag, getattr(options, name), above=0, whole=name in WHOLE_NUMBERS)
     for name, flag in NON_NEGATIVE.items():
-        check_number(flag, getattr(options, name), at_least=0)
+        check_number(flag, getattr(options, name), at_least=0, whole=name in WHOLE_NUMBERS)
     if not 0 < options.val_fraction < 1:
         raise MobilenetsError(f"--val-fraction must be between 0 and 1 (exclusive), got {options.val_fraction:g}")
     if not 0 <= options.label_smoothing < 1:

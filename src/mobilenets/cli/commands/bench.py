@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from mobilenets.deployment.onnx_runtime import create_session
 
     batches = parse_batches(args.batch)
-    check_number("--repeats", args.repeats, at_least=1)
-    check_number("--warmup", args.warmup, at_least=0)
-    check_number("--threads", args.threads, at_least=1, example=2)  # 0 would silently mean "all cores"
+    check_number("--repeats", args.repeats, at_least=1, whole=True)
+    check_number("--warmup", args.warmup, at_least=0, whole=True)
+    check_number("--threads", args.threads, at_least=1, whole=True, example=2)  # 0 would silently mean "all cores"
     check_target_options(args)
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     already hold images (the same command run again on its own completed output is a no-op)."""
     from mobilenets.core.files import check_writable
 
-    check_number("--limit-per-class", args.limit_per_class, at_least=1)
+    check_number("--limit-per-class", args.limit_per_class, at_least=1, whole=True)
     images, labels = _input_files(args)
     check_writable(args.out, create=False)  # a read-only or blocked --out, found before reading any image
     if args.classes:

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         "partition), ExecuTorch .pte, TensorFlow Lite Micro (int8, exact tensor arena) or Core ML .mlpackage; labels "
         "and preprocessing travel inside each file. Every file is run in its runtime and compared with PyTorch on the "
         "run's validation images (max abs diff, top-1 agreement, accuracy, batch-1 latency); a run directory's "
-        "metrics.json gets the results as its `deployment` table. Device formats need `pip install 'mobilenets[edge]'`.",
+        "metrics.json gets the device files' results as its `deployment` table. Device formats need `pip install 'mobilenets[edge]'`.",
     )
     add_model_arguments(parser)
     parser.add_argument(

@@ -67,7 +67,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mobilenets.deployment.quantization import quantize_folder, quantize_run
 
-    check_number("--calibration", args.calibration, at_least=1)
+    check_number("--calibration", args.calibration, at_least=1, whole=True)
     check_number("--threshold", args.threshold, at_least=0, example=1)
     if args.qat_epochs is not None and args.method not in ("auto", "qat"):
         raise MobilenetsError(
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
             f"--method {args.method}"
         )
     args.qat_epochs = 2 if args.qat_epochs is None else args.qat_epochs
-    check_number("--qat-epochs", args.qat_epochs, at_least=1)
-    check_number("--max-val", args.max_val, at_least=1)
+    check_number("--qat-epochs", args.qat_epochs, at_least=1, whole=True)
+    check_number("--max-val", args.max_val, at_least=1, whole=True)
     if args.out is not None and args.out.suffix != ".onnx":
         raise MobilenetsError(f"--out {args.out}: name the file *.onnx")
     report = (lambda line: print(line, file=sys.stderr)) if args.json else print

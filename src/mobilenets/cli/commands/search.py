@@ -54,7 +54,7 @@ def settings_from(args: argparse.Namespace):
             raise MobilenetsError(
                 f"{flag} {value:g}: less than one byte; give a size in KB (1024 bytes), e.g. {flag} 256"
             )
-    check_number("--max-candidates", args.max_candidates, at_least=1)
+    check_number("--max-candidates", args.max_candidates, at_least=1, whole=True)
     budget = Budget(
         max_latency_ms=args.max_latency_ms,
         max_flash_bytes=None if args.max_flash_kb is None else int(args.max_flash_kb * 1024),
