@@ -209,6 +209,31 @@ def test_quantize_run_writes_int8_model_and_merges_metrics(tiny_run):
     assert metrics["int8_engine_agreement"] == result["int8_engine_agreement"]
 
 
+def test_ctrl_c_before_the_records_leaves_the_previous_int8_model_and_its_records(tiny_run, tmp_path, monkeypatch):
+    # A Ctrl-C after the new int8 file was copied, while the int8 engine calibrated, used to leave the new
+    # model_int8.onnx described by the previous quantization.json and metrics.json.
+    import shutil
+
+    from mobilenets.deployment import quantization
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "model_int8.onnx").write_bytes(b"the previous int8 model")
+    (run / "quantization.json").write_text('{"method": "previous"}')
+    metrics = (run / "metrics.json").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantization, "calibrate_int8_engine", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_run(run, method="ptq", calibration_images=8, threshold=100.0, report=lambda line: None)
+    assert (run / "model_int8.onnx").read_bytes() == b"the previous int8 model"
+    assert (run / "quantization.json").read_text() == '{"method": "previous"}'
+    assert (run / "metrics.json").read_bytes() == metrics
+    assert not [p.name for p in run.iterdir() if "pending" in p.name or p.name.startswith(".")]
+
+
 @pytest.mark.slow
 def test_quantize_run_with_qat(tiny_run):
     lines = []

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -38,7 +39,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import atomic_write_text
+from mobilenets.core.files import atomic_write, atomic_write_text
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.folders import folder_images
 from mobilenets.data.images import load_image
@@ -1118,7 +1119,8 @@ def quantize_model(
             architecture = getattr(getattr(model, "architecture", None), "name", None)
             report(speed_verdict(speed, architecture))
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out)
+        # Never a partial file under the final name (Ctrl-C, a full disk): the previous int8 model stays.
+        atomic_write(out, lambda temporary: shutil.copyfile(path, temporary), needed_bytes=path.stat().st_size)
         return QuantizationResult(
             out,
             name,
@@ -1248,9 +1250,13 @@ def quantize_run(
         return load_images([p for p, _ in qat_items], [y for _, y in qat_items], preprocessing, "train split")
 
     fp32_onnx = export_onnx(model, run_dir / "model.onnx")
+    # The chosen file takes its name only beside its records (quantization.json, metrics.json), after the
+    # int8 engine's calibration: a Ctrl-C before then leaves the previous int8 model and its records as
+    # they were, never a new file described by the old ones.
+    pending = out.with_name(f".{out.stem}.pending{out.suffix}")
     result = quantize_model(
         model,
-        out,
+        pending,
         calibration,
         evaluation,
         method=method,
@@ -1261,11 +1267,17 @@ def quantize_run(
         fp32_onnx=fp32_onnx,
         report=report,
     )
-    figures = result.figures()
-    figures["int8_val_images"] = figures.pop("int8_eval_images")
-    figures.update(calibrate_int8_engine(model, run_dir, calibration, evaluation, fp32_onnx, threshold, report))
-    merge_metrics(run_dir / "metrics.json", figures)
+    try:
+        engine_figures = calibrate_int8_engine(model, run_dir, calibration, evaluation, fp32_onnx, threshold, report)
+        result.path = out
+        figures = result.figures()
+        figures["int8_val_images"] = figures.pop("int8_eval_images")
+        figures.update(engine_figures)
+        os.replace(pending, out)
+    finally:
+        pending.unlink(missing_ok=True)
     atomic_write_text(run_dir / "quantization.json", json.dumps(result.to_dict(), indent=2))
+    merge_metrics(run_dir / "metrics.json", figures)
     return figures
 
 
