@@ -1036,11 +1036,11 @@ def quantize_model(
             return fitted["histogram"]
 
         worst: list[LayerError] = []
+        labelled = not (train is None and calibration.labels is None)  # without labels auto stops before QAT
         if method in ("auto", "ptq", "mixed"):
             ptq = quantize_ptq(fp32_onnx, work / "ptq.onnx", images_for(calibration_method), calibration_method)
             if attempt(f"ptq ({calibration_method})", ptq).drop_points > threshold:
                 worst = layer_errors(fp32_onnx, ptq, calibration.images[:32])
-                labelled = not (train is None and calibration.labels is None)
                 report(warn_drop(candidates[-1][2], threshold, worst, method, labelled=labelled))
             if method in ("auto", "mixed") and candidates[-1][2].drop_points > threshold:
                 best_calibration = calibration_method
@@ -1072,8 +1072,7 @@ def quantize_model(
                         <= threshold
                     ):
                         break
-        unlabelled = train is None and calibration.labels is None
-        if method == "auto" and unlabelled and min(c.drop_points for _, _, c in candidates) > threshold:
+        if method == "auto" and not labelled and min(c.drop_points for _, _, c in candidates) > threshold:
             # Distilling fp32 without labels lost to PTQ on MobileNetV2 (63% against 92.5% agreement on
             # held-out crops, BENCHMARKS.md) and took most of the command's time: auto stops here.
             report("QAT skipped: the images have no labels to fine-tune on; pass --method qat to run it anyway")
