@@ -31,6 +31,14 @@ per class (5 / 10 classes). Test images are never used for any choice.
     python benchmarks/finetune_small_folders.py distill --data-root /tmp/fm --out /tmp/fm/runs \
         --subsets fm500,fm1500 --epochs 150,60 --augment heavy --distill-weight 1.0 --temperature 2
 
+``--unlabelled N`` also trains the taught student with ``train --unlabelled``: N more training images per
+class of the subset's classes (none of the subset's), in one flat folder, for ``--unlabelled-epochs``
+epochs. The twelfth round (BENCHMARKS.md) ran::
+
+    python benchmarks/finetune_small_folders.py distill --data-root /tmp/fm --out /tmp/fm/runs \
+        --subsets fm1500 --epochs 100 --augment heavy --teacher TEACHER_RUN --distill-weight 0.9 \
+        --temperature 4 --unlabelled 600 --unlabelled-epochs 17
+
 ``--teacher RUN`` distils from another run of the same folder and seed (e.g. one trained with
 ``--label-smoothing 0``); ``--mixup A --mixup-control`` adds mixup to the taught run and trains the
 student alone with the same mixup, so a gain can be told apart from mixup's own; ``--seeds 0,1,2``
@@ -102,6 +110,30 @@ def prepare_data(root: Path) -> None:
     if not (root / "test5").is_dir():
         for cls in sorted(p.name for p in (root / "fm500").iterdir() if p.is_dir()):
             shutil.copytree(root / "test10" / cls, root / "test5" / cls)
+
+
+def prepare_unlabelled(root: Path, subset: str, per_class: int) -> Path:
+    """``per_class`` more training images of each of ``subset``'s classes, none of them in ``subset``, in one
+    flat folder without class names: what a user holds beside a labelled folder (``train --unlabelled``)."""
+    folder = root / f"{subset}_unlabelled{per_class}"
+    if folder.is_dir():
+        return folder
+    labelled = root / subset
+    classes = sorted(p.name for p in labelled.iterdir() if p.is_dir())
+    first = max(len(list((labelled / name).iterdir())) for name in classes)
+    pool = root / f"_pool{first + per_class}"
+    if not pool.is_dir():
+        mobilenets("datasets", "fashion-mnist", "--out", str(pool), "--split", "train",
+                   "--limit-per-class", str(first + per_class))
+    staging = root / f"_{folder.name}"
+    staging.mkdir(exist_ok=True)
+    for name in classes:
+        taken = {p.name for p in (labelled / name).iterdir()}
+        for image in sorted((pool / name).iterdir()):
+            if image.name not in taken:  # file names are Fashion-MNIST indices: unique across classes
+                shutil.copy2(image, staging / image.name)
+    staging.rename(folder)
+    return folder
 
 
 def train_and_evaluate(name: str, data: Path, test: Path, out: Path, args: list[str]) -> dict:
@@ -299,8 +331,19 @@ def distill(args) -> list[dict]:
                       + ("" if args.mixup is None else f"_mixup{args.mixup}")
                       + (f"_{args.teacher.name}" if args.teacher else ""))
             taught = train_and_evaluate(kd_tag, data, test, args.out, kd_args)
+            # The same teacher, also on unlabelled images of the same classes (Hinton et al.'s transfer set).
+            unlabelled = None
+            if args.unlabelled:
+                pool = prepare_unlabelled(args.data_root, subset, args.unlabelled)
+                with_pool = [*kd_args, "--unlabelled", str(pool)]
+                with_pool[with_pool.index("--epochs") + 1] = str(args.unlabelled_epochs)
+                unlabelled = train_and_evaluate(f"{kd_tag}_U{args.unlabelled}_e{args.unlabelled_epochs}", data, test,
+                                                args.out, with_pool)
+                print(f"{subset} seed {seed}: with teacher and {args.unlabelled} unlabelled images per class, "
+                      f"{args.unlabelled_epochs} epochs: {pct(unlabelled['test_accuracy'])} "
+                      f"({unlabelled['wall_seconds']:.0f} s)", flush=True)
             rows.append({"subset": subset, "seed": seed, "teacher": teacher, "alone": alone, "taught": taught,
-                         "alone_mixup": mixed})
+                         "alone_mixup": mixed, "taught_unlabelled": unlabelled})
             print(f"{subset} seed {seed}: teacher {pct(teacher['test_accuracy'])}, alone {pct(alone['test_accuracy'])} "
                   f"({alone['wall_seconds']:.0f} s, load {alone['load_before']}), "
                   + (f"alone with mixup {pct(mixed['test_accuracy'])}, " if mixed else "")
@@ -311,14 +354,16 @@ def distill(args) -> list[dict]:
           f"{args.teacher or 'V2 default fine-tune'}; A={args.distill_weight}, T={args.temperature}, "
           f"mixup {'the CLI default' if args.mixup is None else args.mixup}")
     print("| subset | seed | epochs | teacher (V2) | student alone | alone + mixup | with teacher | gain | "
-          "wall alone / taught | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "with teacher + unlabelled | gain | wall alone / taught | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row, n_epochs in zip(rows, [e for e in epochs for _ in args.seeds.split(",")], strict=False):
-        a, t, m = row["alone"], row["taught"], row["alone_mixup"]
+        a, t, m, u = row["alone"], row["taught"], row["alone_mixup"], row["taught_unlabelled"]
         print(f"| {row['subset']} | {row['seed']} | {n_epochs} | {pct(row['teacher']['test_accuracy'])} | "
               f"{pct(a['test_accuracy'])} | {pct(m['test_accuracy']) if m else '—'} | {pct(t['test_accuracy'])} | "
-              f"{100 * (t['test_accuracy'] - a['test_accuracy']):+.1f} | {a['wall_seconds']:.0f} / "
-              f"{t['wall_seconds']:.0f} s | {a['load_before']} / {t['load_before']} |")
+              f"{100 * (t['test_accuracy'] - a['test_accuracy']):+.1f} | "
+              + (f"{pct(u['test_accuracy'])} | {100 * (u['test_accuracy'] - a['test_accuracy']):+.1f} | " if u
+                 else "— | — | ")
+              + f"{a['wall_seconds']:.0f} / {t['wall_seconds']:.0f} s | {a['load_before']} / {t['load_before']} |")
     gains = [100 * (r["taught"]["test_accuracy"] - r["alone"]["test_accuracy"]) for r in rows]
     for subset in subsets:
         mine = [g for g, r in zip(gains, rows, strict=True) if r["subset"] == subset]
@@ -347,6 +392,11 @@ def main() -> None:
                         help="distill: the taught run's --mixup (default: not passed: the CLI's 0, off)")
     parser.add_argument("--mixup-control", action="store_true",
                         help="distill: also train the student alone with --mixup (needs --mixup)")
+    parser.add_argument("--unlabelled", type=int, default=0, metavar="N",
+                        help="distill: also train the taught student with --unlabelled: N more training images per "
+                        "class of the subset's classes, without their labels (a flat folder)")
+    parser.add_argument("--unlabelled-epochs", type=int, default=17,
+                        help="distill: epochs of that run (17 on 1,200 + 6,000 images ≈ the steps of 100 on 1,200)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args()
     args.data_root = args.data_root.resolve()

@@ -32,6 +32,9 @@ class Split:
     val: list[LabelledFile] = field(default_factory=list)
     train_root: Path | None = None
     val_root: Path | None = None
+    # ``train --unlabelled``: images only the teacher labels (their label is -1); empty otherwise.
+    unlabelled: list[Path] = field(default_factory=list)
+    unlabelled_root: Path | None = None
 
 
 class RunDirectory:
@@ -171,18 +174,18 @@ class RunDirectory:
 
         train_root = split.train_root
         val_root = split.val_root or train_root
-        return self.write_json(
-            self.SPLIT,
-            {
-                "format": 2,
-                "classes": split.classes,
-                "train_root": root_record(train_root),
-                "val_root": root_record(val_root),
-                "train": rows(split.train, train_root),
-                "val": rows(split.val, val_root),
-            },
-            indent=None,
-        )
+        record = {
+            "format": 2,
+            "classes": split.classes,
+            "train_root": root_record(train_root),
+            "val_root": root_record(val_root),
+            "train": rows(split.train, train_root),
+            "val": rows(split.val, val_root),
+        }
+        if split.unlabelled:  # absent otherwise: split.json of runs without it is unchanged
+            record["unlabelled_root"] = root_record(split.unlabelled_root)
+            record["unlabelled"] = [_relative(path, split.unlabelled_root) for path in split.unlabelled]
+        return self.write_json(self.SPLIT, record, indent=None)
 
     def read_split(self, data_root: Path | str | None = None, val_root: Path | str | None = None) -> Split:
         """The split with paths resolved where the images are now.
@@ -201,12 +204,15 @@ class RunDirectory:
             )
         train_root = self._find_root(record.get("train_root"), data_root, "train")
         found_val_root = self._find_root(record.get("val_root"), val_root or data_root, "validation")
+        unlabelled_root = self._find_root(record.get("unlabelled_root"), None, "unlabelled")
         return Split(
             classes=record["classes"],
             train=[LabelledFile(_absolute(p, train_root), int(label)) for p, label in record["train"]],
             val=[LabelledFile(_absolute(p, found_val_root), int(label)) for p, label in record["val"]],
             train_root=train_root,
             val_root=found_val_root,
+            unlabelled=[_absolute(p, unlabelled_root) for p in record.get("unlabelled", [])],
+            unlabelled_root=unlabelled_root,
         )
 
     def split_record(self) -> dict:

@@ -21,7 +21,7 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +118,32 @@ def _files_under(folder: Path, skipped: list[SkippedFile]) -> list[Path]:
             else:
                 files.append(path)
     return files
+
+
+UNLABELLED = -1  # the label of an image without one (``train --unlabelled``): only a teacher's predictions teach it
+
+
+def scan_unlabelled(root: Path | str, *, exclude: Collection[Path] = ()) -> tuple[list[Sample], list[SkippedFile], int]:
+    """Every file under ``root`` (any sub-folders; their names are not labels) as unlabelled samples.
+
+    Files in ``exclude`` (the labelled training and validation images, by resolved path) are left out, so
+    an unlabelled folder that holds the labelled one cannot smuggle validation images into training.
+    Returns the samples, the hidden files skipped, and how many files were excluded.
+    """
+    root = Path(root)
+    fix = "pass --unlabelled a folder of images (sub-folders are fine; their names are ignored)"
+    if not root.exists():
+        raise DatasetError(f"--unlabelled {root}: does not exist; {fix}")
+    if not root.is_dir():
+        raise DatasetError(f"--unlabelled {root}: not a folder; {fix}")
+    skipped: list[SkippedFile] = []
+    files = _files_under(root, skipped)
+    labelled = {path.resolve() for path in exclude}
+    kept = [path for path in files if path.resolve() not in labelled]
+    if not kept:
+        reason = "holds only the labelled images of --data/--val" if files else "holds no files"
+        raise DatasetError(f"--unlabelled {root}: {reason}; {fix}")
+    return [Sample(path, UNLABELLED) for path in kept], skipped, len(files) - len(kept)
 
 
 def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -146,12 +146,13 @@ SETTING_DEFAULTS = {
     "weights": lambda c: "none (trained from scratch)",
     "initial_weights": lambda c: "none (trained from scratch)",
     "teacher": lambda c: "none",
+    "unlabelled": lambda c: "none",
     "early_stopping": lambda c: "off",
     "val": lambda c: f"a stratified {c.get('val_fraction', 0.2):g} split of the data",
     "recipe": lambda c: "none (defaults)",
     "cache_dir": lambda c: "the system's temporary folder",
 }
-PATH_KEYS = ("data", "val", "out", "int8_path", "path", "weights", "teacher", "cache_dir")
+PATH_KEYS = ("data", "val", "out", "int8_path", "path", "weights", "teacher", "unlabelled", "cache_dir")
 
 
 def settings_rows(config: dict, run_dir: Path) -> list[list[str]]:

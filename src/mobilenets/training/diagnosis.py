@@ -618,6 +618,7 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
     import torch
 
     from mobilenets.data.augment import normalize_batch
+    from mobilenets.data.folders import UNLABELLED
     from mobilenets.kernels.acceleration import to_model_layout
 
     config, state = trainer.config, trainer.state
@@ -644,10 +645,11 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
     limit = os.environ.get("OMP_NUM_THREADS")
     counts: dict[str, int] = {}
     for label in trainer.train_data.labels.tolist():
-        counts[trainer.classes[label]] = counts.get(trainer.classes[label], 0) + 1
+        if label != UNLABELLED:
+            counts[trainer.classes[label]] = counts.get(trainer.classes[label], 0) + 1
     facts = RunFacts(
         num_classes=len(trainer.classes),
-        train_images=len(trainer.train_data),
+        train_images=len(trainer.train_data) - trainer.unlabelled_images,  # the labelled ones: the seed's sizes
         val_images=len(val),
         history=tuple(EpochStats.from_dict(row) for row in state.history),
         model=config.model,

@@ -27,6 +27,7 @@ from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.data.augment import normalize_batch
+from mobilenets.data.folders import UNLABELLED
 
 DEFAULT_WEIGHT = 0.5
 DEFAULT_TEMPERATURE = 4.0
@@ -57,9 +58,22 @@ def distillation_loss(
 ) -> torch.Tensor:
     """(1 − A)·CE(labels) + A·T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch.
 
-    ``labels`` are class indices, or class probabilities (a mixup batch's blended labels).
+    ``labels`` are class indices, or class probabilities (a mixup batch's blended labels). An image whose
+    label is ``UNLABELLED`` (``train --unlabelled``) has no hard term: its loss is T²·KL alone, the
+    teacher being its only target (Hinton et al. 2015's "transfer set").
     """
     student_logits = student_logits.float()
+    if labels.dim() == 1 and bool((unlabelled := labels == UNLABELLED).any()):
+        soft_rows = F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=1),
+            F.log_softmax(teacher_logits.detach().float() / temperature, dim=1),
+            reduction="none",
+            log_target=True,
+        ).sum(dim=1) * temperature**2
+        hard_rows = F.cross_entropy(
+            student_logits, labels.clamp(min=0), label_smoothing=label_smoothing, reduction="none"
+        )
+        return torch.where(unlabelled, soft_rows, (1 - weight) * hard_rows + weight * soft_rows).mean()
     hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if weight == 0:
         return hard

@@ -38,7 +38,7 @@ from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.core.files import atomic_write
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
-from mobilenets.data.folders import DecodedImages, EpochBatches, epoch_seed
+from mobilenets.data.folders import UNLABELLED, DecodedImages, EpochBatches, epoch_seed
 from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, to_model_layout, training_step_model
 from mobilenets.models.batchnorm import reestimate_batchnorm
 from mobilenets.models.preprocessing import Preprocessing
@@ -83,6 +83,8 @@ class TrainConfig:
     teacher: str | None = None  # knowledge distillation (training.distillation): run dir, file or .onnx
     distill_weight: float = 0.5
     temperature: float = 4.0
+    # A folder of images without labels (absolute): the teacher's predictions are their only target.
+    unlabelled: str | None = None
     mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends
     # Horizontal flips in the levels that have them; off for images with a handedness (text, digits, and
     # Fashion-MNIST's shoes, which all face one way: flips cost 0.5 points there, docs/training.md).
@@ -436,6 +438,8 @@ class Trainer:
         self.teacher = teacher  # runs in inference on every (augmented) batch when distilling
         self.context = context or TrainingContext()
         self.train_data, self.val_data = train_data, val_data
+        # `train --unlabelled`: images whose only target is the teacher's prediction (training.distillation).
+        self.unlabelled_images = int((train_data.labels == UNLABELLED).sum())
         self.steps_per_epoch = len(self.batches(0))
         if self.steps_per_epoch == 0:
             raise MobilenetsError(
@@ -579,11 +583,14 @@ class Trainer:
             logits = self.train_model(images).float()  # the loss in fp32
         if self.augment.views == 3:
             clean, view1, view2 = logits.chunk(3)
-            loss = self.label_loss(clean, labels, images[: len(clean)])  # the teacher sees the clean view
+            loss, teacher_logits = self.label_loss(clean, labels, images[: len(clean)])  # the teacher sees the clean view
             loss = loss + AUGMIX_JSD_WEIGHT * jensen_shannon_consistency(clean, view1, view2)
             logits = clean
         else:
-            loss = self.label_loss(logits, targets, images)
+            loss, teacher_logits = self.label_loss(logits, targets, images)
+        if teacher_logits is not None and self.unlabelled_images:
+            # Training accuracy counts an unlabelled image as right when the student agrees with its teacher.
+            labels = torch.where(labels == UNLABELLED, teacher_logits.argmax(1), labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
@@ -598,22 +605,27 @@ class Trainer:
         correct = int((logits.argmax(1) == labels).sum())
         return float(loss.detach()) * len(labels), correct, len(labels)
 
-    def label_loss(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy with the labels, or with a teacher the distillation loss (training.distillation).
+    def label_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-entropy with the labels, or with a teacher the distillation loss (training.distillation);
+        also the teacher's logits (None without one).
 
-        ``targets`` are class indices, or class probabilities after mixup; the teacher runs on ``images``,
-        the very (mixed) batch the student was given.
+        ``targets`` are class indices (UNLABELLED for an image without a label), or class probabilities after
+        mixup; the teacher runs on ``images``, the very (mixed) batch the student was given.
         """
         if self.teacher is None:
-            return F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
-        return distillation_loss(
+            return F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing), None
+        teacher_logits = self.teacher(images, self.preprocessing.mean, self.preprocessing.std)
+        loss = distillation_loss(
             logits,
-            self.teacher(images, self.preprocessing.mean, self.preprocessing.std),
+            teacher_logits,
             targets,
             weight=self.config.distill_weight,
             temperature=self.config.temperature,
             label_smoothing=self.config.label_smoothing,
         )
+        return loss, teacher_logits
 
     def run_epoch(self, epoch: int, progress) -> None:
         state = self.state
@@ -785,7 +797,8 @@ class Trainer:
             "train_seconds": state.train_seconds,
             "augment_seconds": state.augment_seconds,
             "augment_share_of_step_time": state.augment_seconds / max(state.train_seconds, 1e-9),
-            "train_images": len(self.train_data),
+            "train_images": len(self.train_data) - self.unlabelled_images,
+            **({"unlabelled_images": self.unlabelled_images} if self.unlabelled_images else {}),
             "val_images": len(self.val_data),
             "evaluated_weights": "ema" if self.ema is not None else "raw",
         }

@@ -47,6 +47,7 @@ class TrainOptions:
     teacher: str | None = None
     distill_weight: float = 0.5
     temperature: float = 4.0
+    unlabelled: Path | str | None = None  # images only the teacher labels
     mixup: float = 0.0
     random_erasing: float = 0.0
     head_epochs: int | None = None
@@ -99,7 +100,7 @@ class TrainOptions:
         }
 
 
-PATHS = ("data", "val", "out", "resume", "cache_dir")
+PATHS = ("data", "val", "unlabelled", "out", "resume", "cache_dir")
 # The type of each option's value, checked before any work (the Python API takes any object).
 WHOLE_NUMBERS = ("batch_size", "epochs", "head_epochs", "freeze", "early_stopping", "seed", "checkpoint_steps")
 NUMBERS = (

@@ -10,6 +10,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -21,12 +22,14 @@ from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.data.disk_cache import choose_cache, decode_to_disk
 from mobilenets.data.folders import (
+    UNLABELLED,
     DecodedImages,
     FolderScan,
     Sample,
     decode_samples,
     find_leakage,
     scan_folder,
+    scan_unlabelled,
     split_samples,
 )
 from mobilenets.models.factory import create_model
@@ -62,6 +65,15 @@ from mobilenets.training.recipes import (
 
 SPLIT = "split.json"
 CONFIG = "config.json"
+
+
+class RunImages(NamedTuple):
+    """The images of a run, before decoding: its split, and the unlabelled ones only a teacher labels."""
+
+    train: list[Sample]
+    val: list[Sample]
+    classes: list[str]
+    unlabelled: list[Sample]
 
 log = logging.getLogger("mobilenets")
 
@@ -117,7 +129,19 @@ def check_values(options: TrainOptions) -> None:
 
 
 def check_distillation_options(options: TrainOptions) -> None:
-    """``--distill-weight`` and ``--temperature`` only mean something with a teacher: never silently ignored."""
+    """``--distill-weight``, ``--temperature`` and ``--unlabelled`` only mean something with a teacher: never
+    silently ignored."""
+    if options.unlabelled is not None:
+        if options.teacher is None:
+            raise MobilenetsError(
+                f"--unlabelled {options.unlabelled}: images without labels learn from a teacher's predictions; add "
+                "--teacher RUN_DIR|FILE|MODEL.onnx (a larger model fine-tuned on --data), or drop --unlabelled"
+            )
+        if options.mixup:
+            raise MobilenetsError(
+                f"--mixup {options.mixup:g} with --unlabelled: mixup blends two images' labels, and unlabelled "
+                "images have none; drop one of them"
+            )
     stray = [name for name in ("distill_weight", "temperature") if name in options.given()]
     if stray and options.teacher is None:
         flags = " and ".join(flag_of(name) for name in stray)
@@ -274,8 +298,10 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
                 remove_failed_start(run_dir, kept=existed)
             raise
     say(
-        f"training {config.model} (width {config.width:g}) at {config.resolution}px on {len(trainer.train_data):,} "
-        f"images, validating on {len(trainer.val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
+        f"training {config.model} (width {config.width:g}) at {config.resolution}px on "
+        f"{len(trainer.train_data) - trainer.unlabelled_images:,} images"
+        + (f" and {trainer.unlabelled_images:,} unlabelled" if trainer.unlabelled_images else "")
+        + f", validating on {len(trainer.val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
     )
     say(
         f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'lr':>9} {'img/s':>7} {'time':>6}"
@@ -312,16 +338,18 @@ def check_resumed_epochs(epochs: int, *, epochs_done: int) -> None:
 def _prepare(
     config: TrainConfig,
     run_dir: Path,
-    split: tuple[list[Sample], list[Sample], list[str]],
+    split: RunImages,
     *,
     context: DistributedContext,
     options: TrainOptions,
 ) -> Trainer:
     """Everything between the settings and the first step: images decoded, model and teacher built."""
-    train_samples, val_samples, classes = split
+    train_samples, val_samples, classes, unlabelled = split
     # A teacher that cannot be used is said before minutes of decoding, not after.
     teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
-    train_data, val_data = decode_sets(config, train_samples, val_samples, run_dir, context=context)
+    # Unlabelled images join the training set with the label UNLABELLED: the sampler, the augmentation and
+    # the BatchNorm statistics treat them as any training image; only the loss tells them apart.
+    train_data, val_data = decode_sets(config, train_samples + unlabelled, val_samples, run_dir, context=context)
     if options.resume is None and context.is_main:
         check_leakage(train_data, val_data, run_dir)
         scan_skipped = json.loads((run_dir / "skipped.json").read_text())
@@ -395,7 +423,7 @@ def print_epoch(record) -> None:
 
 def new_run(
     options: TrainOptions, context: DistributedContext
-) -> tuple[TrainConfig, Path, tuple[list[Sample], list[Sample], list[str]], set[str]]:
+) -> tuple[TrainConfig, Path, RunImages, set[str]]:
     """Scan, split and settle the settings of a new run, and write them; also returns the names its run
     directory held before (a start that fails removes only what it wrote)."""
     if options.data is None:
@@ -418,11 +446,13 @@ def new_run(
         raise MobilenetsError(f"{options.data}: too few images to hold out a validation set; add images or pass --val DIR")
     if len(scan.classes) < 2:
         raise MobilenetsError(f"{options.data}: only one class ({scan.classes[0]}); a classifier needs at least two")
+    unlabelled = scan_unlabelled_images(options.unlabelled, labelled=train_samples + val_samples)
     config = make_config(options, len(train_samples), train_samples)
     run_dir = Path(config.out)
     context.barrier()  # every rank has checked before rank 0 starts writing
+    images = RunImages(train_samples, val_samples, scan.classes, unlabelled)
     if not context.is_main:
-        return config, run_dir, (train_samples, val_samples, scan.classes), set()
+        return config, run_dir, images, set()
     existed = set(RunDirectory(run_dir).contents())
     if CONFIG in existed:  # check_new_run_paths let it through: killed while decoding, nothing trained
         warn(f"{run_dir}: its run stopped before its first checkpoint (nothing trained); starting it again")
@@ -435,11 +465,29 @@ def new_run(
             val=[LabelledFile(s.path, s.label) for s in val_samples],
             train_root=Path(options.data),
             val_root=Path(options.val) if options.val is not None else None,
+            unlabelled=[s.path for s in unlabelled],
+            unlabelled_root=Path(options.unlabelled) if options.unlabelled is not None else None,
         )
     )
     skipped = [str(s) for s in scan.skipped]
     atomic_write_text(run_dir / "skipped.json", json.dumps(skipped, indent=1))
-    return config, run_dir, (train_samples, val_samples, scan.classes), existed
+    return config, run_dir, images, existed
+
+
+def scan_unlabelled_images(folder: Path | None, *, labelled: list[Sample]) -> list[Sample]:
+    """``--unlabelled``'s images, less any that are labelled images of this run (said, not silently)."""
+    if folder is None:
+        return []
+    samples, skipped, excluded = scan_unlabelled(folder, exclude=[s.path for s in labelled])
+    say(f"unlabelled images: {folder}: {len(samples):,} files (the teacher's predictions are their targets)")
+    if excluded:
+        warn(
+            f"--unlabelled {folder}: {excluded:,} of its files are labelled training or validation images of this "
+            "run; they are used with their labels only"
+        )
+    for file in skipped:
+        warn(f"skipped {file}")
+    return samples
 
 
 def report_scan(scan: FolderScan, what: str) -> None:
@@ -551,6 +599,7 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
             "weights": absolute_if_path(initial_weights),
             "initial_weights": absolute_if_path(initial_weights),
             "teacher": absolute_if_path(options.teacher),
+            "unlabelled": str(Path(options.unlabelled).resolve()) if options.unlabelled is not None else None,
             "out": str(out),
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,
         }
@@ -680,7 +729,7 @@ def choose_resolution(requested: str, samples: list[Sample]) -> int:
 
 def load_run(
     run_dir: Path, options: TrainOptions
-) -> tuple[TrainConfig, tuple[list[Sample], list[Sample], list[str]], list[str]]:
+) -> tuple[TrainConfig, RunImages, list[str]]:
     """A run's config and split for ``--resume``, with the options a resume may change applied, and those
     changes said (config.json is rewritten only once the checkpoint shows they fit the run)."""
     run = RunDirectory(run_dir)
@@ -693,7 +742,8 @@ def load_run(
             setattr(config, name, value)
     train = [Sample(f.path, f.label) for f in split.train]
     val = [Sample(f.path, f.label) for f in split.val]
-    return config, (train, val, split.classes), changed
+    unlabelled = [Sample(path, UNLABELLED) for path in split.unlabelled]
+    return config, RunImages(train, val, split.classes, unlabelled), changed
 
 
 def decode_sets(

@@ -93,6 +93,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--temperature", type=float, default=4.0, help="with --teacher: softmax temperature T")
     parser.add_argument(
+        "--unlabelled",
+        "--unlabeled",
+        metavar="DIR",
+        help="with --teacher: a folder of images without labels (sub-folders allowed, their names ignored) that "
+        "join the training set; the teacher's predictions are their only target. Never used for validation",
+    )
+    parser.add_argument(
         "--mixup",
         type=float,
         metavar="ALPHA",

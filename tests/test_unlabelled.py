@@ -1,0 +1,210 @@
+"""``train --teacher RUN --unlabelled DIR``: images without labels, taught by the teacher alone (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import mobilenets.api as api
+from mobilenets.cli.main import main
+from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
+from mobilenets.data.folders import UNLABELLED, DatasetError, scan_folder, scan_unlabelled, split_samples
+from mobilenets.training.distillation import distillation_loss
+from mobilenets.training.options import TrainOptions
+from mobilenets.training.pipeline import load_run
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
+TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--weights", "none", "--quiet"]
+
+
+def error_of(capsys, code: int) -> str:
+    assert code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    return errors[0]
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """Random 28-px images, half of them one sub-folder down (its name must not become a label)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / ("nested" if index % 2 else "") / f"{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return sorted(paths)
+
+
+# ---- the loss -------------------------------------------------------------------------------------
+
+
+def test_an_unlabelled_image_learns_from_the_teacher_alone_at_full_weight():
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(6, 4, generator=generator)
+    teacher = torch.randn(6, 4, generator=generator) * 3
+    labels = torch.tensor([2, UNLABELLED, 0, UNLABELLED, 3, 1])
+    a, t = 0.7, 4.0
+    p_teacher = F.softmax(teacher / t, dim=1)
+    kl_rows = (p_teacher * (p_teacher.log() - F.log_softmax(student / t, dim=1))).sum(1)
+    ce_rows = F.cross_entropy(student, labels.clamp(min=0), reduction="none", label_smoothing=0.1)
+    expected = torch.where(labels == UNLABELLED, t * t * kl_rows, (1 - a) * ce_rows + a * t * t * kl_rows).mean()
+    actual = distillation_loss(student, teacher, labels, weight=a, temperature=t, label_smoothing=0.1)
+    assert torch.allclose(actual, expected, atol=1e-6)
+    # All unlabelled: T²·KL whatever the weight, even 0 (the labels' share has no labels to use).
+    unlabelled = torch.full((6,), UNLABELLED)
+    for weight in (0.0, 0.5, 1.0):
+        assert torch.allclose(
+            distillation_loss(student, teacher, unlabelled, weight=weight, temperature=t), t * t * kl_rows.mean()
+        )
+
+
+def test_a_batch_without_unlabelled_images_has_the_loss_it_always_had():
+    generator = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    soft = F.kl_div(F.log_softmax(student / 2, 1), F.log_softmax(teacher / 2, 1), reduction="batchmean", log_target=True)
+    expected = 0.5 * F.cross_entropy(student, labels) + 0.5 * 4 * soft
+    assert torch.equal(distillation_loss(student, teacher, labels, weight=0.5, temperature=2.0), expected)
+
+
+# ---- the folder -----------------------------------------------------------------------------------
+
+
+def test_every_file_under_the_folder_is_unlabelled_and_the_labelled_ones_are_left_out(tmp_path):
+    paths = write_images(tmp_path / "pool", 6)
+    (tmp_path / "pool" / ".DS_Store").write_text("hidden")
+    samples, skipped, excluded = scan_unlabelled(tmp_path / "pool", exclude=paths[:2])
+    assert [s.path for s in samples] == paths[2:] and {s.label for s in samples} == {UNLABELLED}
+    assert excluded == 2 and [s.path.name for s in skipped] == [".DS_Store"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: root / "nope", "does not exist"),
+        (lambda root: (root / "f.png").write_bytes(b"x") and root / "f.png", "not a folder"),
+        (lambda root: (root / "empty").mkdir() or root / "empty", "holds no files"),
+    ],
+)
+def test_an_unusable_folder_is_one_clear_line(tmp_path, make, message):
+    folder = make(tmp_path)
+    with pytest.raises(DatasetError) as error:
+        scan_unlabelled(folder)
+    assert str(error.value).startswith(f"--unlabelled {folder}: {message}; pass --unlabelled a folder of images")
+
+
+def test_a_folder_holding_only_the_labelled_images_is_refused(tmp_path):
+    paths = write_images(tmp_path / "data", 3)
+    with pytest.raises(DatasetError, match="holds only the labelled images of --data/--val"):
+        scan_unlabelled(tmp_path / "data", exclude=paths)
+
+
+def test_the_split_records_the_unlabelled_images_relative_to_their_folder(tmp_path):
+    pool = write_images(tmp_path / "a" / "pool", 3)
+    run = RunDirectory(tmp_path / "a" / "run")
+    run.path.mkdir()
+    data = tmp_path / "data"
+    labelled = [LabelledFile(data / "a" / "1.png", 0)]
+    run.write_split(Split(classes=["a"], train=labelled, val=labelled, train_root=data, unlabelled=pool,
+                          unlabelled_root=tmp_path / "a" / "pool"))  # fmt: skip
+    assert run.read_json(run.SPLIT)["unlabelled"] == ["000.png", "002.png", "nested/001.png"]
+    # Moved together with the run, the folder is found again at the same place relative to it.
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    split = RunDirectory(tmp_path / "b" / "run").read_split()
+    assert split.unlabelled == [tmp_path / "b" / "pool" / name for name in ("000.png", "002.png", "nested/001.png")]
+    assert all(path.is_file() for path in split.unlabelled)
+    # A run without unlabelled images writes split.json as it always did.
+    other = RunDirectory(tmp_path / "other")
+    other.path.mkdir()
+    other.write_split(Split(classes=["a"], train=labelled, val=labelled, train_root=data))
+    assert "unlabelled" not in other.read_json(other.SPLIT) and other.read_split().unlabelled == []
+
+
+def test_labelled_images_found_in_the_unlabelled_folder_keep_their_labels_and_it_is_said(tmp_path, caplog):
+    from mobilenets.data.folders import scan_folder
+    from mobilenets.training.pipeline import scan_unlabelled_images
+
+    pool = tmp_path / "pool"
+    extra = write_images(pool, 4)
+    (pool / "bag").symlink_to(EXAMPLES / "bag")  # the labelled files themselves, by another path
+    labelled = scan_folder(EXAMPLES).samples
+    with caplog.at_level("INFO", logger="mobilenets"):
+        samples = scan_unlabelled_images(pool, labelled=labelled)
+    assert [s.path for s in samples] == extra
+    bags = sum(1 for s in labelled if s.path.parent.name == "bag")
+    assert f"--unlabelled {pool}: {bags} of its files are labelled training or validation images" in caplog.text
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A (random) teacher of the examples' ten classes, at 32 px."""
+    from mobilenets import create_model, save_weights
+    from mobilenets.data.folders import scan_folder
+    from mobilenets.models.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=10, width=0.35).eval()
+    run_dir = tmp_path_factory.mktemp("teacher")
+    save_weights(model, run_dir / "model.safetensors", scan_folder(EXAMPLES).classes, Preprocessing(32, 32))
+    return run_dir
+
+
+def test_without_a_teacher_or_with_mixup_unlabelled_images_are_refused(tmp_path, capsys):
+    pool = tmp_path / "pool"
+    write_images(pool, 4)
+    base = ["train", "--data", str(EXAMPLES), *TINY, "--unlabelled", str(pool), "--out", str(tmp_path / "run")]
+    message = error_of(capsys, main(base))
+    assert message.endswith(
+        f"--unlabelled {pool}: images without labels learn from a teacher's predictions; add --teacher "
+        "RUN_DIR|FILE|MODEL.onnx (a larger model fine-tuned on --data), or drop --unlabelled"
+    )
+    message = error_of(capsys, main([*base, "--teacher", str(tmp_path), "--mixup", "0.2"]))
+    assert "--mixup 0.2 with --unlabelled: mixup blends two images' labels" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_unlabelled_images_train_with_the_teacher_and_never_validate(tmp_path, teacher, capsys):
+    pool = tmp_path / "pool"
+    pool_paths = write_images(pool, 40)
+    # A copy of a validation image: the leakage check sees unlabelled images as training images.
+    scan = scan_folder(EXAMPLES)
+    validation_image = split_samples(scan.samples, 0.2, 0)[1][0].path
+    shutil.copy(validation_image, pool / "copy.png")
+    out = tmp_path / "run"
+    original = api.Run.finish
+    api.Run.finish = lambda self: None  # a checkpoint kept, as if interrupted while finishing
+    try:
+        code = main(["train", "--data", str(EXAMPLES), *TINY, "--epochs", "1", "--teacher", str(teacher),
+                     "--unlabeled", str(pool), "--out", str(out)])  # fmt: skip  (the US spelling works too)
+    finally:
+        api.Run.finish = original
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"unlabelled images: {pool}: 41 files" in printed and "on 400 images and 41 unlabelled" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["unlabelled"] == str(pool.resolve())
+    metrics = RunDirectory(out).metrics()
+    assert (metrics["train_images"], metrics["unlabelled_images"], metrics["val_images"]) == (400, 41, 100)
+    split = RunDirectory(out).read_split()
+    assert sorted(split.unlabelled) == sorted([*pool_paths, pool / "copy.png"]) and len(split.train) == 400
+    assert not {f.path for f in split.val} & set(split.unlabelled)
+    assert json.loads((out / "leakage.json").read_text())["exact"] == [[str(pool / "copy.png"), str(validation_image)]]
+    # The resumed run reads the same unlabelled images back from split.json.
+    options = TrainOptions(resume=out)
+    _, images, _ = load_run(out, options)
+    assert [s.path for s in images.unlabelled] == split.unlabelled and {s.label for s in images.unlabelled} == {-1}
+    # --unlabelled cannot change on resume: refused, never ignored.
+    message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(pool)]))
+    assert "--unlabelled cannot change on resume" in message
