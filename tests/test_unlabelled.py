@@ -208,3 +208,15 @@ def test_unlabelled_images_train_with_the_teacher_and_never_validate(tmp_path, t
     # --unlabelled cannot change on resume: refused, never ignored.
     message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(pool)]))
     assert "--unlabelled cannot change on resume" in message
+
+
+def test_out_inside_the_unlabelled_folder_is_refused(tmp_path, teacher, capsys):
+    pool = tmp_path / "pool"
+    write_images(pool, 4)
+    code = main(["train", "--data", str(EXAMPLES), *TINY, "--teacher", str(teacher), "--unlabelled", str(pool),
+                 "--out", str(pool / "run")])  # fmt: skip
+    assert error_of(capsys, code).endswith(
+        f"--out {pool / 'run'} is inside --unlabelled {pool}; the run's files would become training images. "
+        "Choose an --out outside the data folder"
+    )
+    assert sorted(p.name for p in pool.iterdir()) == ["000.png", "002.png", "nested"]

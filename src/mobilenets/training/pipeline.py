@@ -193,16 +193,18 @@ def check_resume(options: TrainOptions) -> None:
 
 
 def check_new_run_paths(options: TrainOptions) -> None:
-    """``--out`` must not be inside ``--data``/``--val``: a later run would train on its plots as images."""
+    """``--out`` must not be inside ``--data``/``--val``/``--unlabelled``: a later run would train on its plots
+    as images."""
     if options.data is None:
         raise MobilenetsError("--data DIR is required (or --resume RUN_DIR)")
-    for flag, folder in (("--data", options.data), ("--val", options.val)):
+    for flag, folder in (("--data", options.data), ("--val", options.val), ("--unlabelled", options.unlabelled)):
         if folder is None:
             continue
         if not Path(folder).exists():
             raise MobilenetsError(f"{flag} {folder}: does not exist")
         if not Path(folder).is_dir():
-            raise MobilenetsError(f"{flag} {folder}: is a file, not a folder with one subfolder of images per class")
+            what = "a folder of images" if flag == "--unlabelled" else "a folder with one subfolder of images per class"
+            raise MobilenetsError(f"{flag} {folder}: is a file, not {what}")
         if options.out is not None and _is_within(Path(options.out), Path(folder)):
             raise MobilenetsError(
                 f"--out {options.out} is inside {flag} {folder}; the run's files would become training images. "
