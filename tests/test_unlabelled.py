@@ -208,6 +208,11 @@ def test_unlabelled_images_train_with_the_teacher_and_never_validate(tmp_path, t
     # --unlabelled cannot change on resume: refused, never ignored.
     message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(pool)]))
     assert "--unlabelled cannot change on resume" in message
+    # A moved folder would change every epoch's batches: the resume refuses rather than drop the images.
+    shutil.move(pool, tmp_path / "moved")
+    message = error_of(capsys, main(["train", "--resume", str(out), "--epochs", "2"]))
+    assert f"{out}: 41 of the 41 unlabelled images it trains on are missing (first: " in message
+    assert f"put the --unlabelled folder back at {pool.resolve()}" in message
 
 
 def test_out_inside_the_unlabelled_folder_is_refused(tmp_path, teacher, capsys):
@@ -220,3 +225,53 @@ def test_out_inside_the_unlabelled_folder_is_refused(tmp_path, teacher, capsys):
         "Choose an --out outside the data folder"
     )
     assert sorted(p.name for p in pool.iterdir()) == ["000.png", "002.png", "nested"]
+
+
+def test_an_unlabelled_folder_inside_the_labelled_one_is_refused(tmp_path, teacher, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(EXAMPLES, data)
+    write_images(data / "unlabelled", 4)
+    code = main(["train", "--data", str(data), *TINY, "--teacher", str(teacher), "--unlabelled",
+                 str(data / "unlabelled"), "--out", str(tmp_path / "run")])  # fmt: skip
+    assert error_of(capsys, code).endswith(
+        f"--unlabelled {data / 'unlabelled'} is inside --data {data}, where it would be read as a class of its own; "
+        "move it outside the labelled folder"
+    )
+
+
+def test_a_folder_without_a_single_readable_image_is_one_line_and_leaves_nothing(tmp_path, teacher, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "notes.txt").write_text("not an image")
+    (pool / "broken.png").write_bytes(b"\x89PNG\r\n")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(EXAMPLES), *TINY, "--teacher", str(teacher), "--unlabelled", str(pool),
+                 "--out", str(out)])  # fmt: skip
+    assert error_of(capsys, code).endswith(
+        f"--unlabelled {pool.resolve()}: none of its 2 files is a readable image (see the skipped files above); "
+        "pass a folder of images"
+    )
+    assert not out.exists()
+
+
+def test_a_recipe_file_cannot_set_folders(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 3\nunlabelled: /somewhere\ncache_dir: ''\n")
+    code = main(["train", "--data", str(EXAMPLES), *TINY, "--recipe", str(recipe), "--out", str(tmp_path / "run")])
+    assert error_of(capsys, code).endswith(
+        f"--recipe {recipe}: cache_dir, unlabelled name files or folders, which a recipe cannot set; pass "
+        "--cache-dir, --unlabelled on the command line"
+    )
+
+
+def test_recipe_auto_says_its_epochs_are_for_the_labelled_images(caplog):
+    from mobilenets.training.pipeline import make_config
+
+    samples = scan_folder(EXAMPLES).samples
+    options = TrainOptions(data=EXAMPLES, model="mobilenet_v3_small", weights="none", recipe="auto", resolution=32)
+    with caplog.at_level("INFO", logger="mobilenets"):
+        config = make_config(options, 400, samples, num_unlabelled=1_000)
+    assert (
+        f"--recipe auto chose {config.epochs} epochs for the 400 labelled images; with the 1,000 unlabelled ones "
+        "each epoch is 3.5× longer: pass --epochs to size the run yourself"
+    ) in caplog.text

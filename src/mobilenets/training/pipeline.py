@@ -47,6 +47,7 @@ from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Train
 from mobilenets.training.options import (
     NON_NEGATIVE,
     OPTIMIZERS,
+    PATHS,
     POSITIVE,
     RESUME_MAY_CHANGE,
     WHOLE_NUMBERS,
@@ -66,6 +67,8 @@ from mobilenets.training.recipes import (
 SPLIT = "split.json"
 CONFIG = "config.json"
 
+log = logging.getLogger("mobilenets")
+
 
 class RunImages(NamedTuple):
     """The images of a run, before decoding: its split, and the unlabelled ones only a teacher labels."""
@@ -74,8 +77,6 @@ class RunImages(NamedTuple):
     val: list[Sample]
     classes: list[str]
     unlabelled: list[Sample]
-
-log = logging.getLogger("mobilenets")
 
 
 def check_options(options: TrainOptions) -> None:
@@ -205,6 +206,13 @@ def check_new_run_paths(options: TrainOptions) -> None:
         if not Path(folder).is_dir():
             what = "a folder of images" if flag == "--unlabelled" else "a folder with one subfolder of images per class"
             raise MobilenetsError(f"{flag} {folder}: is a file, not {what}")
+        if flag == "--unlabelled":
+            for labelled_flag, labelled in (("--data", options.data), ("--val", options.val)):
+                if labelled is not None and _is_within(Path(folder), Path(labelled)):
+                    raise MobilenetsError(
+                        f"--unlabelled {folder} is inside {labelled_flag} {labelled}, where it would be read as a "
+                        "class of its own; move it outside the labelled folder"
+                    )
         if options.out is not None and _is_within(Path(options.out), Path(folder)):
             raise MobilenetsError(
                 f"--out {options.out} is inside {flag} {folder}; the run's files would become training images. "
@@ -352,6 +360,11 @@ def _prepare(
     # Unlabelled images join the training set with the label UNLABELLED: the sampler, the augmentation and
     # the BatchNorm statistics treat them as any training image; only the loss tells them apart.
     train_data, val_data = decode_sets(config, train_samples + unlabelled, val_samples, run_dir, context=context)
+    if unlabelled and not bool((train_data.labels == UNLABELLED).any()):
+        raise MobilenetsError(
+            f"--unlabelled {config.unlabelled}: none of its {len(unlabelled):,} files is a readable image (see the "
+            "skipped files above); pass a folder of images"
+        )
     if options.resume is None and context.is_main:
         check_leakage(train_data, val_data, run_dir)
         scan_skipped = json.loads((run_dir / "skipped.json").read_text())
@@ -449,7 +462,7 @@ def new_run(
     if len(scan.classes) < 2:
         raise MobilenetsError(f"{options.data}: only one class ({scan.classes[0]}); a classifier needs at least two")
     unlabelled = scan_unlabelled_images(options.unlabelled, labelled=train_samples + val_samples)
-    config = make_config(options, len(train_samples), train_samples)
+    config = make_config(options, len(train_samples), train_samples, num_unlabelled=len(unlabelled))
     run_dir = Path(config.out)
     context.barrier()  # every rank has checked before rank 0 starts writing
     images = RunImages(train_samples, val_samples, scan.classes, unlabelled)
@@ -512,8 +525,8 @@ def report_scan(scan: FolderScan, what: str) -> None:
 
 def apply_recipe_file(options: TrainOptions) -> None:
     """Recipe values replace the defaults; options given explicitly keep their values."""
-    settable = set(TrainOptions.defaults()) - {"resume", "recipe", "data", "val", "out"}
-    recipe = load_recipe_file(options.recipe, settable)
+    located = {*PATHS, "recipe"}
+    recipe = load_recipe_file(options.recipe, set(TrainOptions.defaults()) - located, paths=located)
     given = options.given()
     applied = []
     for key, value in recipe.items():
@@ -523,7 +536,9 @@ def apply_recipe_file(options: TrainOptions) -> None:
     say(f"recipe {options.recipe}: {', '.join(applied) or 'nothing (all given explicitly)'}")
 
 
-def make_config(options: TrainOptions, num_train: int, train_samples: list[Sample]) -> TrainConfig:
+def make_config(
+    options: TrainOptions, num_train: int, train_samples: list[Sample], *, num_unlabelled: int = 0
+) -> TrainConfig:
     batch_size, epochs, lr, augment = options.batch_size, options.epochs, options.lr, options.augment
     head_epochs_given = options.head_epochs is not None
     options.model, options.width = choose_architecture(options.weights, model=options.model, width=options.width)
@@ -544,6 +559,12 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
         ]
         if overridden:
             say(f"  kept from the command line: {', '.join(overridden)}")
+        if num_unlabelled and epochs is None:
+            warn(
+                f"--recipe auto chose {recipe.epochs} epochs for the {num_train:,} labelled images; with the "
+                f"{num_unlabelled:,} unlabelled ones each epoch is {(num_train + num_unlabelled) / num_train:.1f}× "
+                "longer: pass --epochs to size the run yourself"
+            )
         batch_size = batch_size or recipe.batch_size
         epochs = epochs or recipe.epochs
         lr = lr or recipe.lr
@@ -577,9 +598,10 @@ def make_config(options: TrainOptions, num_train: int, train_samples: list[Sampl
         warn(message)
     if message := dataset_size_warning(num_train, pretrained=initial_weights is not None):
         warn(message)
-    if batch_size > num_train:
-        warn(f"--batch-size {batch_size} exceeds the {num_train} training images; using {num_train}")
-        batch_size = num_train
+    if batch_size > num_train + num_unlabelled:
+        total = num_train + num_unlabelled
+        warn(f"--batch-size {batch_size} exceeds the {total} training images; using {total}")
+        batch_size = total
     resolution = choose_resolution(options.resolution, train_samples)
     DistillationSettings(weight=options.distill_weight, temperature=options.temperature)  # checks the values
     check_mixup(options.mixup, augment=augment)
@@ -745,6 +767,13 @@ def load_run(
     train = [Sample(f.path, f.label) for f in split.train]
     val = [Sample(f.path, f.label) for f in split.val]
     unlabelled = [Sample(path, UNLABELLED) for path in split.unlabelled]
+    if missing := [path for path in split.unlabelled if not path.exists()]:
+        # Fewer images would change every epoch's batches: the resumed run would not continue exactly.
+        raise MobilenetsError(
+            f"{run_dir}: {len(missing):,} of the {len(unlabelled):,} unlabelled images it trains on are missing "
+            f"(first: {missing[0]}); put the --unlabelled folder back at {config.unlabelled}, or beside the run where "
+            "it was, to resume"
+        )
     return config, RunImages(train, val, split.classes, unlabelled), changed
 
 

@@ -11,6 +11,7 @@ never refuse.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +191,11 @@ def dataset_size_warning(num_images: int, *, pretrained: bool) -> str | None:
     return None
 
 
-def load_recipe_file(path: Path | str, known: set[str]) -> dict:
-    """A YAML recipe: option names of ``mobilenets train`` (dashes or underscores) → values."""
+def load_recipe_file(path: Path | str, known: set[str], paths: Collection[str] = ()) -> dict:
+    """A YAML recipe: option names of ``mobilenets train`` (dashes or underscores) → values.
+
+    ``paths`` are options a recipe cannot set (folders and files belong to a run, not to a recipe).
+    """
     import yaml
 
     path = Path(path)
@@ -207,6 +211,12 @@ def load_recipe_file(path: Path | str, known: set[str]) -> dict:
     if not isinstance(recipe, dict):
         raise MobilenetsError(f"--recipe {path}: expected a mapping of option: value")
     options = {str(key).replace("-", "_"): value for key, value in recipe.items() if key != "description"}
+    if located := sorted(set(options) & set(paths)):
+        flags = ", ".join("--" + name.replace("_", "-") for name in located)
+        raise MobilenetsError(
+            f"--recipe {path}: {', '.join(located)} name{'s' if len(located) == 1 else ''} files or folders, which a "
+            f"recipe cannot set; pass {flags} on the command line"
+        )
     unknown = sorted(set(options) - known)
     if unknown:
         raise MobilenetsError(
