@@ -33,11 +33,12 @@ per class (5 / 10 classes). Test images are never used for any choice.
 
 ``--unlabelled N`` also trains the taught student with ``train --unlabelled``: N more training images per
 class of the subset's classes (none of the subset's), in one flat folder, for ``--unlabelled-epochs``
-epochs. The twelfth round (BENCHMARKS.md) ran::
+epochs with ``--unlabelled-augment``. The twelfth round (BENCHMARKS.md) ran its runs one by one with the
+CLI; the same seed-0 comparison at equal steps through this script is::
 
     python benchmarks/finetune_small_folders.py distill --data-root /tmp/fm --out /tmp/fm/runs \
-        --subsets fm1500 --epochs 100 --augment heavy --teacher TEACHER_RUN --distill-weight 0.9 \
-        --temperature 4 --unlabelled 600 --unlabelled-epochs 17
+        --subsets fm1500 --epochs 300 --augment heavy --teacher TEACHER_RUN --distill-weight 0.9 \
+        --temperature 4 --unlabelled 600 --unlabelled-epochs 50 --unlabelled-augment medium
 
 ``--teacher RUN`` distils from another run of the same folder and seed (e.g. one trained with
 ``--label-smoothing 0``); ``--mixup A --mixup-control`` adds mixup to the taught run and trains the
@@ -337,8 +338,9 @@ def distill(args) -> list[dict]:
                 pool = prepare_unlabelled(args.data_root, subset, args.unlabelled)
                 with_pool = [*kd_args, "--unlabelled", str(pool)]
                 with_pool[with_pool.index("--epochs") + 1] = str(args.unlabelled_epochs)
-                unlabelled = train_and_evaluate(f"{kd_tag}_U{args.unlabelled}_e{args.unlabelled_epochs}", data, test,
-                                                args.out, with_pool)
+                with_pool[with_pool.index("--augment") + 1] = args.unlabelled_augment or args.augment
+                name = f"{kd_tag}_U{args.unlabelled}_e{args.unlabelled_epochs}_{args.unlabelled_augment or args.augment}"
+                unlabelled = train_and_evaluate(name, data, test, args.out, with_pool)
                 print(f"{subset} seed {seed}: with teacher and {args.unlabelled} unlabelled images per class, "
                       f"{args.unlabelled_epochs} epochs: {pct(unlabelled['test_accuracy'])} "
                       f"({unlabelled['wall_seconds']:.0f} s)", flush=True)
@@ -397,6 +399,7 @@ def main() -> None:
                         "class of the subset's classes, without their labels (a flat folder)")
     parser.add_argument("--unlabelled-epochs", type=int, default=17,
                         help="distill: epochs of that run (17 on 1,200 + 6,000 images ≈ the steps of 100 on 1,200)")
+    parser.add_argument("--unlabelled-augment", default=None, help="distill: that run's --augment (default --augment)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args()
     args.data_root = args.data_root.resolve()
