@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import EXAMPLES, TINY, error_of
 
 import mobilenets.api as api
 from mobilenets.cli.main import main
@@ -17,17 +18,6 @@ from mobilenets.models.weights import save_weights
 from mobilenets.training import pipeline
 from mobilenets.training.pipeline import check_freeze, check_head_epochs, choose_architecture
 from mobilenets.training.recipes import dataset_size_warning
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
-TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--weights", "none", "--quiet"]
-
-
-def error_of(capsys, code: int) -> str:
-    assert code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0].split(": error: ", 1)[1]
 
 
 @pytest.mark.parametrize(

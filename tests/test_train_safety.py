@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import EXAMPLES, TINY, error_of
 
 import mobilenets.api as api
 from mobilenets.cli.main import main
@@ -17,20 +18,9 @@ from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import DiskFullError
 from mobilenets.core.run_directory import RunDirectory
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
-TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--weights", "none", "--quiet"]
-
 
 def train_cli(*args: str) -> int:
     return main(["train", "--data", str(EXAMPLES), *TINY, *args])
-
-
-def error_of(capsys, code: int) -> str:
-    assert code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and "Traceback" not in err
-    return errors[0]
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--lr", "--width"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import EXAMPLES, TINY, error_of
 from PIL import Image
 
 import mobilenets.api as api
@@ -19,17 +20,6 @@ from mobilenets.data.folders import UNLABELLED, DatasetError, scan_folder, scan_
 from mobilenets.training.distillation import distillation_loss
 from mobilenets.training.options import TrainOptions
 from mobilenets.training.pipeline import load_run
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
-TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--weights", "none", "--quiet"]
-
-
-def error_of(capsys, code: int) -> str:
-    assert code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and "Traceback" not in err
-    return errors[0]
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
