@@ -443,7 +443,14 @@ def test_ctrl_c_saves_exits_cleanly_and_resumes(tmp_path, uninterrupted_run):
     env = RESUME_ENV
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
-        train_command(data, interrupted), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        train_command(data, interrupted),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A job started in the background (`nohup … &`) inherits an ignored SIGINT, and Python then installs
+        # no Ctrl-C handler: the child gets the terminal's default, as a command typed by a user does.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not (interrupted / "epochs.csv").exists():
