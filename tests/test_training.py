@@ -442,16 +442,16 @@ def test_ctrl_c_saves_exits_cleanly_and_resumes(tmp_path, uninterrupted_run):
     data, reference = uninterrupted_run
     env = RESUME_ENV
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        train_command(data, interrupted),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A job started in the background (`nohup … &`) inherits an ignored SIGINT, and Python then installs
-        # no Ctrl-C handler: the child gets the terminal's default, as a command typed by a user does.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # A suite run as a background job (`nohup … &`) inherits an ignored SIGINT, which a child would inherit
+    # too, and Python then installs no Ctrl-C handler. A handled signal is reset to its default on exec, so
+    # while this process handles SIGINT the child starts as a command typed by a user does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            train_command(data, interrupted), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not (interrupted / "epochs.csv").exists():
         time.sleep(0.02)
