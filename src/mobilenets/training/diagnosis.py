@@ -649,7 +649,7 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
             counts[trainer.classes[label]] = counts.get(trainer.classes[label], 0) + 1
     facts = RunFacts(
         num_classes=len(trainer.classes),
-        train_images=len(trainer.train_data) - trainer.unlabelled_images,  # the labelled ones: the seed's sizes
+        train_images=trainer.labelled_images,  # the seed's sizes count labelled images
         val_images=len(val),
         history=tuple(EpochStats.from_dict(row) for row in state.history),
         model=config.model,

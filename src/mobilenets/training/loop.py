@@ -495,6 +495,11 @@ class Trainer:
         )
 
     @property
+    def labelled_images(self) -> int:
+        """The training images with a label (``train_data`` also holds the unlabelled ones)."""
+        return len(self.train_data) - self.unlabelled_images
+
+    @property
     def eval_model(self) -> nn.Module:
         """What is evaluated and saved: the EMA of the weights when enabled."""
         return self.ema.module if self.ema is not None else self.model
@@ -797,7 +802,7 @@ class Trainer:
             "train_seconds": state.train_seconds,
             "augment_seconds": state.augment_seconds,
             "augment_share_of_step_time": state.augment_seconds / max(state.train_seconds, 1e-9),
-            "train_images": len(self.train_data) - self.unlabelled_images,
+            "train_images": self.labelled_images,
             **({"unlabelled_images": self.unlabelled_images} if self.unlabelled_images else {}),
             "val_images": len(self.val_data),
             "evaluated_weights": "ema" if self.ema is not None else "raw",

@@ -309,7 +309,7 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
             raise
     say(
         f"training {config.model} (width {config.width:g}) at {config.resolution}px on "
-        f"{len(trainer.train_data) - trainer.unlabelled_images:,} images"
+        f"{trainer.labelled_images:,} images"
         + (f" and {trainer.unlabelled_images:,} unlabelled" if trainer.unlabelled_images else "")
         + f", validating on {len(trainer.val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
     )
@@ -598,8 +598,7 @@ def make_config(
         warn(message)
     if message := dataset_size_warning(num_train, pretrained=initial_weights is not None):
         warn(message)
-    if batch_size > num_train + num_unlabelled:
-        total = num_train + num_unlabelled
+    if batch_size > (total := num_train + num_unlabelled):
         warn(f"--batch-size {batch_size} exceeds the {total} training images; using {total}")
         batch_size = total
     resolution = choose_resolution(options.resolution, train_samples)
@@ -623,7 +622,7 @@ def make_config(
             "weights": absolute_if_path(initial_weights),
             "initial_weights": absolute_if_path(initial_weights),
             "teacher": absolute_if_path(options.teacher),
-            "unlabelled": str(Path(options.unlabelled).resolve()) if options.unlabelled is not None else None,
+            "unlabelled": absolute_if_path(options.unlabelled),
             "out": str(out),
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,
         }
