@@ -4,6 +4,7 @@ running statistics, for each layer shape MobileNets use, and the same numbers on
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 
 import pytest
@@ -248,3 +249,33 @@ def test_switched_off_or_unbuildable_kernels_fall_back_to_pytorch(monkeypatch):
     monkeypatch.undo()
     kernels._loaded = None  # the library itself is still loaded in this process
     assert kernels.available()
+
+
+def test_a_build_killed_midway_does_not_make_later_loads_wait_forever(monkeypatch):
+    # torch's lock file, as a compile interrupted by Ctrl-C leaves it: torch alone would wait for it forever.
+    directory = kernels.build_directory()
+    (directory / kernels.TORCH_BATON).touch()
+    monkeypatch.setattr(kernels, "_loaded", None)
+    loaded = []
+    loader = threading.Thread(target=lambda: loaded.append(kernels.available()), daemon=True)
+    loader.start()
+    loader.join(timeout=120)
+    assert loaded == [True]
+    assert not (directory / kernels.TORCH_BATON).exists()
+
+
+def test_a_second_process_building_waits_for_the_first_and_says_so(monkeypatch, capsys):
+    import fcntl
+
+    monkeypatch.setattr(kernels, "_loaded", None)
+    loaded = []
+    with open(kernels.build_directory() / "build.lock", "a") as held:  # another builder holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX)
+        loader = threading.Thread(target=lambda: loaded.append(kernels.available()), daemon=True)
+        loader.start()
+        loader.join(timeout=2)
+        assert loader.is_alive() and not loaded
+        fcntl.flock(held, fcntl.LOCK_UN)
+    loader.join(timeout=120)
+    assert loaded == [True]
+    assert "mobilenets: waiting for another process building the fused CPU training kernels" in capsys.readouterr().err

@@ -32,13 +32,14 @@ forward. Results equal PyTorch's to fp32 rounding and do not depend on the threa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -123,20 +124,33 @@ def _load(*, name: str, source: Path, marker: str, what: str, fallback: str) -> 
     try:
         from torch.utils import cpp_extension
 
+        from mobilenets.core.files import atomic_write_bytes
+
         _put_ninja_on_path()
         directory = build_directory(source)
         directory.mkdir(parents=True, exist_ok=True)
-        if not (directory / f"{name}.so").exists():
-            print(f"mobilenets: compiling {what}, once per machine (~30 s) into {directory}", file=sys.stderr, flush=True)
-        cpp_extension.load(
-            name=name,
-            sources=[str(source)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(directory),
-            is_python_module=False,
-            verbose=False,
-        )
+        with build_lock(directory, what=what):
+            # Compiled from a copy inside the build directory: the build file then names the same path
+            # whichever checkout or installation loads it, so a second one does not rebuild (the
+            # directory's name already pins the source's content).
+            staged = directory / source.name
+            if not staged.exists() or staged.read_bytes() != source.read_bytes():
+                atomic_write_bytes(staged, source.read_bytes())
+            if not (directory / f"{name}.so").exists():
+                print(
+                    f"mobilenets: compiling {what}, once per machine (~30 s) into {directory}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            cpp_extension.load(
+                name=name,
+                sources=[str(staged)],
+                extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(directory),
+                is_python_module=False,
+                verbose=False,
+            )
         return hasattr(torch.ops.mobilenets_kernels, marker)
     except Exception as error:  # no compiler, no ninja, a read-only cache: PyTorch's kernels still work
         from mobilenets.core.files import cache_dir
@@ -147,6 +161,33 @@ def _load(*, name: str, source: Path, marker: str, what: str, fallback: str) -> 
             stacklevel=3,
         )
         return False
+
+
+TORCH_BATON = "lock"  # torch.utils.cpp_extension's lock file: it exists while a build runs
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path, *, what: str) -> Iterator[None]:
+    """Hold the build directory for this process; a process that waits says so.
+
+    torch's own lock is a file that exists while a build runs (``FileBaton``): a build killed midway
+    (Ctrl-C during the first ~30 s compile) leaves it behind, and every later load then waits for it
+    forever. This lock is an ``flock``, which the operating system releases when its holder dies; every
+    mobilenets build holds it, so a baton found while holding it was left by a dead build and is removed.
+    """
+    import fcntl
+
+    with open(directory / "build.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"mobilenets: waiting for another process building {what} in {directory}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / TORCH_BATON).unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _put_ninja_on_path() -> None:
