@@ -21,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-sma
         ({"epochs": 1.5}, "--epochs must be a whole number, got 1.5"),
         ({"epochs": True}, "--epochs must be a whole number, got True"),
         ({"width": "0.25"}, "--width must be a number, got '0.25'"),
-        ({"resolution": 32.7}, "--resolution must be a whole number of pixels or auto, got 32.7"),
+        ({"resolution": 32.7}, "--resolution must be a positive whole number of pixels or auto, got 32.7"),
         ({"quantize": "no"}, "quantize must be True or False, got 'no'"),
         ({"device": "gpu"}, "--device must be one of auto, cpu, cuda, got 'gpu'"),
         ({"model": "mobilenet_v3_smal"}, "--model 'mobilenet_v3_smal': no such architecture; did you mean mobilenet_v3_small?"),

@@ -205,7 +205,7 @@ def test_finding16_onnx_inputs(exported, data, tmp_path, capsys):
     notes.write_text("hello")
     assert main(["predict", an_image(data), "--weights", str(notes), "--model", "mobilenet_v2"]) == 2
     line = one_line_error(capsys, "predict")
-    assert "not a PyTorch checkpoint; pass a run directory" in line and "(" not in line.split("checkpoint")[1][:3]
+    assert f"{notes}: a text file, not model weights; pass a run directory, a .safetensors/.pth/.pt weights" in line
 
 
 # --- 17: which folder is wrong, "does not exist", one resolution bound -----------------------------------------

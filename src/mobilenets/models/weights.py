@@ -252,6 +252,14 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
         if metadata is not None and not isinstance(metadata, dict):
             raise WeightsError(f"{metadata_path(path)}: not a JSON object of model metadata; restore or delete it")
         return in_module_order(state_dict), metadata
+    if path.is_file() and _is_text(path):
+        run = path.parent
+        hint = (
+            f"pass its run directory: {run}"
+            if (run / "model.safetensors").exists()
+            else "pass a run directory, a .safetensors/.pth/.pt weights file, an .onnx file or a published name"
+        )
+        raise WeightsError(f"{path}: a text file, not model weights; {hint}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -265,6 +273,17 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
             reason = "not a PyTorch checkpoint; pass a run directory, a .safetensors/.pth/.pt weights file, an .onnx file or a published name"
         raise WeightsError(f"{path}: cannot load: {reason}") from None
     return unwrap_state_dict(loaded, path), None
+
+
+TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".csv", ".html", ".md")
+
+
+def _is_text(path: Path) -> bool:
+    """A run's ``config.json`` or another text file passed where weights go (a checkpoint is a zip or a pickle)."""
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return True
+    with path.open("rb") as file:
+        return file.read(1) in (b"{", b"[")
 
 
 def unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:

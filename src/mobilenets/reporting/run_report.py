@@ -162,6 +162,8 @@ def settings_rows(config: dict, run_dir: Path) -> list[list[str]]:
             value = SETTING_DEFAULTS[key](config)
         elif isinstance(value, str) and key in PATH_KEYS:
             value = display_path(value, run_dir)
+        elif isinstance(value, list) and key in PATH_KEYS:  # an ensemble of teachers
+            value = ", ".join(display_path(str(item), run_dir) for item in value)
         rows.append([key, _format(value, key)])
     return rows
 

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mobilenets.training.options import teacher_sources
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -442,7 +444,9 @@ def weak_teacher(facts: RunFacts) -> Finding | None:
         "train the same student without --teacher (same --seed and --epochs) and keep the better run: "
         "distillation pulls the student toward the teacher's predictions, mistakes included",
         "a stronger teacher: train it longer (--recipe auto, or --epochs 30), at a higher --resolution, or a larger "
-        "model (--model mobilenet_v3_large or mobilenet_v2, --width 1.0), and check its accuracy before distilling",
+        "model (--model mobilenet_v3_large or mobilenet_v2, --width 1.0), or an ensemble of several (repeat "
+        "--teacher; vary --model or --resolution, keep the student's --seed so they share its split); check its "
+        "accuracy before distilling",
         f"give the labels more weight: --distill-weight {round(facts.distill_weight / 2, 2):g} "
         f"(this run: {facts.distill_weight:g})",
     )
@@ -660,7 +664,7 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         batch_size=config.batch_size,
         augment=config.augment,
         initial_weights=config.initial_weights,
-        teacher=config.teacher,
+        teacher=" + ".join(teacher_sources(config.teacher)) or None,
         # On the validation images the teacher did not train on (None if it trained on all of them).
         teacher_val_accuracy=quality.unseen_accuracy
         if (quality := getattr(trainer.teacher, "quality", None))

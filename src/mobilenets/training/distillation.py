@@ -9,6 +9,10 @@ teacher runs in inference on the very batch the student sees (after augmentation
 function of the same pixels; it cannot be precomputed once per image because augmentation differs
 every step. A teacher is a fine-tuned run directory, a weights file, or an exported ``.onnx`` file,
 and must predict the student's classes (matched by name, in any order).
+
+Several teachers make an ensemble (``--teacher A --teacher B``): the student learns the mean of their
+logits, i.e. the (renormalized) geometric mean of their predicted distributions at any temperature, one
+of the two ways Hinton et al. 2015 give to combine an ensemble's predictions.
 """
 
 from __future__ import annotations
@@ -124,6 +128,10 @@ class Teacher:
         self.class_order = torch.as_tensor(list(class_order)) if class_order is not None else None
         self.quality: TeacherQuality | None = None  # measured on the student's validation images (measure_teacher)
 
+    def describe(self) -> dict:
+        """Where the teacher came from and what runs it (``metrics.json``'s ``teacher``)."""
+        return {"source": self.source, "engine": self.engine}
+
     def prepare(self, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
         images = images.float()
         if tuple(mean) != self.wants.mean or tuple(std) != self.wants.std:
@@ -143,6 +151,32 @@ class Teacher:
         if self.class_order is not None:
             logits = logits[:, self.class_order]
         return logits
+
+
+class TeacherEnsemble:
+    """Several teachers as one: the mean of their logits, each in the student's class order.
+
+    Each member keeps its own engine, input size and normalization; all see the same batch.
+    """
+
+    def __init__(self, members: Sequence[Teacher]) -> None:
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two teachers")
+        self.members = list(members)
+        self.source = " + ".join(member.source for member in self.members)
+        self.engine = " + ".join(member.engine for member in self.members)
+        self.quality: TeacherQuality | None = None
+
+    def describe(self) -> dict:
+        """Each teacher's source and engine, in order (``metrics.json``'s ``teacher``)."""
+        return {
+            "source": [member.source for member in self.members],
+            "engine": [member.engine for member in self.members],
+        }
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+        return torch.stack([member(images, mean, std) for member in self.members]).mean(0)
 
 
 @dataclass(frozen=True)
@@ -170,7 +204,7 @@ class TeacherQuality:
 
 
 def measure_teacher(
-    teacher: Teacher,
+    teacher: Teacher | TeacherEnsemble,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -477,6 +511,21 @@ def load_teacher(
         f"{'ONNX Runtime' if chosen == 'onnxruntime' else 'PyTorch'}"
     )
     return Teacher(runner, source=source, engine=chosen, wants=wants, class_order=order)
+
+
+def load_teachers(
+    sources: Sequence[str],
+    *,
+    student_classes: Sequence[str],
+    engine: str = "auto",
+    log: Callable[[str], None] = print,
+) -> Teacher | TeacherEnsemble:
+    """One teacher, or several as a ``TeacherEnsemble`` (``load_teacher`` for each, in order)."""
+    teachers = [load_teacher(source, student_classes=student_classes, engine=engine, log=log) for source in sources]
+    if len(teachers) == 1:
+        return teachers[0]
+    log(f"teachers: an ensemble of {len(teachers)}, the mean of their logits")
+    return TeacherEnsemble(teachers)
 
 
 def export_for_teacher(model: nn.Module, path: Path) -> Path:

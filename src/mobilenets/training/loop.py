@@ -43,7 +43,7 @@ from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, 
 from mobilenets.models.batchnorm import reestimate_batchnorm
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import save_weights
-from mobilenets.training.distillation import Teacher, distillation_loss
+from mobilenets.training.distillation import Teacher, TeacherEnsemble, distillation_loss
 from mobilenets.training.evaluation import EvaluationResult, evaluate
 from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS
 
@@ -80,7 +80,8 @@ class TrainConfig:
     head_epochs: int = 0
     # Fine-tuning: the stem and the first N blocks keep their pretrained weights (faster steps: no backward there).
     freeze: int = 0
-    teacher: str | None = None  # knowledge distillation (training.distillation): run dir, file or .onnx
+    # Knowledge distillation (training.distillation): a run dir, file or .onnx; a list is an ensemble.
+    teacher: str | list[str] | None = None
     distill_weight: float = 0.5
     temperature: float = 4.0
     # A folder of images without labels (absolute): the teacher's predictions are their only target.
@@ -432,7 +433,7 @@ class Trainer:
         context: TrainingContext | None = None,
         log: Callable[[str], None] = print,
         show_progress: bool = True,
-        teacher: Teacher | None = None,
+        teacher: Teacher | TeacherEnsemble | None = None,
     ) -> None:
         self.config = config
         self.teacher = teacher  # runs in inference on every (augmented) batch when distilling

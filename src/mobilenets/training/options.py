@@ -4,6 +4,7 @@ command line can build its parser without loading it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -44,7 +45,8 @@ class TrainOptions:
     ema_decay: float | None = None
     dropout: float | None = None
     weights: str | None = "auto"
-    teacher: str | None = None
+    # One teacher, or several (an ensemble: the mean of their logits); a run dir, a weights file or an .onnx.
+    teacher: str | Path | Sequence[str | Path] | None = None
     distill_weight: float = 0.5
     temperature: float = 4.0
     unlabelled: Path | str | None = None  # images only the teacher labels
@@ -83,6 +85,7 @@ class TrainOptions:
                     f"{flag_of(name)} must be a path (a non-empty string or pathlib.Path), got {value!r}"
                 )
             setattr(self, name, Path(value))
+        self.teacher = _teachers(self.teacher)
 
     @classmethod
     def defaults(cls) -> dict:
@@ -98,6 +101,40 @@ class TrainOptions:
             for name in defaults
             if name in self.passed or getattr(self, name) != defaults[name]
         }
+
+
+def _teachers(value: object) -> str | tuple[str, ...] | None:
+    """``teacher`` as one source (a string) or an ensemble (a tuple of two or more); anything else refused."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or not all(
+        isinstance(item, (str, os.PathLike)) and str(item).strip() for item in items
+    ):
+        raise MobilenetsError(
+            f"--teacher must be a run directory or model file (a non-empty string or pathlib.Path), or a list of "
+            f"them for an ensemble, got {value!r}"
+        )
+    sources = [str(item) for item in items]
+    if not sources:
+        raise MobilenetsError("--teacher: an empty list names no teacher; pass one or more, or None for no teacher")
+    as_paths = [Path(source) for source in sources]  # runs/t and runs/t/ are one teacher
+    for source, path in zip(sources, as_paths, strict=True):
+        if as_paths.count(path) > 1:
+            raise MobilenetsError(
+                f"--teacher {source} is given {as_paths.count(path)} times; an ensemble's teachers must differ "
+                "(pass each once)"
+            )
+    return sources[0] if len(sources) == 1 else tuple(sources)
+
+
+def teacher_sources(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The teachers a ``teacher`` setting names: none, one (a string) or several (a list, an ensemble)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        return (str(value),)
+    return tuple(str(item) for item in value)
 
 
 PATHS = ("data", "val", "unlabelled", "out", "resume", "cache_dir")
@@ -129,7 +166,7 @@ def type_problem(name: str, value: object) -> str | None:
         return f"{flag_of(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}"
     whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
     if name == "resolution" and not (value == "auto" or whole):
-        return f"--resolution must be a whole number of pixels or auto, got {value!r}"
+        return f"--resolution must be a positive whole number of pixels or auto, got {value!r}"
     return None
 
 
@@ -154,7 +191,16 @@ RESUME_MAY_CHANGE = {
     "device": "where to train",
     "early_stopping": "patience",
 }
-POSITIVE = {"batch_size": "--batch-size", "epochs": "--epochs", "lr": "--lr", "width": "--width"}
+# Options the command line accepts but does not list in --help (tests and benchmarks use them); messages
+# never suggest them.
+HIDDEN_OPTIONS = ("checkpoint_steps",)
+POSITIVE = {
+    "batch_size": "--batch-size",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "width": "--width",
+    "early_stopping": "--early-stopping",  # 0 would stop after the first epoch, whatever it scored
+}
 NON_NEGATIVE = {
     "head_epochs": "--head-epochs",
     "freeze": "--freeze",
@@ -162,7 +208,6 @@ NON_NEGATIVE = {
     "weight_decay": "--weight-decay",
     "checkpoint_minutes": "--checkpoint-minutes",
     "checkpoint_steps": "--checkpoint-steps",
-    "early_stopping": "--early-stopping",
     "ema_decay": "--ema-decay",
     "mixup": "--mixup",
 }

@@ -9,6 +9,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from mobilenets.core.distributed import DistributedContext, explain_peer_failure, init_distributed, shutdown
 from mobilenets.core.errors import MobilenetsError, check_number
-from mobilenets.core.files import atomic_write_text, remove_path
+from mobilenets.core.files import atomic_write_text, check_writable, remove_path
 from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.data.disk_cache import choose_cache, decode_to_disk
@@ -39,12 +40,14 @@ from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format
 from mobilenets.training.distillation import (
     DistillationSettings,
     Teacher,
+    TeacherEnsemble,
     TeacherQuality,
-    load_teacher,
+    load_teachers,
     measure_teacher,
 )
 from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup, read_checkpoint
 from mobilenets.training.options import (
+    HIDDEN_OPTIONS,
     NON_NEGATIVE,
     OPTIMIZERS,
     PATHS,
@@ -53,6 +56,7 @@ from mobilenets.training.options import (
     WHOLE_NUMBERS,
     TrainOptions,
     flag_of,
+    teacher_sources,
     type_problem,
 )
 from mobilenets.training.recipes import (
@@ -122,6 +126,12 @@ def check_values(options: TrainOptions) -> None:
         raise MobilenetsError(f"--random-erasing is a probability in [0, 1], got {options.random_erasing:g}")
     if options.dropout is not None and not 0 <= options.dropout < 1:
         raise MobilenetsError(f"--dropout must be in [0, 1), got {options.dropout:g}")
+    if options.ema_decay is not None and not 0 <= options.ema_decay < 1:
+        raise MobilenetsError(
+            f"--ema-decay is the share of the running average each step keeps, in [0, 1), got {options.ema_decay:g} "
+            "(at 1 it would never move from the initial weights); omit it for a horizon of a tenth of the run"
+        )
+    DistillationSettings(weight=options.distill_weight, temperature=options.temperature)  # before the scan
     if options.precision == "fp16" and not _cuda_requested(options.device):
         raise MobilenetsError(
             "--precision fp16 needs a CUDA GPU (CPUs have no fast fp16 arithmetic); on a CPU use --precision bf16 "
@@ -143,6 +153,11 @@ def check_distillation_options(options: TrainOptions) -> None:
                 f"--mixup {options.mixup:g} with --unlabelled: mixup blends two images' labels, and unlabelled "
                 "images have none; drop one of them"
             )
+    if options.teacher is not None and options.distill_weight == 0 and options.unlabelled is None:
+        warn(
+            "--distill-weight 0: the teacher's predictions carry no weight, yet it runs on every batch; drop --teacher "
+            "to train the same student faster, or give it a share (0.9 in the measured runs)"
+        )
     stray = [name for name in ("distill_weight", "temperature") if name in options.given()]
     if stray and options.teacher is None:
         flags = " and ".join(flag_of(name) for name in stray)
@@ -170,7 +185,8 @@ def check_resume(options: TrainOptions) -> None:
         flags = ", ".join(flag_of(name) for name in refused)
         raise MobilenetsError(
             f"--resume keeps the run's settings (config.json); {flags} cannot change on resume. Resume may change only "
-            f"{', '.join(flag_of(n) for n in RESUME_MAY_CHANGE)}; for other settings start a new run "
+            f"{', '.join(flag_of(n) for n in RESUME_MAY_CHANGE if n not in HIDDEN_OPTIONS)}; for other settings "
+            "start a new run "
             "with --out"
         )
     if run.is_complete():
@@ -218,6 +234,10 @@ def check_new_run_paths(options: TrainOptions) -> None:
                 f"--out {options.out} is inside {flag} {folder}; the run's files would become training images. "
                 "Choose an --out outside the data folder"
             )
+    # A file in the way or a folder that cannot be written is said now, not as a traceback after the scan.
+    check_writable(options.out or Path("runs"), "--out", create=False)
+    if options.cache_dir is not None:
+        check_writable(options.cache_dir, "--cache-dir", create=False)
     if options.out is not None:
         run = RunDirectory(options.out)
         if run.checkpoint.exists() and not run.is_complete():
@@ -356,7 +376,15 @@ def _prepare(
     """Everything between the settings and the first step: images decoded, model and teacher built."""
     train_samples, val_samples, classes, unlabelled = split
     # A teacher that cannot be used is said before minutes of decoding, not after.
-    teacher = load_teacher(config.teacher, student_classes=classes, log=say) if config.teacher is not None else None
+    sources = teacher_sources(config.teacher)
+    if options.resume is not None:
+        for source in sources:
+            if not Path(source).exists():
+                raise MobilenetsError(
+                    f"--resume {run_dir}: its teacher {source} (config.json) is missing; put it back there (a run's "
+                    "teacher cannot change on resume)"
+                )
+    teacher = load_teachers(sources, student_classes=classes, log=say) if sources else None
     # Unlabelled images join the training set with the label UNLABELLED: the sampler, the augmentation and
     # the BatchNorm statistics treat them as any training image; only the loss tells them apart.
     train_data, val_data = decode_sets(config, train_samples + unlabelled, val_samples, run_dir, context=context)
@@ -379,7 +407,7 @@ def _prepare(
     )
     # Only the main rank diagnoses the run, so only it measures the teacher (the others wait a few seconds).
     if teacher is not None and context.is_main:
-        teacher.quality = check_teacher(teacher, source=config.teacher, val_data=val_data, preprocessing=preprocessing)
+        teacher.quality = check_teacher(teacher, sources=sources, val_data=val_data, preprocessing=preprocessing)
     return Trainer(
         config,
         model,
@@ -396,15 +424,23 @@ def _prepare(
 
 
 def check_teacher(
-    teacher: Teacher, *, source: str, val_data: DecodedImages, preprocessing: Preprocessing
+    teacher: Teacher | TeacherEnsemble,
+    *,
+    sources: Sequence[str],
+    val_data: DecodedImages,
+    preprocessing: Preprocessing,
 ) -> TeacherQuality:
-    """The teacher's top-1 on this run's validation images, said before training (the diagnosis compares it)."""
-    # A run directory, or a weights file inside one: its split says which images the teacher trained on.
-    run = Path(source) if Path(source).is_dir() else Path(source).parent
+    """The teacher's top-1 on this run's validation images, said before training (the diagnosis compares it).
+
+    An ensemble has seen an image when any of its teachers trained on it.
+    """
     teacher_train: list[str] = []
-    if (run / RunDirectory.SPLIT).exists():
-        with contextlib.suppress(MobilenetsError, OSError, ValueError, KeyError):
-            teacher_train = [str(f.path.resolve()) for f in RunDirectory(run).read_split().train]
+    for source in sources:
+        # A run directory, or a weights file inside one: its split says which images the teacher trained on.
+        run = Path(source) if Path(source).is_dir() else Path(source).parent
+        if (run / RunDirectory.SPLIT).exists():
+            with contextlib.suppress(MobilenetsError, OSError, ValueError, KeyError):
+                teacher_train += [str(f.path.resolve()) for f in RunDirectory(run).read_split().train]
     quality = measure_teacher(
         teacher,
         val_data.images,
@@ -602,7 +638,6 @@ def make_config(
         warn(f"--batch-size {batch_size} exceeds the {total} training images; using {total}")
         batch_size = total
     resolution = choose_resolution(options.resolution, train_samples)
-    DistillationSettings(weight=options.distill_weight, temperature=options.temperature)  # checks the values
     check_mixup(options.mixup, augment=augment)
     options.head_epochs = check_head_epochs(
         options.head_epochs or 0, epochs=epochs, given=head_epochs_given, initial_weights=initial_weights
@@ -621,7 +656,9 @@ def make_config(
             "augment": augment,
             "weights": absolute_if_path(initial_weights),
             "initial_weights": absolute_if_path(initial_weights),
-            "teacher": absolute_if_path(options.teacher),
+            "teacher": absolute_if_path(options.teacher)
+            if not isinstance(options.teacher, tuple)
+            else [absolute_if_path(source) for source in options.teacher],
             "unlabelled": absolute_if_path(options.unlabelled),
             "out": str(out),
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,
@@ -900,11 +937,7 @@ def finish_run(trainer: Trainer, run_dir: Path, config: TrainConfig) -> None:
             "initial_weights": config.initial_weights,
             "teacher": None
             if teacher is None
-            else {
-                "source": teacher.source,
-                "engine": teacher.engine,
-                **(teacher.quality.to_dict() if teacher.quality else {}),
-            },
+            else {**teacher.describe(), **(teacher.quality.to_dict() if teacher.quality else {})},
         }
     )
     say(format_findings(diagnosis))

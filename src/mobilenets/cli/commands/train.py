@@ -18,6 +18,20 @@ from mobilenets.training.recipes import DEFAULTS, bundled_recipes
 NOT_PASSED = object()
 
 
+class AppendTeacher(argparse.Action):
+    """``--teacher A [--teacher B ...]``: one teacher is a string, several a list (an ensemble).
+
+    argparse's own ``append`` would extend the parser's default, which here is the NOT_PASSED marker.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(namespace, self.dest, NOT_PASSED)
+        if given is NOT_PASSED or given is None:
+            setattr(namespace, self.dest, values)
+        else:
+            setattr(namespace, self.dest, [*([given] if isinstance(given, str) else given), values])
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -85,13 +99,18 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--teacher",
+        action=AppendTeacher,
         metavar="RUN_DIR|FILE|MODEL.onnx",
-        help="knowledge distillation: a larger model fine-tuned on the same classes teaches this one",
+        help="knowledge distillation: a larger model fine-tuned on the same classes teaches this one; repeat it "
+        "for an ensemble (the student learns the mean of their logits)",
     )
     parser.add_argument(
-        "--distill-weight", type=float, default=0.5, help="with --teacher: share A of the soft-target loss (0–1)"
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="with --teacher: share A of the soft-target loss (0–1; default 0.5; 0.9 in the measured runs)"
     )
-    parser.add_argument("--temperature", type=float, default=4.0, help="with --teacher: softmax temperature T")
+    parser.add_argument("--temperature", type=float, default=4.0, help="with --teacher: softmax temperature T (default 4)")
     parser.add_argument(
         "--unlabelled",
         "--unlabeled",
