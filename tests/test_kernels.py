@@ -279,3 +279,19 @@ def test_a_second_process_building_waits_for_the_first_and_says_so(monkeypatch, 
     loader.join(timeout=120)
     assert loaded == [True]
     assert "mobilenets: waiting for another process building the fused CPU training kernels" in capsys.readouterr().err
+
+
+def test_a_lock_file_removed_under_a_build_by_another_version_is_survived(monkeypatch):
+    from torch.utils import cpp_extension
+
+    real_load, calls = cpp_extension.load, []
+
+    def lock_taken_away_once(**kwargs):
+        calls.append(kwargs["name"])
+        if len(calls) == 1:  # what torch's FileBaton.release raises when another process removed its file
+            raise FileNotFoundError(2, "No such file or directory", str(kernels.build_directory() / "lock"))
+        return real_load(**kwargs)
+
+    monkeypatch.setattr(kernels, "_loaded", None)
+    monkeypatch.setattr(cpp_extension, "load", lock_taken_away_once)
+    assert kernels.available() and calls == ["mobilenets_kernels", "mobilenets_kernels"]

@@ -142,15 +142,23 @@ def _load(*, name: str, source: Path, marker: str, what: str, fallback: str) -> 
                     file=sys.stderr,
                     flush=True,
                 )
-            cpp_extension.load(
-                name=name,
-                sources=[str(staged)],
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(directory),
-                is_python_module=False,
-                verbose=False,
-            )
+            for attempt in range(2):
+                try:
+                    cpp_extension.load(
+                        name=name,
+                        sources=[str(staged)],
+                        extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+                        extra_ldflags=["-fopenmp"],
+                        build_directory=str(directory),
+                        is_python_module=False,
+                        verbose=False,
+                    )
+                    break
+                except FileNotFoundError as error:
+                    # An older mobilenets, which builds without the flock, removed torch's lock file under
+                    # this build when its own build ended: the build itself is done; loading again loads it.
+                    if attempt or Path(error.filename or "").name != TORCH_BATON:
+                        raise
         return hasattr(torch.ops.mobilenets_kernels, marker)
     except Exception as error:  # no compiler, no ninja, a read-only cache: PyTorch's kernels still work
         from mobilenets.core.files import cache_dir
