@@ -133,9 +133,9 @@ def _load(*, name: str, source: Path, marker: str, what: str, fallback: str) -> 
             # Compiled from a copy inside the build directory: the build file then names the same path
             # whichever checkout or installation loads it, so a second one does not rebuild (the
             # directory's name already pins the source's content).
-            staged = directory / source.name
-            if not staged.exists() or staged.read_bytes() != source.read_bytes():
-                atomic_write_bytes(staged, source.read_bytes())
+            staged, code = directory / source.name, source.read_bytes()
+            if not staged.exists() or staged.read_bytes() != code:
+                atomic_write_bytes(staged, code)
             if not (directory / f"{name}.so").exists():
                 print(
                     f"mobilenets: compiling {what}, once per machine (~30 s) into {directory}",

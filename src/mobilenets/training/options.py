@@ -115,7 +115,7 @@ def _teachers(value: object) -> str | tuple[str, ...] | None:
             f"--teacher must be a run directory or model file (a non-empty string or pathlib.Path), or a list of "
             f"them for an ensemble, got {value!r}"
         )
-    sources = [str(item) for item in items]
+    sources = teacher_sources(items)
     if not sources:
         raise MobilenetsError("--teacher: an empty list names no teacher; pass one or more, or None for no teacher")
     as_paths = [Path(source) for source in sources]  # runs/t and runs/t/ are one teacher
