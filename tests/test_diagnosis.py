@@ -329,3 +329,11 @@ def test_missing_auto_weights_looks_in_the_cache(tmp_path, monkeypatch):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / PUBLISHED_WEIGHTS[name].filename).write_bytes(b"")
     assert missing_auto_weights("mobilenet_v3_small", 1.0) is None
+
+
+def test_torchrun_processes_count_together_for_the_thread_check():
+    # torchrun --nproc-per-node 2 on 2 cores: OMP_NUM_THREADS=1 in each process is every core in use.
+    assert "slow_training" not in {f.symptom for f in diagnose(healthy(threads=1, cpu_count=2, local_processes=2))}
+    finding = {f.symptom: f for f in diagnose(healthy(threads=1, cpu_count=8, local_processes=2))}["slow_training"]
+    assert "2 processes × 1 thread used 2 of 8" in finding.evidence
+    assert "OMP_NUM_THREADS=4 torchrun" in " ".join(finding.advice)

@@ -110,3 +110,16 @@ def test_killing_a_rank_stops_the_job_clearly_and_resume_continues_with_another_
     assert "resuming a run of 2 process(es) with 1" in resumed.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3 and metrics["final_val_accuracy"] > 0.3
+
+
+def test_batch_statistics_training_under_torchrun_is_quiet_and_not_called_slow(tmp_path):
+    # BatchNorm in training mode takes the fused kernels' path (depthwise weight gradients of their own).
+    result = run([*TORCHRUN, "2", "-m", "mobilenets", "train", "--data", str(DATASET), "--model", "mobilenet_v3_small",
+                  "--weights", "none", "--resolution", "32", "--epochs", "1", "--batch-size", "16", "--quiet",
+                  "--out", str(tmp_path / "run")])  # fmt: skip
+    # DistributedDataParallel warns when a gradient's strides differ from its parameter's.
+    assert "Grad strides" not in result.stderr
+    # torchrun's OMP_NUM_THREADS=1 in each of 2 processes on 2 cores uses every core: not a symptom.
+    diagnosis = json.loads((tmp_path / "run" / "metrics.json").read_text())["diagnosis"]
+    if (os.cpu_count() or 1) <= 2:
+        assert "slow_training" not in {finding["symptom"] for finding in diagnosis}

@@ -240,6 +240,11 @@ class DepthwiseConvBNActFunction(torch.autograd.Function):
         dx, dweight, dgamma, dbeta = torch.ops.mobilenets_kernels.depthwise_bn_act_backward(
             dz, x, weight, y, mean, invstd, gamma, beta, act, stride, padding, ctx.needs_input_grad[0]
         )
+        # The kernel writes the weight gradient contiguous; a channels_last [C, 1, k, k] weight has the same
+        # memory under other strides, and autograd's layout contract (which DistributedDataParallel checks,
+        # warning at every run) wants the parameter's own strides.
+        if dweight.stride() != weight.stride():
+            dweight = torch.empty_like(weight).copy_(dweight)
         return (dx if ctx.needs_input_grad[0] else None), dweight, dgamma, dbeta, None, None, None, None, None
 
 

@@ -120,8 +120,9 @@ class RunFacts:
     leakage_near: tuple[tuple[str, str], ...] = ()
     augment_share: float | None = None  # of step time
     images_per_second: float | None = None
-    threads: int | None = None
+    threads: int | None = None  # per process
     cpu_count: int | None = None
+    local_processes: int = 1  # training processes on this machine (torchrun --nproc-per-node)
     device: str = "cpu"
     cuda_available: bool = False
     precision: str | None = None  # the training precision in use: float32, bfloat16, float16
@@ -486,11 +487,23 @@ def slow_training(facts: RunFacts) -> Finding | None:
             f"check the data loading pipeline: a lighter --augment (this run: {facts.augment}) or a lower "
             f"--resolution (this run: {facts.resolution}px) cuts preparation time"
         )
-    if facts.threads is not None and facts.cpu_count and facts.threads < facts.cpu_count and facts.device == "cpu":
-        parts.append(f"PyTorch used {facts.threads} of {facts.cpu_count} CPU threads")
-        advice.append(
-            "let PyTorch use every core: unset OMP_NUM_THREADS / torch.set_num_threads limits, or stop other jobs"
-        )
+    used = facts.threads * facts.local_processes if facts.threads is not None else None
+    if used is not None and facts.cpu_count and used < facts.cpu_count and facts.device == "cpu":
+        if facts.local_processes > 1:
+            parts.append(
+                f"{facts.local_processes} processes × {facts.threads} thread{'s' if facts.threads > 1 else ''} "
+                f"used {used} of {facts.cpu_count} CPU threads"
+            )
+            # torchrun sets OMP_NUM_THREADS=1 in each process unless the user set it.
+            advice.append(
+                f"give each torchrun process its share of the cores: "
+                f"OMP_NUM_THREADS={facts.cpu_count // facts.local_processes} torchrun …"
+            )
+        else:
+            parts.append(f"PyTorch used {facts.threads} of {facts.cpu_count} CPU threads")
+            advice.append(
+                "let PyTorch use every core: unset OMP_NUM_THREADS / torch.set_num_threads limits, or stop other jobs"
+            )
     if facts.cuda_available and facts.device == "cpu":
         parts.append("a CUDA GPU is present but training ran on the CPU")
         advice.append("ensure the GPU is being utilized: --device cuda")
@@ -677,6 +690,7 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         images_per_second=state.images_seen / max(state.train_seconds, 1e-9),
         threads=torch.get_num_threads() if limit else None,
         cpu_count=os.cpu_count() if limit else None,
+        local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         device=str(trainer.context.device),
         cuda_available=torch.cuda.is_available(),
         precision=getattr(trainer.model, "training_precision", None),
