@@ -172,7 +172,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also checkpoint mid-epoch this often")
     parser.add_argument("--checkpoint-steps", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar, for logs (`mobilenets -q train …` prints only warnings)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     parser.add_argument(
         "--cache",
