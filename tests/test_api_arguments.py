@@ -28,6 +28,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-sma
         ({"augment": "strong"}, "--augment 'strong': choose one of"),
         ({"out": ""}, "--out must be a path (a non-empty string or pathlib.Path), got ''"),
         ({"out": 123}, "--out must be a path (a non-empty string or pathlib.Path), got 123"),
+        ({"export": 5}, "--export must be format names, comma-separated"),
+        ({"export": ["onnx", "tfilte"]}, "--export onnx,tfilte: unknown format 'tfilte'"),
+        ({"recipe": 5}, "--recipe must be a string, got 5"),
+        ({"weights": 5}, "--weights must be a string, got 5"),
+        ({"optimizer": "adam"}, "--optimizer must be one of adamw, rmsprop, sgd, got 'adam'"),
     ],
 )
 def test_train_refuses_values_of_the_wrong_type_in_one_line(options, message, tmp_path):

@@ -46,6 +46,13 @@ def test_recipe_errors_name_the_problem(tmp_path):
         apply_recipe_file(parse("--recipe", str(broken)))
     with pytest.raises(MobilenetsError, match=r"no such file.*mobilenet_v1_paper"):
         apply_recipe_file(parse("--recipe", str(tmp_path / "missing.yaml")))
+    # A mistyped path to a file named like a bundled recipe is not that recipe.
+    with pytest.raises(MobilenetsError, match=r"--recipe .*/modern.yaml: no such file"):
+        apply_recipe_file(parse("--recipe", str(tmp_path / "nowhere" / "modern.yaml")))
+    teaching = tmp_path / "teaching.yaml"
+    teaching.write_text("teacher: [runs/a, runs/b]\n")
+    with pytest.raises(MobilenetsError, match=r"teacher names files or folders, which a recipe cannot set"):
+        apply_recipe_file(parse("--recipe", str(teaching)))
 
 
 def test_auto_recipes_stay_inside_the_ranges_they_warn_about():
@@ -61,7 +68,7 @@ def test_few_epochs_from_pretrained_weights_on_large_data_warn_with_the_measured
     fine_tune = range_warnings(128, 4, 2e-3, fine_tune_large=True)
     assert len(from_scratch) == len(fine_tune) == 1
     assert "rarely converges" in from_scratch[0]
-    assert fine_tune[0].startswith("--epochs 4 is outside the recommended 10–100: the seed's range is for training from scratch")
+    assert fine_tune[0].startswith("--epochs 4 is outside the recommended 10–100: that range is for training from scratch")
     assert "rarely converges" not in fine_tune[0]
     # Too many epochs keeps its own reason, pretrained or not.
     assert range_warnings(128, 150, 2e-3, fine_tune_large=True) == range_warnings(128, 150, 2e-3)
@@ -101,12 +108,13 @@ def test_the_lr_range_is_adamws_and_sgd_without_an_lr_is_told_to_give_one(caplog
 
 
 def test_an_unknown_optimizer_from_a_recipe_file_or_the_api_is_one_clear_error(tmp_path):
-    from mobilenets.training.pipeline import make_config
+    from mobilenets.training.pipeline import check_values
 
     options = parse("--model", "mobilenet_v2", "--weights", "none", "--resolution", "32")
     options.optimizer = "SGD"  # what a hand-written recipe file or mobilenets.train(optimizer=...) can pass
-    with pytest.raises(MobilenetsError, match=r"--optimizer 'SGD': choose one of adamw, rmsprop, sgd"):
-        make_config(options, 400, [])
+    # Refused with the other values, before the folder is scanned.
+    with pytest.raises(MobilenetsError, match=r"--optimizer must be one of adamw, rmsprop, sgd, got 'SGD'"):
+        check_values(options)
 
 
 def test_the_help_and_the_report_give_each_optimizers_own_weight_decay(tmp_path, capsys):

@@ -81,3 +81,17 @@ def test_a_resume_whose_teacher_moved_says_to_put_it_back(tmp_path, capsys):
     )
     refused = error_of(capsys, main(["train", "--resume", str(student), "--seed", "1"]))
     assert "--seed cannot change on resume" in refused and "--checkpoint-steps" not in refused  # a hidden option
+
+
+def test_a_diverging_run_is_one_line_naming_the_learning_rate(tmp_path, capsys):
+    code = main(["train", "--data", str(EXAMPLES), *TINY, "--weights", "none", "--lr", "1e6", "--no-ema",
+                 "--epochs", "1", "--out", str(tmp_path / "run")])  # fmt: skip
+    error = error_of(capsys, code)
+    assert "training diverged; train again with a lower --lr (this run: 1e+06)" in error
+    assert "internal error" not in error
+
+
+def test_the_resolution_bounds_are_checked_before_the_scan(tmp_path, capsys):
+    error = error_of(capsys, main(["train", "--data", str(EXAMPLES), "--resolution", "2048", "--out", str(tmp_path / "r")]))
+    assert error.startswith("--resolution 2048 is too large: use at most 1024")
+    assert "training data" not in capsys.readouterr().out

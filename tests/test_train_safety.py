@@ -167,3 +167,13 @@ def interrupted_run(out: Path) -> None:
     finally:
         api.Run.finish = original
     assert RunDirectory(out).checkpoint.exists()
+
+
+def test_a_resume_trains_where_the_run_did_unless_told_otherwise(tmp_path):
+    from mobilenets.training.options import TrainOptions
+    from mobilenets.training.pipeline import resumed_placement
+
+    (tmp_path / "config.json").write_text(json.dumps({"device": "cpu", "sync_bn": True}))
+    # Not passing --device keeps config.json's, where the default "auto" would take a GPU the run never used.
+    assert resumed_placement(TrainOptions(resume=tmp_path)) == ("cpu", True)
+    assert resumed_placement(TrainOptions(resume=tmp_path, device="auto", passed=frozenset({"device"}))) == ("auto", True)

@@ -32,6 +32,8 @@ from mobilenets.training.loop import (
     make_scheduler,
     parameter_groups,
     recompute_batchnorm_statistics,
+    replay_schedule,
+    schedule_plan,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
@@ -110,6 +112,38 @@ def test_warmup_then_cosine_schedule():
     assert rates[-1] < 2e-5
     assert all(a <= b for a, b in itertools.pairwise(rates[:11]))
     assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+
+
+@pytest.mark.parametrize("warmup_epochs", [1.0, 0.0])
+def test_a_resumed_schedule_is_the_uninterrupted_one_of_the_new_length(warmup_epochs):
+    def rates_after(config, steps, optimizer, scheduler, more):
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        return [optimizer.param_groups[0]["lr"], *(step_and_read(optimizer, scheduler) for _ in range(more))]
+
+    def step_and_read(optimizer, scheduler):
+        optimizer.step()
+        scheduler.step()
+        return optimizer.param_groups[0]["lr"]
+
+    def fresh(config):
+        optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return optimizer, make_scheduler(optimizer, config, steps_per_epoch=10)
+
+    short, long = (TrainConfig(data="x", epochs=e, lr=1e-3, warmup_epochs=warmup_epochs) for e in (2, 4))
+    # A 2-epoch run stopped after 15 steps, its optimizer state carried into a resume with --epochs 4.
+    optimizer, scheduler = fresh(short)
+    rates_after(short, 15, optimizer, scheduler, 0)
+    resumed_optimizer, _ = fresh(long)
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    assert schedule_plan(scheduler.state_dict()) != schedule_plan(fresh(long)[1].state_dict())
+    resumed = replay_schedule(resumed_optimizer, long, 10, steps=15)
+    resumed_rates = [resumed_optimizer.param_groups[0]["lr"], *(step_and_read(resumed_optimizer, resumed) for _ in range(25))]
+    # Exactly the 4-epoch run's rates from step 15 on: stretched, not restarted.
+    assert resumed_rates == rates_after(long, 15, *fresh(long), 25)
+    assert all(a >= b for a, b in itertools.pairwise(resumed_rates))
+    assert schedule_plan(fresh(short)[1].state_dict()) == schedule_plan(scheduler.state_dict())
 
 
 def test_recomputed_batchnorm_statistics_are_the_exact_batch_averages():
@@ -338,6 +372,28 @@ def test_early_stopping(tmp_path, capsys):
     assert metrics["epochs_completed"] == 2 and metrics["best_epoch"] == 1
 
 
+def test_resuming_an_early_stopped_run_finishes_it_without_another_epoch(tmp_path, capsys, monkeypatch):
+    import mobilenets.training.pipeline as pipeline
+
+    data = small_copy(tmp_path / "data", per_class=6, classes=2)
+    run_dir = tmp_path / "run"
+    arguments = ["--data", str(data), "--out", str(run_dir), "--epochs", "5", "--lr", "1e-12", "--early-stopping", "1"]
+    finish_run = pipeline.finish_run
+
+    def ctrl_c_while_finishing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "finish_run", ctrl_c_while_finishing)
+    assert main(["train", *arguments, "--batch-size", "5", "--no-ema", *TINY]) != 0
+    monkeypatch.setattr(pipeline, "finish_run", finish_run)
+    weights = (run_dir / "model.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["epochs_completed"] == 2
+    assert len((run_dir / "epochs.csv").read_text().strip().splitlines()) == 3  # header and the same 2 epochs
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing")]) == 2
     assert "missing: does not exist" in capsys.readouterr().err  # issue 17: not "not a folder"
@@ -491,3 +547,17 @@ def test_the_ema_equals_torchs_averaged_model_step_for_step():
     assert int(ours.n_averaged) == 4
     twin = copy.deepcopy(ours)  # EMA copies do not carry the training model
     assert twin._lists is None and torch.equal(twin.n_averaged, ours.n_averaged)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is every other test)")
+def test_training_on_a_gpu_moves_each_batch_to_the_model(tmp_path, capsys):
+    # Batches are decoded and augmented on the CPU; the step, BatchNorm re-estimation, evaluation, the
+    # teacher's logits and the diagnosis each take them to the model's device.
+    data = small_copy(tmp_path / "data", per_class=10, classes=3)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert main(["train", "--data", str(data), *TINY, "--weights", "none", "--epochs", "1", "--batch-size", "8",
+                 "--device", "cuda", "--out", str(teacher)]) == 0  # fmt: skip
+    assert main(["train", "--data", str(data), *TINY, "--weights", "none", "--epochs", "1", "--batch-size", "8",
+                 "--device", "cuda", "--teacher", str(teacher), "--out", str(student)]) == 0  # fmt: skip
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["epochs_completed"] == 1

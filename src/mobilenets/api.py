@@ -38,8 +38,9 @@ log = logging.getLogger("mobilenets")
 def train(data: Path | str | None = None, *, out: Path | str | None = None, **options: Any) -> Run:
     """Train (or fine-tune) on a folder of images, one subfolder per class; returns the finished run.
 
-    Every option of ``mobilenets train`` is a keyword here, with the same name and default (``epochs=30``,
-    ``weights="none"``, ``quantize=True``, ``resume="runs/x"``, …; see ``TrainOptions``). The same options
+    Every option of ``mobilenets train`` is a keyword here, with the same name and default (for example
+    ``epochs=30``, ``weights="none"``, ``quantize=True``, ``export=["tflite"]``, ``resume="runs/x"``; see
+    ``TrainOptions``). The same options
     from the command line and from Python write the same run directory.
     """
     unknown = sorted(set(options) - set(TrainOptions.defaults()))
@@ -90,7 +91,8 @@ class Run:
     def config(self) -> TrainConfig:
         from mobilenets.training.loop import TrainConfig
 
-        return TrainConfig.from_dict(self.directory.read_json(RunDirectory.CONFIG, {}))
+        self.directory.require(RunDirectory.CONFIG, needed_by="Run.config")
+        return TrainConfig.from_dict(self.directory.read_json(RunDirectory.CONFIG))
 
     @property
     def metrics(self) -> dict:
@@ -218,6 +220,8 @@ def export_formats(text: str | None) -> list[str]:
     """``"tflite,executorch"`` → the formats, checked against the export table before any training."""
     if not text:
         return []
+    if not isinstance(text, str):
+        raise MobilenetsError(f"--export must be format names, comma-separated (\"onnx,tflite\") or a list, got {text!r}")
     from mobilenets.deployment.formats import EXPORT_FORMATS
 
     formats = [name.strip() for name in text.split(",") if name.strip()]

@@ -87,6 +87,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 for a process of one), known before joining the job."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def init_distributed(
     device: str = "auto", sync_batchnorm: bool = False, timeout_minutes: float = 30.0
 ) -> DistributedContext:

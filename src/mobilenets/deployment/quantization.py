@@ -1276,7 +1276,7 @@ def quantize_run(
     finally:
         pending.unlink(missing_ok=True)
     atomic_write_text(run_dir / "quantization.json", json.dumps(result.to_dict(), indent=2))
-    merge_metrics(run_dir / "metrics.json", figures)
+    RunDirectory(run_dir).merge_metrics(figures)
     return figures
 
 
@@ -1371,8 +1371,3 @@ def calibrate_int8_engine(
     return figures
 
 
-def merge_metrics(path: Path, figures: dict) -> None:
-    """Add keys to ``metrics.json`` without dropping anyone else's."""
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    metrics.update(figures)
-    atomic_write_text(path, json.dumps(metrics, indent=2))

@@ -229,13 +229,22 @@ def training_step_model(model: nn.Module) -> nn.Module:
     return torch.compile(model) if getattr(model, "compiled", False) else model
 
 
-def to_model_layout(images: torch.Tensor) -> torch.Tensor:
-    """Put a batch in the layout ``prepare_for_training`` chose.
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
+
+def to_model_layout(images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """Put a batch in the layout ``prepare_for_training`` chose, on ``device`` when given.
+
+    Batches are decoded and augmented on the CPU; a model on a GPU gets each one copied over here.
     Called once per batch between steps, it is also where an automatic thread count is re-checked
     (at most every ``THREAD_RECHECK_SECONDS``), so a run adapts when other jobs start or stop.
     """
     retune_threads_if_due()
+    if device is not None:
+        images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last)
 
 
@@ -243,8 +252,7 @@ def to_model_layout(images: torch.Tensor) -> torch.Tensor:
 def autocast_for(model: nn.Module) -> Iterator[None]:
     """The training step's autocast, as ``prepare_for_training`` chose it (bf16, fp16 on CUDA, or none)."""
     precision = getattr(model, "training_precision", "float32")
-    parameter = next(model.parameters(), None)
-    device_type = parameter.device.type if parameter is not None else "cpu"
+    device_type = model_device(model).type
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
     with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import atomic_write_text
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.preprocessing import Preprocessing
 
 # What an option not given means: a full run by default (CE/mCE are defined over all five severities), and with
@@ -183,7 +182,7 @@ def robustness_report(
         **result,
     }
     paths = write_report(result, out, title=f"Robustness of {run_dir.name} ({model.architecture.name})")
-    merge_metrics(run_dir, result)
+    record_robustness(run_dir, result)
     return RobustnessRun(result, paths)
 
 
@@ -228,14 +227,9 @@ def load_run(run_dir: Path):
     return model.eval(), classes, preprocessing
 
 
-def merge_metrics(run_dir: Path, r: dict) -> None:
-    """Add the headline numbers to the run's metrics.json (other tools' keys are kept)."""
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return  # never overwrite a file we cannot read
-    metrics["robustness"] = {
+def record_robustness(run_dir: Path, r: dict) -> None:
+    """Add the headline numbers to the run's metrics.json as its ``robustness`` group (other keys are kept)."""
+    robustness = {
         key: r.get(key)
         for key in (
             "images",
@@ -249,8 +243,8 @@ def merge_metrics(run_dir: Path, r: dict) -> None:
         )
     }
     if "bn_adapt" in r:
-        metrics["robustness"]["bn_adapt_mean_corrupted_accuracy"] = r["bn_adapt"].get("mean_corrupted_accuracy")
-    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+        robustness["bn_adapt_mean_corrupted_accuracy"] = r["bn_adapt"].get("mean_corrupted_accuracy")
+    RunDirectory(run_dir).merge_metrics({"robustness": robustness})
 
 
 class ProgressLine:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,7 +127,6 @@ class RunFacts:
     cuda_available: bool = False
     precision: str | None = None  # the training precision in use: float32, bfloat16, float16
     confident_mistakes: tuple[ConfidentMistake, ...] = ()
-    class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
     # From scratch at width 1.0: the published checkpoint --weights auto would use, when it is neither cached
     # nor installed offline (config.json cannot tell a failed --weights auto from --weights none; this can).
     auto_weights_missing: str | None = None
@@ -617,11 +616,6 @@ def findings_html(findings: Sequence[dict]) -> str:
     return "".join(parts)
 
 
-def facts_summary(facts: RunFacts) -> dict:
-    """The facts as plain values (for debugging and tests)."""
-    return asdict(facts)
-
-
 # --------------------------------------------------------------------------------------------------
 # From a finished run
 # --------------------------------------------------------------------------------------------------
@@ -635,8 +629,7 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
     import torch
 
     from mobilenets.data.augment import normalize_batch
-    from mobilenets.data.folders import UNLABELLED
-    from mobilenets.kernels.acceleration import to_model_layout
+    from mobilenets.kernels.acceleration import model_device, to_model_layout
 
     config, state = trainer.config, trainer.state
     leakage = {}
@@ -650,7 +643,8 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
             batch = normalize_batch(
                 val.images[start : start + 256], trainer.preprocessing.mean, trainer.preprocessing.std
             )
-            probabilities.append(torch.softmax(model(to_model_layout(batch)).float(), dim=1))
+            logits = model(to_model_layout(batch, model_device(model)))
+            probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
     rows = torch.cat(probabilities).tolist() if probabilities else []
     mistakes = confident_mistakes(
         rows,
@@ -660,10 +654,6 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
     )
     # The loop probes and may choose fewer threads than cores on purpose; only a user's limit is a symptom.
     limit = os.environ.get("OMP_NUM_THREADS")
-    counts: dict[str, int] = {}
-    for label in trainer.train_data.labels.tolist():
-        if label != UNLABELLED:
-            counts[trainer.classes[label]] = counts.get(trainer.classes[label], 0) + 1
     facts = RunFacts(
         num_classes=len(trainer.classes),
         train_images=trainer.labelled_images,  # the seed's sizes count labelled images
@@ -695,7 +685,6 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
         cuda_available=torch.cuda.is_available(),
         precision=getattr(trainer.model, "training_precision", None),
         confident_mistakes=mistakes,
-        class_counts=counts,
         auto_weights_missing=missing_auto_weights(config.model, config.width)
         if config.initial_weights is None
         else None,

@@ -18,7 +18,6 @@ of the two ways Hinton et al. 2015 give to combine an ensemble's predictions.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -147,10 +146,11 @@ class Teacher:
     # no_grad, not inference_mode: inference tensors cannot enter the student's autograd graph.
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-        logits = self._run(self.prepare(images, mean, std)).float()
+        # The teacher runs on the CPU (ONNX Runtime or PyTorch); its logits go back to the student's device.
+        logits = self._run(self.prepare(images.cpu(), mean, std)).float()
         if self.class_order is not None:
             logits = logits[:, self.class_order]
-        return logits
+        return logits.to(images.device)
 
 
 class TeacherEnsemble:
@@ -563,21 +563,20 @@ def _maybe_onnx(
     log: Callable[[str], None],
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """Export the teacher to a temporary ONNX file and keep ONNX Runtime when it is faster here."""
-    folder = Path(tempfile.mkdtemp(prefix="mobilenets-teacher-"))
-    path = folder / "teacher.onnx"
-    try:
-        exporter(model, path)
-        onnx_runner = _onnx_runner(path)
-    except Exception as error:
-        if engine == "onnxruntime":
-            raise MobilenetsError(f"the teacher cannot be exported to ONNX ({error}); use the PyTorch engine") from None
-        log(f"teacher: ONNX export failed ({type(error).__name__}); running it in PyTorch")
-        return torch_runner, "torch"
-    finally:
-        # The session holds the graph in memory; the file is not needed after it is built.
-        for leftover in folder.glob("*"):
-            leftover.unlink(missing_ok=True)
-        os.rmdir(folder)
+    # The session holds the graph in memory; the file is not needed after it is built. A failure to clean up
+    # must not replace the export's own error.
+    with tempfile.TemporaryDirectory(prefix="mobilenets-teacher-", ignore_cleanup_errors=True) as folder:
+        path = Path(folder) / "teacher.onnx"
+        try:
+            exporter(model, path)
+            onnx_runner = _onnx_runner(path)
+        except Exception as error:
+            if engine == "onnxruntime":
+                raise MobilenetsError(
+                    f"the teacher cannot be exported to ONNX ({error}); use the PyTorch engine"
+                ) from None
+            log(f"teacher: ONNX export failed ({type(error).__name__}); running it in PyTorch")
+            return torch_runner, "torch"
     if engine == "onnxruntime":
         return onnx_runner, "onnxruntime"
     batch = (

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenets.data.augment import normalize_batch
-from mobilenets.kernels.acceleration import to_model_layout
+from mobilenets.kernels.acceleration import model_device, to_model_layout
 from mobilenets.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -119,7 +119,7 @@ def evaluate_batches(
         model.eval()
     result = EvaluationResult(list(classes), np.zeros((len(classes), len(classes)), dtype=np.int64))
     for images, labels in batches:
-        logits = (model(to_model_layout(images)) if is_module else model(images)).float()
+        logits = (model(to_model_layout(images, model_device(model))) if is_module else model(images)).float().cpu()
         loss = F.cross_entropy(logits, labels, reduction="sum").item()
         result = result.merge(
             EvaluationResult(result.classes, confusion_matrix(labels, logits.argmax(1), len(classes)), loss)

@@ -39,7 +39,13 @@ from mobilenets.core.files import atomic_write
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
 from mobilenets.data.folders import UNLABELLED, DecodedImages, EpochBatches, epoch_seed
-from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, to_model_layout, training_step_model
+from mobilenets.kernels.acceleration import (
+    autocast_for,
+    model_device,
+    prepare_for_training,
+    to_model_layout,
+    training_step_model,
+)
 from mobilenets.models.batchnorm import reestimate_batchnorm
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import save_weights
@@ -210,6 +216,30 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
+def schedule_plan(scheduler_state: dict) -> tuple:
+    """The lengths that shape a ``make_scheduler`` schedule, from its ``state_dict``: two states with the
+    same plan describe the same learning-rate curve."""
+    parts = scheduler_state.get("_schedulers", [scheduler_state])
+    return (tuple(scheduler_state.get("_milestones", ())), *((p.get("total_iters"), p.get("T_max")) for p in parts))
+
+
+def replay_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, steps: int):
+    """A fresh ``make_scheduler`` schedule advanced by ``steps``: the learning rate an uninterrupted run of
+    ``config`` has after that many steps (resuming with another --epochs or number of processes).
+
+    The schedulers update the learning rate from its current value, so each group restarts from its
+    initial lr and the same updates are replayed in the same order as the uninterrupted run's.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
+        for _ in range(steps):
+            scheduler.step()
+    return scheduler
+
+
 def ema_decay_for(config: TrainConfig, steps_per_epoch: int) -> float:
     if config.ema_decay is not None:
         return config.ema_decay
@@ -300,7 +330,7 @@ def recompute_batchnorm_statistics(
     """
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
     batches = (
-        to_model_layout(normalize_batch(images[order[start : start + batch_size]], mean, std))
+        to_model_layout(normalize_batch(images[order[start : start + batch_size]], mean, std), model_device(model))
         for start in range(0, len(order), batch_size)
     )
     reestimate_batchnorm(model, batches)
@@ -357,11 +387,6 @@ def _tensors_in(obj) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for value in obj for t in _tensors_in(value)]
     return []
-
-
-def merge_metrics(run_dir: Path, values: dict) -> dict:
-    """Add keys to ``metrics.json`` without dropping what other tools wrote there (RunDirectory's policy)."""
-    return RunDirectory(run_dir).merge_metrics(values)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -535,10 +560,12 @@ class Trainer:
         self.state = TrainingState(**checkpoint["state"])
         torch.set_rng_state(checkpoint["torch_rng"])
         saved_world_size = int(checkpoint.get("world_size", 1))
-        if saved_world_size == self.context.world_size:
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-        else:
+        if saved_world_size != self.context.world_size:
             self.continue_with_another_world_size(saved_world_size)
+        elif schedule_plan(checkpoint["scheduler"]) == schedule_plan(self.scheduler.state_dict()):
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        else:  # --resume --epochs N: the rest of the run follows the schedule of an N-epoch run
+            self.scheduler = replay_schedule(self.optimizer, self.config, self.steps_per_epoch, self.state.global_step)
 
     def continue_with_another_world_size(self, saved_world_size: int) -> None:
         """Resume a run saved by ``saved_world_size`` processes with this job's number of processes.
@@ -559,10 +586,7 @@ class Trainer:
             1, config.epochs * saved_steps_per_epoch
         )
         state.global_step = round(done * config.epochs * self.steps_per_epoch)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
-            for _ in range(state.global_step):
-                self.scheduler.step()
+        self.scheduler = replay_schedule(self.optimizer, config, self.steps_per_epoch, state.global_step)
         self.log(
             f"resuming a run of {saved_world_size} process(es) with {self.context.world_size}: epoch "
             f"{state.epoch + 1}, step {state.step_in_epoch}/{self.steps_per_epoch} of this world size"
@@ -583,7 +607,9 @@ class Trainer:
         if self.config.mixup > 0:  # after augmentation, and the teacher labels this mixed batch (function matching)
             mixed = mixup(images, labels, alpha=self.config.mixup, num_classes=len(self.classes), generator=generator)
             images, targets, labels = mixed.images, mixed.targets, mixed.labels
-        images = to_model_layout(images)  # also where the thread count is re-checked
+        # Augmented on the CPU; on the model's device from here (also where the thread count is re-checked).
+        images = to_model_layout(images, self.context.device)
+        labels, targets = labels.to(self.context.device), targets.to(self.context.device)
         self.state.augment_seconds += time.perf_counter() - started
         with autocast_for(self.model):
             logits = self.train_model(images).float()  # the loss in fp32
@@ -598,8 +624,9 @@ class Trainer:
             # Training accuracy counts an unlabelled image as right when the student agrees with its teacher.
             labels = torch.where(labels == UNLABELLED, teacher_logits.argmax(1), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr (now {self.config.lr:g})"
+            raise MobilenetsError(  # the settings' doing, not a fault of the program
+                f"the training loss became {loss.item()} at epoch {epoch + 1} step {step + 1}: training diverged; "
+                f"train again with a lower --lr (this run: {self.config.lr:g})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -751,7 +778,8 @@ class Trainer:
 
     def early_stop(self) -> bool:
         patience = self.config.early_stopping
-        return patience is not None and self.state.epoch - self.state.best_epoch >= patience
+        state = self.state
+        return patience is not None and state.best_epoch > 0 and state.epoch - state.best_epoch >= patience
 
     def fit(self, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainingState:
         """Train from the current state to the last epoch; Ctrl-C saves a checkpoint and raises ``Interrupted``."""
@@ -760,6 +788,8 @@ class Trainer:
             if progress:
                 progress.start()
             for epoch in range(self.state.epoch, self.config.epochs):
+                if self.early_stop():  # resumed after it had stopped early (to finish int8, exports, the report)
+                    break
                 self.run_epoch(epoch, progress)
                 record = self.finish_epoch(epoch)
                 if on_epoch:

@@ -85,6 +85,11 @@ class TrainOptions:
                     f"{flag_of(name)} must be a path (a non-empty string or pathlib.Path), got {value!r}"
                 )
             setattr(self, name, Path(value))
+        if isinstance(self.export, (list, tuple)) and all(isinstance(item, str) for item in self.export):
+            self.export = ",".join(self.export)  # export=["tflite", "executorch"] from Python
+        for name in ("weights", "recipe"):  # a published name or a file: a pathlib.Path is its string
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         self.teacher = _teachers(self.teacher)
 
     @classmethod
@@ -145,10 +150,12 @@ NUMBERS = (
     "temperature", "mixup", "random_erasing", "val_fraction", "checkpoint_minutes", "crop_scale",
 )  # fmt: skip
 SWITCHES = ("flip", "ema", "quantize", "quiet", "freeze_bn", "sync_bn")
+STRINGS = ("model", "weights", "recipe", "export", "augment", "optimizer")  # names or files, checked further later
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "cache": ("auto", "memory", "disk"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "optimizer": OPTIMIZERS,
 }
 
 
@@ -162,6 +169,8 @@ def type_problem(name: str, value: object) -> str | None:
         return f"{flag_of(name)} must be a number, got {value!r}"
     if name in SWITCHES and not isinstance(value, bool):
         return f"{name} must be True or False, got {value!r}"
+    if name in STRINGS and not isinstance(value, str):
+        return f"{flag_of(name)} must be a string, got {value!r}"
     if name in CHOICES and value not in CHOICES[name]:
         return f"{flag_of(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}"
     whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())

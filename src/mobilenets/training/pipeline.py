@@ -16,7 +16,13 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from mobilenets.core.distributed import DistributedContext, explain_peer_failure, init_distributed, shutdown
+from mobilenets.core.distributed import (
+    DistributedContext,
+    explain_peer_failure,
+    init_distributed,
+    launched_rank,
+    shutdown,
+)
 from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.core.files import atomic_write_text, check_writable, remove_path
 from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
@@ -49,7 +55,6 @@ from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Train
 from mobilenets.training.options import (
     HIDDEN_OPTIONS,
     NON_NEGATIVE,
-    OPTIMIZERS,
     PATHS,
     POSITIVE,
     RESUME_MAY_CHANGE,
@@ -114,6 +119,10 @@ def check_values(options: TrainOptions) -> None:
         check_number(flag, getattr(options, name), above=0, whole=name in WHOLE_NUMBERS)
     for name, flag in NON_NEGATIVE.items():
         check_number(flag, getattr(options, name), at_least=0, whole=name in WHOLE_NUMBERS)
+    if options.resolution not in (None, "auto"):
+        from mobilenets.models.preprocessing import check_resolution
+
+        check_resolution(int(options.resolution))  # the bounds every command shares, before the scan
     if not 0 < options.val_fraction < 1:
         raise MobilenetsError(f"--val-fraction must be between 0 and 1 (exclusive), got {options.val_fraction:g}")
     if not 0 <= options.label_smoothing < 1:
@@ -289,25 +298,37 @@ def train(options: TrainOptions) -> RunDirectory:
     checkpoint and raises ``Interrupted``; ``options.resume`` continues exactly.
     """
     check_options(options)
-    context = init_distributed(options.device, options.sync_bn)
-    quiet_unless_main = None if context.is_main else log.level
-    if not context.is_main:
+    # torchrun's rank is known before joining the job: only rank 0 prints from the start.
+    quiet_unless_main = None if launched_rank() == 0 else log.level
+    if quiet_unless_main is not None:
         log.setLevel(logging.ERROR)
     try:
-        return _train(options, context)
-    except RuntimeError as error:
-        raise explain_peer_failure(context, error) or error from None
+        if options.resume is None and options.recipe not in (None, "auto"):
+            apply_recipe_file(options)
+            check_values(options)  # a recipe file's values face the same checks as the command line's
+            check_distillation_options(options)
+        # Where to train, as the recipe file or the resumed run's config.json says unless given.
+        device, sync_bn = resumed_placement(options) if options.resume is not None else (options.device, options.sync_bn)
+        context = init_distributed(device, sync_bn)
+        try:
+            return _train(options, context)
+        except RuntimeError as error:
+            raise explain_peer_failure(context, error) or error from None
+        finally:
+            shutdown(context)
     finally:
-        shutdown(context)
         if quiet_unless_main is not None:
             log.setLevel(quiet_unless_main)
 
 
+def resumed_placement(options: TrainOptions) -> tuple[str, bool]:
+    """--device and --sync-bn of a resumed run: config.json's, or a new --device given with --resume."""
+    saved = RunDirectory(options.resume).read_json(CONFIG)
+    device = options.device if "device" in options.given() else saved.get("device", "auto")
+    return device, bool(saved.get("sync_bn", False))
+
+
 def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
-    if options.resume is None and options.recipe not in (None, "auto"):
-        apply_recipe_file(options)
-        check_values(options)  # a recipe file's values face the same checks as the command line's
-        check_distillation_options(options)
     if options.resume is not None:
         config, split, changes = load_run(options.resume, options)
         run_dir = options.resume
@@ -499,6 +520,7 @@ def new_run(
         raise MobilenetsError(f"{options.data}: only one class ({scan.classes[0]}); a classifier needs at least two")
     unlabelled = scan_unlabelled_images(options.unlabelled, labelled=train_samples + val_samples)
     config = make_config(options, len(train_samples), train_samples, num_unlabelled=len(unlabelled))
+    config = context.broadcast_object(config)  # rank 0's decisions (the default --out is a time stamp, taken once)
     run_dir = Path(config.out)
     context.barrier()  # every rank has checked before rank 0 starts writing
     images = RunImages(train_samples, val_samples, scan.classes, unlabelled)
@@ -561,7 +583,7 @@ def report_scan(scan: FolderScan, what: str) -> None:
 
 def apply_recipe_file(options: TrainOptions) -> None:
     """Recipe values replace the defaults; options given explicitly keep their values."""
-    located = {*PATHS, "recipe"}
+    located = {*PATHS, "recipe", "teacher"}  # teachers are runs or files too
     recipe = load_recipe_file(options.recipe, set(TrainOptions.defaults()) - located, paths=located)
     given = options.given()
     applied = []
@@ -622,8 +644,6 @@ def make_config(
     for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", options.width)):
         if value <= 0:
             raise MobilenetsError(f"{name} must be positive, got {value:g}")
-    if options.optimizer not in OPTIMIZERS:  # a recipe file or the Python API can name any string
-        raise MobilenetsError(f"--optimizer {options.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if options.optimizer == "sgd" and options.lr is None:
         warn(
             f"--optimizer sgd with lr {lr:g}, which is AdamW's ({'the recipe' if options.recipe == 'auto' else 'the default'}): "
@@ -817,7 +837,9 @@ def decode_sets(
     config: TrainConfig, train: list[Sample], val: list[Sample], run_dir: Path, *, context: DistributedContext
 ) -> tuple[DecodedImages, DecodedImages]:
     started = time.perf_counter()
-    cache = choose_cache(config.cache, len(train) + len(val), config.resolution)
+    # Rank 0's choice: "auto" reads the free memory, which differs between processes, and every rank must
+    # take the same path (the disk cache's writers meet at barriers).
+    cache = context.broadcast_object(choose_cache(config.cache, len(train) + len(val), config.resolution))
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "decoded"
     if cache == "disk":
         say(f"decoded images go to {cache_dir} (memory-mapped; written once, reused by every rank, epoch and resume)")

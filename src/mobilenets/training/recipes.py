@@ -29,11 +29,11 @@ RANGES = {
         10,
         100,
         (
-            "fewer than 10 rarely converges a small model; beyond 100 is outside the seed's tested range "
+            "fewer than 10 rarely converges a small model; beyond 100 is outside the range these defaults were tested on "
             "(from scratch it can still gain: judge on held-out images)"
         ),
     ),
-    "lr": (5e-4, 5e-3, "the seed's tested range for Adam-type optimizers on MobileNetV3-Small"),
+    "lr": (5e-4, 5e-3, "the tested range for Adam-type optimizers on MobileNetV3-Small"),
 }
 
 
@@ -149,7 +149,7 @@ def choose_recipe(num_images: int, pretrained: bool = False) -> Recipe:
 # Fine-tuning pretrained weights on a large folder converges in fewer epochs than the seed's range
 # assumes: 4 epochs reached 93.3% on the 60,000 Fashion-MNIST images, 7 epochs 94.8%.
 FEW_EPOCHS_FINE_TUNE_LARGE = (
-    "the seed's range is for training from scratch; fine-tuning pretrained weights on this much data can "
+    "that range is for training from scratch; fine-tuning pretrained weights on this much data can "
     "converge sooner (4 epochs gave 93.3% on the 60,000 Fashion-MNIST images): judge on held-out images"
 )
 
@@ -200,8 +200,9 @@ def load_recipe_file(path: Path | str, known: set[str], paths: Collection[str] =
 
     path = Path(path)
     if not path.is_file():
-        bundled = Path(__file__).parent / "recipe_files" / f"{path.stem}.yaml"
-        if not bundled.is_file():
+        # A bare name is a bundled recipe; a path that is not there is a mistake, never a bundled namesake.
+        bundled = Path(__file__).parent / "recipe_files" / f"{path.name}.yaml"
+        if path.name != str(path) or path.suffix or not bundled.is_file():
             raise MobilenetsError(f"--recipe {path}: no such file (bundled recipes: {', '.join(bundled_recipes())})")
         path = bundled
     try:
