@@ -52,7 +52,6 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--resolution",
-        default="auto",
         help="input size in pixels, or auto: the images' size rounded up to 32, at most 224",
     )
     parser.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']} (typical: 16–128)")
@@ -74,7 +73,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        default="adamw",
         help="adamw (default), rmsprop (MobileNetV3's: momentum 0.9), sgd (Nesterov momentum 0.9: give it an "
         "SGD learning rate, e.g. --lr 0.05); each has its own default --weight-decay",
     )
@@ -85,14 +83,13 @@ def add_parser(subparsers) -> None:
         + ", ".join(f"{name} {decay:g}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
         + ")",
     )
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--warmup-epochs", type=float)
+    parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate/save raw weights, not their EMA")
     parser.add_argument("--ema-decay", type=float, help="default: averaging horizon of a tenth of the run")
     parser.add_argument("--dropout", type=float, help="classifier dropout (default: the architecture's, 0.2 for V2/V3)")
     parser.add_argument(
         "--weights",
-        default="auto",
         help="auto (default): the ImageNet checkpoint published for --model at width 1.0, downloaded once "
         "(scratch, with a warning, when there is none or it cannot be fetched); none: from scratch; or a run dir, "
         f"a file, or a published name: {', '.join(list_weights())}",
@@ -107,10 +104,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--distill-weight",
         type=float,
-        default=0.5,
         help="with --teacher: share A of the soft-target loss (0–1; default 0.5; 0.9 in the measured runs)"
     )
-    parser.add_argument("--temperature", type=float, default=4.0, help="with --teacher: softmax temperature T (default 4)")
+    parser.add_argument("--temperature", type=float, help="with --teacher: softmax temperature T (default 4)")
     parser.add_argument(
         "--unlabelled",
         "--unlabeled",
@@ -142,7 +138,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--random-erasing",
         type=float,
-        default=0.0,
         metavar="P",
         help="with probability P, replace a random rectangle (2–33%% of each training image) by noise "
         "(Random Erasing; timm's --reprob, e.g. 0.25). Default 0 (off)",
@@ -153,14 +148,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--freeze",
         type=int,
-        default=0,
         metavar="N",
         help="fine-tuning: keep the stem and the first N blocks at their pretrained weights; steps are faster "
         "(no backward pass there), at some accuracy on images unlike ImageNet's. Default 0: train every layer",
     )
     parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after EPOCHS without improvement")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="run directory (default runs/<model>-<time>)")
     parser.add_argument("--quantize", action="store_true", help="also write an int8 ONNX model and its accuracy")
     parser.add_argument(
@@ -170,16 +164,15 @@ def add_parser(subparsers) -> None:
         "onnx, tflite, executorch, tflite-micro, coreml (int8 too with --quantize)",
     )
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also checkpoint mid-epoch this often")
-    parser.add_argument("--checkpoint-steps", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint-minutes", type=float, help="also checkpoint mid-epoch this often")
+    parser.add_argument("--checkpoint-steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar, for logs (`mobilenets -q train …` prints only warnings)"
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     parser.add_argument(
         "--cache",
         choices=["auto", "memory", "disk"],
-        default="auto",
         help="where decoded images live: memory, or a memory-mapped file for datasets larger than memory "
         "(auto: disk above a quarter of the available memory)",
     )
@@ -187,7 +180,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
         help="mixed precision: auto = bf16 on CPUs with native bf16 and on GPUs that have it, else fp32; "
         "fp16 (CUDA) uses a gradient scaler",
     )
