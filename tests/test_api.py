@@ -63,7 +63,7 @@ def test_a_run_moved_with_its_data_evaluates_quantizes_and_exports_through_the_a
         assert all(f.path.exists() and str(moved) in str(f.path) for f in split.train + split.val)
         evaluation = run.evaluate(moved / "data")
         assert 0.0 <= evaluation.result.accuracy <= 1.0 and evaluation.images == 500
-        figures = run.quantize(method="ptq", qat_epochs=0)
+        figures = run.quantize(method="ptq")
         assert (moved / "run" / "model_int8.onnx").exists() and "int8_val_accuracy" in figures
         exported = run.export("onnx", out=moved / "export" / "model.onnx")
         assert (moved / "export" / "model.onnx").exists() and exported.files

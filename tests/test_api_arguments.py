@@ -74,3 +74,25 @@ def test_an_empty_value_of_an_option_that_is_no_folder_gets_no_folder_hint(capsy
 def test_robustness_from_python_refuses_the_arguments_it_sets_itself(tmp_path):
     with pytest.raises(MobilenetsError, match=r"unknown robustness option\(s\) log, run_dir; pass the run as the first"):
         mobilenets.robustness(tmp_path, run_dir=tmp_path, log=print)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"calibration_images": 0}, "calibration_images 0: give a whole number ≥ 1"),
+        ({"max_val_images": 0}, "max_val_images 0: give a whole number ≥ 1"),
+        ({"threshold": -1}, "threshold -1: give a finite number ≥ 0"),
+        ({"threshold": "1"}, "threshold '1': give a finite number ≥ 0"),
+        ({"calibration": 64}, "Run.quantize: unknown option(s) calibration; known: calibration_images,"),
+    ],
+)
+def test_run_quantize_refuses_what_the_command_line_refuses(options, message, tmp_path):
+    # Refused before the run is even read: never a silent "all images" for 0, never a TypeError.
+    with pytest.raises(MobilenetsError) as raised:
+        mobilenets.api.Run(tmp_path).quantize("ptq", **options)
+    assert str(raised.value).startswith(message)
+
+
+def test_run_export_names_an_unknown_option(tmp_path):
+    with pytest.raises(MobilenetsError, match=r"Run.export: unknown option\(s\) calibration; known: calibration_images"):
+        mobilenets.api.Run(tmp_path).export("onnx", calibration=64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,11 +93,28 @@ def test_bench_refuses_a_file_that_is_not_onnx(run, data, capsys):
 
 
 def test_bench_refuses_a_resolution_its_int8_file_cannot_take(run, tmp_path, capsys):
+    import onnx
+
     from mobilenets.deployment.onnx import export_onnx
     from mobilenets.models.weights import load_model
 
-    fixed = tmp_path / "fixed_int8.onnx"
-    export_onnx(load_model(run / "model.safetensors"), fixed)  # 32 px, fixed spatial size
+    fp32, fixed = tmp_path / "fixed.onnx", tmp_path / "fixed_int8.onnx"
+    export_onnx(load_model(run / "model.safetensors"), fp32)  # 32 px, fixed spatial size
+    # An fp32 file as --int8 would be timed as int8: refused.
+    assert f"--int8 {fp32}: an fp32 ONNX model (no quantized operators)" in refused(["bench", str(run), "--int8", str(fp32)], capsys)
+    # A quantize/dequantize pair on the input makes it an int8 file as far as the option check goes.
+    graph = onnx.load(str(fp32))
+    first = graph.graph.node[0]
+    scale = onnx.helper.make_tensor("q_scale", onnx.TensorProto.FLOAT, [], [0.02])
+    zero = onnx.helper.make_tensor("q_zero", onnx.TensorProto.INT8, [], [0])
+    graph.graph.initializer.extend([scale, zero])
+    source = first.input[0]
+    quantized = [onnx.helper.make_node("QuantizeLinear", [source, "q_scale", "q_zero"], ["q_in"]),
+                 onnx.helper.make_node("DequantizeLinear", ["q_in", "q_scale", "q_zero"], ["dq_in"])]  # fmt: skip
+    first.input[0] = "dq_in"
+    for position, node in enumerate(quantized):
+        graph.graph.node.insert(position, node)
+    onnx.save(graph, str(fixed))
     line = refused(["bench", str(run), "--resolution", "64", "--int8", str(fixed)], capsys)
     assert line.endswith(f"--resolution 64: --int8 {fixed} takes 32-px inputs; time at 32 (drop --resolution) "
                          "or pass --int8 FILE made at 64 px")
@@ -221,3 +239,27 @@ def test_micro_verdict_is_said_once(run, tmp_path, capsys):
     printed = capsys.readouterr()
     assert "does not fit" in line and "32 px is already the smallest input" in line
     assert "does not fit" not in printed.out
+
+
+def test_search_into_a_read_only_place_is_one_line_before_any_training(data, tmp_path, read_only, capsys):
+    read_only(tmp_path)
+    out = tmp_path / "search"
+    line = refused(["search", "--data", str(data), "--out", str(out)], capsys)
+    assert line.endswith(f"--out {out}: cannot write there (Read-only file system); pass a writable --out")
+    assert not out.exists()
+
+
+def test_export_checks_its_data_before_writing_and_skips_unreadable_images(run, data, tmp_path, capsys):
+    empty, out = tmp_path / "empty", tmp_path / "model.onnx"
+    empty.mkdir()
+    assert "no images found" in refused(["export", str(run), "--data", str(empty), "--out", str(out)], capsys)
+    assert not out.exists()  # the file is not written before its check images are known
+    odd = tmp_path / "odd"
+    shutil.copytree(data, odd)
+    first_class = sorted(p for p in odd.iterdir() if p.is_dir())[0]
+    (first_class / ".hidden.png").write_bytes(b"not an image")  # hidden: not even scanned
+    (first_class / "truncated.png").write_bytes(next(first_class.glob("*.png")).read_bytes()[:40])
+    assert main(["export", str(run), "--data", str(odd), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 file(s) (not an image Pillow can read" in captured.err and ".hidden.png" not in captured.err
+    assert out.exists() and "check vs PyTorch on 8 real images" in captured.out

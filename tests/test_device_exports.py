@@ -146,6 +146,72 @@ def test_micro_file_drops_bias_quantization_arrays_with_bit_identical_outputs(tm
     assert np.ptp(expected) > 0 and np.array_equal(run_micro(tmp_path / "lean.tflite", x, 1 << 20), expected)
 
 
+def test_micro_v3_small_with_constants_stored_after_the_flatbuffer_runs_in_tflm(v3, tmp_path, monkeypatch):
+    # Past 256 KB of constants ai-edge-quantizer stores them after the flatbuffer (offset buffers); dropping
+    # the bias arrays repacked the flatbuffer alone, and TFLM refused the file: "Constant buffer 2 specified
+    # an out of range offset" (V3-Small and any model of more than ~0.5 MB).
+    pytest.importorskip("tflite_micro")
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from mobilenets.deployment import micro
+    from mobilenets.deployment.litert import read_metadata, run_nhwc
+
+    repacked = []
+    lean = micro.without_bias_quantization
+    monkeypatch.setattr(micro, "without_bias_quantization", lambda content: repacked.append(content) or lean(content))
+    path = micro.export_micro(v3, tmp_path / "model_micro_int8.tflite", calibration=images(16, 32, seed=1))
+    assert any(buffer.offset > 1 for buffer in schema.ModelT.InitFromPackedBuf(bytearray(repacked[0]), 0).buffers)
+    reference = Interpreter(model_content=path.read_bytes(), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    reference.allocate_tensors()
+    x = images(4, 32, seed=2)
+    outputs = micro.run_micro(path, x, 1 << 20)
+    scale = read_metadata(path)["input"]["output_quantization"]["scale"]
+    assert np.ptp(outputs) > 0 and np.abs(outputs - run_nhwc(reference, x)).max() <= 2 * scale
+
+
+def test_litert_int8_ranges_cover_the_calibration_images_input_and_logits(v3, litert_files):
+    # The quantizer's default calibration averaged the images' ranges (0.95 × so far + 0.05 × next): a trained
+    # V3-Small's logits got [-1.75, 2.0] for a real [-3.1, 4.5], and the file agreed with PyTorch on 77%.
+    from mobilenets.deployment.device_files import reference_logits
+    from mobilenets.deployment.litert import read_metadata
+
+    calibration = images(32, 32, seed=1)  # what litert_files calibrated on
+    quantization = read_metadata(litert_files[1])["input"]
+    logits = reference_logits(v3, calibration)
+    for key, low, high in (("input", calibration.min(), calibration.max()), ("output", logits.min(), logits.max())):
+        scale, zero_point = (
+            quantization[f"{key}_quantization"]["scale"],
+            quantization[f"{key}_quantization"]["zero_point"],
+        )
+        assert scale * (-128 - zero_point) <= low + scale and high - scale <= scale * (127 - zero_point), key
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "reference", "agreement", "warned"),
+    [
+        (0.43, 0.53, 0.77, "loses 10.00 points of top-1"),
+        (0.52, 0.53, 0.95, None),
+        (None, None, 0.97, "loses 3.00 points of top-1 agreement"),
+    ],
+    ids=["labelled-drop", "within-threshold", "unlabelled"],
+)
+def test_an_int8_file_that_loses_more_than_quantizes_threshold_is_a_warning(accuracy, reference, agreement, warned):
+    from mobilenets.deployment.device_export import drop_warning
+    from mobilenets.deployment.device_files import DeviceFile
+
+    record = DeviceFile("tflite", Path("run/model_int8.tflite"), 1, "LiteRT", "int8", images=100, agreement=agreement)
+    record.accuracy, record.reference_accuracy = accuracy, reference
+    warning = drop_warning(record)
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning.startswith(f"WARNING: model_int8.tflite {warned} against PyTorch fp32 on these 100 images")
+        assert "(threshold 1; one image is 1.00 points here)" in warning and "\n" not in warning
+    record.precision = "fp32"
+    assert drop_warning(record) is None  # an fp32 file is judged by its max abs diff
+
+
 class _HeadWith(torch.nn.Module):
     """A conv and a pooled head around one operator: the smallest model that carries it into a file."""
 

@@ -394,3 +394,30 @@ def test_profile_measures_latency_for_a_width_and_resolution(capsys):
     assert data["width"] == 0.5 and data["resolution"] == 32
     assert data["latency_ms"] > 0 and data["file_bytes"] > 100_000 and data["latency_runtime"] == "onnx"
     assert data["latency_int8"] is False
+
+
+def test_the_measured_int8_size_is_a_trained_models_not_an_untrained_ones(tmp_path):
+    import numpy as np
+    import torch
+
+    from mobilenets.deployment.onnx import export_onnx
+    from mobilenets.deployment.quantization import quantize_ptq
+    from mobilenets.models.factory import create_model
+    from mobilenets.search.measure import measure_onnx_group
+
+    measured = measure_onnx_group(model_name="mobilenet_v3_small", width=0.25, resolutions=[32], num_classes=10,
+                                  int8=True, work=tmp_path / "measure", repeats=1)[32].flash_bytes  # fmt: skip
+    # A "trained" model made another way (BN statistics moved, as training moves them): its int8 file is
+    # what `mobilenets quantize` writes for such a run. An untrained one's folded biases are all zero.
+    trained = create_model("mobilenet_v3_small", num_classes=10, width=0.25)
+    trained.weights_metadata = {"preprocessing": {"input_size": 32, "resize_size": 32}}
+    with torch.no_grad():
+        for module in trained.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+            elif isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and module.bias is not None:
+                module.bias.uniform_(-0.1, 0.1)  # the classifier's and the SE gates' own biases
+    calibration = np.random.default_rng(1).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    onnx_file = export_onnx(trained.eval(), tmp_path / "trained.onnx")
+    actual = quantize_ptq(onnx_file, tmp_path / "trained_int8.onnx", calibration, "minmax").stat().st_size
+    assert abs(measured - actual) / actual < 0.01

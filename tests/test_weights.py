@@ -10,7 +10,7 @@ import torch
 from mobilenets import WeightsError, create_model, load_model, save_weights
 from mobilenets.core.files import sha256_of
 from mobilenets.models.preprocessing import Preprocessing
-from mobilenets.models.weights import PUBLISHED_WEIGHTS, fetch_published
+from mobilenets.models.weights import PUBLISHED_WEIGHTS, fetch_published, read_checkpoint
 
 
 def randomize_batchnorm(model: torch.nn.Module) -> None:
@@ -225,3 +225,28 @@ def test_damaged_model_metadata_is_one_line_naming_the_file(tmp_path):
         create_model("mobilenet_v3_small", weights=path)
     metadata_path(path).unlink()  # the copy embedded in the file suffices
     assert create_model("mobilenet_v3_small", weights=path).metadata.classes == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "kind"),
+    [
+        ("model.onnx", b"\x08\x0a\x12\x0amobilenets", "an ONNX model"),
+        ("model.tflite", b"\x1c\x00\x00\x00TFL3\x14\x00", "a LiteRT .tflite model (a device file)"),
+        ("model.pte", b"<\x00\x00\x00ET12eh00", "an ExecuTorch .pte program (a device file)"),
+        ("photo.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF", "a JPEG image"),
+    ],
+)
+def test_an_export_or_an_image_passed_as_weights_is_named_for_what_it_is(tmp_path, name, head, kind):
+    (tmp_path / "model.safetensors").write_bytes(b"")  # beside a run's weights: point at the run directory
+    (tmp_path / name).write_bytes(head + bytes(64))
+    with pytest.raises(WeightsError) as raised:
+        read_checkpoint(tmp_path / name)
+    assert str(raised.value) == f"{tmp_path / name}: {kind}" + str(raised.value).split(kind, 1)[1]
+    assert "not PyTorch weights; pass its run directory" in str(raised.value)
+    assert "pickled" not in str(raised.value)
+
+
+def test_bytes_that_are_no_checkpoint_are_not_called_pickled_code(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "junk.pt")

@@ -16,8 +16,10 @@ Messages go to the ``mobilenets`` logger (INFO for progress, WARNING for what ne
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +149,7 @@ class Run:
         """
         from mobilenets.deployment.quantization import quantize_run
 
+        check_keywords(options, quantize_run, set_here=("run_dir", "method", "report"), what="Run.quantize")
         log.info("quantizing to int8 …")
         figures = quantize_run(self.path, method, report=log.info, **options)
         self.directory.merge_metrics(figures)
@@ -170,6 +173,7 @@ class Run:
 
         if not isinstance(int8, bool):  # int8="no" is truthy: it would write the int8 file
             raise MobilenetsError(f"int8 must be True or False, got {int8!r}")
+        check_keywords(options, export_model, set_here=("source", "format", "int8", "out", "report"), what="Run.export")
         result = export_model(
             source=model_source(run_dir=self.path),
             format=format,
@@ -214,6 +218,13 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     result = robustness_report(run_dir=run.path, log=log.info, **options)
     run.report()
     return result.result
+
+
+def check_keywords(options: dict[str, Any], function: Callable[..., Any], *, set_here: Sequence[str], what: str) -> None:
+    """Keywords ``function`` takes (less those the caller sets itself), refused in one line otherwise."""
+    known = sorted(set(inspect.signature(function).parameters) - set(set_here))
+    if unknown := sorted(set(options) - set(known)):
+        raise MobilenetsError(f"{what}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def export_formats(text: str | None) -> list[str]:

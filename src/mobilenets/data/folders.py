@@ -615,6 +615,11 @@ def write_class_folders(
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+def _hidden(relative: Path) -> bool:
+    """A hidden file, or one inside a hidden folder (``.DS_Store``, ``._photo.jpg``, ``.thumbnails/``)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """A class folder (one sub-folder per class) or a flat folder of unlabelled images."""
     folder = Path(folder)
@@ -626,12 +631,22 @@ def folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str]
     if classes:
         paths, labels = [], []
         for index, name in enumerate(classes):
-            found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p
+                for p in (folder / name).rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(folder))
+            )
             paths += found
             labels += [index] * len(found)
         result = paths, labels, classes
     else:
-        result = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None, None
+        result = (
+            sorted(
+                p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(folder))
+            ),
+            None,
+            None,
+        )
     if not result[0]:
         raise MobilenetsError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return result

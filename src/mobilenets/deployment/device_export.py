@@ -22,7 +22,7 @@ from mobilenets.core.console import ctrl_c_deferred, native_output_silenced
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import remove_path
 from mobilenets.core.run_directory import RunDirectory
-from mobilenets.deployment.device_files import NEAR_TIE
+from mobilenets.deployment.device_files import NEAR_TIE, pending_path, replace_path
 from mobilenets.deployment.formats import CHECK_IMAGES
 from mobilenets.deployment.loading import ModelSource, check_output_folder, load_source_model, source_images
 
@@ -129,43 +129,86 @@ def export_device_format(
             f"warning: {format}: no validation images (pass --data DIR): the files are written and loaded in "
             f"{spec.runtime}, but agreement with PyTorch and accuracy are NOT verified"
         )
-    records = []
-    for name in names:
-        path = folder / name
-        is_int8 = name != spec.fp32_name
-        written = None
-        try:
-            with ctrl_c_deferred(), native_output_silenced(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # converters' deprecation chatter
-                written = _export(
-                    module,
-                    spec,
-                    model,
-                    path,
-                    calibration=calibration if is_int8 else None,
-                    is_int8=is_int8,
-                    size=preprocessing.input_size,
-                )
-            with native_output_silenced():  # runtimes log their CPU probing on load
-                record = _verify(module, spec, written, model, check, size=preprocessing.input_size)
-        except KeyboardInterrupt:
-            # A device file counts once it ran in its runtime: an interrupted export leaves none unverified.
-            if written is not None:
-                remove_path(Path(written))
-            raise
-        record.format = format  # the name users pass to --format
-        records.append(record)
-        report(describe(record))
-        if format == "tflite-micro" and (budget.ram_kb is not None or budget.flash_kb is not None):
-            verdict = module.micro_budget(
-                written, arena_bytes=record.arena_bytes, ram_kb=budget.ram_kb, flash_kb=budget.flash_kb
+    records: list = []
+    try:
+        for name in names:
+            record = _write_verified(
+                module, spec, model, folder / name, calibration=calibration, check=check, size=preprocessing.input_size
             )
-            if not verdict.fits:  # said once, as the error
-                _record(source, records)
-                raise MobilenetsError(verdict.verdict)
-            report(verdict.verdict)
-    _record(source, records)
+            record.format = format  # the name users pass to --format
+            records.append(record)
+            report(describe(record))
+            warning = drop_warning(record)
+            if warning:
+                report(warning)
+            if format == "tflite-micro" and (budget.ram_kb is not None or budget.flash_kb is not None):
+                verdict = module.micro_budget(
+                    record.path, arena_bytes=record.arena_bytes, ram_kb=budget.ram_kb, flash_kb=budget.flash_kb
+                )
+                if not verdict.fits:  # said once, as the error
+                    raise MobilenetsError(verdict.verdict)
+                report(verdict.verdict)
+    finally:
+        # Files already in place are recorded even when a later one fails or is interrupted: the table
+        # describes the files on disk, never an earlier file a new one replaced.
+        _record(source, records)
     return records
+
+
+def _write_verified(module, spec: DeviceFormat, model, path: Path, *, calibration, check, size: int):
+    """Export to a pending name beside ``path``, run it in its runtime, and only then put it in ``path``'s place.
+
+    Until the new file has been verified, the previous ``path`` (and its row in ``metrics.json``) stays as
+    it was: a Ctrl-C, a full disk or a failed check removes the pending file and nothing else, as
+    ``quantize`` does for ``model_int8.onnx``.
+    """
+    is_int8 = path.name != spec.fp32_name
+    pending = pending_path(path)
+    remove_path(pending)  # left by a process killed outright
+    try:
+        with ctrl_c_deferred(), native_output_silenced(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # converters' deprecation chatter
+            written = _export(
+                module, spec, model, pending, calibration=calibration if is_int8 else None, is_int8=is_int8, size=size
+            )
+        with native_output_silenced():  # runtimes log their CPU probing on load
+            record = _verify(module, spec, written, model, check, size=size)
+        replace_path(Path(written), path)
+    except BaseException:
+        remove_path(pending)
+        raise
+    record.path = path
+    return record
+
+
+def drop_warning(record, threshold: float | None = None) -> str | None:
+    """A ``WARNING:`` line when an int8 file loses more than ``threshold`` (default: ``quantize``'s), else None.
+
+    The loss is ``quantize``'s: top-1 points against PyTorch fp32 on labelled images, 100 − agreement on
+    unlabelled ones (``Comparison.drop_points``).
+    """
+    from mobilenets.deployment.quantization import DEFAULT_THRESHOLD, Comparison  # onnx: imported when needed
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if record.precision != "int8" or record.agreement is None or not record.images:
+        return None
+    comparison = Comparison(
+        images=record.images,
+        fp32_accuracy=record.reference_accuracy,
+        int8_accuracy=record.accuracy,
+        agreement=record.agreement,
+        fp32_size_bytes=0,  # sizes play no part in the drop
+        int8_size_bytes=record.bytes,
+    )
+    if comparison.drop_points <= threshold:
+        return None
+    measure = "points of top-1" if record.accuracy is not None else "points of top-1 agreement"
+    return (
+        f"WARNING: {record.path.name} loses {comparison.drop_points:.2f} {measure} against PyTorch fp32 on these "
+        f"{record.images} images (threshold {threshold:g}; one image is {100 / record.images:.2f} points here); "
+        "before shipping it, check more images (--check-images N), calibrate on more (--calibration N) or use "
+        "another format's int8 file"
+    )
 
 
 def _import_runtime(format: str) -> None:

@@ -1,7 +1,8 @@
 """What every device export shares: the verified-file record, atomic writes, comparison with PyTorch, timing.
 
 Each device format (``litert``, ``executorch``, ``micro``, ``coreml``) writes its file through
-``atomic_output`` (a temporary name renamed at the end, so a failed export leaves nothing behind) and is
+``write_device_file`` or, for a folder package, ``atomic_output`` (a temporary name renamed at the end, so
+a failed export leaves nothing behind and a full disk is one line) and is
 checked in its own runtime against the PyTorch fp32 model on the same images by ``compare``; the result
 is one ``DeviceFile`` per file, the row of the ``deployment`` table.
 """
@@ -9,9 +10,11 @@ is one ``DeviceFile`` per file, the row of the ``deployment`` table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +27,13 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import remove_path
+from mobilenets.core.files import (
+    DiskFullError,
+    _is_disk_full,  # one test of a full disk for every writer
+    atomic_write_bytes,
+    disk_full_message,
+    remove_path,
+)
 
 EDGE_INSTALL = "pip install 'mobilenets[edge]'"
 
@@ -87,9 +96,18 @@ def file_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def write_device_file(path: Path | str, content: bytes) -> Path:
+    """Write ``content`` to ``path`` through a temporary file beside it (``core.files.atomic_write_bytes``):
+    a failure leaves any earlier file as it was, and a full disk is one line (``DiskFullError``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, content)
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path`` for a writer that makes a file or a folder package (Core ML's
+    ``.mlpackage``); it replaces ``path`` only if the block succeeds. A full disk is one line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -98,10 +116,49 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
         yield temporary
         if not temporary.exists():
             raise MobilenetsError(f"{path}: the exporter wrote nothing")
-        remove_path(path)
-        os.replace(temporary, path)
+        replace_path(temporary, path)
+    except OSError as error:
+        if _disk_full(error):
+            raise DiskFullError(disk_full_message(path.parent, None)) from None
+        raise
     finally:
         remove_path(temporary)
+
+
+def _disk_full(error: OSError) -> bool:
+    """``core.files``' test, and ``shutil.copytree``'s (Core ML's save): it gathers the failed copies into
+    one ``shutil.Error`` whose errno is None and whose text holds each ``[Errno 28]``."""
+    if _is_disk_full(error):
+        return True
+    return isinstance(error, shutil.Error) and os.strerror(errno.ENOSPC) in str(error)
+
+
+def pending_path(path: Path | str) -> Path:
+    """Where a new device file is written and verified before it replaces ``path`` (the name ``quantize``
+    gives its pending ``model_int8.onnx``): hidden, beside it, same suffix (Core ML requires it)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.pending{path.suffix}")
+
+
+def replace_path(new: Path, path: Path) -> None:
+    """Put ``new`` (a file or a folder) in the place of ``path``, as atomically as the filesystem allows.
+
+    A file is one ``os.replace``. A folder cannot replace a non-empty folder in one rename, so the old one is
+    renamed away first, the new one renamed in, then the old one removed: at every moment one complete
+    package exists under either name, and a failed rename puts the old one back.
+    """
+    if not (path.is_dir() and not path.is_symlink()):
+        os.replace(new, path)
+        return
+    old = path.with_name(f".{path.stem}.old{path.suffix}")
+    remove_path(old)
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    remove_path(old)
 
 
 def check_images(images: np.ndarray | torch.Tensor, purpose: str) -> np.ndarray:

@@ -33,7 +33,6 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.deployment.device_files import (
     DeviceFile,
-    atomic_output,
     check_images,
     compare,
     exportable,
@@ -41,6 +40,7 @@ from mobilenets.deployment.device_files import (
     model_metadata,
     reference_logits,
     require,
+    write_device_file,
 )
 
 METADATA_METHOD = "mobilenets_metadata"
@@ -161,9 +161,7 @@ def export_executorch(
             f"{out_path.name}: XNNPACK takes the graph in {partitions} delegate calls; operators left to "
             f"ExecuTorch's portable kernels: {counts} (pass single_partition=False to write it anyway)"
         )
-    with atomic_output(out_path) as temporary:
-        temporary.write_bytes(program.to_executorch().buffer)
-    return out_path
+    return write_device_file(out_path, program.to_executorch().buffer)
 
 
 def delegate_count(program) -> int:

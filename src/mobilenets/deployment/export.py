@@ -192,10 +192,7 @@ def export_onnx_files(source: ModelSource, request: ExportRequest, report: Calla
             sample(calibration_paths, request.calibration_images), None, preprocessing, "calibration"
         )
     result = ExportResult()
-    export_onnx(model, fp32_path)
-    result.files.append(ExportedFile(fp32_path, "fp32", fp32_path.stat().st_size))
-    report(f"wrote {fp32_path} (fp32, opset {OPSET}, {fp32_path.stat().st_size / 1e6:.2f} MB)")
-    try:
+    try:  # before writing anything: a --data folder that cannot be used leaves no file behind
         paths, _ = source_images(source, request.data, "val")
         check = load_images(sample(paths, request.check_images), None, preprocessing, "check").images
         result.check_source = f"{len(check)} real images"
@@ -205,6 +202,9 @@ def export_onnx_files(source: ModelSource, request: ExportRequest, report: Calla
         size = preprocessing.input_size
         check = torch.randn(request.check_images, 3, size, size).numpy()
         result.check_source = f"{request.check_images} random inputs (pass --data DIR to check on real images)"
+    export_onnx(model, fp32_path)
+    result.files.append(ExportedFile(fp32_path, "fp32", fp32_path.stat().st_size))
+    report(f"wrote {fp32_path} (fp32, opset {OPSET}, {fp32_path.stat().st_size / 1e6:.2f} MB)")
     check_result = check_export(model, fp32_path, torch.from_numpy(check))
     result.max_abs_diff, result.top1_agreement = check_result.max_abs_diff, check_result.top1_agreement
     report(

@@ -33,20 +33,22 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.deployment.device_files import (
     DeviceFile,
-    atomic_output,
     check_images,
     compare,
     median_ms,
     model_metadata,
     reference_logits,
     require,
+    write_device_file,
 )
 from mobilenets.deployment.litert import (
     convert_fp32,
     dequantize_output,
     io_description,
+    packed,
     quantize_input,
     quantize_int8,
+    unpacked,
     with_metadata,
 )
 
@@ -76,9 +78,7 @@ def export_micro(
     _check_micro_operators(content)
     description = {**model_metadata(model, metadata, size), "input": io_description(content)}
     description.update(format="tflite-micro", precision="int8")
-    with atomic_output(out_path) as temporary:
-        temporary.write_bytes(with_metadata(content, description))
-    return Path(out_path)
+    return write_device_file(out_path, with_metadata(content, description))
 
 
 def without_bias_quantization(content: bytes) -> bytes:
@@ -89,18 +89,15 @@ def without_bias_quantization(content: bytes) -> bytes:
     they cost 12 bytes per output channel (a float32 scale and an int64 zero point): 33 KB of MobileNet
     v1 α=0.25's 304 KB file. Outputs are bit-identical without them (tests/test_device_exports.py).
     """
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    model = unpacked(content)
     for subgraph in model.subgraphs or []:
         for tensor in subgraph.tensors or []:
             quantization = tensor.quantization
             if tensor.type == schema.TensorType.INT32 and quantization is not None and quantization.scale is not None:
                 tensor.quantization = None
-    builder = flatbuffers.Builder(len(content))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return packed(model, len(content))
 
 
 def _check_micro_operators(content: bytes) -> None:

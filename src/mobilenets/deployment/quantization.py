@@ -23,6 +23,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -38,11 +39,11 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.core.files import atomic_write, atomic_write_text
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.folders import folder_images
-from mobilenets.data.images import load_image
+from mobilenets.data.images import ImageLoadError, load_image
 from mobilenets.deployment.onnx import INPUT_NAME, copy_metadata, export_onnx
 from mobilenets.deployment.onnx_runtime import onnx_logits
 from mobilenets.deployment.timing import SpeedCheck, median_latency_ms, speed_check, speed_verdict
@@ -121,8 +122,24 @@ def named_classes(model: nn.Module) -> list[str] | None:
 def load_images(
     paths: Sequence[Path | str], labels: Sequence[int] | None, preprocessing: Preprocessing, source: str
 ) -> ImageSet:
-    images = np.stack([preprocessing(load_image(path)).numpy() for path in paths]).astype(np.float32)
-    return ImageSet(images, None if labels is None else np.asarray(labels, dtype=np.int64), source)
+    """The images preprocessed for the model. One that cannot be read is skipped with a warning, as
+    ``evaluate`` and ``train`` skip it; none readable is an error."""
+    from mobilenets.deployment.loading import summarize_skipped
+
+    arrays, kept, skipped = [], [], []
+    for index, path in enumerate(paths):
+        try:
+            arrays.append(preprocessing(load_image(path)).numpy())
+        except ImageLoadError as error:
+            skipped.append((str(path), error.reason))
+            continue
+        kept.append(index)
+    for line in summarize_skipped(skipped):
+        logging.getLogger("mobilenets").warning(line)
+    if not arrays:
+        raise MobilenetsError(f"{source}: none of its {len(paths)} image(s) could be read; pass a folder of readable images")
+    kept_labels = None if labels is None else np.asarray([labels[i] for i in kept], dtype=np.int64)
+    return ImageSet(np.stack(arrays).astype(np.float32), kept_labels, source)
 
 
 def sample(items: list, count: int, seed: int = 0) -> list:
@@ -1228,6 +1245,15 @@ def quantize_run(
     from mobilenets.core.files import check_writable
     from mobilenets.models.weights import load_model
 
+    # The command line checks its flags; Python callers reach here directly, and no value is replaced.
+    check_number("threshold", threshold, at_least=0)
+    for name, count in (
+        ("calibration_images", calibration_images),
+        ("qat_epochs", qat_epochs),
+        ("max_val_images", max_val_images),
+        ("max_qat_images", max_qat_images),
+    ):
+        check_number(name, count, at_least=1, whole=True)
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "model_int8.onnx"
     # Both are written after minutes of work: a read-only place must be found out first.

@@ -260,11 +260,15 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
             else "pass a run directory, a .safetensors/.pth/.pt weights file, an .onnx file or a published name"
         )
         raise WeightsError(f"{path}: a text file, not model weights; {hint}")
+    if kind := exported_file_kind(path):
+        run = path.parent
+        hint = f"pass its run directory: {run}" if (run / "model.safetensors").exists() else "pass the run directory it came from"
+        raise WeightsError(f"{path}: {kind}, not PyTorch weights; {hint}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         text = str(error)
-        if "Weights only load failed" in text or "Unpickl" in type(error).__name__:
+        if ("Weights only load failed" in text or "Unpickl" in type(error).__name__) and _is_pickle(path):
             reason = "it contains pickled code or objects, which are never executed here; convert it to a plain state dict or safetensors"
         elif "zip" in text.lower() or "central directory" in text or isinstance(error, EOFError):
             reason = "the file is truncated or not a PyTorch checkpoint; download or copy it again"
@@ -276,6 +280,34 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
 
 
 TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".csv", ".html", ".md")
+
+
+# Files a user may pass where weights go, told apart by their first bytes (a checkpoint is a zip or a pickle).
+FILE_SIGNATURES = (
+    (4, b"TFL3", "a LiteRT .tflite model (a device file)"),
+    (4, b"ET", "an ExecuTorch .pte program (a device file)"),
+    (0, b"\x89PNG", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+)
+
+
+def exported_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is an exported model or an image rather than weights (None otherwise)."""
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model (an export: `mobilenets predict --weights` runs it)"
+    with path.open("rb") as file:
+        head = file.read(16)
+    for offset, signature, kind in FILE_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return kind
+    return None
+
+
+def _is_pickle(path: Path) -> bool:
+    """A pickle (its PROTO opcode first) or torch's zip of one; torch reports other bytes as a refused pickle too."""
+    with path.open("rb") as file:
+        head = file.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _is_text(path: Path) -> bool:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from mobilenets.core.errors import MobilenetsError
 
@@ -109,6 +111,19 @@ def any_size_onnx(path: Path) -> Path:
     return path
 
 
+def as_trained(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with biases (and BatchNorm shifts) of a trained model's scale, so that its files
+    are sized as a trained one's. At initialisation they are all zero: BN folding then gives convolutions
+    without a bias, and the int8 file lacks the int32 biases and their scales (13% smaller for V3-Small α=0.5)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                bias.copy_(0.1 * torch.randn(bias.shape, generator=generator))
+    return model.eval()
+
+
 def measure_onnx_group(
     *,
     model_name: str,
@@ -127,7 +142,7 @@ def measure_onnx_group(
     from mobilenets.models.factory import create_model
 
     work.mkdir(parents=True, exist_ok=True)
-    model = create_model(model_name, num_classes=num_classes, width=width, **(model_options or {})).eval()
+    model = as_trained(create_model(model_name, num_classes=num_classes, width=width, **(model_options or {})))
     first = max(resolutions)
     model.weights_metadata = {"preprocessing": {"input_size": first, "resize_size": first}}
     stem = f"{model_name}-w{width:g}"
@@ -168,7 +183,7 @@ def measure_device_group(
     from mobilenets.models.factory import create_model
 
     work.mkdir(parents=True, exist_ok=True)
-    model = create_model(model_name, num_classes=num_classes, width=width, **(model_options or {})).eval()
+    model = as_trained(create_model(model_name, num_classes=num_classes, width=width, **(model_options or {})))
     results = {}
     for resolution in resolutions:
         model.weights_metadata = {"preprocessing": {"input_size": resolution, "resize_size": resolution}}

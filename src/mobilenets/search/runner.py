@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.core.files import atomic_write_text
+from mobilenets.core.files import atomic_write_text, check_writable
 from mobilenets.search.candidates import (
     Candidate,
     RunRecord,
@@ -157,7 +157,8 @@ def check_out_folder(out: Path) -> None:
                 raise MobilenetsError(
                     f"--out {out}: {which}; pass a folder (a new one, or an earlier search's to resume it)"
                 )
-            return
+            break
+    check_writable(out, "--out", create=False)  # a read-only place, before any candidate trains
 
 
 def summarize_data(data: Path, val: Path | None) -> DataSummary:

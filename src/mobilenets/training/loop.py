@@ -24,7 +24,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -203,7 +203,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up from 1% of the lr, then cosine decay to ``min_lr_ratio`` of it, per step."""
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
@@ -223,7 +225,9 @@ def schedule_plan(scheduler_state: dict) -> tuple:
     return (tuple(scheduler_state.get("_milestones", ())), *((p.get("total_iters"), p.get("T_max")) for p in parts))
 
 
-def replay_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, steps: int):
+def replay_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A fresh ``make_scheduler`` schedule advanced by ``steps``: the learning rate an uninterrupted run of
     ``config`` has after that many steps (resuming with another --epochs or number of processes).
 
@@ -320,7 +324,13 @@ def adapt_batchnorm_momentum(model: nn.Module, total_steps: int) -> None:
 
 @torch.no_grad()
 def recompute_batchnorm_statistics(
-    model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256, max_images: int = 2048, seed: int = 0
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 256,
+    max_images: int = 2048,
+    seed: int = 0,
 ) -> None:
     """Set BatchNorm running statistics to the exact averages over (up to ``max_images``) training images.
 
@@ -373,7 +383,7 @@ def freeze_batchnorm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-def atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj: object, path: Path) -> None:
     """Save beside ``path`` and rename: a full disk or Ctrl-C keeps the previous checkpoint whole."""
     estimate = sum(t.numel() * t.element_size() for t in _tensors_in(obj))
     atomic_write(path, lambda temporary: torch.save(obj, temporary), needed_bytes=estimate)

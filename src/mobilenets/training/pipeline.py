@@ -1,4 +1,8 @@
-"""Training a run end to end: a folder of images in, a model, its metrics and report out.\n\nThe library behind ``mobilenets train`` and ``mobilenets.train()``: both build a ``TrainOptions`` and call\n``train``. Messages go to the ``mobilenets`` logger.\n"""
+"""Training a run end to end: a folder of images in, a model, its metrics and report out.
+
+The library behind ``mobilenets train`` and ``mobilenets.train()``: both build a ``TrainOptions`` and call
+``train``. Messages go to the ``mobilenets`` logger.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 from PIL import Image
+from torch import nn
 
 from mobilenets.core.distributed import (
     DistributedContext,
@@ -51,7 +56,15 @@ from mobilenets.training.distillation import (
     load_teachers,
     measure_teacher,
 )
-from mobilenets.training.loop import CHECKPOINT, Interrupted, TrainConfig, Trainer, check_mixup, read_checkpoint
+from mobilenets.training.loop import (
+    CHECKPOINT,
+    EpochRecord,
+    Interrupted,
+    TrainConfig,
+    Trainer,
+    check_mixup,
+    read_checkpoint,
+)
 from mobilenets.training.options import (
     HIDDEN_OPTIONS,
     NON_NEGATIVE,
@@ -486,7 +499,7 @@ def check_teacher(
     return quality
 
 
-def print_epoch(record) -> None:
+def print_epoch(record: EpochRecord) -> None:
     say(
         f"{record.epoch:>5} {record.train_loss:>10.4f} {record.train_accuracy:>9.4f} {record.val_loss:>8.4f} "
         f"{record.val_accuracy:>7.4f} {record.lr:>9.2e} {record.images_per_second:>7.0f} {record.seconds:>5.0f}s"
@@ -922,7 +935,7 @@ def resolve_initial_weights(weights: str | None, *, model: str, width: float) ->
     return default.name
 
 
-def build_model(config: TrainConfig, num_classes: int):
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     options = {} if config.dropout is None else {"dropout": config.dropout}
     torch.manual_seed(config.seed)  # the initial weights (and the new head when fine-tuning)
     if config.weights:

@@ -169,6 +169,9 @@ def check_name(name: str) -> None:
     )
 
 
+INT8_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")
+
+
 def check_int8_file(path: Path) -> None:
     import onnx
 
@@ -178,12 +181,18 @@ def check_int8_file(path: Path) -> None:
             "(from `mobilenets quantize` or `export --int8`)"
         )
     try:
-        onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError, onnx's own errors: not a model file
         raise MobilenetsError(
             f"--int8 {path}: not an ONNX model ({type(error).__name__}); pass an int8 .onnx file "
             "(from `mobilenets quantize` or `export --int8`)"
         ) from None
+    # An int8 ONNX model (QDQ or QOperator form) holds quantize nodes; without them its row would be fp32's.
+    if not any(node.op_type in INT8_OPS for node in model.graph.node):
+        raise MobilenetsError(
+            f"--int8 {path}: an fp32 ONNX model (no quantized operators); pass an int8 .onnx file "
+            "(from `mobilenets quantize` or `export --int8`)"
+        )
 
 
 def onnx_input_size(path: Path) -> int | None:
