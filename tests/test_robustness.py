@@ -261,30 +261,43 @@ QUICK = [
     "--severities",
     "1-2",
     "--no-latency",
-    "--adversarial-images",
-    "4",
 ]
+ATTACKS = ["--adversarial-images", "4"]  # not with --no-adversarial: a value for a part that does not run is refused
 
 
 def test_robustness_command_writes_the_report(tmp_path, capsys):
     run = make_run(tmp_path, "run", seed=0)
     base = make_run(tmp_path, "base", seed=1)
     assert (
-        main(["robustness", str(run), "--baseline", str(base), "--bn-adapt", "--bn-samples", "6", "--json", *QUICK])
+        main(
+            [
+                "robustness",
+                str(run),
+                "--baseline",
+                str(base),
+                "--bn-adapt",
+                "--bn-samples",
+                "6",
+                "--json",
+                *QUICK,
+                *ATTACKS,
+            ]
+        )
         == 0
     )
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 12 and result["input_size"] == 32 and result["severity_table"] == "CIFAR-10-C"
     assert list(result["corruption_accuracy"]) == ["gaussian_noise", "contrast", "spatter"]
     assert set(result["corruption_accuracy"]["contrast"]) == {"1", "2"}
-    # mCE is over the common corruptions only; spatter is held out.
+    # The mean CE is over the common corruptions only; spatter is held out. From severities 1-2 it is no mCE.
     ce = result["corruption_error"]
     expected = (
         100 * np.mean([ce["gaussian_noise"], ce["contrast"]])
         if None not in (ce["gaussian_noise"], ce["contrast"])
         else None
     )
-    assert result["mce"] == pytest.approx(expected)
+    assert result["mean_ce"] == pytest.approx(expected)
+    assert result["mce"] is None and result["relative_mce"] is None and result["bn_adapt"]["mce"] is None
     for key in ("shifts", "adversarial", "bn_adapt", "baseline"):
         assert key in result
     assert "latency" not in result
@@ -294,17 +307,79 @@ def test_robustness_command_writes_the_report(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_val_accuracy"] == 0.5 and metrics["final_val_accuracy"] == 0.4  # kept
     assert metrics["robustness"]["clean_accuracy"] == result["clean_accuracy"]
+    assert metrics["robustness"]["bn_adapt_samples"] == 6 and metrics["robustness"]["severities"] == [1, 2]
+    assert metrics["robustness"]["report"] == "robustness/robustness.html"  # relative: survives moving the run
 
 
 def test_a_model_is_its_own_baseline_with_mce_100(tmp_path, capsys):
     run = make_run(tmp_path, "run", seed=0)
-    assert (
-        main(["robustness", str(run), "--baseline", str(run), "--no-shifts", "--no-adversarial", "--json", *QUICK]) == 0
-    )
+    args = ["robustness", str(run), "--baseline", str(run), "--no-shifts", "--no-adversarial", "--no-latency", "--json"]
+    assert main([*args, "--corruptions", "gaussian_noise,contrast", "--severities", "1-5"]) == 0
     result = json.loads(capsys.readouterr().out)
     defined = [v for v in result["corruption_error"].values() if v is not None]
     assert defined and all(v == pytest.approx(1.0) for v in defined)
-    assert result["mce"] == pytest.approx(100.0)
+    assert result["mce"] == pytest.approx(100.0) and result["mean_ce"] == pytest.approx(100.0)
+    markdown = (run / "robustness" / "robustness.md").read_text()
+    assert "| mCE over 2 of the 15 common corruptions vs baseline | 100.0 |" in markdown
+
+
+# --------------------------------------------------------------------------------------------------
+# mCE only when it is one (Hendrycks & Dietterich 2019: all five severities); every label says what it covers
+# --------------------------------------------------------------------------------------------------
+
+
+def test_one_severity_is_a_mean_ce_not_an_mce(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    base = make_run(tmp_path, "base", seed=1)
+    args = ["robustness", str(run), "--quick", "--baseline", str(base), "--corruptions", "noise", "--max-images", "9"]
+    assert main([*args, "--out", str(tmp_path / "X"), "--no-shifts", "--no-adversarial"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert not re.search(r"mCE [0-9]", line) and re.search(r"mean CE [0-9.]+ vs baseline", line)
+    assert "(3 of the 15 common corruptions, severity 3 only; mCE needs severities 1–5)" in line
+    assert "mean corrupted " in line and "(3 of the 15 common corruptions, severity 3)" in line
+    result = json.loads((tmp_path / "X" / "robustness.json").read_text())
+    assert result["mce"] is None and result["held_out_mce"] is None and result["mean_ce"] is not None
+    markdown = (tmp_path / "X" / "robustness.md").read_text()
+    assert "15 common (%)" not in markdown and "| mCE" not in markdown
+    assert "| mean corrupted accuracy over 3 of the 15 common corruptions, severity 3 (%) |" in markdown
+    assert "| mean corrupted accuracy over 1 of the 4 held-out corruptions, severity 3 (%) |" in markdown
+    assert (
+        "| mean CE over 3 of the 15 common corruptions, severity 3 (not mCE: that needs severities 1–5) vs baseline |"
+        in markdown
+    )
+    assert "| corruption | s3 | mean | CE (severity 3 only) |" in markdown
+    metrics = json.loads((run / "metrics.json").read_text())["robustness"]
+    assert metrics["mce"] is None and metrics["mean_ce"] == result["mean_ce"]
+    assert metrics["report"] == str((tmp_path / "X" / "robustness.html").resolve())  # outside the run: absolute
+
+
+def test_all_fifteen_common_corruptions_at_five_severities_are_the_mce(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    base = make_run(tmp_path, "base", seed=1)
+    args = ["robustness", str(run), "--baseline", str(base), "--corruptions", "common", "--severities", "1-5"]
+    assert main([*args, "--max-images", "3", "--no-shifts", "--no-adversarial", "--no-latency"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    result = json.loads((run / "robustness" / "robustness.json").read_text())
+    assert result["mce"] == result["mean_ce"] is not None
+    assert f"mCE {result['mce']:.1f} vs baseline (the 15 common corruptions)" in line
+    markdown = (run / "robustness" / "robustness.md").read_text()
+    assert "| mCE over the 15 common corruptions vs baseline |" in markdown
+    assert "| mean corrupted accuracy over the 15 common corruptions, severities 1–5 (%) |" in markdown
+    assert "held-out" not in markdown  # none measured: no row for them
+
+
+def test_labels_state_the_corruptions_and_severities():
+    from mobilenets.robustness.labels import ce_column, ce_label, is_mce, scope_text, severities_text
+
+    assert severities_text([3]) == "severity 3" and severities_text(["1", "2", "3"]) == "severities 1–3"
+    assert severities_text([1, 3, 5]) == "severities 1, 3, 5"
+    assert is_mce([5, 4, 3, 2, 1]) and is_mce(["1", "2", "3", "4", "5"]) and not is_mce([1, 2, 3, 4])
+    assert scope_text(["fog", "spatter"], [3], held_out=True) == "1 of the 4 held-out corruptions, severity 3"
+    assert ce_label(["fog"], [1, 2, 3, 4, 5], relative=True) == "relative mCE over 1 of the 15 common corruptions"
+    assert ce_label(["fog"], [1, 2]) == (
+        "mean CE over 1 of the 15 common corruptions, severities 1–2 (not mCE: that needs severities 1–5)"
+    )
+    assert ce_column([3]) == "CE (severity 3 only)" and ce_column([1, 2, 3, 4, 5]) == "CE"
 
 
 def test_int8_onnx_model_in_the_run_dir_is_compared(tmp_path, capsys):
@@ -345,6 +420,77 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
 def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
     assert main(["robustness", str(tmp_path)]) == 2
     assert f"{tmp_path}: no model.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.json", "split.json"])
+def test_a_file_of_a_run_points_to_its_run_directory(tmp_path, capsys, name):
+    run = make_run(tmp_path, "run", seed=0)
+    assert main(["robustness", str(run / name)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{run / name}: a file, not a run directory; pass its run directory: {run}")
+    assert len(err.splitlines()) == 1 and "no model.safetensors" not in err
+    assert main(["robustness", str(run), "--baseline", str(run / name)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--baseline {run / name}: a file, not a run directory; pass its run directory: {run}")
+
+
+def test_a_file_outside_a_run_asks_for_a_run_directory(tmp_path, capsys):
+    stray = tmp_path / "weights.safetensors"
+    stray.write_bytes(b"x")
+    assert main(["robustness", str(stray)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"{stray}: a file, not a run directory; pass a training run directory (mobilenets train --out DIR)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# A value given for a part that does not run is refused, never silently ignored
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--bn-samples", "5"], "--bn-samples applies to --bn-adapt; add --bn-adapt or drop --bn-samples"),
+        (["--quick", "--bn-samples", "32"], "--bn-samples applies to --bn-adapt; add --bn-adapt or drop --bn-samples"),
+        (
+            ["--no-adversarial", "--adversarial-images", "5"],
+            "--adversarial-images applies to the attacks, which --no-adversarial skips; "
+            "drop --no-adversarial or drop --adversarial-images",
+        ),
+    ],
+)
+def test_an_option_without_effect_is_refused(tmp_path, capsys, extra, message):
+    run = make_run(tmp_path, "run", seed=0)
+    assert main(["robustness", str(run), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mobilenets robustness: error: {message}"
+    assert not (run / "robustness").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bn_samples": 5}, "--bn-samples applies to --bn-adapt"),
+        ({"adversarial": False, "adversarial_images": 5}, "--adversarial-images applies to the attacks"),
+    ],
+)
+def test_an_api_option_without_effect_is_refused(tmp_path, options, message):
+    from mobilenets.core.errors import MobilenetsError
+    from mobilenets.robustness.run import robustness_report
+
+    with pytest.raises(MobilenetsError, match=re.escape(message)):
+        robustness_report(run_dir=make_run(tmp_path, "run", seed=0), **options)
+
+
+def test_more_bn_samples_than_images_is_said_and_recorded_as_used(tmp_path, capsys):
+    run = make_run(tmp_path, "run", seed=0)
+    args = ["robustness", str(run), "--bn-adapt", "--bn-samples", "50", "--no-shifts", "--no-adversarial", "--json"]
+    assert main([*args, "--corruptions", "fog", "--severities", "3", "--no-latency"]) == 0
+    captured = capsys.readouterr()
+    assert "note: --bn-samples 50: only 12 images are evaluated; using all 12" in captured.err
+    assert json.loads(captured.out)["bn_adapt"]["samples"] == 12
 
 
 def test_data_folder_with_a_broken_file_is_scored_without_it(tmp_path, capsys):

@@ -2,8 +2,8 @@
 
 The HTML embeds its images as base64 so it can be mailed or attached as one file. It reads only what
 the run directory holds (``metrics.json``, ``epochs.csv``, ``evaluation.json``, ``config.json``,
-``skipped.json``, ``leakage.json``), so any tool that merges keys into ``metrics.json`` (quantization,
-robustness) can call ``write_report`` again and see its numbers appear.
+``skipped.json``, ``leakage.json``; robustness.html is linked, not read), so any tool that merges keys into
+``metrics.json`` (quantization, robustness) can call ``write_report`` again and see its numbers appear.
 """
 
 from __future__ import annotations
@@ -212,6 +212,60 @@ def deployment_section(entries: list[dict]) -> str:
     )
 
 
+def robustness_section(figures: dict, run_dir: Path) -> str:
+    """What ``mobilenets robustness`` recorded in metrics.json, each figure named for the corruptions and
+    severities it averages, with a link to the full robustness report when it sits in the run directory."""
+    rows = [["images evaluated", _format(figures.get("images"), "images")]]
+    rows += [["clean accuracy", _format(figures.get("clean_accuracy"), "accuracy")]]
+    rows += _robustness_rows(figures)
+    quick = " (a --quick first look)" if figures.get("quick") else ""
+    intro = f"Measured by <code>mobilenets robustness</code>{quick}.{_robustness_link(figures, run_dir)}"
+    return f"<h2>Robustness</h2><p>{intro}</p>" + _table(rows, ["measure", "value"])
+
+
+def _robustness_rows(figures: dict) -> list[list[str]]:
+    """Mean corrupted accuracy, CE/mCE against the baseline and the BN-adapted figures, labelled by scope."""
+    from mobilenets.robustness.labels import ce_label, scope_text
+
+    names, severities = figures.get("corruptions"), figures.get("severities")
+    if not names or not severities:  # recorded before the scope was: the figures cannot be named for it
+        label = "mean corrupted accuracy (corruptions and severities not recorded; rerun `mobilenets robustness`)"
+        return [[label, _format(figures.get("mean_corrupted_accuracy"), "accuracy")]]
+    scope = scope_text(names, severities)
+    rows = [[f"mean corrupted accuracy over {scope}", _format(figures.get("mean_corrupted_accuracy"), "accuracy")]]
+    if figures.get("held_out_mean_corrupted_accuracy") is not None:
+        held_out = f"mean corrupted accuracy over {scope_text(names, severities, held_out=True)}"
+        rows.append([held_out, _format(figures["held_out_mean_corrupted_accuracy"], "accuracy")])
+    rows.append(["corrupted / clean", _format(figures.get("clean_vs_corrupt_ratio"))])
+    baseline = figures.get("baseline_run")
+    if baseline and figures.get("mean_ce") is not None:
+        against = f"vs baseline {baseline}"
+        rows.append([f"{ce_label(names, severities)} {against}", f"{figures['mean_ce']:.1f}"])
+        if figures.get("relative_mean_ce") is not None:
+            label = f"{ce_label(names, severities, relative=True)} {against}"
+            rows.append([label, f"{figures['relative_mean_ce']:.1f}"])
+    if figures.get("bn_adapt_mean_corrupted_accuracy") is not None:
+        samples = figures.get("bn_adapt_samples")
+        adapted = f"BN-adapted ({samples} images per re-estimation)" if samples else "BN-adapted"
+        label = f"{adapted} mean corrupted accuracy over {scope}"
+        rows.append([label, _format(figures["bn_adapt_mean_corrupted_accuracy"], "accuracy")])
+        if baseline and figures.get("bn_adapt_mean_ce") is not None:
+            label = f"{adapted} {ce_label(names, severities)} vs the unadapted baseline {baseline}"
+            rows.append([label, f"{figures['bn_adapt_mean_ce']:.1f}"])
+    return rows
+
+
+def _robustness_link(figures: dict, run_dir: Path) -> str:
+    """A link to robustness.html, recorded relative to the run directory when it is in it (so that the link
+    survives moving the run); a report written elsewhere (--out) is named, not linked."""
+    report = figures.get("report")
+    if not isinstance(report, str):
+        return ""
+    if not Path(report).is_absolute() and (run_dir / report).exists():
+        return f' Full report: <a href="{html.escape(report)}">{html.escape(report)}</a>.'
+    return f" Full report (outside the run directory): {html.escape(report)}." if Path(report).exists() else ""
+
+
 def deploy_choice(metrics: dict, run_dir: Path) -> str:
     """Which file to put on a device, and why, from what ``quantize`` measured."""
     int8 = run_dir / "model_int8.onnx"
@@ -287,6 +341,8 @@ def write_report(run_dir: Path | str) -> Path:
     sections.append("<h2>All metrics</h2>" + _table(rows, ["metric", "value"]))
     if metrics.get("deployment"):
         sections.append(deployment_section(metrics["deployment"]))
+    if isinstance(metrics.get("robustness"), dict):  # a dict, so not among the headline metrics above
+        sections.append(robustness_section(metrics["robustness"], run_dir))
     if "diagnosis" in metrics:  # training.diagnosis: the product's advice for what went wrong, if anything
         from mobilenets.training.diagnosis import findings_html
 

@@ -4,6 +4,8 @@
   accuracy, and Hendrycks & Dietterich's corruption error against a named baseline run,
   CE_c = Σ_s E_{s,c} / Σ_s E^base_{s,c}, mCE = 100 × mean_c CE_c over the 15 common corruptions
   (the 4 held-out ones are reported apart, as in the paper), plus relative mCE (errors minus clean error).
+  CE needs all five severities: from fewer, ``mce`` is None and ``mean_ce`` holds the mean, which
+  ``mobilenets.robustness.labels`` names for the corruptions and severities it covers.
   Images are corrupted at the model's input resolution, after resize and crop, before normalization,
   so that the resolution-dependent severity tables mean what they say.
 - Test-time BatchNorm re-estimation (Schneider et al., NeurIPS 2020): ``adapt_batchnorm`` replaces the
@@ -48,6 +50,7 @@ from mobilenets.models.batchnorm import reestimate_batchnorm
 from mobilenets.models.layers import SqueezeExcitation
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES, corrupt, table_for
+from mobilenets.robustness.labels import is_mce
 
 RESOLUTION_FACTORS = (0.75, 0.5, 0.375, 0.25)
 EXPOSURE_STOPS = (-2.0, -1.0, 1.0, 2.0)
@@ -486,6 +489,14 @@ def mean_over(values: dict, names: Iterable[str]) -> float | None:
     return float(np.mean(chosen)) if chosen else None
 
 
+def mean_errors(ce: dict, names: Sequence[str], severities: Sequence[int], prefix: str = "") -> dict:
+    """``mean_ce`` (×100) over ``names`` always, and ``mce`` only when it is one: CE summed over all five
+    severities (Hendrycks & Dietterich 2019). From fewer severities ``mce`` is None, so that no reader of the
+    JSON takes a one-severity figure for an mCE; ``robustness.labels`` names ``mean_ce`` for what it covers."""
+    mean = _percent(mean_over(ce, names))
+    return {f"{prefix}mean_ce": mean, f"{prefix}mce": mean if is_mce(severities) else None}
+
+
 def mean_accuracy(accuracies: dict, names: Iterable[str]) -> float | None:
     chosen = [acc for n in names if n in accuracies for acc in accuracies[n].values()]
     return float(np.mean(chosen)) if chosen else None
@@ -610,20 +621,25 @@ def run_robustness(
         }
         result["corruption_error"] = errors["ce"]
         result["relative_corruption_error"] = errors["relative_ce"]
-        result["mce"] = _percent(mean_over(errors["ce"], common))
-        result["relative_mce"] = _percent(mean_over(errors["relative_ce"], common))
-        result["held_out_mce"] = _percent(mean_over(errors["ce"], held_out))
+        result.update(mean_errors(errors["ce"], common, options.severities))
+        result.update(mean_errors(errors["relative_ce"], common, options.severities, prefix="relative_"))
+        result.update(mean_errors(errors["ce"], held_out, options.severities, prefix="held_out_"))
     if options.bn_adapt:
         adapted_clean = accuracy(
             torch_classifier(adapt_batchnorm(model, clean_inputs[adaptation_sample]), options.batch_size)(clean_inputs),
             labels,
         )
-        bn = {"samples": options.bn_samples, "corruption_accuracy": _keyed(acc_bn), **summarize(acc_bn, adapted_clean)}
+        # The images actually used: --bn-samples larger than the evaluation set re-estimates on all of them.
+        bn = {
+            "samples": len(adaptation_sample),
+            "corruption_accuracy": _keyed(acc_bn),
+            **summarize(acc_bn, adapted_clean),
+        }
         if classify_base is not None:
             # As in Schneider et al.: adapted model against the unadapted baseline.
             errors = corruption_errors(acc_bn, acc_base, adapted_clean, base_clean)
             bn["corruption_error"] = errors["ce"]
-            bn["mce"] = _percent(mean_over(errors["ce"], [n for n in CORRUPTIONS if n in acc_bn]))
+            bn.update(mean_errors(errors["ce"], [n for n in CORRUPTIONS if n in acc_bn], options.severities))
         result["bn_adapt"] = bn
     if classify_int8 is not None:
         result["int8"] = {

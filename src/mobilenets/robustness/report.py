@@ -12,6 +12,7 @@ import numpy as np
 
 from mobilenets.core.files import atomic_write_text
 from mobilenets.robustness.corruptions import CORRUPTIONS
+from mobilenets.robustness.labels import ce_column, ce_label, scope_text
 
 
 def write_report(result: dict, out_dir: Path | str, title: str = "Robustness report") -> dict[str, Path]:
@@ -41,39 +42,6 @@ Section = tuple[str, str, list[str], list[list[str]]]
 
 def _sections(r: dict) -> list[Section]:
     sections: list[Section] = []
-    summary = [
-        ["images evaluated", f"{r['images']} of {r['images_available']}"],
-        ["input size / severity table", f"{r['input_size']}×{r['input_size']} / {r['severity_table']}"],
-        ["clean accuracy (%)", _pct(r["clean_accuracy"])],
-        ["mean corrupted accuracy, 15 common (%)", _pct(r.get("mean_corrupted_accuracy"))],
-        ["mean corrupted accuracy, held out (%)", _pct(r.get("held_out_mean_corrupted_accuracy"))],
-        ["corrupted / clean", _num(r.get("clean_vs_corrupt_ratio"), 3)],
-    ]
-    if "mce" in r:
-        summary += [
-            ["mCE vs baseline", _num(r.get("mce"))],
-            ["relative mCE vs baseline", _num(r.get("relative_mce"))],
-            [
-                "baseline clean / mean corrupted (%)",
-                f"{_pct(r['baseline']['clean_accuracy'])} / {_pct(r['baseline']['mean_corrupted_accuracy'])}",
-            ],
-        ]
-    if "bn_adapt" in r:
-        bn = r["bn_adapt"]
-        summary += [
-            [
-                f"BN-adapted ({bn['samples']} images) mean corrupted accuracy (%)",
-                _pct(bn.get("mean_corrupted_accuracy")),
-            ],
-            ["BN-adapted clean accuracy (%)", _pct(bn.get("clean_accuracy"))],
-        ]
-        if "mce" in bn:
-            summary.append(["BN-adapted mCE vs unadapted baseline", _num(bn.get("mce"))])
-    if "int8" in r:
-        summary += [
-            ["int8 clean accuracy (%)", _pct(r["int8"]["clean_accuracy"])],
-            ["int8 mean corrupted accuracy (%)", _pct(r["int8"]["mean_corrupted_accuracy"])],
-        ]
     baseline_note = (
         f" Baseline: {r['baseline_run']}." if r.get("baseline_run") else " No baseline run given: no CE/mCE."
     )
@@ -82,41 +50,10 @@ def _sections(r: dict) -> list[Section]:
             "Summary",
             f"Run {r.get('run', '')}; data {r.get('data', '')}; seed {r['seed']}.{baseline_note}",
             ["measure", "value"],
-            summary,
+            _summary_rows(r),
         )
     )
-
-    severities = [str(s) for s in r["severities"]]
-    header = ["corruption", *[f"s{s}" for s in severities], "mean"]
-    extra = []
-    if "corruption_error" in r:
-        header.append("CE")
-    if "bn_adapt" in r:
-        header.append("BN-adapted mean")
-    if "int8" in r:
-        header.append("int8 mean")
-    rows = []
-    for name, by_severity in r["corruption_accuracy"].items():
-        label = name if name in CORRUPTIONS else f"{name} (held out)"
-        row = [label, *[_pct(by_severity[s]) for s in severities], _pct(r["per_corruption_mean"][name])]
-        if "corruption_error" in r:
-            ce = r["corruption_error"].get(name)
-            row.append(_num(None if ce is None else 100 * ce))
-        if "bn_adapt" in r:
-            row.append(_pct(r["bn_adapt"]["per_corruption_mean"][name]))
-        if "int8" in r:
-            row.append(_pct(r["int8"]["per_corruption_mean"][name]))
-        rows.append(row)
-    del extra
-    sections.append(
-        (
-            "Accuracy (%) per corruption and severity",
-            "Corrupted at the model's input resolution, before normalization.",
-            header,
-            rows,
-        )
-    )
-
+    sections.append(_accuracy_section(r))
     if "shifts" in r:
         shifts = r["shifts"]
         rows = [["clean", "—", _pct(r["clean_accuracy"])]]
@@ -204,6 +141,82 @@ def _sections(r: dict) -> list[Section]:
             )
         )
     return sections
+
+
+def _accuracy_section(r: dict) -> Section:
+    """Accuracy per corruption × severity, with CE against the baseline, BN-adapted and int8 means."""
+    severities = [str(s) for s in r["severities"]]
+    header = ["corruption", *[f"s{s}" for s in severities], "mean"]
+    if "corruption_error" in r:
+        header.append(ce_column(severities))
+    if "bn_adapt" in r:
+        header.append("BN-adapted mean")
+    if "int8" in r:
+        header.append("int8 mean")
+    rows = []
+    for name, by_severity in r["corruption_accuracy"].items():
+        label = name if name in CORRUPTIONS else f"{name} (held out)"
+        row = [label, *[_pct(by_severity[s]) for s in severities], _pct(r["per_corruption_mean"][name])]
+        if "corruption_error" in r:
+            ce = r["corruption_error"].get(name)
+            row.append(_num(None if ce is None else 100 * ce))
+        if "bn_adapt" in r:
+            row.append(_pct(r["bn_adapt"]["per_corruption_mean"][name]))
+        if "int8" in r:
+            row.append(_pct(r["int8"]["per_corruption_mean"][name]))
+        rows.append(row)
+    return (
+        "Accuracy (%) per corruption and severity",
+        "Corrupted at the model's input resolution, before normalization.",
+        header,
+        rows,
+    )
+
+
+def _summary_rows(r: dict) -> list[list[str]]:
+    """The headline figures, each labelled with the corruptions and severities it averages."""
+    names, severities = r["corruptions"], r["severities"]
+    common, held_out = scope_text(names, severities), scope_text(names, severities, held_out=True)
+    rows = [
+        ["images evaluated", f"{r['images']} of {r['images_available']}"],
+        ["input size / severity table", f"{r['input_size']}×{r['input_size']} / {r['severity_table']}"],
+        ["clean accuracy (%)", _pct(r["clean_accuracy"])],
+        [f"mean corrupted accuracy over {common} (%)", _pct(r.get("mean_corrupted_accuracy"))],
+        ["corrupted / clean", _num(r.get("clean_vs_corrupt_ratio"), 3)],
+    ]
+    any_held_out = r.get("held_out_mean_corrupted_accuracy") is not None
+    if any_held_out:  # reported apart, as in the paper
+        rows.insert(4, [f"mean corrupted accuracy over {held_out} (%)", _pct(r["held_out_mean_corrupted_accuracy"])])
+    if "baseline" in r:
+        rows += [
+            [f"{ce_label(names, severities)} vs baseline", _num(r.get("mean_ce"))],
+            [f"{ce_label(names, severities, relative=True)} vs baseline", _num(r.get("relative_mean_ce"))],
+        ]
+        if any_held_out:
+            rows.append([f"{ce_label(names, severities, held_out=True)} vs baseline", _num(r.get("held_out_mean_ce"))])
+        rows += [
+            [
+                f"baseline clean / mean corrupted accuracy over {common} (%)",
+                f"{_pct(r['baseline']['clean_accuracy'])} / {_pct(r['baseline']['mean_corrupted_accuracy'])}",
+            ],
+        ]
+    if "bn_adapt" in r:
+        bn = r["bn_adapt"]
+        rows += [
+            [
+                f"BN-adapted ({bn['samples']} images) mean corrupted accuracy over {common} (%)",
+                _pct(bn.get("mean_corrupted_accuracy")),
+            ],
+            ["BN-adapted clean accuracy (%)", _pct(bn.get("clean_accuracy"))],
+        ]
+        if "mean_ce" in bn:
+            rows.append([f"BN-adapted {ce_label(names, severities)} vs unadapted baseline", _num(bn.get("mean_ce"))])
+    if "int8" in r:
+        rows += [
+            ["int8 clean accuracy (%)", _pct(r["int8"]["clean_accuracy"])],
+            [f"int8 mean corrupted accuracy over {common} (%)", _pct(r["int8"]["mean_corrupted_accuracy"])],
+        ]
+    return rows
 
 
 def _share(value: float | None) -> str:

@@ -15,6 +15,9 @@ from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.preprocessing import Preprocessing
 
+# BatchNorm re-estimation images when --bn-adapt is given without --bn-samples (Schneider et al.: 32 suffice).
+BN_SAMPLES = 32
+
 # What an option not given means: a full run by default (CE/mCE are defined over all five severities), and with
 # `--quick` a first look in about a tenth of the time (one mid severity, the 15 common corruptions, 200 images,
 # 50 attacked, no latency attribution). `--quick` only fills in the options not given: a value the user gave wins.
@@ -42,12 +45,16 @@ class RobustnessRun:
     paths: dict[str, Path]
 
     def summary_line(self) -> str:
+        from mobilenets.robustness.labels import ce_short, scope_text
+
         r = self.result
         parts = [f"{r['images']} images", f"clean {100 * r['clean_accuracy']:.1f}%"]
         if r.get("mean_corrupted_accuracy") is not None:
-            parts.append(f"mean corrupted {100 * r['mean_corrupted_accuracy']:.1f}%")
-        if r.get("mce") is not None:
-            parts.append(f"mCE {r['mce']:.1f}")
+            scope = scope_text(r["corruptions"], r["severities"])
+            parts.append(f"mean corrupted {100 * r['mean_corrupted_accuracy']:.1f}% ({scope})")
+        if r.get("mean_ce") is not None:
+            name, scope = ce_short(r["corruptions"], r["severities"])
+            parts.append(f"{name} {r['mean_ce']:.1f} vs baseline ({scope})")
         if "bn_adapt" in r and r["bn_adapt"].get("mean_corrupted_accuracy") is not None:
             parts.append(f"BN-adapted {100 * r['bn_adapt']['mean_corrupted_accuracy']:.1f}%")
         return "robustness: " + ", ".join(parts)
@@ -61,7 +68,7 @@ def robustness_report(
     corruptions: str | list[str] | None = None,
     baseline: Path | None = None,
     bn_adapt: bool = False,
-    bn_samples: int = 32,
+    bn_samples: int | None = None,
     max_images: int | None = None,
     adversarial_images: int | None = None,
     shifts: bool = True,
@@ -96,6 +103,12 @@ def robustness_report(
     if unknown:
         raise MobilenetsError(f"unknown robustness option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    check_flags(bn_adapt=bn_adapt, shifts=shifts, adversarial=adversarial, quick=quick)
+    check_applies(
+        bn_adapt=bn_adapt, bn_samples=bn_samples, adversarial=adversarial, adversarial_images=adversarial_images
+    )
+    given_adversarial_images = adversarial_images
+    bn_samples = BN_SAMPLES if bn_samples is None else bn_samples
     unset = QUICK if quick else DEFAULTS
     severities = unset["severities"] if severities is None else severities
     corruptions = unset["corruptions"] if corruptions is None else corruptions
@@ -105,16 +118,7 @@ def robustness_report(
     device_latency = unset["device_latency"] if device_latency is None else device_latency
     parsed_severities = parse_severities(severities)
     parsed_corruptions = parse_corruptions(corruptions)
-    for name, value in {
-        "bn_adapt": bn_adapt,
-        "shifts": shifts,
-        "adversarial": adversarial,
-        "latency": latency,
-        "device_latency": device_latency,
-        "quick": quick,
-    }.items():
-        if not isinstance(value, bool):  # quick="no" is truthy: it would not be what was meant
-            raise MobilenetsError(f"{name} must be True or False, got {value!r}")
+    check_flags(latency=latency, device_latency=device_latency)
     check_count("--max-images", max_images, 0, "0 (all images) or more")
     check_count("--bn-samples", bn_samples, 1, "1 or more")
     check_count("--adversarial-images", adversarial_images, 1, "1 or more (--no-adversarial skips the attacks)")
@@ -122,13 +126,13 @@ def robustness_report(
     run_dir = as_path(run_dir, "RUN_DIR")
     data = as_path(data, "--data") if data is not None else None
     baseline = as_path(baseline, "--baseline") if baseline is not None else None
-    model, classes, preprocessing = load_run(run_dir)
+    model, classes, preprocessing = load_run(run_dir, "RUN_DIR")
     out = as_path(out, "--out") if out is not None else run_dir / "robustness"
     check_writable(out)  # before minutes of measuring, not after
     check_writable(run_dir, "RUN_DIR")  # metrics.json gets the headline figures
     baseline_model = None
     if baseline is not None:
-        baseline_model, base_classes, base_preprocessing = load_run(baseline)
+        baseline_model, base_classes, base_preprocessing = load_run(baseline, "--baseline")
         if base_classes != classes:
             raise MobilenetsError(
                 f"{baseline}: its classes differ from {run_dir}'s; a baseline must solve the same task"
@@ -152,6 +156,12 @@ def robustness_report(
     images = load_eval_images(samples, preprocessing, max_images or None, seed)
     for line in summarize_skipped([(str(item), "") for item in images.skipped]):
         log(f"warning: {line}")
+    note_capped(
+        log,
+        images=len(images.labels),
+        bn_samples=bn_samples if bn_adapt else None,
+        adversarial_images=given_adversarial_images if adversarial else None,
+    )
     options = RobustnessOptions(
         corruptions=parsed_corruptions,
         severities=parsed_severities,
@@ -182,7 +192,7 @@ def robustness_report(
         **result,
     }
     paths = write_report(result, out, title=f"Robustness of {run_dir.name} ({model.architecture.name})")
-    record_robustness(run_dir, result)
+    record_robustness(run_dir, result, report=paths["html"])
     return RobustnessRun(result, paths)
 
 
@@ -192,6 +202,33 @@ OPTIONS = tuple(
         name for name in inspect.signature(robustness_report).parameters if name not in {"run_dir", "log", "unknown"}
     )
 )
+
+
+def check_flags(**flags: object) -> None:
+    """On/off options from Python: only True or False (quick="no" is truthy: it would not be what was meant)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise MobilenetsError(f"{name} must be True or False, got {value!r}")
+
+
+def check_applies(*, bn_adapt: bool, bn_samples: int | None, adversarial: bool, adversarial_images: int | None) -> None:
+    """A value given for a part that does not run would be silently ignored: refuse it in one line instead."""
+    if bn_samples is not None and not bn_adapt:
+        raise MobilenetsError("--bn-samples applies to --bn-adapt; add --bn-adapt or drop --bn-samples")
+    if adversarial_images is not None and not adversarial:
+        raise MobilenetsError(
+            "--adversarial-images applies to the attacks, which --no-adversarial skips; "
+            "drop --no-adversarial or drop --adversarial-images"
+        )
+
+
+def note_capped(
+    log: Callable[[str], None], *, images: int, bn_samples: int | None, adversarial_images: int | None
+) -> None:
+    """Say when a count the user gave is more than the images there are (all of them are used instead)."""
+    for option, value in (("--bn-samples", bn_samples), ("--adversarial-images", adversarial_images)):
+        if value is not None and value > images:
+            log(f"note: {option} {value}: only {images} images are evaluated; using all {images}")
 
 
 def check_count(option: str, value: object, minimum: int, wanted: str) -> None:
@@ -209,14 +246,19 @@ def as_path(value: object, option: str) -> Path:
     return Path(value)
 
 
-def load_run(run_dir: Path):
+def load_run(run_dir: Path, option: str):
+    """The model of a run directory given as ``option`` (RUN_DIR or --baseline), with its classes and
+    preprocessing; robustness needs the directory, not a file in it (its classes, its validation split)."""
     from mobilenets.models.weights import load_model
 
+    named = run_dir if option == "RUN_DIR" else f"{option} {run_dir}"
     if not run_dir.exists():
-        raise MobilenetsError(f"{run_dir}: does not exist; pass a training run directory (mobilenets train --out DIR)")
+        raise MobilenetsError(f"{named}: does not exist; pass a training run directory (mobilenets train --out DIR)")
+    if not run_dir.is_dir():
+        raise MobilenetsError(f"{named}: a file, not a run directory; {run_directory_hint(run_dir.parent)}")
     if not (run_dir / "model.safetensors").exists():
         raise MobilenetsError(
-            f"{run_dir}: no model.safetensors; pass a training run directory (mobilenets train --out DIR)"
+            f"{named}: no model.safetensors; pass a training run directory (mobilenets train --out DIR)"
         )
     model = load_model(run_dir)
     metadata = getattr(model, "weights_metadata", None) or {}
@@ -227,24 +269,52 @@ def load_run(run_dir: Path):
     return model.eval(), classes, preprocessing
 
 
-def record_robustness(run_dir: Path, r: dict) -> None:
-    """Add the headline numbers to the run's metrics.json as its ``robustness`` group (other keys are kept)."""
+def run_directory_hint(folder: Path) -> str:
+    """What to pass instead of a file: its own run directory when it is in one (as evaluate and predict say)."""
+    if (folder / "model.safetensors").exists():
+        return f"pass its run directory: {folder}"
+    return "pass a training run directory (mobilenets train --out DIR)"
+
+
+def record_robustness(run_dir: Path, r: dict, report: Path | None = None) -> None:
+    """Add the headline numbers to the run's metrics.json as its ``robustness`` group (other keys are kept),
+    with what they were measured on (corruptions, severities, baseline) and where the full report is."""
     robustness = {
         key: r.get(key)
         for key in (
             "images",
             "clean_accuracy",
             "mean_corrupted_accuracy",
+            "held_out_mean_corrupted_accuracy",
             "clean_vs_corrupt_ratio",
             "mce",
             "relative_mce",
+            "mean_ce",
+            "relative_mean_ce",
             "baseline_run",
+            "corruptions",
+            "severities",
             "quick",
         )
     }
     if "bn_adapt" in r:
-        robustness["bn_adapt_mean_corrupted_accuracy"] = r["bn_adapt"].get("mean_corrupted_accuracy")
+        bn = r["bn_adapt"]
+        robustness["bn_adapt_mean_corrupted_accuracy"] = bn.get("mean_corrupted_accuracy")
+        robustness["bn_adapt_samples"] = bn.get("samples")
+        robustness["bn_adapt_mce"] = bn.get("mce")
+        robustness["bn_adapt_mean_ce"] = bn.get("mean_ce")
+    robustness["report"] = None if report is None else report_path(run_dir, report)
     RunDirectory(run_dir).merge_metrics({"robustness": robustness})
+
+
+def report_path(run_dir: Path, report: Path) -> str:
+    """Where the robustness report is, as report.html links it: relative to the run directory when inside it
+    (the link survives moving the run), else absolute (``--out`` elsewhere)."""
+    report = Path(report).resolve()
+    try:
+        return report.relative_to(Path(run_dir).resolve()).as_posix()
+    except ValueError:
+        return str(report)
 
 
 class ProgressLine:

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
         "activations) and evaluate it next to fp32 on images not used for calibration: top-1 of both, agreement, "
         "size, latency. By default (--method auto) each attempt is reported as it finishes and the next is tried "
         "only while int8 loses more than --threshold points: min-max, percentile, then the stem and first block in "
-        "float with GPTQ weights, then QAT. --method ptq is the one-attempt fast path.",
+        "float with GPTQ weights, then QAT. --method ptq is the one-attempt fast path. A run directory's metrics.json "
+        "and report.html get the figures.",
     )
     add_model_arguments(parser)
     parser.add_argument(
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.data is None and run_split(source.run_dir) is not None:
         result = quantize_run(source.run_dir, max_val_images=args.max_val, **common)
+        from mobilenets.api import Run
+
+        Run(source.run_dir).report()  # report.html shows the int8 figures just merged into metrics.json
     elif args.data is None:
         raise MobilenetsError("no images: pass --data DIR (a class folder, or a flat folder for calibration)")
     else:

@@ -13,8 +13,9 @@ def add_parser(subparsers) -> None:
         "robustness",
         help="measure accuracy under ImageNet-C corruptions, shifts and adversarial noise; SE/hard-swish latency",
         description=(
-            "Writes RUN_DIR/robustness/robustness.{json,md,html} (or --out) with plots. Images are corrupted "
-            "at the model's input resolution; the CIFAR-10-C severity table is used up to 64 px, ImageNet-C above."
+            "Writes RUN_DIR/robustness/robustness.{json,md,html} (or --out) with plots, adds the headline figures to "
+            "RUN_DIR/metrics.json and refreshes RUN_DIR/report.html. Images are corrupted at the model's input "
+            "resolution; the CIFAR-10-C severity table is used up to 64 px, ImageNet-C above."
         ),
     )
     parser.add_argument(
@@ -31,15 +32,26 @@ def add_parser(subparsers) -> None:
         help="names, or groups: all (the default: 15 common + 4 held out; common with --quick), common, held_out, "
         "noise, blur, weather, digital",
     )
-    parser.add_argument("--baseline", type=Path, help="run directory of the model CE/mCE are normalized by")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="run directory of the model CE is normalized by (mCE: over all five severities; from fewer, the "
+        "mean CE is reported under that name)",
+    )
     parser.add_argument("--bn-adapt", action="store_true", help="also score with test-time BatchNorm re-estimation")
-    parser.add_argument("--bn-samples", type=int, default=32, help="images per BN re-estimation (default 32)")
+    parser.add_argument(
+        "--bn-samples", type=int, default=None, help="images per BN re-estimation (default 32; with --bn-adapt only)"
+    )
     parser.add_argument(
         "--max-images",
         type=int,
         help="evaluate a seeded subset of this many (default 1000, 200 with --quick; 0 = all)",
     )
-    parser.add_argument("--adversarial-images", type=int, help="images attacked (default 200, 50 with --quick)")
+    parser.add_argument(
+        "--adversarial-images",
+        type=int,
+        help="images attacked (default 200, 50 with --quick; not with --no-adversarial)",
+    )
     parser.add_argument("--no-shifts", action="store_true", help="skip the resolution/exposure/gamma/JPEG sweeps")
     parser.add_argument("--no-adversarial", action="store_true", help="skip FGSM/PGD")
     parser.add_argument("--no-latency", action="store_true", help="skip the SE/hard-swish latency attribution")
@@ -95,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
+    from mobilenets.api import Run
+
+    Run(args.run_dir).report()  # report.html shows the figures just recorded in metrics.json
     if args.json:
         print(json.dumps(outcome.result, indent=2))
     else:
