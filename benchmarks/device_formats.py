@@ -125,8 +125,8 @@ def parse_model(spec: str) -> tuple[str, dict]:
 def held_out(run: Path, folder: Path, count: int) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
     """A run's model and ``count`` images of a held-out class folder (labels matched by class name)."""
     from mobilenets.data.folders import folder_images
-    from mobilenets.deployment.loading import load_source_model, model_source
-    from mobilenets.deployment.quantization import labels_for_model, load_images, named_classes, sample
+    from mobilenets.deployment.loading import labels_for_model, load_source_model, model_source, named_classes
+    from mobilenets.deployment.quantization import load_images, sample
 
     model = load_source_model(model_source(run_dir=run))
     paths, labels, classes = folder_images(folder)

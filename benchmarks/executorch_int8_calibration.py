@@ -43,8 +43,14 @@ from common import load_average, machine_info
 from mobilenets.data.folders import folder_images
 from mobilenets.deployment.device_files import DeviceFile, compare, exportable, reference_logits
 from mobilenets.deployment.executorch import _quantize, delegate_count, export_executorch
-from mobilenets.deployment.loading import load_source_model, model_source, source_images
-from mobilenets.deployment.quantization import labels_for_model, load_images, named_classes, sample
+from mobilenets.deployment.loading import (
+    labels_for_model,
+    load_source_model,
+    model_source,
+    named_classes,
+    source_images,
+)
+from mobilenets.deployment.quantization import load_images, sample
 from mobilenets.deployment.timing import interleaved_times
 
 VARIANTS = ("product", "all-int8", "minmax", "moving-average", "float-classifier")

@@ -103,12 +103,32 @@ def test_finding05_quantize_refuses_a_folder_of_other_classes(run_dir, other_cla
 
 def test_finding05_folder_labels_are_matched_by_name_not_position(tmp_path):
     from mobilenets.core.errors import MobilenetsError
-    from mobilenets.deployment.quantization import labels_for_model
+    from mobilenets.deployment.loading import labels_for_model
 
     # The folder holds two of the model's three classes: sorted positions 0, 1 are the model's 1, 2.
     assert labels_for_model(tmp_path, ["b", "c"], [0, 1, 1], ["a", "b", "c"]) == [1, 2, 2]
     with pytest.raises(MobilenetsError, match="do not name their classes"):
         labels_for_model(tmp_path, ["b", "c"], [0, 1], None)
+
+
+def test_device_export_check_images_are_labelled_by_the_models_class_names(tmp_path):
+    from PIL import Image
+
+    from mobilenets.core.errors import MobilenetsError
+    from mobilenets.deployment.loading import ModelSource, source_images
+    from mobilenets.models.factory import create_model
+
+    model = create_model("mobilenet_v3_small", num_classes=3, width=0.25)
+    model.weights_metadata = {"classes": ["ankle_boot", "bag", "coat"]}
+    for name in ("bag", "coat"):  # two of its three classes, at sorted positions 0 and 1
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / name / "x.png")
+    _, labels = source_images(ModelSource(weights=tmp_path / "w.safetensors"), tmp_path / "data", "val", model=model)
+    assert labels == [1, 2]  # scored as bag and coat, not as ankle_boot and bag
+    (tmp_path / "data" / "shoe").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "shoe" / "x.png")
+    with pytest.raises(MobilenetsError, match="class folder.s. shoe are not classes of the model"):
+        source_images(ModelSource(weights=tmp_path / "w.safetensors"), tmp_path / "data", "val", model=model)
 
 
 # --- 6: a speed verdict inside the noise band is "no measurable difference", with the band given --------------

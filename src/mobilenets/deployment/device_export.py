@@ -116,14 +116,16 @@ def export_device_format(
     calibration = None
     if spec.int8_calibrated and any(name != spec.fp32_name for name in names):  # before any file is written
         calibration = _images(
-            source, data, "train", calibration_images, preprocessing, load_images=load_images, sample=sample
+            source, data, "train", calibration_images, preprocessing, model=model, load_images=load_images, sample=sample
         )
         if calibration is None:
             raise MobilenetsError(
                 f"--format {format}{'' if spec.fp32_name is None else ' --int8'} needs calibration images: export "
                 "a run directory (its training images) or pass --data DIR"
             )
-    check = _images(source, data, "val", check_images, preprocessing, load_images=load_images, sample=sample)
+    check = _images(
+        source, data, "val", check_images, preprocessing, model=model, load_images=load_images, sample=sample
+    )
     if check is None:
         report(
             f"warning: {format}: no validation images (pass --data DIR): the files are written and loaded in "
@@ -233,9 +235,9 @@ def _output_folder(source: ModelSource, out: Path | None) -> Path:
     return Path(".")
 
 
-def _images(source, data, part, count, preprocessing, *, load_images, sample) -> np.ndarray | None:
+def _images(source, data, part, count, preprocessing, *, model, load_images, sample) -> np.ndarray | None:
     try:
-        paths, labels = source_images(source, data, part)
+        paths, labels = source_images(source, data, part, model=model)
     except MobilenetsError:
         if data is not None:
             raise

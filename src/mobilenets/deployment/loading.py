@@ -9,6 +9,7 @@ output folder is checked for writability before minutes of work are spent on wha
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,12 +176,59 @@ def run_split(run_dir: Path | None) -> dict | None:
     return run.split_record() if (run / RunDirectory.SPLIT).exists() else None
 
 
-def source_images(source: ModelSource, data: Path | None, part: str) -> tuple[list[str], list[int] | None]:
-    """(paths, labels) from ``data``, else from the run's ``split.json`` part (``train`` or ``val``)."""
+def labels_for_model(
+    folder: Path, folder_classes: Sequence[str], labels: Sequence[int], model_classes: Sequence[str] | None
+) -> list[int]:
+    """A class folder's labels as the model's output indices, matched by class name, never by sorted position.
+
+    A folder whose classes the model does not have, or a model that does not name its classes, would
+    otherwise give an accuracy that silently measures nothing.
+    """
+    if model_classes is None:
+        raise MobilenetsError(
+            f"{folder}: the weights do not name their classes, so class folders cannot be matched to outputs; "
+            "pass --classes FILE (one name per line, in output order), or a flat folder of images "
+            "(agreement with fp32 is measured)"
+        )
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [name for name in folder_classes if name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        known = ", ".join(list(model_classes)[:5]) + (", …" if len(model_classes) > 5 else "")
+        raise MobilenetsError(
+            f"{folder}: class folder(s) {shown} are not classes of the model ({known}); pass a folder of the "
+            "model's own classes, or a flat folder of images (agreement with fp32 is measured)"
+        )
+    return [index[folder_classes[label]] for label in labels]
+
+
+def named_classes(model: nn.Module) -> list[str] | None:
+    """The model's class names, or None when its weights do not say them (a bare checkpoint)."""
+    from mobilenets.models.metadata import class_names
+
+    metadata = getattr(model, "weights_metadata", None) or {}
+    classes = metadata.get("classes")
+    if isinstance(classes, list) and len(classes) == model.num_classes:
+        return list(classes)
+    if model.num_classes == 1000 and classes in ("imagenet", None):
+        return class_names(metadata, 1000)
+    return None
+
+
+def source_images(
+    source: ModelSource, data: Path | None, part: str, *, model: nn.Module | None = None
+) -> tuple[list[str], list[int] | None]:
+    """(paths, labels) from ``data``, else from the run's ``split.json`` part (``train`` or ``val``).
+
+    With ``model``, the class folders of ``data`` are matched to its classes by name (``labels_for_model``):
+    a folder holding some of the classes, or others, must not be scored by sorted position.
+    """
     from mobilenets.data.folders import folder_images
 
     if data is not None:
-        paths, labels, _ = folder_images(data)
+        paths, labels, classes = folder_images(data)
+        if model is not None and classes is not None:
+            labels = labels_for_model(data, classes, labels, named_classes(model))
         return [str(p) for p in paths], labels
     split = run_split(source.run_dir)
     if split is None:

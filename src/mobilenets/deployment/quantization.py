@@ -44,6 +44,7 @@ from mobilenets.core.files import atomic_write, atomic_write_text
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.folders import folder_images
 from mobilenets.data.images import ImageLoadError, load_image
+from mobilenets.deployment.loading import labels_for_model, named_classes
 from mobilenets.deployment.onnx import INPUT_NAME, copy_metadata, export_onnx
 from mobilenets.deployment.onnx_runtime import onnx_logits
 from mobilenets.deployment.timing import SpeedCheck, median_latency_ms, speed_check, speed_verdict
@@ -78,45 +79,6 @@ class ImageSet:
         return len(self.images)
 
 
-
-
-def labels_for_model(
-    folder: Path, folder_classes: Sequence[str], labels: Sequence[int], model_classes: Sequence[str] | None
-) -> list[int]:
-    """A class folder's labels as the model's output indices, matched by class name, never by sorted position.
-
-    A folder whose classes the model does not have, or a model that does not name its classes, would
-    otherwise give an accuracy that silently measures nothing.
-    """
-    if model_classes is None:
-        raise MobilenetsError(
-            f"{folder}: the weights do not name their classes, so class folders cannot be matched to outputs; "
-            "pass --classes FILE (one name per line, in output order), or a flat folder of images "
-            "(agreement with fp32 is measured)"
-        )
-    index = {name: i for i, name in enumerate(model_classes)}
-    unknown = [name for name in folder_classes if name not in index]
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        known = ", ".join(list(model_classes)[:5]) + (", …" if len(model_classes) > 5 else "")
-        raise MobilenetsError(
-            f"{folder}: class folder(s) {shown} are not classes of the model ({known}); pass a folder of the "
-            "model's own classes, or a flat folder of images (agreement with fp32 is measured)"
-        )
-    return [index[folder_classes[label]] for label in labels]
-
-
-def named_classes(model: nn.Module) -> list[str] | None:
-    """The model's class names, or None when its weights do not say them (a bare checkpoint)."""
-    from mobilenets.models.metadata import class_names
-
-    metadata = getattr(model, "weights_metadata", None) or {}
-    classes = metadata.get("classes")
-    if isinstance(classes, list) and len(classes) == model.num_classes:
-        return list(classes)
-    if model.num_classes == 1000 and classes in ("imagenet", None):
-        return class_names(metadata, 1000)
-    return None
 
 
 def load_images(
