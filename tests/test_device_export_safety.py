@@ -179,3 +179,41 @@ def test_a_full_disk_during_a_real_litert_export_is_one_line_exit_2(tmp_path, mo
     assert "no space left on the disk holding" in error and "internal error" not in error
     assert len(error.strip().splitlines()) == 1 and list((tmp_path / "out").iterdir()) == []
     assert "deployment" not in json.loads((run / "metrics.json").read_text())
+
+
+def test_a_refusal_names_the_file_the_user_asked_for_not_its_pending_name(run_dir, monkeypatch):
+    from mobilenets.core.errors import MobilenetsError
+
+    def refusing_verify(module, spec, path, model, check, *, size):
+        raise MobilenetsError(f"{path.name}: XNNPACK delegates the graph in 3 partitions; keep hard-swish in float")
+
+    monkeypatch.setattr(device_export, "_import_runtime", lambda format: None)
+    monkeypatch.setattr(device_export, "_export", fake_export("refused"))
+    monkeypatch.setattr(device_export, "_verify", refusing_verify)
+    with pytest.raises(MobilenetsError) as raised:
+        export(run_dir, "tflite")
+    assert str(raised.value).startswith("model.tflite: XNNPACK delegates the graph in 3 partitions")
+    assert not [name for name in hidden(run_dir) if "pending" in name]
+
+
+def test_a_swapped_package_is_recorded_even_when_its_old_copy_cannot_be_removed(run_dir, monkeypatch):
+    from mobilenets.deployment import device_files
+
+    monkeypatch.setattr(device_export, "_import_runtime", lambda format: None)
+    monkeypatch.setattr(device_export, "_verify", fake_verify)
+    monkeypatch.setattr(device_export, "_export", fake_export("first"))
+    export(run_dir, "coreml")
+    original = shutil.rmtree
+
+    def stuck(path, ignore_errors=False, **kwargs):  # a read-only subfolder, say: the old copy stays
+        if ".old" in Path(path).name:
+            if ignore_errors:
+                return None
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return original(path, ignore_errors=ignore_errors, **kwargs)
+
+    monkeypatch.setattr(device_files.shutil, "rmtree", stuck)
+    monkeypatch.setattr(device_export, "_export", fake_export("second"))
+    [record] = export(run_dir, "coreml")
+    assert record.path == run_dir / "model.mlpackage" and content(record.path) == "second"
+    assert [row for row in deployment(run_dir) if row["path"].endswith("model.mlpackage")]

@@ -173,7 +173,13 @@ def test_a_resume_trains_where_the_run_did_unless_told_otherwise(tmp_path):
     from mobilenets.training.options import TrainOptions
     from mobilenets.training.pipeline import resumed_placement
 
-    (tmp_path / "config.json").write_text(json.dumps({"device": "cpu", "sync_bn": True}))
+    (tmp_path / "config.json").write_text(json.dumps({"device": "cpu", "sync_bn": False}))
     # Not passing --device keeps config.json's, where the default "auto" would take a GPU the run never used.
-    assert resumed_placement(TrainOptions(resume=tmp_path)) == ("cpu", True)
-    assert resumed_placement(TrainOptions(resume=tmp_path, device="auto", passed=frozenset({"device"}))) == ("auto", True)
+    assert resumed_placement(TrainOptions(resume=tmp_path)) == ("cpu", False)
+    assert resumed_placement(TrainOptions(resume=tmp_path, device="auto", passed=frozenset({"device"}))) == ("auto", False)
+    # A run trained on GPUs with SyncBatchNorm (CUDA only) can be finished on a CPU: it is turned off, and said.
+    (tmp_path / "config.json").write_text(json.dumps({"device": "cuda", "sync_bn": True}))
+    on_cpu = TrainOptions(resume=tmp_path, device="cpu", passed=frozenset({"device"}))
+    assert resumed_placement(on_cpu) == ("cpu", False)
+    if torch.cuda.is_available():
+        assert resumed_placement(TrainOptions(resume=tmp_path)) == ("cuda", True)

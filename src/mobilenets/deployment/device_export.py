@@ -175,11 +175,18 @@ def _write_verified(module, spec: DeviceFormat, model, path: Path, *, calibratio
             )
         with native_output_silenced():  # runtimes log their CPU probing on load
             record = _verify(module, spec, written, model, check, size=size)
+    except BaseException as error:
+        remove_path(pending)
+        if isinstance(error, MobilenetsError) and pending.name in str(error):
+            # The converter and runtime name the file they were given; the user knows it by its own name.
+            raise MobilenetsError(str(error).replace(pending.name, path.name)) from None
+        raise
+    try:
         replace_path(Path(written), path)
     except BaseException:
         remove_path(pending)
         raise
-    record.path = path
+    record.path = path  # in place: its row is recorded whatever follows
     return record
 
 

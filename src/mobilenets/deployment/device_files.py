@@ -152,13 +152,18 @@ def replace_path(new: Path, path: Path) -> None:
         return
     old = path.with_name(f".{path.stem}.old{path.suffix}")
     remove_path(old)
-    os.replace(path, old)
+    moved = False
     try:
+        os.replace(path, old)
+        moved = True
         os.replace(new, path)
-    except BaseException:
-        os.replace(old, path)
+    except BaseException:  # Ctrl-C included: the old package goes back
+        if moved and not path.exists():
+            os.replace(old, path)
         raise
-    remove_path(old)
+    # The new package is in place: removing the old one is housekeeping (the next swap retries it), and
+    # must not turn a finished replacement into a failed one.
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_images(images: np.ndarray | torch.Tensor, purpose: str) -> np.ndarray:

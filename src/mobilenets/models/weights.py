@@ -299,6 +299,9 @@ def exported_file_kind(path: Path) -> str | None:
         head = file.read(16)
     for offset, signature, kind in FILE_SIGNATURES:
         if head[offset : offset + len(signature)] == signature:
+            # ExecuTorch's identifier is "ET" and a two-digit version ("ET12"): two letters alone are too weak.
+            if signature == b"ET" and not head[6:8].isdigit():
+                continue
             return kind
     return None
 

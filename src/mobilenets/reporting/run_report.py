@@ -261,8 +261,9 @@ def _robustness_link(figures: dict, run_dir: Path) -> str:
     report = figures.get("report")
     if not isinstance(report, str):
         return ""
-    if not Path(report).is_absolute() and (run_dir / report).exists():
-        return f' Full report: <a href="{html.escape(report)}">{html.escape(report)}</a>.'
+    if not Path(report).is_absolute():  # relative to the run directory, never to where the command runs
+        exists = (run_dir / report).exists()
+        return f' Full report: <a href="{html.escape(report)}">{html.escape(report)}</a>.' if exists else ""
     return f" Full report (outside the run directory): {html.escape(report)}." if Path(report).exists() else ""
 
 

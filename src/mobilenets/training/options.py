@@ -87,7 +87,7 @@ class TrainOptions:
             setattr(self, name, Path(value))
         if isinstance(self.export, (list, tuple)) and all(isinstance(item, str) for item in self.export):
             self.export = ",".join(self.export)  # export=["tflite", "executorch"] from Python
-        for name in ("weights", "recipe"):  # a published name or a file: a pathlib.Path is its string
+        for name in FILE_OR_NAME:  # a pathlib.Path is its string
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         self.teacher = _teachers(self.teacher)
@@ -151,6 +151,7 @@ NUMBERS = (
 )  # fmt: skip
 SWITCHES = ("flip", "ema", "quantize", "quiet", "freeze_bn", "sync_bn")
 STRINGS = ("model", "weights", "recipe", "export", "augment", "optimizer")  # names or files, checked further later
+FILE_OR_NAME = ("weights", "recipe")  # a published or bundled name, or a file (a pathlib.Path too)
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "cache": ("auto", "memory", "disk"),
@@ -169,7 +170,7 @@ def type_problem(name: str, value: object) -> str | None:
         return f"{flag_of(name)} must be a number, got {value!r}"
     if name in SWITCHES and not isinstance(value, bool):
         return f"{name} must be True or False, got {value!r}"
-    if name in STRINGS and not isinstance(value, str):
+    if name in STRINGS and not isinstance(value, str) and not (name in FILE_OR_NAME and isinstance(value, os.PathLike)):
         return f"{flag_of(name)} must be a string, got {value!r}"
     if name in CHOICES and value not in CHOICES[name]:
         return f"{flag_of(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}"

@@ -338,7 +338,12 @@ def resumed_placement(options: TrainOptions) -> tuple[str, bool]:
     """--device and --sync-bn of a resumed run: config.json's, or a new --device given with --resume."""
     saved = RunDirectory(options.resume).read_json(CONFIG)
     device = options.device if "device" in options.given() else saved.get("device", "auto")
-    return device, bool(saved.get("sync_bn", False))
+    sync_bn = bool(saved.get("sync_bn", False))
+    if sync_bn and (device == "cpu" or not torch.cuda.is_available()):
+        # SyncBatchNorm is CUDA-only; a run trained with it on GPUs may still be finished on a CPU.
+        say("resuming on the CPU: --sync-bn (CUDA only) is off for the rest of this run")
+        sync_bn = False
+    return device, sync_bn
 
 
 def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
