@@ -62,3 +62,13 @@ def real_photos(tmp_path_factory) -> dict[str, Path]:
         photos[name] = folder / f"{name}.png"
         Image.fromarray(getattr(data, name)()).save(photos[name])
     return photos
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared CI machine: one thread avoids OpenMP oversubscription (10× slower there).
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

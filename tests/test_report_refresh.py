@@ -8,20 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from deploy_helpers import tiny_run_dir, write_class_folder
 
 from mobilenets.cli.main import main
 from mobilenets.reporting.run_report import write_report
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids OpenMP oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ from mobilenets.robustness.evaluate import (
 CLASSES = ["red", "green", "blue"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CI machine: one thread avoids OpenMP oversubscription (10× slower there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
