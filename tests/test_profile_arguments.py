@@ -68,3 +68,17 @@ def test_json_records_an_int8_latency(capsys):
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["latency_runtime"] == "onnx" and data["latency_int8"] is True and data["latency_ms"] > 0
+
+
+def test_a_device_latency_keeps_the_toolchains_import_chatter_off_the_console():
+    import subprocess
+    import sys
+
+    # A fresh process: the converters print their import-time lines once, to the file descriptors.
+    argv = ["profile", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--num-classes", "10",
+            "--latency", "tflite"]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "mobilenets", *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for chatter in ("Failed to load", "absl::InitializeLog", "oneDNN custom operations", "register_constant"):
+        assert chatter not in result.stderr + result.stdout
+    assert "ms batch 1 in tflite" in result.stdout

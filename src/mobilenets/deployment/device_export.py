@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -95,11 +96,7 @@ def export_device_format(
 
     spec = DEVICE_FORMATS[format]
     budget = budget or DeviceBudget()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the converters' TensorFlow Lite logging
-    with native_output_silenced(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _import_runtime(format)
-        module = importlib.import_module(spec.module)
+    module = import_toolchain_quietly(format)
     names = [
         name
         for name, wanted in ((spec.fp32_name, True), (spec.int8_name, int8 or spec.fp32_name is None))
@@ -218,6 +215,16 @@ def drop_warning(record, threshold: float | None = None) -> str | None:
         "before shipping it, check more images (--check-images N), calibrate on more (--calibration N) or use "
         "another format's int8 file"
     )
+
+
+def import_toolchain_quietly(format: str) -> ModuleType:
+    """``format``'s exporter module, its converters and runtime imported with their import-time chatter
+    (TensorFlow's, absl's, torchao's "Failed to load …" for GPU kernels) kept off the console."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the converters' TensorFlow Lite logging
+    with native_output_silenced(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _import_runtime(format)
+        return importlib.import_module(DEVICE_FORMATS[format].module)
 
 
 def _import_runtime(format: str) -> None:

@@ -180,8 +180,10 @@ def measure_device_group(
 ) -> dict[int, Measurement]:
     """Export one file per resolution for a device runtime and time it there (one file per size: these
     converters fix the input size). tflite-micro is always int8 and reports the exact TFLM arena as RAM."""
+    from mobilenets.deployment.device_export import import_toolchain_quietly
     from mobilenets.models.factory import create_model
 
+    import_toolchain_quietly(target)
     work.mkdir(parents=True, exist_ok=True)
     model = as_trained(create_model(model_name, num_classes=num_classes, width=width, **(model_options or {})))
     results = {}
