@@ -41,8 +41,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for lack of space, as every writer here reports it."""
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # shutil.copytree (Core ML's package save) gathers its failed copies into one shutil.Error whose errno
+    # is None and whose text holds each "[Errno 28]".
+    if isinstance(error, shutil.Error) and os.strerror(errno.ENOSPC) in str(error):
         return True
     # torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:…] … failed
     # writing file …") without the errno; a full disk is what makes it fail in practice.
@@ -95,7 +100,7 @@ def atomic_path(path: Path | str, needed_bytes: int | None = None) -> Iterator[P
     try:
         temporary, created_mode = _create_temporary(path)
     except OSError as error:
-        if _is_disk_full(error):
+        if is_disk_full(error):
             raise DiskFullError(disk_full_message(path.parent, needed_bytes)) from None
         raise
     try:
@@ -106,7 +111,7 @@ def atomic_path(path: Path | str, needed_bytes: int | None = None) -> Iterator[P
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        if _is_disk_full(error):
+        if is_disk_full(error):
             raise DiskFullError(disk_full_message(path.parent, needed_bytes)) from None
         raise
 

@@ -10,7 +10,6 @@ is one ``DeviceFile`` per file, the row of the ``deployment`` table.
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
 import json
 import os
@@ -29,9 +28,9 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import (
     DiskFullError,
-    _is_disk_full,  # one test of a full disk for every writer
     atomic_write_bytes,
     disk_full_message,
+    is_disk_full,
     remove_path,
 )
 
@@ -118,19 +117,11 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
             raise MobilenetsError(f"{path}: the exporter wrote nothing")
         replace_path(temporary, path)
     except OSError as error:
-        if _disk_full(error):
+        if is_disk_full(error):
             raise DiskFullError(disk_full_message(path.parent, None)) from None
         raise
     finally:
         remove_path(temporary)
-
-
-def _disk_full(error: OSError) -> bool:
-    """``core.files``' test, and ``shutil.copytree``'s (Core ML's save): it gathers the failed copies into
-    one ``shutil.Error`` whose errno is None and whose text holds each ``[Errno 28]``."""
-    if _is_disk_full(error):
-        return True
-    return isinstance(error, shutil.Error) and os.strerror(errno.ENOSPC) in str(error)
 
 
 def pending_path(path: Path | str) -> Path:

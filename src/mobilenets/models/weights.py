@@ -253,16 +253,12 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
             raise WeightsError(f"{metadata_path(path)}: not a JSON object of model metadata; restore or delete it")
         return in_module_order(state_dict), metadata
     if path.is_file() and _is_text(path):
-        run = path.parent
-        hint = (
-            f"pass its run directory: {run}"
-            if (run / "model.safetensors").exists()
-            else "pass a run directory, a .safetensors/.pth/.pt weights file, an .onnx file or a published name"
+        hint = run_directory_hint(
+            path, otherwise="pass a run directory, a .safetensors/.pth/.pt weights file, an .onnx file or a published name"
         )
         raise WeightsError(f"{path}: a text file, not model weights; {hint}")
     if kind := exported_file_kind(path):
-        run = path.parent
-        hint = f"pass its run directory: {run}" if (run / "model.safetensors").exists() else "pass the run directory it came from"
+        hint = run_directory_hint(path, otherwise="pass the run directory it came from")
         raise WeightsError(f"{path}: {kind}, not PyTorch weights; {hint}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -289,6 +285,13 @@ FILE_SIGNATURES = (
     (0, b"\x89PNG", "a PNG image"),
     (0, b"\xff\xd8\xff", "a JPEG image"),
 )
+
+
+def run_directory_hint(path: Path, *, otherwise: str) -> str:
+    """What to pass instead of the file ``path``: the run directory it lies in, when it lies in one."""
+    if (path.parent / "model.safetensors").exists():
+        return f"pass its run directory: {path.parent}"
+    return otherwise
 
 
 def exported_file_kind(path: Path) -> str | None:

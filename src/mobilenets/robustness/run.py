@@ -249,13 +249,14 @@ def as_path(value: object, option: str) -> Path:
 def load_run(run_dir: Path, option: str):
     """The model of a run directory given as ``option`` (RUN_DIR or --baseline), with its classes and
     preprocessing; robustness needs the directory, not a file in it (its classes, its validation split)."""
-    from mobilenets.models.weights import load_model
+    from mobilenets.models.weights import load_model, run_directory_hint
 
     named = run_dir if option == "RUN_DIR" else f"{option} {run_dir}"
     if not run_dir.exists():
         raise MobilenetsError(f"{named}: does not exist; pass a training run directory (mobilenets train --out DIR)")
     if not run_dir.is_dir():
-        raise MobilenetsError(f"{named}: a file, not a run directory; {run_directory_hint(run_dir.parent)}")
+        hint = run_directory_hint(run_dir, otherwise="pass a training run directory (mobilenets train --out DIR)")
+        raise MobilenetsError(f"{named}: a file, not a run directory; {hint}")
     if not (run_dir / "model.safetensors").exists():
         raise MobilenetsError(
             f"{named}: no model.safetensors; pass a training run directory (mobilenets train --out DIR)"
@@ -267,13 +268,6 @@ def load_run(run_dir: Path, option: str):
         raise MobilenetsError(f"{run_dir}/model.json: no class list; robustness needs a run trained on named classes")
     preprocessing = Preprocessing.from_dict(metadata.get("preprocessing") or {})
     return model.eval(), classes, preprocessing
-
-
-def run_directory_hint(folder: Path) -> str:
-    """What to pass instead of a file: its own run directory when it is in one (as evaluate and predict say)."""
-    if (folder / "model.safetensors").exists():
-        return f"pass its run directory: {folder}"
-    return "pass a training run directory (mobilenets train --out DIR)"
 
 
 def record_robustness(run_dir: Path, r: dict, report: Path | None = None) -> None:
