@@ -129,3 +129,26 @@ def test_the_help_and_the_report_give_each_optimizers_own_weight_decay(tmp_path,
     rows = dict(settings_rows({"optimizer": "sgd", "weight_decay": None}, tmp_path))
     assert rows["weight_decay"] == "4.00e-05"
     assert dict(settings_rows({"weight_decay": None}, tmp_path))["weight_decay"] == "2.00e-02"  # older runs: AdamW
+
+
+def test_settling_a_run_leaves_the_options_as_the_user_gave_them(tmp_path, monkeypatch):
+    import dataclasses
+
+    from mobilenets.training import pipeline
+
+    options = parse("--recipe", "auto", "--weights", "none", "--resolution", "32")
+    given = dataclasses.replace(options)
+    config = pipeline.make_config(options, 400, [])
+    assert options == given  # model, width and head-only epochs were decided in the config, not written back
+    assert (config.model, config.width, config.head_epochs) == ("mobilenet_v3_small", 1.0, 0)
+    assert (config.epochs, config.augment) == (choose_recipe(400).epochs, choose_recipe(400).augment)
+
+    # A recipe file fills train()'s own copy: the caller's object, reused for a second run, is unchanged.
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    seen = []
+    monkeypatch.setattr(pipeline, "_train", lambda settled, context: seen.append(settled))
+    caller = parse("--recipe", "modern", "--out", str(tmp_path / "run"))
+    caller.data = tmp_path / "images"
+    pipeline.train(caller)
+    assert seen[0].model == "mobilenet_v3_large" and seen[0].augment == "heavy"
+    assert (caller.model, caller.augment, caller.recipe) == (None, None, "modern")

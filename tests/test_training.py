@@ -561,3 +561,15 @@ def test_training_on_a_gpu_moves_each_batch_to_the_model(tmp_path, capsys):
                  "--device", "cuda", "--teacher", str(teacher), "--out", str(student)]) == 0  # fmt: skip
     metrics = json.loads((student / "metrics.json").read_text())
     assert metrics["complete"] and metrics["epochs_completed"] == 1
+
+
+def test_the_epoch_totals_of_a_checkpoint_read_back_typed_also_from_earlier_versions_lists():
+    from dataclasses import asdict
+
+    from mobilenets.training.loop import EpochTotals, TrainingState
+
+    state = TrainingState(epoch=1, step_in_epoch=3)
+    state.epoch_totals.add(loss_sum=2.5, correct=7, images=12, seconds=0.5)
+    assert TrainingState(**asdict(state)) == state  # what save_checkpoint writes and load_checkpoint reads
+    earlier = TrainingState(**{**asdict(state), "epoch_totals": [2.5, 7.0, 12.0, 0.5]})
+    assert earlier.epoch_totals == EpochTotals(loss_sum=2.5, correct=7.0, images=12.0, seconds=0.5)

@@ -145,14 +145,29 @@ class EpochRecord:
 
 
 @dataclass
+class EpochTotals:
+    """Running sums over the steps of the unfinished epoch (this process's share under DDP)."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    images: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, *, loss_sum: float, correct: float, images: float, seconds: float) -> None:
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.images += images
+        self.seconds += seconds
+
+
+@dataclass
 class TrainingState:
     """Everything beyond module states needed to continue a run exactly."""
 
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    # Running totals of the unfinished epoch: loss sum, correct, count, seconds.
-    epoch_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    epoch_totals: EpochTotals = field(default_factory=EpochTotals)
     history: list[dict] = field(default_factory=list)
     best_val_accuracy: float = -1.0
     best_val_loss: float = float("inf")  # breaks ties of accuracy (older checkpoints: none recorded)
@@ -161,6 +176,14 @@ class TrainingState:
     augment_seconds: float = 0.0
     images_seen: int = 0
     finished: bool = False
+
+    def __post_init__(self) -> None:
+        # A checkpoint holds the totals as a dict; those of earlier versions as a list in field order.
+        totals = self.epoch_totals
+        if isinstance(totals, dict):
+            self.epoch_totals = EpochTotals(**totals)
+        elif isinstance(totals, (list, tuple)):
+            self.epoch_totals = EpochTotals(*totals)
 
 
 def is_better(accuracy: float, loss: float, *, best_accuracy: float, best_loss: float) -> bool:
@@ -691,10 +714,7 @@ class Trainer:
             loss_sum, correct, count = self.train_step(indices, epoch, step)
             seconds = time.perf_counter() - started
             totals = state.epoch_totals
-            totals[0] += loss_sum
-            totals[1] += correct
-            totals[2] += count
-            totals[3] += seconds
+            totals.add(loss_sum=loss_sum, correct=correct, images=count, seconds=seconds)
             state.train_seconds += seconds
             state.images_seen += count * self.context.world_size
             state.step_in_epoch = step + 1
@@ -704,8 +724,8 @@ class Trainer:
                     task,
                     advance=1,
                     description=(
-                        f"epoch {epoch + 1}/{self.config.epochs} loss {totals[0] / totals[2]:.3f} "
-                        f"acc {totals[1] / totals[2]:.3f} {totals[2] / max(totals[3], 1e-9):.0f} img/s"
+                        f"epoch {epoch + 1}/{self.config.epochs} loss {totals.loss_sum / totals.images:.3f} "
+                        f"acc {totals.correct / totals.images:.3f} {totals.images / max(totals.seconds, 1e-9):.0f} img/s"
                     ),
                 )
             if self.should_checkpoint_mid_epoch():
@@ -725,7 +745,10 @@ class Trainer:
 
     def finish_epoch(self, epoch: int) -> EpochRecord:
         state = self.state
-        totals = self.context.reduce_sum(torch.tensor(state.epoch_totals[:3], dtype=torch.float64)).tolist()
+        own = state.epoch_totals
+        loss_sum, correct, images = self.context.reduce_sum(
+            torch.tensor([own.loss_sum, own.correct, own.images], dtype=torch.float64)
+        ).tolist()
         if not self.config.freeze_bn:
             recompute_batchnorm_statistics(
                 self.eval_model,
@@ -737,19 +760,19 @@ class Trainer:
         result = self.context.merge_evaluation(self.evaluate())
         record = EpochRecord(
             epoch=epoch + 1,
-            train_loss=totals[0] / max(totals[2], 1),
-            train_accuracy=totals[1] / max(totals[2], 1),
+            train_loss=loss_sum / max(images, 1),
+            train_accuracy=correct / max(images, 1),
             val_loss=result.loss,
             val_accuracy=result.accuracy,
             lr=self.optimizer.param_groups[0]["lr"],
-            images_per_second=totals[2] / max(state.epoch_totals[3], 1e-9),
-            seconds=state.epoch_totals[3],
+            images_per_second=images / max(own.seconds, 1e-9),
+            seconds=own.seconds,
         )
         state.history.append(asdict(record))
         if is_better(result.accuracy, result.loss, best_accuracy=state.best_val_accuracy, best_loss=state.best_val_loss):
             state.best_val_accuracy, state.best_val_loss, state.best_epoch = result.accuracy, result.loss, epoch + 1
             self.save_model("model", {"epoch": epoch + 1, "val_accuracy": result.accuracy})
-        state.epoch, state.step_in_epoch, state.epoch_totals = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
+        state.epoch, state.step_in_epoch, state.epoch_totals = epoch + 1, 0, EpochTotals()
         self.write_epochs_csv()
         self.save_checkpoint()
         return record

@@ -7,6 +7,7 @@ The library behind ``mobilenets train`` and ``mobilenets.train()``: both build a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
@@ -308,8 +309,10 @@ def train(options: TrainOptions) -> RunDirectory:
     """Train (or resume) a run as ``options`` say; returns its run directory.
 
     Under torchrun every process calls this; only the first prints and writes files. Ctrl-C saves a
-    checkpoint and raises ``Interrupted``; ``options.resume`` continues exactly.
+    checkpoint and raises ``Interrupted``; ``options.resume`` continues exactly. ``options`` is left as given:
+    a recipe file's values and the values decided go to the run's ``config.json``.
     """
+    options = dataclasses.replace(options)  # a recipe file fills the copy, never the caller's object
     check_options(options)
     # torchrun's rank is known before joining the job: only rank 0 prints from the start.
     quiet_unless_main = None if launched_rank() == 0 else log.level
@@ -612,26 +615,30 @@ def apply_recipe_file(options: TrainOptions) -> None:
     say(f"recipe {options.recipe}: {', '.join(applied) or 'nothing (all given explicitly)'}")
 
 
-def make_config(
-    options: TrainOptions, num_train: int, train_samples: list[Sample], *, num_unlabelled: int = 0
-) -> TrainConfig:
+class Schedule(NamedTuple):
+    """The values ``--recipe auto`` may decide for a folder, as this run uses them."""
+
+    batch_size: int
+    epochs: int
+    lr: float
+    augment: str
+    head_epochs: int | None  # None: not given and no recipe chose it
+
+
+def choose_schedule(
+    options: TrainOptions, *, num_train: int, num_unlabelled: int, initial_weights: str | None
+) -> Schedule:
+    """--batch-size, --epochs, --lr, --augment and --head-epochs: as given, else ``--recipe auto``'s choice for
+    this many images (said with its reason), else the documented defaults."""
     batch_size, epochs, lr, augment = options.batch_size, options.epochs, options.lr, options.augment
-    head_epochs_given = options.head_epochs is not None
-    options.model, options.width = choose_architecture(options.weights, model=options.model, width=options.width)
-    initial_weights = resolve_initial_weights(options.weights, model=options.model, width=options.width)
-    check_freeze(
-        options.freeze, model=options.model, width=options.width, initial_weights=initial_weights, weights=options.weights
-    )
+    head_epochs = options.head_epochs
     if options.recipe == "auto":
         recipe = choose_recipe(num_train, pretrained=initial_weights is not None)
         say(recipe.describe(num_train))
-        if options.head_epochs is None:
-            options.head_epochs = recipe.head_epochs
-        chosen = {"batch_size": recipe.batch_size, "epochs": recipe.epochs, "lr": recipe.lr, "augment": recipe.augment}
         overridden = [
-            k
-            for k, v in (("batch_size", batch_size), ("epochs", epochs), ("lr", lr), ("augment", augment))
-            if v is not None
+            name
+            for name, value in (("batch_size", batch_size), ("epochs", epochs), ("lr", lr), ("augment", augment))
+            if value is not None
         ]
         if overridden:
             say(f"  kept from the command line: {', '.join(overridden)}")
@@ -644,11 +651,19 @@ def make_config(
         batch_size = batch_size or recipe.batch_size
         epochs = epochs or recipe.epochs
         lr = lr or recipe.lr
-        augment = augment or chosen["augment"]
-    batch_size = batch_size or DEFAULTS["batch_size"]
-    epochs = epochs or DEFAULTS["epochs"]
-    lr = lr or DEFAULTS["lr"]
-    augment = augment or "medium"
+        augment = augment or recipe.augment
+        head_epochs = recipe.head_epochs if head_epochs is None else head_epochs
+    return Schedule(
+        batch_size=batch_size or DEFAULTS["batch_size"],
+        epochs=epochs or DEFAULTS["epochs"],
+        lr=lr or DEFAULTS["lr"],
+        augment=augment or "medium",
+        head_epochs=head_epochs,
+    )
+
+
+def check_augment_options(options: TrainOptions, *, augment: str) -> None:
+    """--crop-scale and --no-flip change a level's crop and flips; the level ``none`` has neither."""
     if options.crop_scale is not None and augment == "none":
         raise MobilenetsError(
             f"--crop-scale {options.crop_scale:g} sets the random crop of --augment light, medium, heavy or augmix, "
@@ -659,7 +674,22 @@ def make_config(
             "--no-flip turns off the flips of --augment light, medium, heavy or augmix, but this run's augmentation "
             "is none, which has no flips: pick one of those levels, or drop --no-flip"
         )
-    for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", options.width)):
+
+
+def make_config(
+    options: TrainOptions, num_train: int, train_samples: list[Sample], *, num_unlabelled: int = 0
+) -> TrainConfig:
+    """The settings a new run records in ``config.json``: ``options`` with every value left open decided
+    (architecture, initial weights, recipe, resolution, --out). ``options`` itself is left as given."""
+    model, width = choose_architecture(options.weights, model=options.model, width=options.width)
+    initial_weights = resolve_initial_weights(options.weights, model=model, width=width)
+    check_freeze(options.freeze, model=model, width=width, initial_weights=initial_weights, weights=options.weights)
+    schedule = choose_schedule(
+        options, num_train=num_train, num_unlabelled=num_unlabelled, initial_weights=initial_weights
+    )
+    batch_size, epochs, lr, augment = schedule.batch_size, schedule.epochs, schedule.lr, schedule.augment
+    check_augment_options(options, augment=augment)
+    for name, value in (("--batch-size", batch_size), ("--epochs", epochs), ("--lr", lr), ("--width", width)):
         if value <= 0:
             raise MobilenetsError(f"{name} must be positive, got {value:g}")
     if options.optimizer == "sgd" and options.lr is None:
@@ -677,14 +707,20 @@ def make_config(
         batch_size = total
     resolution = choose_resolution(options.resolution, train_samples)
     check_mixup(options.mixup, augment=augment)
-    options.head_epochs = check_head_epochs(
-        options.head_epochs or 0, epochs=epochs, given=head_epochs_given, initial_weights=initial_weights
+    head_epochs = check_head_epochs(
+        schedule.head_epochs or 0,
+        epochs=epochs,
+        given=options.head_epochs is not None,
+        initial_weights=initial_weights,
     )
-    out = options.out or Path("runs") / f"{options.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = options.out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Every option has the name of its TrainConfig field; the values decided above replace the raw ones.
     return TrainConfig.from_dict(
         {
             **vars(options),
+            "model": model,
+            "width": width,
+            "head_epochs": head_epochs,
             "data": str(options.data),
             "val": str(options.val) if options.val else None,
             "resolution": resolution,
