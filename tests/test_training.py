@@ -387,10 +387,13 @@ def test_resuming_an_early_stopped_run_finishes_it_without_another_epoch(tmp_pat
     assert main(["train", *arguments, "--batch-size", "5", "--no-ema", *TINY]) != 0
     monkeypatch.setattr(pipeline, "finish_run", finish_run)
     weights = (run_dir / "model.safetensors").read_bytes()
+    # Usually 2 epochs; a third when epoch 2's loss came out lower by rounding (the tie-break of is_better).
+    epochs = (run_dir / "epochs.csv").read_text()
+    assert 2 <= len(epochs.strip().splitlines()) - 1 < 5
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["complete"] and metrics["epochs_completed"] == 2
-    assert len((run_dir / "epochs.csv").read_text().strip().splitlines()) == 3  # header and the same 2 epochs
+    assert metrics["complete"] and metrics["epochs_completed"] == len(epochs.strip().splitlines()) - 1
+    assert (run_dir / "epochs.csv").read_text() == epochs  # the same epochs, none added
     assert (run_dir / "model.safetensors").read_bytes() == weights
 
 

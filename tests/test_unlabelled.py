@@ -193,7 +193,7 @@ def test_unlabelled_images_train_with_the_teacher_and_never_validate(tmp_path, t
     assert json.loads((out / "leakage.json").read_text())["exact"] == [[str(pool / "copy.png"), str(validation_image)]]
     # The resumed run reads the same unlabelled images back from split.json.
     options = TrainOptions(resume=out)
-    _, images, _ = load_run(out, options)
+    _, images, _ = load_run(RunDirectory(out), options)
     assert [s.path for s in images.unlabelled] == split.unlabelled and {s.label for s in images.unlabelled} == {-1}
     # --unlabelled cannot change on resume: refused, never ignored.
     message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(pool)]))

@@ -13,9 +13,9 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.training.options import teacher_sources
 
 if TYPE_CHECKING:
@@ -621,9 +621,8 @@ def findings_html(findings: Sequence[dict]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Finding]:
+def diagnose_run(trainer: Trainer, *, best: nn.Module, run: RunDirectory) -> list[Finding]:
     """Collect a finished run's facts (history, leakage.json, speed, confident mistakes of ``best``) and diagnose."""
-    import json
     import os
 
     import torch
@@ -633,8 +632,8 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run_dir: Path) -> list[Fi
 
     config, state = trainer.config, trainer.state
     leakage = {}
-    if (Path(run_dir) / "leakage.json").exists():
-        leakage = json.loads((Path(run_dir) / "leakage.json").read_text())
+    if (run / RunDirectory.LEAKAGE).exists():
+        leakage = run.read_json(RunDirectory.LEAKAGE)
     val = trainer.val_data
     probabilities = []
     model = best.eval()

@@ -53,8 +53,6 @@ from mobilenets.training.distillation import Teacher, TeacherEnsemble, distillat
 from mobilenets.training.evaluation import EvaluationResult, evaluate
 from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS
 
-CHECKPOINT = "checkpoint.pt"
-EPOCHS_CSV = "epochs.csv"
 METRICS = "metrics.json"
 AUGMIX_JSD_WEIGHT = 12.0  # the AugMix paper's λ
 
@@ -486,7 +484,7 @@ class Trainer:
         train_data: DecodedImages,
         val_data: DecodedImages,
         classes: list[str],
-        run_dir: Path,
+        run: RunDirectory | Path,
         preprocessing: Preprocessing,
         context: TrainingContext | None = None,
         log: Callable[[str], None] = print,
@@ -519,7 +517,7 @@ class Trainer:
         set_backbone_frozen(self.model, False, config.freeze)
         self.train_model = self.context.wrap_model(training_step_model(self.model))
         self.classes = classes
-        self.run_dir = Path(run_dir)
+        self.run = RunDirectory(run)  # its files: checkpoint, weights, epochs.csv
         self.preprocessing = preprocessing
         self.log = log if self.context.is_main else (lambda _: None)
         self.show_progress = show_progress and self.context.is_main
@@ -579,7 +577,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.context.is_main:
-            atomic_torch_save(self.checkpoint_dict(), self.run_dir / CHECKPOINT)
+            atomic_torch_save(self.checkpoint_dict(), self.run.checkpoint)
         self.last_checkpoint_time = time.monotonic()
 
     def load_checkpoint(self, path: Path) -> None:
@@ -792,7 +790,7 @@ class Trainer:
         if self.context.is_main:
             save_weights(
                 self.eval_model,
-                self.run_dir / f"{name}.safetensors",
+                self.run / f"{name}.safetensors",
                 self.classes,
                 self.preprocessing,
                 {"training": extra},
@@ -807,7 +805,7 @@ class Trainer:
                 writer.writeheader()
                 writer.writerows(self.state.history)
 
-        atomic_write(self.run_dir / EPOCHS_CSV, write)
+        atomic_write(self.run / RunDirectory.EPOCHS, write)
 
     def early_stop(self) -> bool:
         patience = self.config.early_stopping
@@ -835,7 +833,7 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             self.save_checkpoint()
-            raise Interrupted(str(self.run_dir)) from None
+            raise Interrupted(str(self.run.path)) from None
         finally:
             if progress:
                 progress.stop()

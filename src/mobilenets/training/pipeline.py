@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import json
 import logging
 import statistics
 import sys
@@ -30,7 +29,7 @@ from mobilenets.core.distributed import (
     shutdown,
 )
 from mobilenets.core.errors import MobilenetsError, check_number
-from mobilenets.core.files import atomic_write_text, check_writable, remove_path
+from mobilenets.core.files import check_writable, remove_path
 from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.data.disk_cache import choose_cache, decode_to_disk
@@ -58,7 +57,6 @@ from mobilenets.training.distillation import (
     measure_teacher,
 )
 from mobilenets.training.loop import (
-    CHECKPOINT,
     EpochRecord,
     Interrupted,
     TrainConfig,
@@ -86,9 +84,6 @@ from mobilenets.training.recipes import (
     load_recipe_file,
     range_warnings,
 )
-
-SPLIT = "split.json"
-CONFIG = "config.json"
 
 log = logging.getLogger("mobilenets")
 
@@ -202,7 +197,7 @@ def check_resume(options: TrainOptions) -> None:
     run = RunDirectory(options.resume)
     if not run.path.is_dir():
         raise MobilenetsError(f"--resume {run.path}: does not exist")
-    run.require(CONFIG, SPLIT, needed_by="--resume")
+    run.require(RunDirectory.CONFIG, RunDirectory.SPLIT, needed_by="--resume")
     refused = [name for name in options.given() if name not in RESUME_MAY_CHANGE and name != "resume"]
     if refused:
         flags = ", ".join(flag_of(name) for name in refused)
@@ -275,7 +270,7 @@ def is_untrained_run(run: RunDirectory) -> bool:
     """A run's own settings and split, and nothing trained: what a run killed while decoding leaves. Any
     other config.json (a project's own, say) is never overwritten."""
     try:
-        TrainConfig.from_dict(run.read_json(CONFIG))
+        TrainConfig.from_dict(run.read_json(RunDirectory.CONFIG))
         run.read_split()
     except (MobilenetsError, OSError, ValueError, TypeError, KeyError):
         return False
@@ -339,7 +334,7 @@ def train(options: TrainOptions) -> RunDirectory:
 
 def resumed_placement(options: TrainOptions) -> tuple[str, bool]:
     """--device and --sync-bn of a resumed run: config.json's, or a new --device given with --resume."""
-    saved = RunDirectory(options.resume).read_json(CONFIG)
+    saved = RunDirectory(options.resume).read_json(RunDirectory.CONFIG)
     device = options.device if "device" in options.given() else saved.get("device", "auto")
     sync_bn = bool(saved.get("sync_bn", False))
     if sync_bn and (device == "cpu" or not torch.cuda.is_available()):
@@ -351,29 +346,29 @@ def resumed_placement(options: TrainOptions) -> tuple[str, bool]:
 
 def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     if options.resume is not None:
-        config, split, changes = load_run(options.resume, options)
-        run_dir = options.resume
-        say(f"resuming {run_dir}")
-        trainer = _prepare(config, run_dir, split, context=context, options=options)
-        if (run_dir / CHECKPOINT).exists():
-            trainer.load_checkpoint(run_dir / CHECKPOINT)
+        run = RunDirectory(options.resume)
+        config, split, changes = load_run(run, options)
+        say(f"resuming {run.path}")
+        trainer = _prepare(config, run, split, context=context, options=options)
+        if run.checkpoint.exists():
+            trainer.load_checkpoint(run.checkpoint)
             say(f"continuing at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}")
         if changes and context.is_main:
             say(f"resume changes: {'; '.join(changes)}")
-            RunDirectory(run_dir).write_json(CONFIG, config.to_dict())
+            run.write_json(RunDirectory.CONFIG, config.to_dict())
     else:
-        config, run_dir, split, existed = new_run(options, context)
+        config, run, split, existed = new_run(options, context)
         try:
-            trainer = _prepare(config, run_dir, split, context=context, options=options)
+            trainer = _prepare(config, run, split, context=context, options=options)
         except (MobilenetsError, KeyboardInterrupt):
             if context.is_main:
-                remove_failed_start(run_dir, kept=existed)
+                remove_failed_start(run, kept=existed)
             raise
     say(
         f"training {config.model} (width {config.width:g}) at {config.resolution}px on "
         f"{trainer.labelled_images:,} images"
         + (f" and {trainer.unlabelled_images:,} unlabelled" if trainer.unlabelled_images else "")
-        + f", validating on {len(trainer.val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run_dir}"
+        + f", validating on {len(trainer.val_data):,}; {trainer.steps_per_epoch} steps/epoch; run dir {run.path}"
     )
     say(
         f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'val_loss':>8} {'val_acc':>7} {'lr':>9} {'img/s':>7} {'time':>6}"
@@ -381,22 +376,22 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     try:
         trainer.fit(on_epoch=print_epoch)
     except Interrupted:
-        say(f"interrupted: checkpoint saved; continue with `mobilenets train --resume {run_dir}`")
+        say(f"interrupted: checkpoint saved; continue with `mobilenets train --resume {run.path}`")
         raise
     if context.is_main:
-        finish_run(trainer, run_dir, config)
-    return RunDirectory(run_dir)
+        finish_run(trainer, run, config)
+    return run
 
 
-def remove_failed_start(run_dir: Path, *, kept: set[str]) -> None:
+def remove_failed_start(run: RunDirectory, *, kept: set[str]) -> None:
     """Undo a start that failed before training (bad weights or teacher, unreadable images): its config and
     split would make the same ``--out`` look taken. Files that were there before are left alone."""
-    for name in set(RunDirectory(run_dir).contents()) - kept:
-        path = run_dir / name
+    for name in set(run.contents()) - kept:
+        path = run / name
         with contextlib.suppress(OSError):
             remove_path(path)
     with contextlib.suppress(OSError):
-        run_dir.rmdir()  # only when empty: a folder the user made keeps what else it holds
+        run.path.rmdir()  # only when empty: a folder the user made keeps what else it holds
 
 
 def check_resumed_epochs(epochs: int, *, epochs_done: int) -> None:
@@ -409,7 +404,7 @@ def check_resumed_epochs(epochs: int, *, epochs_done: int) -> None:
 
 def _prepare(
     config: TrainConfig,
-    run_dir: Path,
+    run: RunDirectory,
     split: RunImages,
     *,
     context: DistributedContext,
@@ -423,23 +418,23 @@ def _prepare(
         for source in sources:
             if not Path(source).exists():
                 raise MobilenetsError(
-                    f"--resume {run_dir}: its teacher {source} (config.json) is missing; put it back there (a run's "
+                    f"--resume {run.path}: its teacher {source} (config.json) is missing; put it back there (a run's "
                     "teacher cannot change on resume)"
                 )
     teacher = load_teachers(sources, student_classes=classes, log=say) if sources else None
     # Unlabelled images join the training set with the label UNLABELLED: the sampler, the augmentation and
     # the BatchNorm statistics treat them as any training image; only the loss tells them apart.
-    train_data, val_data = decode_sets(config, train_samples + unlabelled, val_samples, run_dir, context=context)
+    train_data, val_data = decode_sets(config, train_samples + unlabelled, val_samples, run, context=context)
     if unlabelled and not bool((train_data.labels == UNLABELLED).any()):
         raise MobilenetsError(
             f"--unlabelled {config.unlabelled}: none of its {len(unlabelled):,} files is a readable image (see the "
             "skipped files above); pass a folder of images"
         )
     if options.resume is None and context.is_main:
-        check_leakage(train_data, val_data, run_dir)
-        scan_skipped = json.loads((run_dir / "skipped.json").read_text())
+        check_leakage(train_data, val_data, run)
+        scan_skipped = run.read_json(RunDirectory.SKIPPED, [])
         decode_skipped = [str(s) for s in train_data.skipped + val_data.skipped]
-        atomic_write_text(run_dir / "skipped.json", json.dumps(scan_skipped + decode_skipped, indent=1))
+        run.write_json(RunDirectory.SKIPPED, scan_skipped + decode_skipped, indent=1)
     context.barrier()
     model = build_model(config, len(classes))
     # Pretrained weights expect their own normalization (ImageNet's for torchvision, 0.5 for some timm ones).
@@ -456,7 +451,7 @@ def _prepare(
         train_data,
         val_data,
         classes,
-        run_dir,
+        run,
         preprocessing,
         context=context,
         log=say,
@@ -516,7 +511,7 @@ def print_epoch(record: EpochRecord) -> None:
 
 def new_run(
     options: TrainOptions, context: DistributedContext
-) -> tuple[TrainConfig, Path, RunImages, set[str]]:
+) -> tuple[TrainConfig, RunDirectory, RunImages, set[str]]:
     """Scan, split and settle the settings of a new run, and write them; also returns the names its run
     directory held before (a start that fails removes only what it wrote)."""
     if options.data is None:
@@ -542,17 +537,17 @@ def new_run(
     unlabelled = scan_unlabelled_images(options.unlabelled, labelled=train_samples + val_samples)
     config = make_config(options, len(train_samples), train_samples, num_unlabelled=len(unlabelled))
     config = context.broadcast_object(config)  # rank 0's decisions (the default --out is a time stamp, taken once)
-    run_dir = Path(config.out)
+    run = RunDirectory(config.out)
     context.barrier()  # every rank has checked before rank 0 starts writing
     images = RunImages(train_samples, val_samples, scan.classes, unlabelled)
     if not context.is_main:
-        return config, run_dir, images, set()
-    existed = set(RunDirectory(run_dir).contents())
-    if CONFIG in existed:  # check_new_run_paths let it through: killed while decoding, nothing trained
-        warn(f"{run_dir}: its run stopped before its first checkpoint (nothing trained); starting it again")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
-    RunDirectory(run_dir).write_split(
+        return config, run, images, set()
+    existed = set(run.contents())
+    if RunDirectory.CONFIG in existed:  # check_new_run_paths let it through: killed while decoding, nothing trained
+        warn(f"{run.path}: its run stopped before its first checkpoint (nothing trained); starting it again")
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_json(RunDirectory.CONFIG, config.to_dict())
+    run.write_split(
         Split(
             classes=scan.classes,
             train=[LabelledFile(s.path, s.label) for s in train_samples],
@@ -564,8 +559,8 @@ def new_run(
         )
     )
     skipped = [str(s) for s in scan.skipped]
-    atomic_write_text(run_dir / "skipped.json", json.dumps(skipped, indent=1))
-    return config, run_dir, images, existed
+    run.write_json(RunDirectory.SKIPPED, skipped, indent=1)
+    return config, run, images, existed
 
 
 def scan_unlabelled_images(folder: Path | None, *, labelled: list[Sample]) -> list[Sample]:
@@ -861,13 +856,10 @@ def choose_resolution(requested: str, samples: list[Sample]) -> int:
     return resolution
 
 
-def load_run(
-    run_dir: Path, options: TrainOptions
-) -> tuple[TrainConfig, RunImages, list[str]]:
+def load_run(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, RunImages, list[str]]:
     """A run's config and split for ``--resume``, with the options a resume may change applied, and those
     changes said (config.json is rewritten only once the checkpoint shows they fit the run)."""
-    run = RunDirectory(run_dir)
-    config = TrainConfig.from_dict(run.read_json(CONFIG))
+    config = TrainConfig.from_dict(run.read_json(RunDirectory.CONFIG))
     split = run.read_split()
     changed = []
     for name, value in options.given().items():
@@ -880,7 +872,7 @@ def load_run(
     if missing := [path for path in split.unlabelled if not path.exists()]:
         # Fewer images would change every epoch's batches: the resumed run would not continue exactly.
         raise MobilenetsError(
-            f"{run_dir}: {len(missing):,} of the {len(unlabelled):,} unlabelled images it trains on are missing "
+            f"{run.path}: {len(missing):,} of the {len(unlabelled):,} unlabelled images it trains on are missing "
             f"(first: {missing[0]}); put the --unlabelled folder back at {config.unlabelled}, or beside the run where "
             "it was, to resume"
         )
@@ -888,13 +880,13 @@ def load_run(
 
 
 def decode_sets(
-    config: TrainConfig, train: list[Sample], val: list[Sample], run_dir: Path, *, context: DistributedContext
+    config: TrainConfig, train: list[Sample], val: list[Sample], run: RunDirectory, *, context: DistributedContext
 ) -> tuple[DecodedImages, DecodedImages]:
     started = time.perf_counter()
     # Rank 0's choice: "auto" reads the free memory, which differs between processes, and every rank must
     # take the same path (the disk cache's writers meet at barriers).
     cache = context.broadcast_object(choose_cache(config.cache, len(train) + len(val), config.resolution))
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "decoded"
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run / "decoded"
     if cache == "disk":
         say(f"decoded images go to {cache_dir} (memory-mapped; written once, reused by every rank, epoch and resume)")
     decoded = []
@@ -927,7 +919,7 @@ def decode_with_progress(samples: list[Sample], resolution: int, name: str) -> D
         return decode_samples(samples, resolution, progress=lambda n: progress.advance(task, n))
 
 
-def check_leakage(train: DecodedImages, val: DecodedImages, run_dir: Path) -> None:
+def check_leakage(train: DecodedImages, val: DecodedImages, run: RunDirectory) -> None:
     leakage = find_leakage(train, val)
     if leakage.exact or leakage.near:
         warn(
@@ -937,15 +929,13 @@ def check_leakage(train: DecodedImages, val: DecodedImages, run_dir: Path) -> No
         for kind, pairs in (("exact", leakage.exact), ("near", leakage.near)):
             for train_path, val_path in pairs[:5]:
                 warn(f"  {kind}: {val_path} ≈ {train_path}")
-    atomic_write_text(
-        run_dir / "leakage.json",
-        json.dumps(
-            {
-                "exact": [[str(a), str(b)] for a, b in leakage.exact],
-                "near": [[str(a), str(b)] for a, b in leakage.near],
-            },
-            indent=1,
-        ),
+    run.write_json(
+        RunDirectory.LEAKAGE,
+        {
+            "exact": [[str(a), str(b)] for a, b in leakage.exact],
+            "near": [[str(a), str(b)] for a, b in leakage.near],
+        },
+        indent=1,
     )
 
 
@@ -988,13 +978,12 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(config.model, num_classes=num_classes, width=config.width, **options)
 
 
-def finish_run(trainer: Trainer, run_dir: Path, config: TrainConfig) -> None:
+def finish_run(trainer: Trainer, run: RunDirectory, config: TrainConfig) -> None:
     """Evaluate the best weights and diagnose the run. The checkpoint stays until the whole run is complete
     (int8, exports and report too, ``mobilenets.api``), so that Ctrl-C during those steps loses nothing and
     ``--resume`` finishes them."""
     from mobilenets.models.weights import load_model
 
-    run = RunDirectory(run_dir)
     best = load_model(run.model)
     result = trainer.evaluate(best)
     run.write_json(RunDirectory.EVALUATION, result.to_dict(), indent=1)
@@ -1005,7 +994,7 @@ def finish_run(trainer: Trainer, run_dir: Path, config: TrainConfig) -> None:
         f"{metrics['final_val_accuracy']:.4f}; {metrics['train_images_per_second']:.0f} img/s, augmentation "
         f"{100 * metrics['augment_share_of_step_time']:.0f}% of step time"
     )
-    diagnosis = diagnose_run(trainer, best=best, run_dir=run_dir)
+    diagnosis = diagnose_run(trainer, best=best, run=run)
     teacher = trainer.teacher
     run.merge_metrics(
         {
