@@ -19,7 +19,7 @@ from mobilenets.core.run_directory import LabelledFile, RunDirectory, Split
 from mobilenets.data.folders import UNLABELLED, DatasetError, scan_folder, scan_unlabelled, split_samples
 from mobilenets.training.distillation import distillation_loss
 from mobilenets.training.options import TrainOptions
-from mobilenets.training.pipeline import load_run
+from mobilenets.training.pipeline import read_resume
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -193,7 +193,7 @@ def test_unlabelled_images_train_with_the_teacher_and_never_validate(tmp_path, t
     assert json.loads((out / "leakage.json").read_text())["exact"] == [[str(pool / "copy.png"), str(validation_image)]]
     # The resumed run reads the same unlabelled images back from split.json.
     options = TrainOptions(resume=out)
-    _, images, _ = load_run(RunDirectory(out), options)
+    _, images, _ = read_resume(RunDirectory(out), options)
     assert [s.path for s in images.unlabelled] == split.unlabelled and {s.label for s in images.unlabelled} == {-1}
     # --unlabelled cannot change on resume: refused, never ignored.
     message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(pool)]))

@@ -9,11 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.preprocessing import Preprocessing
+
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not with the module
+    from torch import nn
 
 # BatchNorm re-estimation images when --bn-adapt is given without --bn-samples (Schneider et al.: 32 suffice).
 BN_SAMPLES = 32
@@ -126,13 +129,13 @@ def robustness_report(
     run_dir = as_path(run_dir, "RUN_DIR")
     data = as_path(data, "--data") if data is not None else None
     baseline = as_path(baseline, "--baseline") if baseline is not None else None
-    model, classes, preprocessing = load_run(run_dir, "RUN_DIR")
+    model, classes, preprocessing = load_run_model(run_dir, "RUN_DIR")
     out = as_path(out, "--out") if out is not None else run_dir / "robustness"
     check_writable(out)  # before minutes of measuring, not after
     check_writable(run_dir, "RUN_DIR")  # metrics.json gets the headline figures
     baseline_model = None
     if baseline is not None:
-        baseline_model, base_classes, base_preprocessing = load_run(baseline, "--baseline")
+        baseline_model, base_classes, base_preprocessing = load_run_model(baseline, "--baseline")
         if base_classes != classes:
             raise MobilenetsError(
                 f"{baseline}: its classes differ from {run_dir}'s; a baseline must solve the same task"
@@ -246,7 +249,7 @@ def as_path(value: object, option: str) -> Path:
     return Path(value)
 
 
-def load_run(run_dir: Path, option: str):
+def load_run_model(run_dir: Path, option: str) -> tuple[nn.Module, list[str], Preprocessing]:
     """The model of a run directory given as ``option`` (RUN_DIR or --baseline), with its classes and
     preprocessing; robustness needs the directory, not a file in it (its classes, its validation split)."""
     from mobilenets.models.weights import load_model, run_directory_hint

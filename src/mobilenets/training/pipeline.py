@@ -347,7 +347,7 @@ def resumed_placement(options: TrainOptions) -> tuple[str, bool]:
 def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     if options.resume is not None:
         run = RunDirectory(options.resume)
-        config, split, changes = load_run(run, options)
+        config, split, changes = read_resume(run, options)
         say(f"resuming {run.path}")
         trainer = _prepare(config, run, split, context=context, options=options)
         if run.checkpoint.exists():
@@ -856,7 +856,7 @@ def choose_resolution(requested: str, samples: list[Sample]) -> int:
     return resolution
 
 
-def load_run(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, RunImages, list[str]]:
+def read_resume(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, RunImages, list[str]]:
     """A run's config and split for ``--resume``, with the options a resume may change applied, and those
     changes said (config.json is rewritten only once the checkpoint shows they fit the run)."""
     config = TrainConfig.from_dict(run.read_json(RunDirectory.CONFIG))
