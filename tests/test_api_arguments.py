@@ -33,6 +33,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-sma
         ({"recipe": 5}, "--recipe must be a string, got 5"),
         ({"weights": 5}, "--weights must be a string, got 5"),
         ({"optimizer": "adam"}, "--optimizer must be one of adamw, rmsprop, sgd, got 'adam'"),
+        ({"seed": -1}, "--seed -1: give a whole number ≥ 0"),
+        ({"seed": 2**70}, f"--seed {2**70}: give a whole number from 0 to 4294967295"),
+        ({"weights": "mobilenet_v2.tv_in1"}, "--weights mobilenet_v2.tv_in1: no such file, and no published checkpoint has that name; did you mean mobilenet_v2.tv_in1k?"),
+        ({"teacher": "nowhere/run"}, "--teacher nowhere/run: does not exist; pass a run directory"),
     ],
 )
 def test_train_refuses_values_of_the_wrong_type_in_one_line(options, message, tmp_path):
@@ -96,3 +100,70 @@ def test_run_quantize_refuses_what_the_command_line_refuses(options, message, tm
 def test_run_export_names_an_unknown_option(tmp_path):
     with pytest.raises(MobilenetsError, match=r"Run.export: unknown option\(s\) calibration; known: calibration_images"):
         mobilenets.api.Run(tmp_path).export("onnx", calibration=64)
+
+
+def test_numpy_numbers_from_a_sweep_are_the_numbers_they_hold():
+    import json
+
+    import numpy as np
+
+    from mobilenets.training.options import TrainOptions
+
+    options = TrainOptions(epochs=np.int64(3), seed=np.uint8(1), lr=np.float32(0.5), width=np.float64(0.75))
+    assert (type(options.epochs), type(options.seed), type(options.lr)) == (int, int, float)
+    assert json.dumps([options.epochs, options.seed, options.lr, options.width]) == "[3, 1, 0.5, 0.75]"
+
+
+def test_the_run_api_refuses_what_is_no_path_or_switch_before_loading_anything(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(MobilenetsError, match="nowhere: does not exist; pass a run directory written by"):
+        mobilenets.api.Run(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MobilenetsError, match="file: is a file, not a run directory"):
+        mobilenets.api.Run(tmp_path / "file")
+    run = mobilenets.api.Run(tmp_path)  # an empty folder: each call below is refused before it is read
+    for images, kind in ((Image.new("RGB", (4, 4)), "PngImageFile|Image"), (None, "NoneType"), (3, "int"), (b"x.png", "bytes")):
+        with pytest.raises(MobilenetsError, match=rf"images must be an image file or folder path, or a list of them, got a ({kind})"):
+            run.predict(images)
+    for top_k in (None, 0, True, 2.0):
+        with pytest.raises(MobilenetsError, match=rf"top_k must be a whole number ≥ 1, got {top_k!r}"):
+            run.predict([tmp_path], top_k=top_k)
+    with pytest.raises(MobilenetsError, match=r"format must be one format name such as 'onnx', got \['onnx', 'tflite'\]"):
+        run.export(["onnx", "tflite"])
+    with pytest.raises(MobilenetsError, match="data must be a path"):
+        run.export("onnx", data=3)
+    with pytest.raises(MobilenetsError, match="bn_adapt must be True or False, got 'yes'"):
+        run.evaluate(tmp_path, bn_adapt="yes")
+    with pytest.raises(MobilenetsError, match="write_report must be True or False, got 'no'"):
+        run.quantize(write_report="no")
+    with pytest.raises(MobilenetsError, match="write_report must be True or False, got 0"):
+        run.export("onnx", write_report=0)
+
+
+def test_the_stages_warnings_reach_the_logger_as_warnings(caplog):
+    from mobilenets.api import _log_line
+
+    with caplog.at_level("INFO", logger="mobilenets"):
+        for line in ("warning: skipped 5 file(s)", "WARNING: int8 is SLOWER than fp32", "quantizing: warning: none"):
+            _log_line(line)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "skipped 5 file(s)"),
+        ("WARNING", "int8 is SLOWER than fp32"),
+        ("INFO", "quantizing: warning: none"),
+    ]
+
+
+def test_a_level_the_user_set_survives_the_librarys_console_output(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, mobilenets\n"
+        "logger = logging.getLogger('mobilenets')\n"
+        "logger.setLevel(logging.WARNING)\n"
+        f"mobilenets.Run({str(tmp_path)!r})\n"
+        "print(logging.getLevelName(logger.level), len(logger.handlers))\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert printed.split() == ["WARNING", "1"]  # quieted as asked, and a console handler for what remains

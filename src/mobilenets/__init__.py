@@ -76,4 +76,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+    # The public names (once, resolved or not) and the module's own dunders; not typing's helpers.
+    return sorted({*_PUBLIC, *(name for name in globals() if name.startswith("__") and name.endswith("__"))})

@@ -81,6 +81,10 @@ class Run:
 
     def __init__(self, path: Path | str) -> None:
         self.directory = RunDirectory(as_path(path, "the run directory"))
+        if not self.directory.path.is_dir():
+            what = "does not exist" if not self.directory.path.exists() else "is a file, not a run directory"
+            raise MobilenetsError(f"{self.directory.path}: {what}; pass a run directory written by `mobilenets train`")
+        _ensure_console_output()  # a script that only loads runs gets the messages too
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -137,8 +141,9 @@ class Run:
         """
         from mobilenets.deployment.evaluate import evaluate_folder
 
+        check_switch(bn_adapt, "bn_adapt")
         return evaluate_folder(
-            run_dir=self.path, data=as_path(data, "data"), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, report=log.info
+            run_dir=self.path, data=as_path(data, "data"), engine=engine, batch_size=batch_size, bn_adapt=bn_adapt, report=_log_line
         )
 
     def quantize(self, method: str = "auto", *, write_report: bool = True, **options: Any) -> dict:
@@ -150,8 +155,9 @@ class Run:
         from mobilenets.deployment.quantization import quantize_run
 
         check_keywords(options, quantize_run, set_here=("run_dir", "method", "report"), what="Run.quantize")
+        check_switch(write_report, "write_report")
         log.info("quantizing to int8 …")
-        figures = quantize_run(self.path, method, report=log.info, **options)
+        figures = quantize_run(self.path, method, report=_log_line, **options)
         self.directory.merge_metrics(figures)
         if write_report:
             self.report()
@@ -171,15 +177,22 @@ class Run:
         from mobilenets.deployment.export import export_model
         from mobilenets.deployment.loading import model_source
 
-        if not isinstance(int8, bool):  # int8="no" is truthy: it would write the int8 file
-            raise MobilenetsError(f"int8 must be True or False, got {int8!r}")
+        if not isinstance(format, str):  # one file per call, as `mobilenets export FORMAT` writes
+            raise MobilenetsError(
+                f"format must be one format name such as 'onnx', got {format!r}; for several, call export once per "
+                "format (train(export=[...]) writes several at the end of training)"
+            )
+        check_switch(int8, "int8")  # int8="no" is truthy: it would write the int8 file
+        check_switch(write_report, "write_report")
         check_keywords(options, export_model, set_here=("source", "format", "int8", "out", "report"), what="Run.export")
+        if options.get("data") is not None:
+            options["data"] = as_path(options["data"], "data")
         result = export_model(
             source=model_source(run_dir=self.path),
             format=format,
             int8=int8,
             out=as_path(out, "out") if out is not None else None,
-            report=log.info,
+            report=_log_line,
             **options,
         )
         if write_report:
@@ -189,15 +202,30 @@ class Run:
     def predict(
         self, images: list[Path | str] | Path | str, *, top_k: int = 5, engine: str = "auto"
     ) -> PredictionReport:
-        """Top-K labels and probabilities for image files and folders. Unreadable files are skipped and
-        listed (``.skipped``), never fatal; ``.predictions`` holds the rest, ``.engine`` the runtime used."""
+        """Top-K labels and probabilities for image files and folders (paths, as ``mobilenets predict`` takes).
+
+        A path given on its own must be a readable image or a folder; inside a folder or a list, unreadable
+        files are skipped and listed (``.skipped``). ``.predictions`` holds the rest, ``.engine`` the runtime
+        used.
+        """
         from mobilenets.deployment.loading import model_source
         from mobilenets.deployment.predict import predict_files
 
-        inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+        if isinstance(images, (str, os.PathLike)):
+            inputs = [images]
+        elif isinstance(images, (list, tuple)) or inspect.isgenerator(images):
+            inputs = list(images)
+        else:  # a PIL image, an array or a tensor: their pixels would need this run's preprocessing
+            raise MobilenetsError(
+                f"images must be an image file or folder path, or a list of them, got a {type(images).__name__}; "
+                "save the image to a file first, or run run.model() on a tensor preprocessed as "
+                "run.model().metadata.preprocessing says"
+            )
         inputs = [as_path(image, "images") for image in inputs]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise MobilenetsError(f"top_k must be a whole number ≥ 1, got {top_k!r}")
         return predict_files(
-            inputs=inputs, source=model_source(run_dir=self.path), top_k=top_k, engine=engine, report=log.info
+            inputs=inputs, source=model_source(run_dir=self.path), top_k=top_k, engine=engine, report=_log_line
         )
 
     def report(self) -> Path:
@@ -215,9 +243,25 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     if reserved:  # set here from `run` and the logger
         raise MobilenetsError(f"unknown robustness option(s) {', '.join(reserved)}; pass the run as the first argument")
     run = run if isinstance(run, Run) else load_run(run)
-    result = robustness_report(run_dir=run.path, log=log.info, **options)
+    result = robustness_report(run_dir=run.path, log=_log_line, **options)
     run.report()
     return result.result
+
+
+def _log_line(message: str) -> None:
+    """The deployment and robustness stages' lines, to the ``mobilenets`` logger: those that start with
+    "warning:" (any case) at WARNING, without the prefix the console adds again; the rest at INFO."""
+    head, colon, rest = message.partition(":")
+    if colon and head.strip().lower() == "warning":
+        log.warning(rest.strip())
+    else:
+        log.info(message)
+
+
+def check_switch(value: object, name: str) -> None:
+    """A True/False keyword: "no" or 0 would otherwise be read by their truth value."""
+    if not isinstance(value, bool):
+        raise MobilenetsError(f"{name} must be True or False, got {value!r}")
 
 
 def check_keywords(options: dict[str, Any], function: Callable[..., Any], *, set_here: Sequence[str], what: str) -> None:
@@ -258,9 +302,13 @@ def _is_main_process() -> bool:
 
 
 def _ensure_console_output() -> None:
-    """Progress messages for a Python user who has not configured logging (the CLI configures its own)."""
+    """Progress messages for a Python user who has not configured logging (the CLI configures its own).
+    A level the user set on the ``mobilenets`` logger is kept."""
     logger = logging.getLogger("mobilenets")
     if not logger.handlers and not logging.getLogger().handlers:
         from mobilenets.core.console import configure_logging
 
+        level = logger.level
         configure_logging()
+        if level != logging.NOTSET:
+            logger.setLevel(level)

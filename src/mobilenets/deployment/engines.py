@@ -11,6 +11,7 @@ the job is big enough to pay it back; a small job on a model never exported runs
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Literal, Protocol
@@ -139,6 +140,7 @@ def load_engine(
                     f"could not export the model to ONNX for ONNX Runtime ({type(error).__name__}: {error}); "
                     "run with --engine torch"
                 ) from None
-            print(f"warning: ONNX export failed ({type(error).__name__}); running in PyTorch", file=sys.stderr)
+            # The logger, not stderr directly: a Python user's logging settings apply (the CLI prints it alike).
+            logging.getLogger("mobilenets").warning(f"ONNX export failed ({type(error).__name__}); running in PyTorch")
             return TorchEngine(model, planned_batches)
     return OnnxRuntimeEngine(path, model.num_classes, threads)

@@ -3,6 +3,7 @@ command line can build its parser without loading it."""
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -91,6 +92,12 @@ class TrainOptions:
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         self.teacher = _teachers(self.teacher)
+        for name in (*WHOLE_NUMBERS, *NUMBERS):
+            # NumPy scalars from a sweep's grid (np.int64(30), np.float32(0.1)) are the numbers they hold;
+            # as themselves they would reach config.json, which JSON cannot write.
+            value = getattr(self, name)
+            if type(value).__module__ == "numpy" and isinstance(value, numbers.Real):
+                setattr(self, name, int(value) if isinstance(value, numbers.Integral) else float(value))
 
     @classmethod
     def defaults(cls) -> dict:
@@ -220,4 +227,7 @@ NON_NEGATIVE = {
     "checkpoint_steps": "--checkpoint-steps",
     "ema_decay": "--ema-decay",
     "mixup": "--mixup",
+    "seed": "--seed",
 }
+# NumPy's and PyTorch's generators take seeds below 2**32 (NumPy's legacy RandomState) and 2**63.
+SEED_LIMIT = 2**32

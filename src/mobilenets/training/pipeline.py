@@ -70,6 +70,7 @@ from mobilenets.training.options import (
     PATHS,
     POSITIVE,
     RESUME_MAY_CHANGE,
+    SEED_LIMIT,
     WHOLE_NUMBERS,
     TrainOptions,
     flag_of,
@@ -128,6 +129,8 @@ def check_values(options: TrainOptions) -> None:
         check_number(flag, getattr(options, name), above=0, whole=name in WHOLE_NUMBERS)
     for name, flag in NON_NEGATIVE.items():
         check_number(flag, getattr(options, name), at_least=0, whole=name in WHOLE_NUMBERS)
+    if options.seed >= SEED_LIMIT:
+        raise MobilenetsError(f"--seed {options.seed}: give a whole number from 0 to {SEED_LIMIT - 1}")
     if options.resolution not in (None, "auto"):
         from mobilenets.models.preprocessing import check_resolution
 
@@ -252,6 +255,7 @@ def check_new_run_paths(options: TrainOptions) -> None:
                 f"--out {options.out} is inside {flag} {folder}; the run's files would become training images. "
                 "Choose an --out outside the data folder"
             )
+    check_model_sources(options)
     # A file in the way or a folder that cannot be written is said now, not as a traceback after the scan.
     check_writable(options.out or Path("runs"), "--out", create=False)
     if options.cache_dir is not None:
@@ -264,6 +268,27 @@ def check_new_run_paths(options: TrainOptions) -> None:
             )
         if holds_trained_state(run) or (run.config.exists() and not is_untrained_run(run)):
             raise MobilenetsError(f"{run.path}: already holds a run; choose another --out")
+
+
+def check_model_sources(options: TrainOptions) -> None:
+    """--weights and --teacher name a published checkpoint or something on disk: a path that is neither is
+    said before the folder is scanned (what the file holds is checked when it is read)."""
+    from mobilenets.models.published import list_weights
+
+    published = list_weights()
+    named = options.weights not in (None, "auto", "none") and options.weights not in published
+    if named and not Path(options.weights).exists():
+        close = difflib.get_close_matches(str(options.weights), published, n=1)
+        raise MobilenetsError(
+            f"--weights {options.weights}: no such file, and no published checkpoint has that name; "
+            + (f"did you mean {close[0]}?" if close else f"pass a weights file or run directory, auto, none, or one of: {', '.join(published)}")
+        )
+    for source in teacher_sources(options.teacher):
+        if source not in published and not Path(source).exists():
+            raise MobilenetsError(
+                f"--teacher {source}: does not exist; pass a run directory, a weights file or an exported .onnx "
+                "model of a larger model fine-tuned on --data"
+            )
 
 
 def is_untrained_run(run: RunDirectory) -> bool:
