@@ -128,7 +128,8 @@ def test_any_resolution_is_the_resolution_multiplier():
 
 
 def test_unknown_model_and_bad_width_are_clear():
-    with pytest.raises(ValueError, match="unknown model"):
+    # Still ValueErrors (as before ModelArgumentError), so that callers catching ValueError keep working.
+    with pytest.raises(ValueError, match="model 'mobilenet_v4': no such architecture"):
         create_model("mobilenet_v4")
-    with pytest.raises(ValueError, match="width must be positive"):
+    with pytest.raises(ValueError, match="width 0: give a finite number > 0"):
         create_model("mobilenet_v2", width=0)

@@ -18,6 +18,7 @@ _PUBLIC = {
     "get_architecture": "mobilenets.models.registry",
     "list_models": "mobilenets.models.registry",
     "WeightsError": "mobilenets.models.weights",
+    "ModelArgumentError": "mobilenets.core.errors",
     "list_weights": "mobilenets.models.published",
     "load_model": "mobilenets.models.weights",
     "save_weights": "mobilenets.models.weights",
@@ -31,6 +32,7 @@ _PUBLIC = {
 __all__ = [
     "MobileNet",
     "MobilenetsError",
+    "ModelArgumentError",
     "Run",
     "RunDirectory",
     "WeightsError",
@@ -47,7 +49,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mobilenets.api import Run, load_run, robustness, train
-    from mobilenets.core.errors import MobilenetsError
+    from mobilenets.core.errors import MobilenetsError, ModelArgumentError
     from mobilenets.core.run_directory import RunDirectory
     from mobilenets.models.architectures import MobileNet
     from mobilenets.models.factory import create_model

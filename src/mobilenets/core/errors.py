@@ -9,6 +9,14 @@ class MobilenetsError(Exception):
     """Raised for bad input (files, folders, arguments); the CLI prints it as one line, no traceback."""
 
 
+class ModelArgumentError(MobilenetsError, ValueError):
+    """An argument of create_model, get_architecture, MobileNet or save_weights that cannot be used.
+
+    Also a ValueError: these functions raised ValueError for an unknown model, a bad width or an unknown
+    option before, and callers that catch it must keep working.
+    """
+
+
 def check_number(
     flag: str,
     value: object,

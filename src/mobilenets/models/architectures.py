@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mobilenets.core.errors import ModelArgumentError
 from mobilenets.models.layers import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_activation, make_divisible
 from mobilenets.models.metadata import ModelMetadata
 
@@ -191,6 +192,13 @@ def mobilenet_v1_architecture(
 ) -> Architecture:
     """MobileNet v1 (Table 1). ``block="full_conv"`` is Table 4's full-convolution baseline;
     ``remove_14x14_rows`` is Table 5's "shallow" network (the five 14×14×512 rows removed)."""
+    if block not in ("separable", "full_conv"):
+        raise ModelArgumentError(f"block {block!r}: choose 'separable' (the paper's) or 'full_conv' (Table 4)")
+    if int(MOBILENET_V1_STEM * width) < 1:  # int() rounds down: a narrower stem has no channel at all
+        raise ModelArgumentError(
+            f"width {width!r}: too narrow for MobileNet v1 (its {MOBILENET_V1_STEM}-channel stem keeps none); "
+            f"give width ≥ {1 / MOBILENET_V1_STEM:g}"
+        )
 
     def scale(channels: int) -> int:
         return int(channels * width)  # the paper's (and Keras') rounding
@@ -254,6 +262,8 @@ def mobilenet_v3_architecture(
 
     BN defaults follow TF (eps 1e-3, momentum 0.01 in PyTorch's convention = TF's decay 0.99).
     """
+    if convention not in ("tf", "torchvision"):
+        raise ModelArgumentError(f"convention {convention!r}: choose 'tf' (the paper's and timm's) or 'torchvision'")
     if size == "large":
         stem_channels, rows = MOBILENET_V3_LARGE_STEM, MOBILENET_V3_LARGE_ROWS
         last_conv, head = MOBILENET_V3_LARGE_LAST_CONV, MOBILENET_V3_LARGE_HEAD
@@ -278,8 +288,6 @@ def mobilenet_v3_architecture(
         blocks.append(BottleneckSpec(in_channels, expanded, out, row.kernel, row.s, row.nl, squeeze))
         in_channels = out
     last = make_divisible(last_conv * width)
-    if convention not in ("tf", "torchvision"):
-        raise ValueError(f"convention must be 'tf' or 'torchvision', got {convention!r}")
     head_width = head * width if convention == "torchvision" else head * max(1.0, width)
     name = f"mobilenet_v3_{size}" + ("_minimal" if is_minimal else "")
     return Architecture(
@@ -336,6 +344,7 @@ class MobileNet(nn.Module):
     """
 
     def __init__(self, architecture: Architecture, num_classes: int = 1000) -> None:
+        check_num_classes(num_classes)
         super().__init__()
         self.architecture = architecture
         norm = {"bn_eps": architecture.bn_eps, "bn_momentum": architecture.bn_momentum}
@@ -427,8 +436,19 @@ class MobileNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier for ``num_classes`` classes (0 = no classifier, pooled features out)."""
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             nn.init.normal_(self.classifier.weight, 0, 0.01)
             nn.init.zeros_(self.classifier.bias)
+
+
+def check_num_classes(num_classes: object) -> None:
+    """A number of classes is a whole number ≥ 0 (0: no classifier); torch's own errors for -1, 10.0 or "10"
+    name a tensor shape, not the argument."""
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0):
+        raise ModelArgumentError(
+            f"num_classes {num_classes!r}: give a whole number ≥ 0 (the classifier's outputs; 0 builds no "
+            "classifier), e.g. num_classes=10"
+        )

@@ -21,7 +21,10 @@ def create_model(
     ``weights`` is a path (our safetensors format, a torchvision or a timm checkpoint of the same
     architecture; layouts are converted and shapes checked) or a name from ``list_weights()``.
     ``num_classes`` defaults to the checkpoint's (1000 without weights); when it differs from the
-    checkpoint's, the backbone is loaded and a fresh classifier is made (fine-tuning).
+    checkpoint's, the backbone is loaded and a fresh classifier is made (fine-tuning); 0 builds no classifier.
+    ``options`` are the architecture's own (e.g. ``dropout``). An unknown name, width, option or ``num_classes``
+    raises ``ModelArgumentError`` (a ``MobilenetsError``, and a ``ValueError`` as before); a ``weights`` that is
+    not a name or a path, ``WeightsError``.
     """
     if weights is None:
         return MobileNet(get_architecture(name, width, **options), 1000 if num_classes is None else num_classes)

@@ -5,12 +5,18 @@ Torch-free until a model is built, so that listing models is instant (``mobilene
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from mobilenets.core.errors import ModelArgumentError
+
 if TYPE_CHECKING:
     from mobilenets.models.architectures import Architecture
+
 
 # name -> (builder in mobilenets.models.architectures, fixed arguments)
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -30,14 +36,52 @@ def list_models() -> list[str]:
 
 
 def get_architecture(name: str, width: float = 1.0, **options: Any) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(ARCHITECTURES)}")
-    if not width > 0:
-        raise ValueError(f"width must be positive, got {width}")
+    """The ``Architecture`` of model ``name`` at ``width``; ``options`` are its builder's (e.g. ``dropout``).
+
+    Raises ``ModelArgumentError`` for an unknown name (naming the closest), a width that is not a number
+    > 0, or an option the architecture does not take.
+    """
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        close = difflib.get_close_matches(name, list(ARCHITECTURES), n=1) if isinstance(name, str) else []
+        raise ModelArgumentError(
+            f"model {name!r}: no such architecture"
+            + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(ARCHITECTURES)}")
+        )
+    check_width(width)
     builder_name, fixed = ARCHITECTURES[name]
     builder = getattr(importlib.import_module("mobilenets.models.architectures"), builder_name)
-    try:
-        architecture = builder(width=width, **fixed, **options)
-    except TypeError as error:
-        raise ValueError(f"{name}: unsupported option ({error})") from None
+    # Checked against the builder's signature rather than by catching its TypeError, which would also hide
+    # a TypeError raised inside it.
+    accepted = [p for p in inspect.signature(builder).parameters if p != "width" and p not in fixed]
+    for key, value in options.items():
+        if key not in accepted:
+            raise ModelArgumentError(unknown_option(name, key, value, accepted))
+    architecture = builder(width=width, **fixed, **options)
     return replace(architecture, name=name, options={"width": width, **options})
+
+
+def check_width(width: object) -> None:
+    """A width multiplier must be a finite number > 0 (NaN passes no comparison; ``True`` is no width)."""
+    is_number = isinstance(width, int | float) and not isinstance(width, bool)
+    if not (is_number and math.isfinite(width) and width > 0):
+        raise ModelArgumentError(
+            f"width {width!r}: give a finite number > 0 (the width multiplier; 1.0 is the paper's network), "
+            "e.g. width=0.5"
+        )
+
+
+def unknown_option(name: str, key: str, value: object, accepted: list[str]) -> str:
+    """The line refusing ``key=value`` for model ``name``: torchvision's ``pretrained`` gets how weights are
+    chosen here, a misspelt or timm option (``drop_rate``) the closest of ``accepted``."""
+    if key == "pretrained":
+        from mobilenets.models.published import PUBLISHED_WEIGHTS
+
+        published = [w.name for w in PUBLISHED_WEIGHTS.values() if w.architecture == name]
+        names = f"published for {name}: {', '.join(published)}" if published else f"none is published for {name}"
+        return (
+            f"pretrained={value!r}: not an option here; pass weights=NAME, a published name ({names}; all of "
+            "them: list_weights()), or weights=PATH, a weights file; without weights= the model is random"
+        )
+    close = difflib.get_close_matches(key, accepted, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{key}={value!r}: not an option of {name}{hint}; its options are {', '.join(accepted)}"

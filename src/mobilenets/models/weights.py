@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import reprlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, ModelArgumentError
 from mobilenets.core.files import atomic_write, atomic_write_text, cache_dir, sha256_of
-from mobilenets.models.architectures import MobileNet
-from mobilenets.models.metadata import ModelMetadata
+from mobilenets.models.architectures import Architecture, MobileNet, check_num_classes
+from mobilenets.models.metadata import IMAGENET, ModelMetadata
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.published import (
     PUBLISHED_WEIGHTS,
@@ -34,6 +36,7 @@ from mobilenets.models.published import (
     list_weights,
     offline_copy,
 )
+from mobilenets.models.registry import check_width
 
 if TYPE_CHECKING:
     from mobilenets.models.hub import Download
@@ -356,7 +359,21 @@ def save_weights(
     preprocessing: Preprocessing | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write ``path`` (.safetensors) and its ``.json`` metadata, each atomically (temp file + rename)."""
+    """Write ``path`` (.safetensors) and its ``.json`` metadata, each atomically (temp file + rename).
+
+    ``model`` is one made by ``create_model`` or ``load_model`` (its architecture is recorded); ``classes``
+    holds one name per output, in output order ("imagenet" for a 1,000-way ImageNet head, as ``load_model``
+    says of one). ``path`` is a file: for a folder, pass ``folder / "model.safetensors"``, which
+    ``load_model(folder)`` reads. Anything else raises ``ModelArgumentError``.
+    """
+    if not isinstance(getattr(model, "architecture", None), Architecture):
+        raise ModelArgumentError(
+            f"save_weights: a {type(model).__name__} is not a MobileNet, so it has no architecture to record; save "
+            "a model made by create_model or load_model (for any other module: "
+            "safetensors.torch.save_file(module.state_dict(), path))"
+        )
+    check_save_path(path)
+    check_classes(classes, model.num_classes)
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = model_metadata(model, classes, preprocessing, extra)
@@ -370,6 +387,35 @@ def save_weights(
     return path
 
 
+
+
+def check_save_path(path: object) -> None:
+    """A file path: an empty one would name the current folder, and a folder would become ``folder.safetensors``
+    beside it (``with_suffix``)."""
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        raise ModelArgumentError(f"save_weights path {path!r}: give a file path, e.g. 'out/model.safetensors'")
+    if Path(path).is_dir():
+        inside = Path(path) / "model.safetensors"
+        raise ModelArgumentError(
+            f"save_weights path {str(path)!r}: a folder; give a file path such as {str(inside)!r} "
+            "(load_model on the folder reads it)"
+        )
+
+
+def check_classes(classes: object, num_classes: int) -> None:
+    """One name per output, or None; names of another length would be dropped at load (``ModelMetadata.labels``)."""
+    if classes is None or (isinstance(classes, str) and classes == IMAGENET and num_classes == 1000):
+        return  # "imagenet": what load_model says of a published or torchvision/timm 1,000-way head
+    if not isinstance(classes, list | tuple) or not all(isinstance(name, str) for name in classes):
+        raise ModelArgumentError(
+            f"classes {reprlib.repr(classes)}: give a list of strings, one class name per output ({num_classes} for "
+            "this model), e.g. classes=['cat', 'dog']"
+        )
+    if len(classes) != num_classes:
+        raise ModelArgumentError(
+            f"classes: {len(classes)} names for a model with {num_classes} outputs; give one name per output, in "
+            "output order (or create the model with num_classes=len(classes))"
+        )
 
 
 def model_metadata(
@@ -514,6 +560,12 @@ def load_model(
     """Build the architecture a checkpoint describes (or ``name``) and load it; see ``create_model``."""
     from mobilenets.models.registry import get_architecture
 
+    check_weights_argument(weights, name)
+    # Checked before the file is read; `width or 1.0` below must only ever replace None, never a 0 given.
+    if width is not None:
+        check_width(width)
+    if num_classes is not None:
+        check_num_classes(num_classes)
     published = PUBLISHED_WEIGHTS.get(str(weights))
     if published is not None:
         path = fetch_published(published.name)
@@ -555,6 +607,21 @@ def load_model(
     if wanted_classes != checkpoint_classes:
         model.metadata = model.metadata.with_classes(None)  # a new head: its classes come from training
     return model.eval()
+
+
+def check_weights_argument(weights: object, name: str | None) -> None:
+    """``weights`` is a published name or a path; torchvision's ``weights=True`` and an empty string (which
+    ``Path`` reads as the current folder) are refused."""
+    if isinstance(weights, str | os.PathLike) and str(weights).strip():
+        return
+    published = [w.name for w in PUBLISHED_WEIGHTS.values() if w.architecture == name] or list_weights()
+    problem = "an empty path; give" if isinstance(weights, str) else "give"
+    # weights=True/False is torchvision's habit: here a model made without weights= simply starts random.
+    random = "" if isinstance(weights, str) else "; for a random model, call create_model without weights="
+    raise WeightsError(
+        f"weights={weights!r}: {problem} a published name (e.g. {published[0]!r}; all of them: list_weights()) or "
+        f"the path of a weights file or run directory{random}"
+    )
 
 
 def describe_weights(path: Path, metadata: dict | None, published: PublishedWeights | None, layout: str) -> dict:
