@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mobilenets.core.errors import MobilenetsError, check_number
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.deployment.formats import CHECK_IMAGES
 from mobilenets.deployment.loading import ModelSource, check_output_folder, load_source_model, source_images
 
@@ -67,33 +68,78 @@ def onnx_paths(source: ModelSource, model: nn.Module, out: Path | None, int8: bo
     return out, out.with_name(out.stem + INT8_SUFFIX + ".onnx")
 
 
+def recorded_int8(run_dir: Path) -> tuple[Path, str] | None:
+    """(file, method) of the int8 model ``quantize`` chose for the run, as ``quantization.json`` names them;
+    None where ``quantize`` has not run.
+
+    The record keeps the path ``quantize`` wrote: its ``out``, or ``RUN_DIR/model_int8.onnx`` as the run
+    directory was named then. That default, named from another working folder or before the run was moved
+    or copied, is this run's own ``model_int8.onnx``; a record without a path (earlier versions) means it too.
+    """
+    run = RunDirectory(run_dir)
+    record = run / RunDirectory.QUANTIZATION
+    if not record.exists():
+        return None
+    try:
+        fields = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        fields = {}
+    fields = fields if isinstance(fields, dict) else {}
+    method = fields.get("method", "?")
+    named = fields.get("path")
+    if not isinstance(named, str) or not named.strip():
+        return run.onnx_int8, method
+    path = Path(named)
+    if path.resolve() == run.onnx_int8.resolve():
+        return run.onnx_int8, method
+    if path.exists():
+        return path, method
+    if path.name == RunDirectory.ONNX_INT8 and path.parent.name in ("", run.path.resolve().name):
+        return run.onnx_int8, method
+    return path, method
+
+
 def keep_chosen_int8(
     source: ModelSource, int8_path: Path | None, *, out: Path | None, report: Callable[[str], None]
 ) -> Path | None:
-    """The int8 file to write: ``None`` where it would replace the run's chosen ``model_int8.onnx``.
+    """The int8 file to write: ``None`` where the run's chosen int8 model is kept instead.
 
     ``quantize`` chose that file (by accuracy, with fallbacks), and ``metrics.json`` and ``quantization.json``
     describe it; a plain PTQ from ``export --int8`` must not silently take its place. Without ``--out`` the
-    chosen file is kept, and said to be; an ``--out`` that names it is refused.
+    chosen file is kept, wherever ``quantize`` wrote it, and said to be; an ``--out`` that names it is refused.
+    Where the file the records name is gone, nothing is kept: the PTQ is written, except in that file's
+    place (the records would then describe a file they never measured).
     """
     if int8_path is None or source.run_dir is None:
         return int8_path
-    chosen = source.run_dir / "model_int8.onnx"
-    record = source.run_dir / "quantization.json"
-    if record.exists() and int8_path.resolve() == chosen.resolve():
-        try:
-            method = json.loads(record.read_text()).get("method", "?")
-        except (OSError, json.JSONDecodeError):
-            method = "?"
+    recorded = recorded_int8(source.run_dir)
+    if recorded is None:
+        return int8_path
+    chosen, method = recorded
+    if int8_path.resolve() == chosen.resolve():
+        if not chosen.exists():
+            raise MobilenetsError(
+                f"{chosen}: quantization.json and metrics.json describe it as the run's int8 model ({method}), but "
+                f"it is missing; re-run `mobilenets quantize {source.run_dir}` to choose and evaluate it again, or "
+                "pass --out OTHER.onnx to write a separate int8 export"
+            )
         if out is None:
             report(f"onnx int8: keeping the run's model_int8.onnx ({method}), chosen and evaluated by `mobilenets "
                    "quantize`; pass --out OTHER.onnx for a separate int8 export")
             return None
         raise MobilenetsError(
             f"{chosen}: already the run's int8 model ({method}, chosen and evaluated by `mobilenets quantize`, "
-            f"described by {record.name} and metrics.json); deploy that file as it is, re-run `mobilenets quantize "
-            f"{source.run_dir}` to replace it, or pass --out OTHER.onnx to write a separate export"
+            f"described by {RunDirectory.QUANTIZATION} and metrics.json); deploy that file as it is, re-run "
+            f"`mobilenets quantize {source.run_dir}` to replace it, or pass --out OTHER.onnx to write a separate export"
         )
+    if out is not None:  # a separate export, asked for by name
+        return int8_path
+    if chosen.exists():
+        report(f"onnx int8: keeping the run's int8 model {chosen} ({method}), where `mobilenets quantize` wrote it "
+               "after choosing and evaluating it; pass --out OTHER.onnx for a separate int8 export")
+        return None
+    report(f"onnx int8: {chosen}, the run's int8 model in {RunDirectory.QUANTIZATION} ({method}), no longer exists; "
+           f"writing a plain PTQ to {int8_path} instead")
     return int8_path
 
 

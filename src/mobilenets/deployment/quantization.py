@@ -59,6 +59,7 @@ CALIBRATION_METHODS = {
 # min-max: seconds to calibrate; percentile (minutes with ORT's histograms) is the first fallback.
 DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_THRESHOLD = 1.0  # accuracy points int8 may lose before we say so and try the fixes
+METHODS = ("auto", "ptq", "mixed", "qat")
 ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid"}
 
 
@@ -451,6 +452,54 @@ def fold_constant_scales(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def check_calibration_method(calibration_method: object) -> None:
+    """A name of ``CALIBRATION_METHODS``; a list or other unhashable value is refused too, not a TypeError."""
+    if not isinstance(calibration_method, str) or calibration_method not in CALIBRATION_METHODS:
+        raise MobilenetsError(
+            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+
+
+def check_methods(method: object, calibration_method: object) -> None:
+    """``method`` and ``calibration_method`` are known: refused in one line before the ONNX export, the images
+    and any folder (a typo found after minutes of work, or after ``--out``'s folder was made, wastes both)."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise MobilenetsError(f"unknown method {method!r}; choose {', '.join(METHODS[:-1])} or {METHODS[-1]}")
+    check_calibration_method(calibration_method)
+
+
+def int8_out_path(out: object, *, fp32: Path | None = None) -> Path:
+    """The int8 file ``out`` names, refused in one line where it cannot be one, before any work.
+
+    From Python ``out`` may be anything: an empty string is refused, never read as "not given" (that is
+    None); an existing folder would only fail at the final rename, after calibration, evaluation and timing.
+    ``fp32`` is the fp32 model the same command writes (a run's ``model.onnx``), which the int8 file must not
+    replace.
+    """
+    if isinstance(out, os.PathLike):
+        out = os.fspath(out)
+    if not isinstance(out, str):
+        raise MobilenetsError(f"out must be the int8 file's path (a string or pathlib.Path), got {out!r}")
+    if not out.strip():
+        raise MobilenetsError(
+            "out is an empty string: it names no file; name the int8 file (*.onnx), or leave out unset "
+            "(None) for the default"
+        )
+    path = Path(out)
+    if path.is_dir():
+        raise MobilenetsError(
+            f"--out {path}: an existing folder; name the int8 file in it, e.g. {path / 'model_int8.onnx'}"
+        )
+    if path.suffix != ".onnx":
+        raise MobilenetsError(f"--out {path}: name the file *.onnx")
+    if fp32 is not None and path.resolve() == fp32.resolve():
+        raise MobilenetsError(
+            f"--out {path}: the run's fp32 model, which quantize writes too; name the int8 file otherwise, "
+            f"e.g. {fp32.with_name('model_int8.onnx')}"
+        )
+    return path
+
+
 def quantize_ptq(
     fp32_onnx: Path | str,
     out: Path | str,
@@ -470,10 +519,7 @@ def quantize_ptq(
         raise MobilenetsError(
             f"unknown weight rounding {weight_rounding!r}; choose one of {', '.join(WEIGHT_ROUNDINGS)}"
         )
-    if calibration_method not in CALIBRATION_METHODS:
-        raise MobilenetsError(
-            f"unknown calibration method {calibration_method!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
+    check_calibration_method(calibration_method)
     if len(calibration) == 0:
         raise MobilenetsError("no calibration images; pass --data DIR or a run directory with training images")
     out = Path(out)
@@ -990,8 +1036,7 @@ def quantize_model(
     ``method``: ``ptq`` (PTQ only, with the diagnosis when it falls short), ``mixed`` (PTQ then mixed
     precision), ``qat`` (QAT only), ``auto`` (PTQ → mixed precision → QAT until one is within threshold).
     """
-    if method not in ("auto", "ptq", "mixed", "qat"):
-        raise MobilenetsError(f"unknown method {method!r}; choose auto, ptq, mixed or qat")
+    check_methods(method, calibration_method)
     out = Path(out)
     work = Path(tempfile.mkdtemp(prefix="mobilenets-quantize-"))
     try:
@@ -1198,16 +1243,19 @@ def quantize_run(
     out: Path | None = None,
     report=print,
 ) -> dict:
-    """Quantize a training run to ``RUN_DIR/model_int8.onnx`` and merge the figures into ``metrics.json``.
+    """Quantize a training run to ``out`` (default ``RUN_DIR/model_int8.onnx``) and merge the figures into
+    ``metrics.json``; ``quantization.json`` records which file it wrote (``export --int8`` keeps that one).
 
     Calibration images come from the run's training split, evaluation from its validation split.
     Returns ``fp32_val_accuracy``/``int8_val_accuracy`` (fractions), ``int8_size_bytes``, ``int8_method``,
     latencies and the attempts made.
     """
     from mobilenets.core.files import check_writable
+    from mobilenets.deployment.device_files import pending_path
     from mobilenets.models.weights import load_model
 
     # The command line checks its flags; Python callers reach here directly, and no value is replaced.
+    check_methods(method, calibration_method)
     check_number("threshold", threshold, at_least=0)
     for name, count in (
         ("calibration_images", calibration_images),
@@ -1216,13 +1264,16 @@ def quantize_run(
         ("max_qat_images", max_qat_images),
     ):
         check_number(name, count, at_least=1, whole=True)
-    run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / "model_int8.onnx"
-    # Both are written after minutes of work: a read-only place must be found out first.
-    check_writable(run_dir, "RUN_DIR")
-    check_writable(out.parent)
-    model = load_model(run_dir / "model.safetensors")
+    run = RunDirectory(run_dir)
+    run_dir = run.path
+    run.require(RunDirectory.MODEL, needed_by="quantize")
+    out = run.onnx_int8 if out is None else int8_out_path(out, fp32=run.onnx)
     split = read_split(run_dir)
+    # Both are written after minutes of work: a read-only place must be found out first, without making
+    # anything; quantize_model makes out's folder when the chosen file is written.
+    check_writable(run_dir, "RUN_DIR", create=False)
+    check_writable(out.parent, create=False)
+    model = load_model(run.model)
     preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
     train_items = [tuple(item) for item in split["train"]]
     val_items = sample([tuple(item) for item in split["val"]], max_val_images, seed=1)
@@ -1236,11 +1287,11 @@ def quantize_run(
     def train() -> ImageSet:  # loaded only if QAT runs: a whole split at 224 px would not fit in memory
         return load_images([p for p, _ in qat_items], [y for _, y in qat_items], preprocessing, "train split")
 
-    fp32_onnx = export_onnx(model, run_dir / "model.onnx")
+    fp32_onnx = export_onnx(model, run.onnx)
     # The chosen file takes its name only beside its records (quantization.json, metrics.json), after the
     # int8 engine's calibration: a Ctrl-C before then leaves the previous int8 model and its records as
     # they were, never a new file described by the old ones.
-    pending = out.with_name(f".{out.stem}.pending{out.suffix}")
+    pending = pending_path(out)
     result = quantize_model(
         model,
         pending,
@@ -1289,9 +1340,11 @@ def quantize_folder(
     from mobilenets.core.files import check_writable
     from mobilenets.deployment.loading import load_source_model
 
+    check_methods(method, calibration_method)
+    out = None if out is None else int8_out_path(out)
     model = load_source_model(source, report=report)
-    out = Path(out) if out is not None else Path(f"{source.stem(model)}_int8.onnx")
-    check_writable(out.parent)
+    out = out if out is not None else Path(f"{source.stem(model)}_int8.onnx")
+    check_writable(out.parent, create=False)  # made by quantize_model when the chosen file is written
     preprocessing = Preprocessing.from_dict(model.weights_metadata.get("preprocessing", {}))
     paths, labels, classes = folder_images(data)
     if classes is not None:
