@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mobilenets import WeightsError, create_model, load_model, save_weights
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, ModelArgumentError
 from mobilenets.models.architectures import MobileNet
 
 
@@ -178,3 +178,11 @@ def test_only_a_mobilenet_can_be_saved_with_its_metadata(tmp_path):
         "create_model or load_model"
     )
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["model.pth", "ft.v2"])
+def test_save_weights_never_replaces_a_suffix_with_another_files_name(tmp_path, name):
+    with pytest.raises(ModelArgumentError, match=rf"the file is written as safetensors; name it '.*{name}.safetensors'"):
+        save_weights(tiny(), tmp_path / name, classes=["a", "b", "c"])
+    assert list(tmp_path.iterdir()) == []
+    assert save_weights(tiny(), tmp_path / f"{name}.safetensors", classes=["a", "b", "c"]).name == f"{name}.safetensors"

@@ -387,11 +387,9 @@ def save_weights(
     return path
 
 
-
-
 def check_save_path(path: object) -> None:
-    """A file path: an empty one would name the current folder, and a folder would become ``folder.safetensors``
-    beside it (``with_suffix``)."""
+    """A file path, ``*.safetensors`` or without a suffix (then added): an empty one would name the current
+    folder, and a folder would become ``folder.safetensors`` beside it (``with_suffix``)."""
     if not isinstance(path, str | os.PathLike) or not str(path).strip():
         raise ModelArgumentError(f"save_weights path {path!r}: give a file path, e.g. 'out/model.safetensors'")
     if Path(path).is_dir():
@@ -399,6 +397,13 @@ def check_save_path(path: object) -> None:
         raise ModelArgumentError(
             f"save_weights path {str(path)!r}: a folder; give a file path such as {str(inside)!r} "
             "(load_model on the folder reads it)"
+        )
+    if Path(path).suffix not in ("", ".safetensors"):
+        # with_suffix would replace it: "model.pth" would be written as model.safetensors, and "ft.v2" as
+        # ft.safetensors, another file's name.
+        raise ModelArgumentError(
+            f"save_weights path {str(path)!r}: the file is written as safetensors; name it "
+            f"{str(Path(path).with_name(Path(path).name + '.safetensors'))!r} or give another name ending in .safetensors"
         )
 
 
