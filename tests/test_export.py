@@ -167,3 +167,16 @@ def test_export_command_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mobilenets export: error: ") and message in err
+
+
+def test_a_program_logging_at_info_gets_no_line_per_exporter_pass(tmp_path, caplog):
+    import logging
+
+    from mobilenets.deployment.onnx import EXPORTER_LOGGERS, export_onnx
+    from mobilenets.models.factory import create_model
+
+    with caplog.at_level(logging.INFO):  # the root logger, as logging.basicConfig(level=INFO) sets it
+        export_onnx(create_model("mobilenet_v3_small", num_classes=3, width=0.25), tmp_path / "m.onnx")
+    chatter = [r.getMessage() for r in caplog.records if r.name.split(".")[0] in {"onnxscript", "onnx_ir", "torch"}]
+    assert chatter == []
+    assert [logging.getLogger(name).level for name in EXPORTER_LOGGERS] == [logging.NOTSET] * 3  # restored

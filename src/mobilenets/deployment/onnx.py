@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,7 +83,7 @@ def export_onnx(model: nn.Module, path: Path | str, metadata: dict[str, str] | N
     model = model.eval()
     size = Preprocessing.from_dict((getattr(model, "weights_metadata", None) or {}).get("preprocessing", {})).input_size
     example = torch.randn(2, 3, size, size)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), exporter_logs_quieted():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter about pytree internals
         program = torch.onnx.export(
             model,
@@ -96,6 +99,25 @@ def export_onnx(model: nn.Module, path: Path | str, metadata: dict[str, str] | N
     _strip_debug_info(proto)
     write_metadata(proto, metadata if metadata is not None else deployment_metadata(model))
     return atomic_write(path, lambda temporary: onnx.save_model(proto, temporary), needed_bytes=proto.ByteSize())
+
+
+# The exporter's graph passes log each step at INFO ("Removed 308 unused nodes"); a program that logs at INFO
+# would get dozens of lines per export that say nothing to a deployer.
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def exporter_logs_quieted() -> Iterator[None]:
+    """The exporter's loggers at WARNING or above while it runs, then as they were."""
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _strip_debug_info(proto: onnx.ModelProto) -> None:
