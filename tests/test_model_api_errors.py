@@ -186,3 +186,12 @@ def test_save_weights_never_replaces_a_suffix_with_another_files_name(tmp_path, 
         save_weights(tiny(), tmp_path / name, classes=["a", "b", "c"])
     assert list(tmp_path.iterdir()) == []
     assert save_weights(tiny(), tmp_path / f"{name}.safetensors", classes=["a", "b", "c"]).name == f"{name}.safetensors"
+
+
+def test_a_model_without_a_classifier_saves_and_loads_as_one(tmp_path):
+    extractor = tiny(0)
+    path = save_weights(extractor, tmp_path / "features.safetensors")
+    loaded = load_model(path)
+    assert loaded.num_classes == 0
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(images), extractor.eval()(images))  # pooled features, the same numbers

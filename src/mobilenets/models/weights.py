@@ -597,7 +597,9 @@ def load_model(
     if name is None:
         raise WeightsError(f"{path}: a {layout} checkpoint does not say its architecture; pass --model NAME")
     options = {**LAYOUT_OPTIONS.get((layout, name), {}), **options}
-    checkpoint_classes = classifier_classes(state_dict)
+    headless = metadata is not None and not any(key.startswith("classifier.") for key in state_dict)
+    # Ours without a classifier: a model made with num_classes=0 (a feature extractor) and saved as it was.
+    checkpoint_classes = 0 if headless else classifier_classes(state_dict)
     wanted_classes = checkpoint_classes if num_classes is None else num_classes
     model = MobileNet(get_architecture(name, width or 1.0, **options), checkpoint_classes)
     missing, _ = model.load_state_dict(convert_state_dict(state_dict, model, str(path)), strict=False)
