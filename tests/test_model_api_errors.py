@@ -195,3 +195,20 @@ def test_a_model_without_a_classifier_saves_and_loads_as_one(tmp_path):
     assert loaded.num_classes == 0
     images = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(images), extractor.eval()(images))  # pooled features, the same numbers
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("mobilenet_v2", {"dropout": 2}, "dropout=2: give a probability in [0, 1)"),
+        ("mobilenet_v2", {"bn_eps": "x"}, "bn_eps='x': give a small number > 0"),
+        ("mobilenet_v3_small", {"bn_momentum": 0}, "bn_momentum=0: give a number in (0, 1]"),
+        ("mobilenet_v1", {"activation": "foo"}, "activation='foo': choose one of"),
+        ("mobilenet_v1", {"remove_14x14_rows": "yes"}, "remove_14x14_rows='yes': give True or False"),
+    ],
+)
+def test_builder_options_out_of_range_are_one_line(name, options, message):
+    with pytest.raises(ModelArgumentError) as raised:
+        create_model(name, num_classes=3, width=0.25, **options)
+    assert str(raised.value).startswith(message)
+    assert create_model(name, num_classes=3, width=0.25).num_classes == 3  # the defaults still build

@@ -56,8 +56,29 @@ def get_architecture(name: str, width: float = 1.0, **options: Any) -> Architect
     for key, value in options.items():
         if key not in accepted:
             raise ModelArgumentError(unknown_option(name, key, value, accepted))
+    for key, value in options.items():
+        check_option(key, value)
     architecture = builder(width=width, **fixed, **options)
     return replace(architecture, name=name, options={"width": width, **options})
+
+
+def check_option(key: str, value: object) -> None:
+    """The builders' numeric and switch options, in their ranges: torch would refuse dropout=2 naming a
+    layer, and take bn_eps="x" until the first forward pass."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if key == "dropout" and not (is_number and 0 <= value < 1):
+        raise ModelArgumentError(f"dropout={value!r}: give a probability in [0, 1), e.g. dropout=0.2")
+    if key == "bn_eps" and not (is_number and value > 0):
+        raise ModelArgumentError(f"bn_eps={value!r}: give a small number > 0 (BatchNorm's epsilon), e.g. bn_eps=1e-3")
+    if key == "bn_momentum" and not (is_number and 0 < value <= 1):
+        raise ModelArgumentError(f"bn_momentum={value!r}: give a number in (0, 1] (PyTorch's convention), e.g. 0.01")
+    if key in ("is_minimal", "remove_14x14_rows") and not isinstance(value, bool):
+        raise ModelArgumentError(f"{key}={value!r}: give True or False")
+    if key == "activation":
+        from mobilenets.models.layers import ACTIVATIONS
+
+        if value not in ACTIVATIONS:
+            raise ModelArgumentError(f"activation={value!r}: choose one of {', '.join(sorted(ACTIVATIONS))}")
 
 
 def check_width(width: object) -> None:
