@@ -152,3 +152,13 @@ def test_settling_a_run_leaves_the_options_as_the_user_gave_them(tmp_path, monke
     pipeline.train(caller)
     assert seen[0].model == "mobilenet_v3_large" and seen[0].augment == "heavy"
     assert (caller.model, caller.augment, caller.recipe) == (None, None, "modern")
+
+
+def test_the_bundled_imagenet_recipes_train_from_scratch_unless_weights_are_given():
+    for name in ("mobilenet_v1_paper", "modern"):
+        options = parse("--recipe", name)
+        apply_recipe_file(options)
+        assert options.weights == "none", name
+        given = parse("--recipe", name, "--weights", "mobilenet_v2.tv_in1k")
+        apply_recipe_file(given)
+        assert given.weights == "mobilenet_v2.tv_in1k"

@@ -143,7 +143,7 @@ def add_parser(subparsers) -> None:
         "(Random Erasing; timm's --reprob, e.g. 0.25). Default 0 (off)",
     )
     parser.add_argument(
-        "--head-epochs", type=int, help="fine-tuning: train only the new head first (default 0; --recipe auto: 1)"
+        "--head-epochs", type=int, help="fine-tuning: train only the new head first (default 0; --recipe auto: 1 when fine-tuning fewer than 5,000 images)"
     )
     parser.add_argument(
         "--freeze",
