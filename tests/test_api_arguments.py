@@ -36,7 +36,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-sma
         ({"seed": -1}, "--seed -1: give a whole number ≥ 0"),
         ({"seed": 2**70}, f"--seed {2**70}: give a whole number from 0 to 4294967295"),
         ({"weights": "mobilenet_v2.tv_in1"}, "--weights mobilenet_v2.tv_in1: no such file, and no published checkpoint has that name; did you mean mobilenet_v2.tv_in1k?"),
-        ({"teacher": "nowhere/run"}, "--teacher nowhere/run: does not exist; pass a run directory"),
+        ({"teacher": "nowhere/run"}, "--teacher nowhere/run: no such run directory or file (a fine-tuned run dir"),
     ],
 )
 def test_train_refuses_values_of_the_wrong_type_in_one_line(options, message, tmp_path):

@@ -410,6 +410,15 @@ def _not_a_model(path: Path, source: str) -> MobilenetsError:
     )
 
 
+def missing_teacher(source: str) -> MobilenetsError:
+    """The line for a teacher that is neither on disk nor a published name (said before the folder is scanned,
+    and again here for callers of ``load_teacher``)."""
+    return MobilenetsError(
+        f"--teacher {source}: no such run directory or file (a fine-tuned run dir, its model.safetensors, "
+        "or an exported .onnx)"
+    )
+
+
 def _load_teacher_model(path: Path, source: str) -> nn.Module:
     from mobilenets.models.weights import load_model
 
@@ -473,17 +482,12 @@ def load_teacher(
         check_teacher_output(runner, wants, len(labels or ()), source)
         log(f"teacher {source}: ONNX Runtime, {wants.resolution}px")
         return Teacher(runner, source=source, engine="onnxruntime", wants=wants, class_order=order)
-    try:
-        from mobilenets.models.published import PUBLISHED_WEIGHTS
-    except ImportError:  # the registry before it had a module of its own
-        from mobilenets.models.weights import PUBLISHED_WEIGHTS  # type: ignore[no-redef]
+    from mobilenets.models.published import PUBLISHED_WEIGHTS
+
     if source in PUBLISHED_WEIGHTS:
         class_order("imagenet", student_classes, source)  # raises with the command to fine-tune it first
     if not path.exists():
-        raise MobilenetsError(
-            f"--teacher {source}: no such run directory or file (a fine-tuned run dir, its model.safetensors, "
-            "or an exported .onnx)"
-        )
+        raise missing_teacher(source)
     model = _load_teacher_model(path, source)
     metadata = getattr(model, "weights_metadata", {}) or {}
     order = class_order(metadata.get("classes"), student_classes, source)

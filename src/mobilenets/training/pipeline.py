@@ -55,6 +55,7 @@ from mobilenets.training.distillation import (
     TeacherQuality,
     load_teachers,
     measure_teacher,
+    missing_teacher,
 )
 from mobilenets.training.loop import (
     EpochRecord,
@@ -285,10 +286,7 @@ def check_model_sources(options: TrainOptions) -> None:
         )
     for source in teacher_sources(options.teacher):
         if source not in published and not Path(source).exists():
-            raise MobilenetsError(
-                f"--teacher {source}: does not exist; pass a run directory, a weights file or an exported .onnx "
-                "model of a larger model fine-tuned on --data"
-            )
+            raise missing_teacher(source)
 
 
 def is_untrained_run(run: RunDirectory) -> bool:
