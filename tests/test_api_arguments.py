@@ -129,6 +129,8 @@ def test_the_run_api_refuses_what_is_no_path_or_switch_before_loading_anything(t
     for top_k in (None, 0, True, 2.0):
         with pytest.raises(MobilenetsError, match=rf"top_k must be a whole number ≥ 1, got {top_k!r}"):
             run.predict([tmp_path], top_k=top_k)
+    with pytest.raises(MobilenetsError, match=r"--batch-size 0: give a whole number ≥ 1"):
+        run.predict([tmp_path], batch_size=0)
     with pytest.raises(MobilenetsError, match=r"format must be one format name such as 'onnx', got \['onnx', 'tflite'\]"):
         run.export(["onnx", "tflite"])
     with pytest.raises(MobilenetsError, match="data must be a path"):

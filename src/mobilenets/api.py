@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.training.options import TrainOptions
 
@@ -200,7 +200,7 @@ class Run:
         return result
 
     def predict(
-        self, images: list[Path | str] | Path | str, *, top_k: int = 5, engine: str = "auto"
+        self, images: list[Path | str] | Path | str, *, top_k: int = 5, engine: str = "auto", batch_size: int = 32
     ) -> PredictionReport:
         """Top-K labels and probabilities for image files and folders (paths, as ``mobilenets predict`` takes).
 
@@ -224,8 +224,14 @@ class Run:
         inputs = [as_path(image, "images") for image in inputs]
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise MobilenetsError(f"top_k must be a whole number ≥ 1, got {top_k!r}")
+        check_number("--batch-size", batch_size, at_least=1, whole=True)  # before the model is read
         return predict_files(
-            inputs=inputs, source=model_source(run_dir=self.path), top_k=top_k, engine=engine, report=_log_line
+            inputs=inputs,
+            source=model_source(run_dir=self.path),
+            top_k=top_k,
+            engine=engine,
+            batch_size=batch_size,
+            report=_log_line,
         )
 
     def report(self) -> Path:

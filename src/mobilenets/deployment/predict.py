@@ -108,6 +108,7 @@ def predict_files(
     preprocessing in its metadata, exactly as a device would.
     """
     check_number("--top", top_k, at_least=1, whole=True)
+    check_number("--batch-size", batch_size, at_least=1, whole=True)
     paths, skipped = collect_images(inputs)
     if source.is_onnx:
         runner, labels, preprocessing = _onnx_runner(source, engine)
