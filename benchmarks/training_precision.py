@@ -17,14 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from mobilenets import create_model
-from mobilenets.kernels.acceleration import prepare_for_training, to_model_layout
+from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, to_model_layout
 
 SETTINGS = ((32, 128), (64, 64), (224, 32))  # (resolution, batch): Fashion-MNIST scales and ImageNet's
 
 
 def step_seconds(model, optimizer, images, labels) -> float:
     started = time.perf_counter()
-    loss = F.cross_entropy(model(images), labels)
+    # The product's autocast wraps the step's forward (training.loop), not the model: without it both
+    # candidates would run in fp32.
+    with autocast_for(model):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
