@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-# fp32: on this CPU (AVX-512-BF16, no AMX) bf16 autocast does not pay at 32-64 px: benchmarks/training_precision.py
-# measured fp32 at 0.89-0.97x bf16's step time for V3-Small and 0.94-0.99x for V2.
+# fp32, as the figures of record were measured: on the AMD EPYC (AVX-512-BF16, no AMX) bf16 autocast did not pay at
+# 32-64 px (benchmarks/training_precision.py). On a CPU with AMX, `-- --precision auto` (bf16) gives the same test
+# accuracy 10% sooner at 32 px and 35% sooner at 64 px (BENCHMARKS.md, "Sixteenth round").
 COMMON = ["--precision", "fp32", "--batch-size", "128"]
 SETTINGS = {
     # 28-px images upscaled to 32 px: V3-Small's last feature maps are 1×1; fast, but coarse.
