@@ -128,6 +128,7 @@ def onnx_int8_export(run: Path) -> tuple[list[str], list[Path]]:
     return lines, [file.path for file in result.files]
 
 
+@pytest.mark.slow  # a real quantize (calibration, evaluation, timing) and export: ~25 s; the variants below stay fast
 def test_export_int8_keeps_the_int8_file_quantize_wrote_elsewhere_and_names_it(tiny_run, tmp_path):
     # It said "keeping the run's model_int8.onnx" of a file that did not exist: quantize had written out=.
     run = tmp_path / "run"
