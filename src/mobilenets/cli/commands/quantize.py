@@ -66,7 +66,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilenets.deployment.quantization import quantize_folder, quantize_run
+    from mobilenets.deployment.quantization import int8_out_path, quantize_folder, quantize_run
 
     check_number("--calibration", args.calibration, at_least=1, whole=True)
     check_number("--threshold", args.threshold, at_least=0, example=1)
@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     args.qat_epochs = 2 if args.qat_epochs is None else args.qat_epochs
     check_number("--qat-epochs", args.qat_epochs, at_least=1, whole=True)
     check_number("--max-val", args.max_val, at_least=1, whole=True)
-    if args.out is not None and args.out.suffix != ".onnx":
-        raise MobilenetsError(f"--out {args.out}: name the file *.onnx")
+    if args.out is not None:
+        int8_out_path(args.out)  # the library's own check of --out, said before the model is read
     report = (lambda line: print(line, file=sys.stderr)) if args.json else print
     source = source_from_args(args)
     common = {
