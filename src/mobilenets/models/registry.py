@@ -47,7 +47,7 @@ def get_architecture(name: str, width: float = 1.0, **options: Any) -> Architect
             f"model {name!r}: no such architecture"
             + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(ARCHITECTURES)}")
         )
-    check_width(width)
+    check_width_argument(width)
     builder_name, fixed = ARCHITECTURES[name]
     builder = getattr(importlib.import_module("mobilenets.models.architectures"), builder_name)
     # Checked against the builder's signature rather than by catching its TypeError, which would also hide
@@ -81,8 +81,9 @@ def check_option(key: str, value: object) -> None:
             raise ModelArgumentError(f"activation={value!r}: choose one of {', '.join(sorted(ACTIVATIONS))}")
 
 
-def check_width(width: object) -> None:
-    """A width multiplier must be a finite number > 0 (NaN passes no comparison; ``True`` is no width)."""
+def check_width_argument(width: object) -> None:
+    """The ``width`` of the Python API: any finite number > 0 (NaN passes no comparison; ``True`` is no width).
+    The command line's flags also have an upper bound (``models.profiling.check_width``)."""
     is_number = isinstance(width, int | float) and not isinstance(width, bool)
     if not (is_number and math.isfinite(width) and width > 0):
         raise ModelArgumentError(

@@ -36,7 +36,7 @@ from mobilenets.models.published import (
     list_weights,
     offline_copy,
 )
-from mobilenets.models.registry import check_width
+from mobilenets.models.registry import check_width_argument
 
 if TYPE_CHECKING:
     from mobilenets.models.hub import Download
@@ -568,7 +568,7 @@ def load_model(
     check_weights_argument(weights, name)
     # Checked before the file is read; `width or 1.0` below must only ever replace None, never a 0 given.
     if width is not None:
-        check_width(width)
+        check_width_argument(width)
     if num_classes is not None:
         check_num_classes(num_classes)
     published = PUBLISHED_WEIGHTS.get(str(weights))
