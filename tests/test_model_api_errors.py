@@ -188,6 +188,36 @@ def test_save_weights_never_replaces_a_suffix_with_another_files_name(tmp_path, 
     assert save_weights(tiny(), tmp_path / f"{name}.safetensors", classes=["a", "b", "c"]).name == f"{name}.safetensors"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"preprocessing": {"input_size": 64}}, "save_weights preprocessing: a dict; give a Preprocessing, e.g. "),
+        ({"preprocessing": 64}, "save_weights preprocessing: a int; give a Preprocessing"),
+        ({"extra": ["notes"]}, "save_weights extra: a list; give a dict with string keys"),
+        ({"extra": {1: "a"}}, "save_weights extra: a dict; give a dict with string keys"),
+        ({"extra": {"classes": ["x"]}}, "save_weights extra: 'classes' would replace the model's own metadata"),
+        ({"extra": {"when": object()}}, "save_weights extra: not JSON (Object of type object is not JSON serializable)"),
+    ],
+)
+def test_metadata_that_could_not_be_read_back_is_refused_before_writing(tmp_path, arguments, message):
+    with pytest.raises(ModelArgumentError) as caught:
+        save_weights(tiny(), tmp_path / "model.safetensors", classes=["a", "b", "c"], **arguments)
+    assert str(caught.value).startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_metadata_travels_with_the_weights(tmp_path):
+    from mobilenets.models.preprocessing import Preprocessing
+
+    path = save_weights(
+        tiny(), tmp_path / "model.safetensors", classes=["a", "b", "c"],
+        preprocessing=Preprocessing.for_resolution(96), extra={"notes": "field photos", "source": {"seed": 3}},
+    )
+    written = __import__("json").loads(path.with_suffix(".json").read_text())
+    assert written["notes"] == "field photos" and written["source"] == {"seed": 3}
+    assert load_model(path).metadata.preprocessing.input_size == 96
+
+
 def test_a_model_without_a_classifier_saves_and_loads_as_one(tmp_path):
     extractor = tiny(0)
     path = save_weights(extractor, tmp_path / "features.safetensors")

@@ -129,15 +129,17 @@ def onnx_int8_export(run: Path) -> tuple[list[str], list[Path]]:
 
 
 @pytest.mark.slow  # a real quantize (calibration, evaluation, timing) and export: ~25 s; the variants below stay fast
-def test_export_int8_keeps_the_int8_file_quantize_wrote_elsewhere_and_names_it(tiny_run, tmp_path):
+def test_export_int8_keeps_the_int8_file_quantize_wrote_elsewhere_and_names_it(tiny_run, tmp_path, monkeypatch):
     # It said "keeping the run's model_int8.onnx" of a file that did not exist: quantize had written out=.
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     elsewhere = tmp_path / "x" / "q2.onnx"  # its folder is made only when the file is written
-    figures = quantize_run(run, method="ptq", calibration_images=8, threshold=100.0, out=elsewhere, report=print)
+    monkeypatch.chdir(tmp_path)  # out given relative to the working folder, as on a command line
+    figures = quantize_run(run, method="ptq", calibration_images=8, threshold=100.0, out=Path("x/q2.onnx"), report=print)
     assert figures["int8_path"] == str(elsewhere) and elsewhere.exists()
-    assert json.loads((run / "quantization.json").read_text())["path"] == str(elsewhere)
+    assert json.loads((run / "quantization.json").read_text())["path"] == str(elsewhere)  # absolute: see below
     assert not (run / "model_int8.onnx").exists() and not list(elsewhere.parent.glob(".*pending*"))
+    monkeypatch.chdir(run)  # the export runs from another folder, where "x/q2.onnx" names no file
     lines, written = onnx_int8_export(run)
     kept = [line for line in lines if line.startswith("onnx int8: keeping")]
     assert kept == [

@@ -23,6 +23,7 @@ _PUBLIC = {
     "load_model": "mobilenets.models.weights",
     "save_weights": "mobilenets.models.weights",
     "MobilenetsError": "mobilenets.core.errors",
+    "Preprocessing": "mobilenets.models.preprocessing",
     "train": "mobilenets.api",
     "load_run": "mobilenets.api",
     "robustness": "mobilenets.api",
@@ -33,6 +34,7 @@ __all__ = [
     "MobileNet",
     "MobilenetsError",
     "ModelArgumentError",
+    "Preprocessing",
     "Run",
     "RunDirectory",
     "WeightsError",
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from mobilenets.core.run_directory import RunDirectory
     from mobilenets.models.architectures import MobileNet
     from mobilenets.models.factory import create_model
+    from mobilenets.models.preprocessing import Preprocessing
     from mobilenets.models.published import list_weights
     from mobilenets.models.registry import get_architecture, list_models
     from mobilenets.models.weights import WeightsError, load_model, save_weights

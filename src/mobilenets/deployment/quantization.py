@@ -1307,7 +1307,8 @@ def quantize_run(
     )
     try:
         engine_figures = calibrate_int8_engine(model, run_dir, calibration, evaluation, fp32_onnx, threshold, report)
-        result.path = out
+        # Absolute in the records: a relative --out read from another working folder would name another file.
+        result.path = Path(os.path.abspath(out))
         figures = result.figures()
         figures["int8_val_images"] = figures.pop("int8_eval_images")
         figures.update(engine_figures)

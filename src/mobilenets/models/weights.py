@@ -374,6 +374,8 @@ def save_weights(
         )
     check_save_path(path)
     check_classes(classes, model.num_classes)
+    check_preprocessing(preprocessing)
+    check_extra(extra)
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = model_metadata(model, classes, preprocessing, extra)
@@ -405,6 +407,41 @@ def check_save_path(path: object) -> None:
             f"save_weights path {str(path)!r}: the file is written as safetensors; name it "
             f"{str(Path(path).with_name(Path(path).name + '.safetensors'))!r} or give another name ending in .safetensors"
         )
+
+
+def check_preprocessing(preprocessing: object) -> None:
+    """A ``Preprocessing`` or None: a dict or a number would be written as metadata no loader can read back."""
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise ModelArgumentError(
+            f"save_weights preprocessing: a {type(preprocessing).__name__}; give a Preprocessing, e.g. "
+            "mobilenets.Preprocessing.for_resolution(224), or None for 224 px ImageNet"
+        )
+
+
+# Keys model_metadata writes itself: extra metadata under one of these would replace what load_model reads.
+_RESERVED_METADATA = ("format", "format_version", "architecture", "options", "num_classes", "classes", "preprocessing")
+
+
+def check_extra(extra: object) -> None:
+    """A dict of JSON values under new string keys, or None: it is written as JSON next to the weights."""
+    if extra is None:
+        return
+    if not isinstance(extra, dict) or not all(isinstance(key, str) for key in extra):
+        raise ModelArgumentError(
+            f"save_weights extra: a {type(extra).__name__}; give a dict with string keys, e.g. extra={{'notes': '...'}}"
+        )
+    taken = [key for key in extra if key in _RESERVED_METADATA]
+    if taken:
+        raise ModelArgumentError(
+            f"save_weights extra: {', '.join(map(repr, taken))} would replace the model's own metadata; "
+            f"use other keys (these are written by save_weights: {', '.join(_RESERVED_METADATA)})"
+        )
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as error:
+        raise ModelArgumentError(
+            f"save_weights extra: not JSON ({error}); give strings, numbers, booleans, None, lists and dicts"
+        ) from None
 
 
 def check_classes(classes: object, num_classes: int) -> None:
