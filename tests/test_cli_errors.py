@@ -279,7 +279,7 @@ def test_ctrl_c_wrapped_by_a_library_is_an_interruption_not_an_internal_error(mo
 def test_finding17_one_resolution_bound():
     from mobilenets.core.errors import MobilenetsError
     from mobilenets.models.preprocessing import MIN_RESOLUTION, check_resolution
-    from mobilenets.training.pipeline import choose_resolution
+    from mobilenets.training.configuration import choose_resolution
 
     assert check_resolution(MIN_RESOLUTION) == MIN_RESOLUTION
     with pytest.raises(MobilenetsError, match="too small"):

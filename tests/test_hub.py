@@ -240,7 +240,7 @@ def test_weights_auto_picks_a_published_checkpoint_or_says_why_not():
 def test_weights_auto_falls_back_to_scratch_with_one_loud_line(tmp_path, monkeypatch, caplog):
     import logging
 
-    from mobilenets.training.pipeline import resolve_initial_weights
+    from mobilenets.training.configuration import resolve_initial_weights
 
     monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
     monkeypatch.setenv("MOBILENETS_OFFLINE", "1")  # as on a machine without network
@@ -388,7 +388,7 @@ def test_unreadable_cached_file_is_one_clear_error_not_used(tmp_path, monkeypatc
 def test_unreadable_cached_file_falls_back_to_scratch_with_one_loud_line(tmp_path, monkeypatch, caplog):
     import logging
 
-    from mobilenets.training.pipeline import resolve_initial_weights
+    from mobilenets.training.configuration import resolve_initial_weights
 
     monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
     monkeypatch.setenv("MOBILENETS_OFFLINE", "1")

@@ -7,7 +7,7 @@ import pytest
 from mobilenets.cli.commands.train import options_from
 from mobilenets.cli.main import build_parser
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.training.pipeline import apply_recipe_file
+from mobilenets.training.configuration import apply_recipe_file
 from mobilenets.training.recipes import FINETUNE_RECIPES, RECIPES, choose_recipe, range_warnings
 
 
@@ -79,7 +79,7 @@ def test_few_epochs_from_pretrained_weights_on_large_data_warn_with_the_measured
     [("mobilenet_v2.tv_in1k", 5_000, True), ("none", 6_000, False), ("mobilenet_v2.tv_in1k", 4_999, False)],
 )
 def test_a_run_gets_the_fine_tune_reason_only_from_pretrained_weights_on_large_data(caplog, weights, num_train, measured_reason):
-    from mobilenets.training.pipeline import make_config
+    from mobilenets.training.configuration import make_config
 
     options = parse("--model", "mobilenet_v2", "--weights", weights, "--epochs", "4", "--resolution", "32")
     with caplog.at_level("WARNING", logger="mobilenets"):
@@ -89,7 +89,7 @@ def test_a_run_gets_the_fine_tune_reason_only_from_pretrained_weights_on_large_d
 
 
 def test_the_lr_range_is_adamws_and_sgd_without_an_lr_is_told_to_give_one(caplog):
-    from mobilenets.training.pipeline import make_config
+    from mobilenets.training.configuration import make_config
 
     assert range_warnings(32, 10, 0.05)[0].startswith("--lr 0.05 is outside the recommended")
     assert range_warnings(32, 10, 0.05, optimizer="sgd") == []
@@ -108,7 +108,7 @@ def test_the_lr_range_is_adamws_and_sgd_without_an_lr_is_told_to_give_one(caplog
 
 
 def test_an_unknown_optimizer_from_a_recipe_file_or_the_api_is_one_clear_error(tmp_path):
-    from mobilenets.training.pipeline import check_values
+    from mobilenets.training.checks import check_values
 
     options = parse("--model", "mobilenet_v2", "--weights", "none", "--resolution", "32")
     options.optimizer = "SGD"  # what a hand-written recipe file or mobilenets.train(optimizer=...) can pass
@@ -135,10 +135,11 @@ def test_settling_a_run_leaves_the_options_as_the_user_gave_them(tmp_path, monke
     import dataclasses
 
     from mobilenets.training import pipeline
+    from mobilenets.training.configuration import make_config
 
     options = parse("--recipe", "auto", "--weights", "none", "--resolution", "32")
     given = dataclasses.replace(options)
-    config = pipeline.make_config(options, 400, [])
+    config = make_config(options, 400, [])
     assert options == given  # model, width and head-only epochs were decided in the config, not written back
     assert (config.model, config.width, config.head_epochs) == ("mobilenet_v3_small", 1.0, 0)
     assert (config.epochs, config.augment) == (choose_recipe(400).epochs, choose_recipe(400).augment)

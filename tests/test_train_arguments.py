@@ -15,8 +15,8 @@ from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.factory import create_model
 from mobilenets.models.weights import save_weights
-from mobilenets.training import pipeline
-from mobilenets.training.pipeline import check_freeze, check_head_epochs, choose_architecture
+from mobilenets.training import configuration
+from mobilenets.training.configuration import check_freeze, check_head_epochs, choose_architecture
 from mobilenets.training.recipes import dataset_size_warning
 
 
@@ -173,8 +173,8 @@ def test_head_epochs_need_pretrained_weights_and_a_linear_probe_is_said(tmp_path
     )
     assert not (tmp_path / "a").exists()
     said: list[str] = []
-    monkeypatch.setattr(pipeline, "say", said.append)
-    monkeypatch.setattr(pipeline, "warn", said.append)
+    monkeypatch.setattr(configuration, "say", said.append)
+    monkeypatch.setattr(configuration, "warn", said.append)
     # Head-only epochs covering the whole run were asked for: a linear probe, done and said.
     assert check_head_epochs(2, epochs=2, given=True, initial_weights="w") == 2
     # The recipe's head-only epoch (not the user's) gives way to a one-epoch run, and says so.

@@ -255,7 +255,7 @@ def test_a_recipe_file_cannot_set_folders(tmp_path, capsys):
 
 
 def test_recipe_auto_says_its_epochs_are_for_the_labelled_images(caplog):
-    from mobilenets.training.pipeline import make_config
+    from mobilenets.training.configuration import make_config
 
     samples = scan_folder(EXAMPLES).samples
     options = TrainOptions(data=EXAMPLES, model="mobilenet_v3_small", weights="none", recipe="auto", resolution=32)

@@ -14,6 +14,16 @@ import sys
 from collections.abc import Iterator
 
 
+def say(message: str) -> None:
+    """Progress: the ``mobilenets`` logger at INFO (``-q`` hides it)."""
+    logging.getLogger("mobilenets").info(message)
+
+
+def warn(message: str) -> None:
+    """What needs the user's attention: the ``mobilenets`` logger at WARNING (printed as ``warning: …``)."""
+    logging.getLogger("mobilenets").warning(message)
+
+
 class _ConsoleHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
