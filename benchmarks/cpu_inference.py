@@ -69,7 +69,7 @@ def calibration_images(resolution: int) -> np.ndarray:
 
 
 def onnx_paths(model: torch.nn.Module, folder: Path, resolution: int) -> tuple[Path, Path]:
-    """fp32 and int8 ONNX files of ``model`` made by the deploy path (src/mobilenets/export.py, quantization.py)."""
+    """fp32 and int8 ONNX files of ``model`` made by the deploy path (mobilenets.deployment: onnx, quantization)."""
     from mobilenets.deployment.onnx import export_onnx
     from mobilenets.deployment.quantization import quantize_ptq
 

@@ -214,7 +214,7 @@ def test_ctrl_c_before_the_records_leaves_the_previous_int8_model_and_its_record
     # model_int8.onnx described by the previous quantization.json and metrics.json.
     import shutil
 
-    from mobilenets.deployment import quantization
+    from mobilenets.deployment.quantization import runs  # quantize_run looks calibrate_int8_engine up there
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -225,7 +225,7 @@ def test_ctrl_c_before_the_records_leaves_the_previous_int8_model_and_its_record
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(quantization, "calibrate_int8_engine", interrupted)
+    monkeypatch.setattr(runs, "calibrate_int8_engine", interrupted)
     with pytest.raises(KeyboardInterrupt):
         quantize_run(run, method="ptq", calibration_images=8, threshold=100.0, report=lambda line: None)
     assert (run / "model_int8.onnx").read_bytes() == b"the previous int8 model"
@@ -472,14 +472,14 @@ def test_histogram_calibration_takes_what_fits_in_memory_and_says_so_in_one_line
 
 def test_quantize_model_calibrates_on_fewer_images_when_memory_is_short(tmp_path, monkeypatch):
     """Through the whole decision: the guard's line is said once, and the file records what calibrated it."""
-    from mobilenets.deployment import quantization
     from mobilenets.deployment.quantization import activation_bytes_per_image, quantize_model
+    from mobilenets.deployment.quantization import calibration as calibration_module  # images_that_fit looks it up
 
     model = create_model("mobilenet_v1", num_classes=3, width=0.25).eval()
     model.weights_metadata = {"preprocessing": Preprocessing.for_resolution(32).to_dict(), "classes": list("abc")}
     fp32 = export_onnx(model, tmp_path / "fp32.onnx")
     room = int(10 * 1.7 * activation_bytes_per_image(fp32))  # 10 × 1.25 / 0.75 = 16.7 images' worth
-    monkeypatch.setattr(quantization, "available_memory_bytes", lambda: room)
+    monkeypatch.setattr(calibration_module, "available_memory_bytes", lambda: room)
     rng = np.random.default_rng(0)
     images = ImageSet(rng.standard_normal((32, 3, 32, 32), dtype=np.float32), None, "noise")
     lines = []

@@ -12,10 +12,9 @@ from deploy_helpers import WORK, tiny_run_dir, write_class_folder
 
 import mobilenets
 from mobilenets.core.errors import MobilenetsError
-from mobilenets.deployment import quantization
 from mobilenets.deployment.export import export_model
 from mobilenets.deployment.loading import model_source
-from mobilenets.deployment.quantization import quantize_run
+from mobilenets.deployment.quantization import quantize_run, runs
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,9 @@ def no_work(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the work started before the refusal")
 
-    monkeypatch.setattr(quantization, "export_onnx", started)
-    monkeypatch.setattr(quantization, "load_images", started)
+    # Where quantize_run and quantize_folder look them up (mobilenets.deployment.quantization.runs).
+    monkeypatch.setattr(runs, "export_onnx", started)
+    monkeypatch.setattr(runs, "load_images", started)
 
 
 def tree(*folders: Path) -> set[Path]:
