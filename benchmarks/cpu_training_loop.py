@@ -49,7 +49,8 @@ from common import (
 from mobilenets.data.folders import DecodedImages
 from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import Preprocessing
-from mobilenets.training.loop import TrainConfig, Trainer
+from mobilenets.training.configuration import TrainConfig
+from mobilenets.training.loop import Trainer
 
 NUM_CLASSES = 10
 

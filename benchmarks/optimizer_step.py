@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Candidate, load_average, machine_info, measure, paired_ratio, print_machine, set_threads, table
 
 from mobilenets.models.factory import create_model
-from mobilenets.training.loop import ExponentialMovingAverage
+from mobilenets.training.optimization import ExponentialMovingAverage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from mobilenets.core.distributed import init_distributed, shutdown
 from mobilenets.data.disk_cache import decode_to_disk
 from mobilenets.data.folders import DecodedImages, scan_folder
 from mobilenets.models.preprocessing import Preprocessing
-from mobilenets.training.loop import TrainConfig, Trainer
+from mobilenets.training.configuration import TrainConfig
+from mobilenets.training.loop import Trainer
 
 
 def main(out: Path) -> None:

@@ -16,7 +16,7 @@ from mobilenets.training.distillation import (
     distillation_loss,
     load_teacher,
 )
-from mobilenets.training.loop import check_mixup, mixup
+from mobilenets.training.mixup import check_mixup, mixup
 
 
 def test_loss_is_hintons_formula():
@@ -88,7 +88,8 @@ def test_the_teacher_labels_the_very_mixed_batch_the_student_sees(tmp_path):
     from mobilenets import create_model
     from mobilenets.data.folders import DecodedImages
     from mobilenets.models.preprocessing import Preprocessing
-    from mobilenets.training.loop import TrainConfig, Trainer
+    from mobilenets.training.configuration import TrainConfig
+    from mobilenets.training.loop import Trainer
 
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = DecodedImages(images, torch.arange(8) % 2, [None] * 8, [], [""] * 8, [0] * 8)

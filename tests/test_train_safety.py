@@ -124,19 +124,19 @@ def test_ctrl_c_while_finishing_loses_nothing_and_resume_finishes(tmp_path, monk
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from mobilenets.training import loop
+    from mobilenets.training import checkpoints
 
     path = tmp_path / "checkpoint.pt"
-    loop.atomic_torch_save({"model": torch.zeros(3)}, path)
+    checkpoints.atomic_torch_save({"model": torch.zeros(3)}, path)
     good = path.read_bytes()
 
     def full_disk(obj, target):
         Path(target).write_bytes(b"x" * 1000)
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
 
-    monkeypatch.setattr(loop.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
     with pytest.raises(DiskFullError, match="no space left on the disk holding"):
-        loop.atomic_torch_save({"model": torch.zeros(1000)}, path)
+        checkpoints.atomic_torch_save({"model": torch.zeros(1000)}, path)
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 

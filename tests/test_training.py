@@ -24,10 +24,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mobilenets.cli.main import main
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.models.factory import create_model
-from mobilenets.training.loop import (
+from mobilenets.training.configuration import TrainConfig
+from mobilenets.training.loop import is_better
+from mobilenets.training.optimization import (
     ExponentialMovingAverage,
-    TrainConfig,
-    is_better,
     make_optimizer,
     make_scheduler,
     parameter_groups,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mobilenets.deployment.export import ExportResult
     from mobilenets.deployment.predict import PredictionReport
     from mobilenets.models.architectures import MobileNet
-    from mobilenets.training.loop import TrainConfig
+    from mobilenets.training.configuration import TrainConfig
 
 log = logging.getLogger("mobilenets")
 
@@ -95,7 +95,7 @@ class Run:
 
     @property
     def config(self) -> TrainConfig:
-        from mobilenets.training.loop import TrainConfig
+        from mobilenets.training.configuration import TrainConfig
 
         self.directory.require(RunDirectory.CONFIG, needed_by="Run.config")
         return TrainConfig.from_dict(self.directory.read_json(RunDirectory.CONFIG))

@@ -14,8 +14,9 @@ from mobilenets.core.files import check_writable
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.models.registry import list_models
+from mobilenets.training.checkpoints import read_checkpoint
+from mobilenets.training.configuration import TrainConfig
 from mobilenets.training.distillation import DistillationSettings, missing_teacher
-from mobilenets.training.loop import TrainConfig, read_checkpoint
 from mobilenets.training.options import (
     HIDDEN_OPTIONS,
     NON_NEGATIVE,

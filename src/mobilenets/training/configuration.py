@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,8 +14,8 @@ from PIL import Image
 from mobilenets.core.console import say, warn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.data.folders import Sample
-from mobilenets.training.loop import TrainConfig, check_mixup
-from mobilenets.training.options import PATHS, TrainOptions
+from mobilenets.training.mixup import check_mixup
+from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, PATHS, TrainOptions
 from mobilenets.training.recipes import (
     DEFAULTS,
     FINETUNE_RECIPES,
@@ -23,6 +24,77 @@ from mobilenets.training.recipes import (
     load_recipe_file,
     range_warnings,
 )
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` and read back by ``--resume``."""
+
+    data: str
+    model: str = "mobilenet_v3_small"
+    width: float = 1.0
+    resolution: int = 224
+    batch_size: int = 32
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float | None = None  # None: the optimizer's (options.DEFAULT_WEIGHT_DECAY)
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float | None = None  # None: an averaging horizon of a tenth of the run
+    augment: str = "medium"
+    dropout: float | None = None
+    seed: int = 0
+    weights: str | None = None
+    # Where the initial weights came from: a published name or a path; None when trained from scratch.
+    initial_weights: str | None = None
+    head_epochs: int = 0
+    # Fine-tuning: the stem and the first N blocks keep their pretrained weights (faster steps: no backward there).
+    freeze: int = 0
+    # Knowledge distillation (training.distillation): a run dir, file or .onnx; a list is an ensemble.
+    teacher: str | list[str] | None = None
+    distill_weight: float = 0.5
+    temperature: float = 4.0
+    # A folder of images without labels (absolute): the teacher's predictions are their only target.
+    unlabelled: str | None = None
+    mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends
+    # Horizontal flips in the levels that have them; off for images with a handedness (text, digits, and
+    # Fashion-MNIST's shoes, which all face one way: flips cost 0.5 points there, docs/training.md).
+    flip: bool = True
+    # The smallest share of the image's area a random-resized crop keeps (None: the --augment level's).
+    crop_scale: float | None = None
+    random_erasing: float = 0.0  # probability of erasing a random rectangle of each training image (timm's re_prob)
+    early_stopping: int | None = None  # epochs without val improvement
+    val: str | None = None
+    val_fraction: float = 0.2
+    out: str = "runs/train"
+    quantize: bool = False
+    export: str | None = None  # formats exported when the run finishes (mobilenets.api), comma-separated
+    recipe: str | None = None
+    checkpoint_minutes: float = 5.0
+    checkpoint_steps: int = 0  # also checkpoint every N steps (0: off); tests use it to kill mid-epoch
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning with small per-process batches)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only in PyTorch)
+    precision: str = "auto"  # autocast dtype: auto (bf16 where native), fp32, bf16, fp16 (CUDA, with a scaler)
+    device: str = "auto"
+    cache: str = "auto"  # decoded images in memory, or memory-mapped on disk (datasets larger than memory)
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return DEFAULT_WEIGHT_DECAY[self.optimizer]
 
 
 def apply_recipe_file(options: TrainOptions) -> None:

@@ -15,117 +15,53 @@
 - ``TrainingContext`` (``distributed.DistributedContext``) is the seam for distributed training: it owns
   the rank, the world size, DDP wrapping, the reduction of metrics and the rule that only rank 0 writes
   files (see docs/distributed.md).
+
+The run's settings are ``configuration.TrainConfig``; the optimizer, schedule, EMA, BatchNorm statistics and
+frozen layers are in ``optimization``; checkpoint files in ``checkpoints``; mixup in ``mixup``.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import random
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobilenets.core.distributed import DistributedContext as TrainingContext
-from mobilenets.core.errors import MobilenetsError, check_number
+from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write
 from mobilenets.core.run_directory import RunDirectory
-from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency, normalize_batch
+from mobilenets.data.augment import BatchAugment, augment_config, jensen_shannon_consistency
 from mobilenets.data.folders import UNLABELLED, DecodedImages, EpochBatches, epoch_seed
-from mobilenets.kernels.acceleration import (
-    autocast_for,
-    model_device,
-    prepare_for_training,
-    to_model_layout,
-    training_step_model,
-)
-from mobilenets.models.batchnorm import reestimate_batchnorm
+from mobilenets.kernels.acceleration import autocast_for, prepare_for_training, to_model_layout, training_step_model
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.weights import save_weights
+from mobilenets.training.checkpoints import atomic_torch_save, read_checkpoint
+from mobilenets.training.configuration import TrainConfig
 from mobilenets.training.distillation import Teacher, TeacherEnsemble, distillation_loss
 from mobilenets.training.evaluation import EvaluationResult, evaluate
-from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS
+from mobilenets.training.mixup import mixup
+from mobilenets.training.optimization import (
+    ExponentialMovingAverage,
+    adapt_batchnorm_momentum,
+    ema_decay_for,
+    freeze_batchnorm_statistics,
+    make_optimizer,
+    make_scheduler,
+    recompute_batchnorm_statistics,
+    replay_schedule,
+    schedule_plan,
+    set_backbone_frozen,
+)
 
 METRICS = "metrics.json"
 AUGMIX_JSD_WEIGHT = 12.0  # the AugMix paper's λ
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; saved as ``config.json`` and read back by ``--resume``."""
-
-    data: str
-    model: str = "mobilenet_v3_small"
-    width: float = 1.0
-    resolution: int = 224
-    batch_size: int = 32
-    epochs: int = 10
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float | None = None  # None: the optimizer's (options.DEFAULT_WEIGHT_DECAY)
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    ema: bool = True
-    ema_decay: float | None = None  # None: an averaging horizon of a tenth of the run
-    augment: str = "medium"
-    dropout: float | None = None
-    seed: int = 0
-    weights: str | None = None
-    # Where the initial weights came from: a published name or a path; None when trained from scratch.
-    initial_weights: str | None = None
-    head_epochs: int = 0
-    # Fine-tuning: the stem and the first N blocks keep their pretrained weights (faster steps: no backward there).
-    freeze: int = 0
-    # Knowledge distillation (training.distillation): a run dir, file or .onnx; a list is an ensemble.
-    teacher: str | list[str] | None = None
-    distill_weight: float = 0.5
-    temperature: float = 4.0
-    # A folder of images without labels (absolute): the teacher's predictions are their only target.
-    unlabelled: str | None = None
-    mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends
-    # Horizontal flips in the levels that have them; off for images with a handedness (text, digits, and
-    # Fashion-MNIST's shoes, which all face one way: flips cost 0.5 points there, docs/training.md).
-    flip: bool = True
-    # The smallest share of the image's area a random-resized crop keeps (None: the --augment level's).
-    crop_scale: float | None = None
-    random_erasing: float = 0.0  # probability of erasing a random rectangle of each training image (timm's re_prob)
-    early_stopping: int | None = None  # epochs without val improvement
-    val: str | None = None
-    val_fraction: float = 0.2
-    out: str = "runs/train"
-    quantize: bool = False
-    export: str | None = None  # formats exported when the run finishes (mobilenets.api), comma-separated
-    recipe: str | None = None
-    checkpoint_minutes: float = 5.0
-    checkpoint_steps: int = 0  # also checkpoint every N steps (0: off); tests use it to kill mid-epoch
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning with small per-process batches)
-    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only in PyTorch)
-    precision: str = "auto"  # autocast dtype: auto (bf16 where native), fp32, bf16, fp16 (CUDA, with a scaler)
-    device: str = "auto"
-    cache: str = "auto"  # decoded images in memory, or memory-mapped on disk (datasets larger than memory)
-    cache_dir: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @property
-    def resolved_weight_decay(self) -> float:
-        if self.weight_decay is not None:
-            return self.weight_decay
-        return DEFAULT_WEIGHT_DECAY[self.optimizer]
 
 
 @dataclass
@@ -193,281 +129,6 @@ def is_better(accuracy: float, loss: float, *, best_accuracy: float, best_loss: 
     weights 92.1% (BENCHMARKS.md, "Sixth round"). The loss separates them.
     """
     return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay only full convolution and linear weights: not depthwise filters, BatchNorm or biases."""
-    no_decay: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-            no_decay.add(id(module.weight))
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    decay, rest = [], []
-    for parameter in model.parameters():
-        (rest if id(parameter) in no_decay or parameter.ndim <= 1 else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, config.resolved_weight_decay)
-    if config.optimizer == "adamw":
-        # One fused kernel for all parameters: V3-Small's AdamW step took 11.4 ms per parameter, 10.0 ms
-        # with foreach and 3.8 ms fused on 2 cores (benchmarks/optimizer_step.py, BENCHMARKS.md).
-        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-    if config.optimizer == "rmsprop":
-        # MobileNetV3 §6.1: RMSprop, momentum 0.9; TF's decay 0.9 and a large epsilon keep early steps sane.
-        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9, foreach=True)
-    if config.optimizer == "sgd":
-        # Nesterov momentum 0.9, timm's default optimizer (torchvision's MobileNetV2 recipe: plain momentum).
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, foreach=True)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up from 1% of the lr, then cosine decay to ``min_lr_ratio`` of it, per step."""
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, total - warmup), eta_min=config.lr * config.min_lr_ratio
-    )
-    if warmup <= 0:
-        return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
-
-
-def schedule_plan(scheduler_state: dict) -> tuple:
-    """The lengths that shape a ``make_scheduler`` schedule, from its ``state_dict``: two states with the
-    same plan describe the same learning-rate curve."""
-    parts = scheduler_state.get("_schedulers", [scheduler_state])
-    return (tuple(scheduler_state.get("_milestones", ())), *((p.get("total_iters"), p.get("T_max")) for p in parts))
-
-
-def replay_schedule(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """A fresh ``make_scheduler`` schedule advanced by ``steps``: the learning rate an uninterrupted run of
-    ``config`` has after that many steps (resuming with another --epochs or number of processes).
-
-    The schedulers update the learning rate from its current value, so each group restarts from its
-    initial lr and the same updates are replayed in the same order as the uninterrupted run's.
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = group.get("initial_lr", group["lr"])
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
-        for _ in range(steps):
-            scheduler.step()
-    return scheduler
-
-
-def ema_decay_for(config: TrainConfig, steps_per_epoch: int) -> float:
-    if config.ema_decay is not None:
-        return config.ema_decay
-    horizon = max(10.0, config.epochs * steps_per_epoch / 10)
-    return 1 - 1 / horizon
-
-
-class ExponentialMovingAverage(AveragedModel):
-    """``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)``, updated
-    by the same arithmetic from tensor lists built once.
-
-    torch's own update walks and regroups every parameter and buffer in Python at each step: 4.5 ms
-    for V3-Small's ~350 tensors against ~0.4 ms for the lerp itself (``benchmarks/optimizer_step.py``),
-    a few percent of a 224 px step and much more of a small-image one. The module tree, ``state_dict``
-    and ``n_averaged`` are AveragedModel's, so checkpoints and resuming are unchanged.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.decay = decay
-        self._lists: tuple[nn.Module, list, list] | None = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_lists"] = None  # a copy or a pickle does not drag the training model along
-        return state
-
-    def _tensor_lists(self, model: nn.Module) -> tuple[list, list]:
-        """(float pairs grouped by device and dtype, integer pairs), cached for this model."""
-        if self._lists is None or self._lists[0] is not model:
-            groups: dict[tuple, tuple[list, list]] = {}
-            integers: list[tuple[torch.Tensor, torch.Tensor]] = []
-            averaged = [*self.module.parameters(), *self.module.buffers()]
-            current = [*model.parameters(), *model.buffers()]
-            for mine, theirs in zip(averaged, current, strict=True):
-                mine, theirs = mine.detach(), theirs.detach()
-                if mine.is_floating_point() or mine.is_complex():
-                    group = groups.setdefault((mine.device, mine.dtype, theirs.device, theirs.dtype), ([], []))
-                    group[0].append(mine)
-                    group[1].append(theirs)
-                else:
-                    integers.append((mine, theirs))
-            self._lists = (model, list(groups.values()), integers)
-        return self._lists[1], self._lists[2]
-
-    @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
-        if self.n_averaged == 0:
-            super().update_parameters(model)  # the first update copies the model
-            return
-        float_groups, integers = self._tensor_lists(model)
-        for mine, theirs in float_groups:
-            if theirs[0].device != mine[0].device or theirs[0].dtype != mine[0].dtype:
-                theirs = [t.to(mine[0].device, mine[0].dtype) for t in theirs]
-            torch._foreach_lerp_(mine, theirs, 1 - self.decay)
-        if integers:  # num_batches_tracked: get_ema_multi_avg_fn's formula, over all of them at once
-            mine, theirs = [m for m, _ in integers], [t.to(m.device) for m, t in integers]
-            blended = torch._foreach_add(
-                torch._foreach_mul(mine, self.decay), torch._foreach_mul(theirs, 1 - self.decay)
-            )
-            torch._foreach_copy_(mine, blended)
-        self.n_averaged += 1
-
-
-def adapt_batchnorm_momentum(model: nn.Module, total_steps: int) -> None:
-    """Use PyTorch's BN momentum 0.1 on short runs.
-
-    V3's TF convention (momentum 0.01, i.e. decay 0.99) averages running statistics over ~100 steps:
-    fine on ImageNet, but a run of a few hundred steps ends with statistics still near their
-    initialization, and the evaluated model collapses to one prediction.
-    """
-    if total_steps >= 5_000:
-        return
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.momentum or 0) < 0.1:
-            module.momentum = 0.1
-
-
-@torch.no_grad()
-def recompute_batchnorm_statistics(
-    model: nn.Module,
-    images: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 256,
-    max_images: int = 2048,
-    seed: int = 0,
-) -> None:
-    """Set BatchNorm running statistics to the exact averages over (up to ``max_images``) training images.
-
-    Running averages lag behind weights that move fast (short runs, fine-tuning), and an EMA of weights
-    has no statistics of its own; either way the evaluated model can collapse to one prediction. The
-    exact statistics of the weights being evaluated fix both (PreciseBN, Wu & Johnson 2021).
-    """
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
-    batches = (
-        to_model_layout(normalize_batch(images[order[start : start + batch_size]], mean, std), model_device(model))
-        for start in range(0, len(order), batch_size)
-    )
-    reestimate_batchnorm(model, batches)
-
-
-def head_parameters(model: nn.Module) -> set[int]:
-    return {id(p) for p in model.classifier.parameters()}
-
-
-def frozen_layer_parameters(model: nn.Module, blocks: int) -> set[int]:
-    """``--freeze N``: the stem and the first ``N`` blocks, whose weights keep their pretrained values.
-
-    Nothing before them needs a gradient, so backpropagation stops at the first trained block: the
-    early, high-resolution layers cost a forward pass only. Their BatchNorm layers still normalize with
-    each batch's statistics, as the layers after them do, so training and evaluation see the same model.
-    """
-    if blocks <= 0:
-        return set()
-    return {id(p) for module in (model.stem, *list(model.blocks)[:blocks]) for p in module.parameters()}
-
-
-def set_backbone_frozen(model: nn.Module, frozen: bool, frozen_blocks: int = 0) -> None:
-    """Train the classifier alone (fine-tuning warm-up): freeze other weights and BatchNorm statistics.
-
-    ``frozen_blocks`` (``--freeze``) stay frozen either way.
-    """
-    head = head_parameters(model)
-    kept = frozen_layer_parameters(model, frozen_blocks)
-    for parameter in model.parameters():
-        parameter.requires_grad_((not frozen or id(parameter) in head) and id(parameter) not in kept)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.train(not frozen)
-
-
-def freeze_batchnorm_statistics(model: nn.Module) -> None:
-    """Normalize with the running statistics instead of each batch's (their affine weights still learn)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """Save beside ``path`` and rename: a full disk or Ctrl-C keeps the previous checkpoint whole."""
-    estimate = sum(t.numel() * t.element_size() for t in _tensors_in(obj))
-    atomic_write(path, lambda temporary: torch.save(obj, temporary), needed_bytes=estimate)
-
-
-def _tensors_in(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for value in obj.values() for t in _tensors_in(value)]
-    if isinstance(obj, (list, tuple)):
-        return [t for value in obj for t in _tensors_in(value)]
-    return []
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A training checkpoint, read without unpickling code (``weights_only``); damage is one clear line."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "state" not in checkpoint:
-            raise ValueError("not a mobilenets training checkpoint")
-        return checkpoint
-    except Exception as error:  # torch raises many types for damaged files; its advice to unpickle must not reach users
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        if "weights_only" in reason or "Weights only load failed" in str(error):
-            reason = "holds objects that cannot be read safely (pickled code)"
-        last = Path(path).with_name(RunDirectory.LAST)
-        raise MobilenetsError(
-            f"{path}: unreadable checkpoint ({reason[:120]}); the run cannot continue exactly. Its last saved weights "
-            + (f"are in {last}: start a new run from them with --weights {last}" if last.exists() else "are lost")
-        ) from None
-
-
-@dataclass(frozen=True)
-class MixedBatch:
-    """A mixup batch: the blended images, their label distributions, and the label that dominates each."""
-
-    images: torch.Tensor
-    targets: torch.Tensor  # λ·onehot(y) + (1 − λ)·onehot(y of the partner image)
-    labels: torch.Tensor  # what training accuracy counts against
-
-
-def mixup(
-    images: torch.Tensor, labels: torch.Tensor, *, alpha: float, num_classes: int, generator: torch.Generator
-) -> MixedBatch:
-    """Mixup (Zhang et al. 2018, https://arxiv.org/abs/1710.09412): image i blended with image n − 1 − i.
-
-    One λ ~ Beta(α, α) per batch and the batch's mirror order as partners, as timm does (the batch
-    order is already random). Mixing normalized images is mixing pixels: normalization is affine. λ is
-    drawn from the step's generator, so a resumed run mixes exactly as the uninterrupted one.
-    """
-    lam = random.Random(int(torch.randint(2**62, (1,), generator=generator))).betavariate(alpha, alpha)
-    one_hot = F.one_hot(labels, num_classes).float()
-    mixed = lam * images + (1 - lam) * images.flip(0)
-    targets = lam * one_hot + (1 - lam) * one_hot.flip(0)
-    return MixedBatch(images=mixed, targets=targets, labels=labels if lam >= 0.5 else labels.flip(0))
-
-
-def check_mixup(alpha: float, *, augment: str) -> None:
-    """``--mixup`` is a Beta parameter, and cannot join AugMix, whose loss compares three views of one image."""
-    check_number("--mixup", alpha, at_least=0)
-    if alpha > 0 and augment.startswith("augmix"):
-        raise MobilenetsError(f"--mixup and --augment {augment} cannot be combined: choose one")
 
 
 class Interrupted(Exception):

@@ -44,10 +44,10 @@ from mobilenets.data.folders import (
 from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.training.checks import check_distillation_options, check_options, check_values
-from mobilenets.training.configuration import apply_recipe_file, make_config
+from mobilenets.training.configuration import TrainConfig, apply_recipe_file, make_config
 from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format_findings
 from mobilenets.training.distillation import Teacher, TeacherEnsemble, TeacherQuality, load_teachers, measure_teacher
-from mobilenets.training.loop import EpochRecord, Interrupted, TrainConfig, Trainer
+from mobilenets.training.loop import EpochRecord, Interrupted, Trainer
 from mobilenets.training.options import RESUME_MAY_CHANGE, TrainOptions, teacher_sources
 
 log = logging.getLogger("mobilenets")
