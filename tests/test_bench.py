@@ -95,3 +95,20 @@ def test_bench_times_a_runs_device_files_in_their_own_runtimes(capsys):
     assert "executorch int8: timed at batch 1 only (model_int8.pte has a fixed batch)" in report["notes"]
     assert "tflite micro int8: timed at batch 1 only (a microcontroller runs one image at a time)" in report["notes"]
     assert len(report["notes"]) == len(set(report["notes"]))
+
+
+def test_more_threads_than_cores_is_said_before_timing(monkeypatch, capsys):
+    from mobilenets.cli.commands import bench
+    from mobilenets.core.errors import MobilenetsError
+
+    def stop(*args):
+        raise MobilenetsError("stopped before the engines")
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench, "resolve_engines", stop)
+    assert main(["bench", "mobilenet_v3_small", "--threads", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        "warning: --threads 64 is more than this machine's 2 cores; the timings will be slower than any deployment "
+        "would see (use --threads 2 or fewer)"
+    )

@@ -452,3 +452,19 @@ def test_sibling_bad_inputs_are_one_line(argv, message, run_dir, data, capsys):
     replace = {"RUN": str(run_dir), "DATA": str(data), "IMAGE": an_image(data)}
     assert main([replace.get(a, a) for a in argv]) == 2
     assert message in one_line_error(capsys, argv[0])
+
+
+@pytest.mark.parametrize("argv", [["profile", "mobilenet_v3_small"], ["profile", "mobilenet_v3_small", "--grid"]])
+def test_a_closed_pipe_ends_profiles_tables_quietly_like_every_other_command(argv):
+    # rich's console exited with status 1 when the reader had gone (`mobilenets profile … | head -1`).
+    import os
+    import subprocess
+    import sys
+
+    reader, writer = os.pipe()
+    os.close(reader)
+    done = subprocess.run(
+        [sys.executable, "-m", "mobilenets", *argv], stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120
+    )
+    os.close(writer)
+    assert (done.returncode, done.stderr) == (0, "")

@@ -139,3 +139,39 @@ def test_bad_arguments_are_named_in_the_commands_terms_and_leave_no_out_folder(t
         assert main(["datasets", *argv, "--out", str(out)]) == 2, argv
         assert one_line_error(capsys) == message
         assert not (tmp_path / "deep").exists(), argv  # nothing created for a run that was refused
+
+
+def test_idx_refuses_split_and_names_folders_by_the_labels_present(tmp_path, capsys):
+    write_idx(tmp_path / "images.gz", np.zeros((5, 4, 4)))
+    write_idx(tmp_path / "labels.gz", np.array([0, 1, 1, 0, 200]))  # one label out of the 0..1 range
+    args = ["datasets", "idx", "--images", str(tmp_path / "images.gz"), "--labels", str(tmp_path / "labels.gz")]
+    # --split only picks an installed Fashion-MNIST split: with idx it was silently ignored.
+    assert main([*args, "--split", "test", "--out", str(tmp_path / "refused")]) == 2
+    assert one_line_error(capsys) == (
+        "--split test picks one of Fashion-MNIST's installed splits; with idx, --images and --labels name the "
+        "files: drop --split"
+    )
+    assert not (tmp_path / "refused").exists()
+    # Label 200 made 201 classes, 198 of them listed with 0 images and no folder.
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0", "1", "200"]
+    assert "wrote 5 images in 3 class folders" in captured.out and len(captured.out.splitlines()) == 4
+    assert captured.err.strip() == (
+        f"warning: the labels in {tmp_path / 'labels.gz'} are not 0..2 but 0, 1, 200: one class folder per label "
+        "present, named by it; check the labels file, or pass --classes to name them"
+    )
+
+
+def test_a_header_claiming_a_huge_shape_is_named_without_overflow(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2, 4_000_000_000, 4_000_000_000)
+    (tmp_path / "huge.idx").write_bytes(header + bytes(10))
+    try:
+        data.read_idx(tmp_path / "huge.idx")
+    except data.DatasetError as error:
+        assert str(error) == (
+            f"{tmp_path / 'huge.idx'}: IDX header says shape (2, 4000000000, 4000000000) (32000000000000000000 bytes) "
+            "but the file holds 10; it is truncated or corrupt"
+        )
+    else:
+        raise AssertionError("a header larger than the file was read")

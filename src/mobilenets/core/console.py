@@ -110,3 +110,17 @@ def ctrl_c_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if pressed:
         raise KeyboardInterrupt
+
+
+def stdout_console():
+    """A rich ``Console`` on stdout whose closed reader (``mobilenets profile … | head -1``) raises
+    ``BrokenPipeError``, which the command line turns into a quiet exit 0 as for every other command; rich's
+    own handler exits with status 1."""
+    from rich.console import Console
+
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _PipeConsole()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import math
 import os
 import struct
 import time
@@ -434,7 +435,7 @@ def read_idx(path: Path | str) -> np.ndarray:
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a corrupt header cannot overflow
     if len(raw) - header != expected:
         raise DatasetError(
             f"{path}: IDX header says shape {shape} ({expected} bytes) but the file holds {len(raw) - header}; "
@@ -514,7 +515,10 @@ def plan_class_folders(
         )
     used = int(labels.max()) + 1
     if classes is None:
-        names = [str(i) for i in range(used)]
+        # Folders are named by label, so only the labels present get one (a subset's labels may have gaps).
+        present = sorted(set(labels.tolist()))
+        names = [str(label) for label in present]
+        names_by_label = dict(zip(present, names, strict=True))
     else:
         names = check_class_names(classes, classes_from)
         if used > len(names):
@@ -522,10 +526,11 @@ def plan_class_folders(
                 f"{classes_from} names {len(names)} classes but the labels in {labels_path} use {used} (0..{used - 1}); "
                 f"pass --classes with {used} comma-separated names"
             )
+        names_by_label = dict(enumerate(names))
     check_number("--limit-per-class", limit_per_class, at_least=1, whole=True)
     files, taken = [], Counter()
     for index, label in enumerate(labels.tolist()):
-        name = names[label]
+        name = names_by_label[label]
         if limit_per_class is None or taken[name] < limit_per_class:
             files.append((index, name))
             taken[name] += 1

@@ -123,6 +123,8 @@ def predict_files(
                 model, engine, planned_images=len(paths), batch_size=batch_size, run_dir=source.run_dir
             )
 
+    if top_k > len(labels) and report is not None:
+        report(f"--top {top_k}: the model has {len(labels)} classes; showing all {len(labels)}")
     predictions, unreadable, used = _classify(paths, runner, labels, preprocessing, top_k, batch_size)
     skipped += unreadable
     if not predictions:
@@ -145,6 +147,12 @@ def _onnx_runner(source: ModelSource, engine: Engine):
     if engine not in ("auto", "onnxruntime"):
         raise MobilenetsError(f"--weights {source.weights} is an ONNX file: it runs with --engine onnxruntime (or auto)")
     path = Path(str(source.weights))
+    for flag, value in (("--model", source.model_name), ("--width", source.width)):
+        if value is not None:  # the file fixes both: a value that changed nothing would be silently ignored
+            raise MobilenetsError(
+                f"{flag}: {path} is an ONNX file with its own architecture and width; drop {flag}, or predict with "
+                "the weights it was exported from"
+            )
     metadata = read_metadata(path)
     if "preprocessing" not in metadata:
         raise MobilenetsError(f"{path}: no mobilenets metadata (labels, preprocessing); export it with `mobilenets export`")

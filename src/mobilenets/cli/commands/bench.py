@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
     check_number("--threads", args.threads, at_least=1, whole=True, example=2)  # 0 would silently mean "all cores"
     check_target_options(args)
     threads = args.threads or os.cpu_count() or 1
+    if threads > (cores := os.cpu_count() or 1):
+        # Oversubscribed threads wait on each other: the figures would time the scheduler, not the model.
+        print(
+            f"warning: --threads {threads} is more than this machine's {cores} cores; the timings will be slower "
+            f"than any deployment would see (use --threads {cores} or fewer)",
+            file=sys.stderr,
+        )
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as work:
         model, fp32_onnx, int8_onnx, size, notes = resolve_engines(args, Path(work))

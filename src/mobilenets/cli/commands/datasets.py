@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mobilenets.core.errors import check_number
@@ -23,7 +24,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("name", choices=["fashion-mnist", "idx"], help="fashion-mnist, or idx with --images/--labels")
     parser.add_argument("--out", type=Path, required=True, help="output folder (CLASS/NNNNN.png)")
-    parser.add_argument("--split", choices=["train", "test"], default="train")
+    parser.add_argument("--split", choices=["train", "test"], help="fashion-mnist's split (default: train)")
     parser.add_argument("--limit-per-class", type=int, help="write at most N images per class")
     parser.add_argument("--images", type=Path, help="IDX images file (.gz or raw)")
     parser.add_argument("--labels", type=Path, help="IDX labels file (.gz or raw)")
@@ -32,8 +33,13 @@ def add_parser(subparsers) -> None:
 
 
 def _input_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.name == "idx" and args.split is not None:
+        raise DatasetError(
+            f"--split {args.split} picks one of Fashion-MNIST's installed splits; with idx, --images and --labels "
+            "name the files: drop --split"
+        )
     if args.name == "fashion-mnist" and args.images is None and args.labels is None:
-        return fashion_mnist_files(args.split)
+        return fashion_mnist_files(args.split or "train")
     missing = [option for option in ("--images", "--labels") if getattr(args, option[2:]) is None]
     if missing and args.name == "idx":
         raise DatasetError(
@@ -63,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         classes, classes_from = None, "--classes"
     plan = plan_class_folders(images, labels, classes, args.limit_per_class, classes_from)
-    other_out = f"{args.out}-{args.split}" if args.name == "fashion-mnist" else f"{args.out}-2"
+    other_out = f"{args.out}-{args.split or 'train'}" if args.name == "fashion-mnist" else f"{args.out}-2"
+    if classes is None and plan.names != [str(label) for label in range(len(plan.names))]:
+        shown = ", ".join(plan.names[:12]) + (", …" if len(plan.names) > 12 else "")
+        print(
+            f"warning: the labels in {labels} are not 0..{len(plan.names) - 1} but {shown}: one class folder per "
+            "label present, named by it; check the labels file, or pass --classes to name them",
+            file=sys.stderr,
+        )
     counts = plan.counts()
     if check_class_folders_out(plan, args.out, other_out):
         print(

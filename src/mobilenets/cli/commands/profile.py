@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
 
+from mobilenets.core.console import stdout_console
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.models.factory import create_model
 from mobilenets.models.preprocessing import check_resolution
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 found = latency[(p.width, p.resolution)]
                 row += [f"{found['latency_ms']:.2f}", f"{found['file_bytes'] / 1024:,.0f}"]
             table.add_row(*row)
-        Console().print(table)
+        stdout_console().print(table)
         return 0
     args.width = 1.0 if args.width is None else args.width
     args.resolution = 224 if args.resolution is None else args.resolution
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**profile.to_dict(), **latency}, indent=2))
         return 0
-    console = Console()
+    console = stdout_console()
     console.print(
         f"[bold]{args.model}[/] width {args.width:g} @ {args.resolution}px, {args.num_classes} classes\n"
         f"  parameters  {profile.params:,}\n  MACs        {profile.macs:,} ({profile.macs / 1e6:.1f} M)\n"
