@@ -248,7 +248,10 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     reserved = sorted({"run_dir", "log"} & set(options))
     if reserved:  # set here from `run` and the logger
         raise MobilenetsError(f"unknown robustness option(s) {', '.join(reserved)}; pass the run as the first argument")
+    from mobilenets.reporting.run_report import check_report
+
     run = run if isinstance(run, Run) else load_run(run)
+    check_report(run.path)  # the report is refreshed at the end: a damaged run file is said before measuring
     result = robustness_report(run_dir=run.path, log=_log_line, **options)
     run.report()
     return result.result

@@ -135,13 +135,35 @@ class RunDirectory:
     # JSON files
 
     def read_json(self, name: str, default: Any = None) -> Any:
+        """The run's file ``name`` (``default`` when there is none), as the JSON value its writer wrote: the
+        one reader of a run's JSON files, so that a damaged one is always the same line, naming the file and
+        the fix that is true for it (``damaged_file``)."""
         path = self.path / name
         if not path.exists():
             return default
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise MobilenetsError(f"{path}: unreadable ({error}); the run directory is damaged") from None
+            text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write one, is no damage
+        except UnicodeDecodeError:
+            raise damaged_file(path, "not UTF-8 text") from None
+        except OSError as error:
+            raise damaged_file(path, error) from None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            where = f" at line {error.lineno} column {error.colno}"
+            raise damaged_file(path, "empty" if not text.strip() else f"not valid JSON: {error.msg}{where}") from None
+        except ValueError as error:  # a number too long to convert, say
+            raise damaged_file(path, f"not valid JSON: {error}") from None
+        expected = JSON_TYPES.get(name, dict if _is_weights_metadata(path) else None)
+        if expected is not None and not isinstance(value, expected):
+            raise damaged_file(path, f"{json_kind(value)} where {json_kind(expected())} belongs")
+        return value
+
+    def check_readable(self, *names: str) -> None:
+        """Each of ``names`` that exists reads as ``read_json`` reads it: for a command that writes into the
+        run after minutes of work (robustness, say) to refuse a damaged file before that work, not after."""
+        for name in names:
+            self.read_json(name)
 
     def write_json(self, name: str, data: Any, indent: int | None = 2) -> Path:
         return atomic_write_text(self.path / name, json.dumps(data, indent=indent))
@@ -234,6 +256,73 @@ class RunDirectory:
                 return candidate.resolve()
         # Not found: keep the recorded place; the caller reports missing files with their paths.
         return Path(record["absolute"])
+
+
+# The JSON value each file of a run holds (files not listed are not checked). A file of another kind is
+# damaged: a reader would otherwise fail with an AttributeError far from the file.
+JSON_TYPES: dict[str, type] = {
+    RunDirectory.CONFIG: dict,
+    RunDirectory.METRICS: dict,
+    RunDirectory.SPLIT: dict,
+    RunDirectory.EVALUATION: dict,
+    RunDirectory.SKIPPED: list,
+    RunDirectory.LEAKAGE: dict,
+}
+
+# What to do about each damaged file of a run: the fix that is true for it. Nothing rebuilds config.json,
+# metrics.json or split.json (they are written once, by training), so only a copy restores them; the others
+# are only shown by the report, which leaves a damaged one out (reporting/run_report.py says why).
+REPAIRS: dict[str, str] = {
+    RunDirectory.CONFIG: "restore it from a copy of the run (it holds the training settings; nothing rebuilds it)",
+    RunDirectory.METRICS: (
+        "restore it from a copy of the run (it holds the run's figures; deleting it loses them)"
+    ),
+    RunDirectory.SPLIT: (
+        "restore it from a copy of the run (it lists the training and validation images), or pass --data DIR "
+        "where the command takes it"
+    ),
+    **dict.fromkeys(
+        (RunDirectory.EVALUATION, RunDirectory.SKIPPED, RunDirectory.LEAKAGE, RunDirectory.EPOCHS),
+        "the report leaves it out; restore it from a copy of the run, or delete it (only the report shows it)",
+    ),
+}
+
+
+def damaged_file(path: Path, problem: str | OSError) -> MobilenetsError:
+    """The one line for a damaged or unreadable file of a run, ``PATH: PROBLEM; FIX``: ``problem`` says what
+    is wrong with the content (or is the OSError that stopped reading it), the fix is the one true for the
+    file (``REPAIRS``; the metadata beside a .safetensors file can also be deleted: the copy inside the
+    weights file is then used)."""
+    path = Path(path)
+    if isinstance(problem, IsADirectoryError):
+        described = "a folder, not a file"
+    elif isinstance(problem, OSError):
+        described = f"unreadable ({problem.strerror or problem})"
+    else:
+        described = f"damaged ({problem})"
+    if isinstance(problem, PermissionError):
+        fix = "make it readable (chmod u+r), or run as its owner"
+    elif _is_weights_metadata(path):
+        fix = (
+            f"restore it from the run's copy, or delete {path.name} to use the metadata inside "
+            f"{path.with_suffix('.safetensors').name}"
+        )
+    else:
+        fix = REPAIRS.get(path.name, "restore it from a copy of the run")
+    return MobilenetsError(f"{path}: {described}; {fix}")
+
+
+def _is_weights_metadata(path: Path) -> bool:
+    """``model.json``, ``last.json``: the metadata ``save_weights`` writes beside each weights file."""
+    return path.suffix == ".json" and path.with_suffix(".safetensors").exists()
+
+
+def json_kind(value: Any) -> str:
+    """``value``'s JSON type, as a reader is told it: "a list", "an object", "a string", "a number"…"""
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = ((dict, "an object"), (list, "a list"), (str, "a string"), (int | float, "a number"))
+    return next((name for types, name in kinds if isinstance(value, types)), "null")
 
 
 def _relative(path: Path, root: Path | None) -> str:

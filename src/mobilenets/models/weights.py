@@ -28,7 +28,7 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError, ModelArgumentError
 from mobilenets.core.files import atomic_write, atomic_write_text, cache_dir, sha256_of
 from mobilenets.models.architectures import Architecture, MobileNet, check_num_classes
-from mobilenets.models.metadata import IMAGENET, ModelMetadata
+from mobilenets.models.metadata import IMAGENET, ModelMetadata, check_metadata
 from mobilenets.models.preprocessing import Preprocessing
 from mobilenets.models.published import (
     PUBLISHED_WEIGHTS,
@@ -36,7 +36,7 @@ from mobilenets.models.published import (
     list_weights,
     offline_copy,
 )
-from mobilenets.models.registry import check_width_argument
+from mobilenets.models.registry import check_width_argument, list_models
 
 if TYPE_CHECKING:
     from mobilenets.models.hub import Download
@@ -252,8 +252,8 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict | N
                 f"restore it from the run's copy, or delete {metadata_path(path).name} to use the metadata inside "
                 f"{path.name}"
             ) from None
-        if metadata is not None and not isinstance(metadata, dict):
-            raise WeightsError(f"{metadata_path(path)}: not a JSON object of model metadata; restore or delete it")
+        if metadata is not None:  # load_model indexes it: a KeyError there would name no file
+            check_metadata(metadata, path, list_models(), error=WeightsError)
         return in_module_order(state_dict), metadata
     if path.is_file() and _is_text(path):
         hint = run_directory_hint(

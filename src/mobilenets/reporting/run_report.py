@@ -9,27 +9,182 @@ the run directory holds (``metrics.json``, ``epochs.csv``, ``evaluation.json``, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
-import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mobilenets.core.files import atomic_write_text
+from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.files import atomic_path
+from mobilenets.core.run_directory import RunDirectory, damaged_file, json_kind
 from mobilenets.training.options import DEFAULT_WEIGHT_DECAY
 
+# What a damaged file does to the report (every file is read through RunDirectory, the one reader of a run's
+# files, whose line names the file and its fix):
+# - metrics.json and config.json refuse it (one line, exit 2): they are what the report is about, nothing
+#   rebuilds them, and a report without them would look complete while saying nothing.
+# - evaluation.json, skipped.json, leakage.json and epochs.csv are only shown here: a damaged one is left
+#   out with a warning (and a note on the page) naming it and its fix. The report is refreshed at the end of
+#   train, quantize, export and robustness; refusing there would throw away minutes of work for a section
+#   that no other stage reads.
+REQUIRED = (RunDirectory.METRICS, RunDirectory.CONFIG)
+OPTIONAL = (RunDirectory.EVALUATION, RunDirectory.SKIPPED, RunDirectory.LEAKAGE, RunDirectory.EPOCHS)
+# What the report writes; each is rewritten whole (atomically), so any of them may be deleted.
+OUTPUTS = ("curves.png", "confusion.png", RunDirectory.REPORT)
+# The columns the curves plot; training writes these and more (lr, images_per_second, seconds).
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
-def _read_json(path: Path, default):
-    return json.loads(path.read_text()) if path.exists() else default
+
+@dataclass
+class ReportInputs:
+    """What the report shows, read and checked before anything is drawn or written."""
+
+    metrics: dict
+    config: dict
+    evaluation: dict | None = None
+    skipped: list = field(default_factory=list)
+    leakage: dict = field(default_factory=lambda: {"exact": [], "near": []})
+    epochs: list[dict] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # one line per damaged optional file
+
+
+def check_report(run_dir: Path | str) -> None:
+    """Everything that would make ``write_report`` refuse, checked without writing or warning: for a command
+    that refreshes the report after minutes of work (robustness) to refuse before that work."""
+    run = RunDirectory(run_dir)
+    run.check_readable(*REQUIRED)
+    check_outputs(run)
+
+
+def check_outputs(run: RunDirectory) -> None:
+    """A folder where the report writes a file would fail the write (and only after the others were written)."""
+    for name in OUTPUTS:
+        path = run / name
+        if path.is_dir():
+            raise MobilenetsError(
+                f"{path}: a folder, where the report writes its {name}; move or delete the folder, then run "
+                f"`mobilenets report {run.path}`"
+            )
+
+
+def read_inputs(run_dir: Path | str) -> ReportInputs:
+    """The run's files the report shows; see ``REQUIRED`` and ``OPTIONAL`` for what a damaged one does."""
+    run = RunDirectory(run_dir)
+    inputs = ReportInputs(metrics=run.read_json(RunDirectory.METRICS, {}), config=run.read_json(RunDirectory.CONFIG, {}))
+    readers = {
+        "evaluation": lambda: _checked_evaluation(run),
+        "skipped": lambda: run.read_json(RunDirectory.SKIPPED, []),
+        "leakage": lambda: _checked_leakage(run),
+        "epochs": lambda: read_epochs(run.path),
+    }
+    for attribute, read in readers.items():
+        try:
+            setattr(inputs, attribute, read())
+        except MobilenetsError as error:
+            inputs.left_out.append(str(error))
+    return inputs
+
+
+def _checked_evaluation(run: RunDirectory) -> dict | None:
+    """evaluation.json with the fields the per-class table and the confusion matrix use, of their types."""
+    evaluation = run.read_json(RunDirectory.EVALUATION)
+    if evaluation is None:
+        return None
+    problem = evaluation_problem(evaluation)
+    if problem:
+        raise damaged_file(run / RunDirectory.EVALUATION, problem)
+    return evaluation
+
+
+def evaluation_problem(evaluation: dict) -> str | None:
+    """What keeps ``evaluation`` from being shown (None when nothing does)."""
+
+    def is_number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    for key in ("count", "accuracy"):
+        if not is_number(evaluation.get(key)):
+            return f"no number under {key!r}"
+    rows = evaluation.get("per_class")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        return "'per_class' is not a list of objects"
+    for row in rows:
+        if not all(is_number(row.get(key)) for key in ("precision", "recall", "f1")) or "class" not in row:
+            return "a 'per_class' row without its class, precision, recall and f1"
+    classes, matrix = evaluation.get("classes"), evaluation.get("confusion_matrix")
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        return "'classes' is not a list of class names"
+    square = isinstance(matrix, list) and len(matrix) == len(classes)
+    if not square or not all(isinstance(row, list) and len(row) == len(classes) for row in matrix):
+        return f"'confusion_matrix' is not {len(classes)}×{len(classes)}, one row and column per class"
+    if not all(is_number(value) for row in matrix for value in row):
+        return "'confusion_matrix' holds a value that is not a number"
+    return None
+
+
+def _checked_leakage(run: RunDirectory) -> dict:
+    """leakage.json's lists of duplicate pairs (a list it does not have: none found)."""
+    leakage = run.read_json(RunDirectory.LEAKAGE, {})
+    for key in ("exact", "near"):
+        leakage.setdefault(key, [])
+        if not isinstance(leakage[key], list):
+            raise damaged_file(run / RunDirectory.LEAKAGE, f"{key!r} is {json_kind(leakage[key])}, not a list")
+    return leakage
 
 
 def read_epochs(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "epochs.csv"
+    """epochs.csv as one dict of numbers per epoch ([] when there is none); a damaged file raises the one line
+    of ``damaged_file`` (a row of another length, a value that is not a number, a plotted column missing)."""
+    path = Path(run_dir) / RunDirectory.EPOCHS
     if not path.exists():
         return []
-    with open(path, newline="") as file:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.reader(file)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except UnicodeDecodeError:
+        raise damaged_file(path, "not UTF-8 text") from None
+    except OSError as error:
+        raise damaged_file(path, error) from None
+    except csv.Error as error:
+        raise damaged_file(path, f"not CSV: {error}") from None
+    if not rows:
+        raise damaged_file(path, "empty")
+    (_, header), body = rows[0], rows[1:]
+    missing = [column for column in EPOCH_COLUMNS if column not in header]
+    if missing:
+        raise damaged_file(path, f"no {missing[0]!r} column in its header line")
+    epochs = []
+    for line, row in body:
+        if len(row) != len(header):
+            raise damaged_file(path, f"line {line} has {len(row)} values for {len(header)} columns")
+        for column, value in zip(header, row, strict=True):
+            try:
+                float(value)
+            except ValueError:
+                raise damaged_file(path, f"line {line}: {column} {value!r} is not a number") from None
+        epochs.append({column: float(value) for column, value in zip(header, row, strict=True)})
+    return epochs
+
+
+@contextlib.contextmanager
+def _writing(path: Path, run_dir: Path) -> Iterator[Path]:
+    """``path``'s temporary twin (``atomic_path``): a write that fails is one line naming the file, and the
+    file keeps its previous content; a full disk is ``atomic_path``'s own line."""
+    try:
+        with atomic_path(path) as temporary:
+            yield temporary
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise MobilenetsError(
+            f"{path}: cannot write it ({reason}); make it (and {run_dir}) writable, or delete it (the report "
+            f"writes it anew), then run `mobilenets report {run_dir}`"
+        ) from None
 
 
 def plot_curves(epochs: list[dict], path: Path) -> Path:
@@ -50,9 +205,19 @@ def plot_curves(epochs: list[dict], path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
     return path
+
+
+def _save(figure, path: Path) -> None:
+    """A figure as PNG, written whole or not at all (its write failing is one line naming the file)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with _writing(path, path.parent) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")
+    finally:
+        plt.close(figure)
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
@@ -84,8 +249,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Pat
     axis.set(xlabel="predicted", ylabel="true", title="confusion matrix (validation)")
     figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
     return path
 
 
@@ -280,7 +444,7 @@ def deploy_choice(metrics: dict, run_dir: Path) -> str:
     return "model.safetensors (run `mobilenets export` or `mobilenets quantize` for a device file)"
 
 
-def summary_lines(metrics: dict, run_dir: Path, skipped: list, leakage: dict) -> list[str]:
+def summary_lines(metrics: dict, run_dir: Path, skipped: list, leakage: dict, left_out: int = 0) -> list[str]:
     """The five lines a reader needs first: accuracy, int8 accuracy, size, what to deploy, warnings."""
     best, final = metrics.get("best_val_accuracy"), metrics.get("final_val_accuracy")
     accuracy = "—" if best is None else f"{100 * best:.2f}% best" + (f", {100 * final:.2f}% final" if final is not None else "")
@@ -305,6 +469,8 @@ def summary_lines(metrics: dict, run_dir: Path, skipped: list, leakage: dict) ->
     diagnosis = metrics.get("diagnosis")
     if isinstance(diagnosis, list) and diagnosis:
         warnings.append(f"{len(diagnosis)} training finding(s) below")
+    if left_out:
+        warnings.append(f"{left_out} damaged file(s) left out (listed at the end)")
     return [
         f"Validation accuracy: {accuracy}",
         f"int8 accuracy: {int8}",
@@ -315,25 +481,28 @@ def summary_lines(metrics: dict, run_dir: Path, skipped: list, leakage: dict) ->
 
 
 def write_report(run_dir: Path | str) -> Path:
-    """Write ``curves.png``, ``confusion.png`` and ``report.html`` for a run directory."""
+    """Write ``curves.png``, ``confusion.png`` and ``report.html`` for a run directory.
+
+    Every file is read and checked before anything is written: a damaged metrics.json or config.json
+    refuses the report in one line, a damaged file it only shows is left out with a warning (``REQUIRED``,
+    ``OPTIONAL``); a file that cannot be written is one line naming it, and keeps its previous content.
+    """
+    from mobilenets.core.console import warn
     from mobilenets.core.files import check_writable
 
     run_dir = Path(run_dir)
     check_writable(run_dir, "RUN_DIR", create=False)  # one line, not an OSError from the first figure saved
-    metrics = _read_json(run_dir / "metrics.json", {})
-    config = _read_json(run_dir / "config.json", {})
-    evaluation = _read_json(run_dir / "evaluation.json", None)
-    skipped = _read_json(run_dir / "skipped.json", [])
-    leakage = _read_json(run_dir / "leakage.json", {"exact": [], "near": []})
-    epochs = read_epochs(run_dir)
+    inputs = read_inputs(run_dir)
+    check_outputs(RunDirectory(run_dir))
+    for line in inputs.left_out:
+        warn(line)
+    metrics, config, evaluation = inputs.metrics, inputs.config, inputs.evaluation
+    skipped, leakage, epochs = inputs.skipped, inputs.leakage, inputs.epochs
     data = display_path(str(config.get("data", "")), run_dir)
-    sections = [f"<h1>{html.escape(config.get('model', 'model'))} on {html.escape(data)}</h1>"]
+    sections = [f"<h1>{html.escape(str(config.get('model', 'model')))} on {html.escape(data)}</h1>"]
 
-    sections.append(
-        "<h2>Summary</h2><ul>"
-        + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(metrics, run_dir, skipped, leakage))
-        + "</ul>"
-    )
+    summary = summary_lines(metrics, run_dir, skipped, leakage, left_out=len(inputs.left_out))
+    sections.append("<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>")
     headline = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
     rows = [
         [k.replace("_", " "), display_path(v, run_dir) if k in PATH_KEYS and isinstance(v, str) else _format(v, k)]
@@ -358,7 +527,7 @@ def write_report(run_dir: Path | str) -> Path:
             f"<h2>Per class (validation, {evaluation['count']} images, accuracy {evaluation['accuracy']:.4f})</h2>"
             + _table(
                 [
-                    [r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
+                    [r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r.get("support", "")]
                     for r in evaluation["per_class"]
                 ],
                 ["class", "precision", "recall", "f1", "support"],
@@ -370,16 +539,27 @@ def write_report(run_dir: Path | str) -> Path:
         sections.append("<h2>Confusion matrix</h2>" + _embed(confusion_png))
     sections.append(
         f"<h2>Data</h2><p>{len(skipped)} files skipped"
-        + (":</p><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped[:200]) + "</ul>" if skipped else ".</p>")
+        + (
+            ":</p><ul>" + "".join(f"<li>{html.escape(str(s))}</li>" for s in skipped[:200]) + "</ul>"
+            if skipped
+            else ".</p>"
+        )
         + f"<p>Train/val leakage: {len(leakage['exact'])} exact and {len(leakage['near'])} near duplicates.</p>"
     )
     sections.append("<h2>Settings used</h2>" + _table(settings_rows(config, run_dir), ["setting", "value"]))
+    if inputs.left_out:
+        sections.append(
+            "<h2>Left out: damaged files</h2><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in inputs.left_out)
+            + "</ul>"
+        )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}img{max-width:100%}"
     )
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mobilenets run report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
-    path = run_dir / "report.html"
-    atomic_write_text(path, page)
+    path = run_dir / RunDirectory.REPORT
+    with _writing(path, run_dir) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return path

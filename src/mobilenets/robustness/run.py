@@ -130,8 +130,13 @@ def robustness_report(
     data = as_path(data, "--data") if data is not None else None
     baseline = as_path(baseline, "--baseline") if baseline is not None else None
     model, classes, preprocessing = load_run_model(run_dir, "RUN_DIR")
+    # metrics.json gets the headline figures at the end: a damaged one is refused now, before minutes of
+    # measuring (split.json is read below, also before the work).
+    RunDirectory(run_dir).check_readable(RunDirectory.METRICS)
     out = as_path(out, "--out") if out is not None else run_dir / "robustness"
-    check_writable(out)  # before minutes of measuring, not after
+    # Before minutes of measuring, not after; not created yet (the report creates it), so that a refusal
+    # below (a damaged split.json, --data without the model's classes) leaves no empty folder behind.
+    check_writable(out, create=False)
     check_writable(run_dir, "RUN_DIR")  # metrics.json gets the headline figures
     baseline_model = None
     if baseline is not None:

@@ -76,8 +76,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mobilenets.reporting.run_report import check_report
     from mobilenets.robustness.run import ProgressLine, robustness_report
 
+    # report.html is refreshed after the measuring: what would make that refresh refuse (a damaged
+    # config.json or metrics.json, a folder where it writes) is refused before the measuring instead.
+    check_report(args.run_dir)
     progress = ProgressLine("corruptions")
 
     def log(message: str) -> None:
