@@ -22,9 +22,11 @@ def test_measure_counts_repeats_and_reports_spread():
 
 def test_parse_batches():
     assert parse_batches("1,32") == [1, 32]
-    for bad in ("0", "a,b", ""):
+    for bad in ("0", "a,b", "1,,2"):
         with pytest.raises(Exception, match="comma-separated positive integers"):
             parse_batches(bad)
+    with pytest.raises(Exception, match=r"--batch '': give at least one value, e\.g\. 1,32"):
+        parse_batches("")
 
 
 def test_bench_json_times_pytorch_both_onnx_runtimes_and_the_int8_engine(capsys):

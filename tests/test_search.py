@@ -232,8 +232,90 @@ def test_interrupted_search_resumes_without_retraining(tmp_path):
     assert not any("calibration" in str(r.run_dir) for r in second.calls)  # the plan was saved
     data = json.loads((tmp_path / "search" / "search.json").read_text())
     assert data["recommended"] is not None
-    with pytest.raises(MobilenetsError, match="other settings"):
+    with pytest.raises(MobilenetsError) as caught:
         Search(settings(tmp_path, int8=True), trainer=second, measurer=fake_measurer, log=quiet).run()
+    assert str(caught.value) == (
+        f"{tmp_path / 'search'}: holds a search with other settings (--int8: not given there, given here); "
+        "pick another --out, or repeat that search's settings to resume it"
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory) -> Path:
+    """A finished search with the default test settings, run once; tests get a copy at tmp_path / "search"."""
+    root = tmp_path_factory.mktemp("finished")
+    Search(settings(root), trainer=FakeTrainer(), measurer=fake_measurer, log=quiet).run()
+    return root / "search"
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(finished, tmp_path / "search"))
+
+
+# The saved search's budget is 5,000,000 bytes of flash (4882.81 KB), no latency or RAM limit, pool of 6.
+@pytest.mark.parametrize(
+    ("changed", "difference"),
+    [
+        ({"budget": Budget(max_flash_bytes=5_000_000, max_latency_ms=0.001)}, "--max-latency-ms: not given there, 0.001 here"),
+        ({"budget": Budget(max_flash_bytes=5_000_000, max_ram_bytes=1024)}, "--max-ram-kb: not given there, 1 here"),
+        ({"budget": Budget(max_flash_bytes=1024)}, "--max-flash-kb: 4882.81 there, 1 here"),
+        ({"budget": Budget()}, "--max-flash-kb: 4882.81 there, not given here"),
+        ({"budget": Budget(max_latency_ms=0.001)},
+         "--max-latency-ms: not given there, 0.001 here; --max-flash-kb: 4882.81 there, not given here"),
+        ({"max_candidates": 3}, "--max-candidates: 6 there, 3 here"),
+    ],
+)
+def test_another_budget_in_a_searched_out_is_refused_and_changes_nothing(changed, difference, finished_search, tmp_path):
+    # A saved search's candidates were judged, and its plan chosen, against its own budget: resumed under
+    # another one it recommended a 0.17 ms model as "within_budget" for --max-latency-ms 0.001.
+    copy_of(finished_search, tmp_path)
+    before = snapshot(tmp_path / "search")
+    trainer, measured = FakeTrainer(), []
+    with pytest.raises(MobilenetsError) as caught:
+        Search(settings(tmp_path, **changed), trainer=trainer, measurer=lambda **o: measured.append(o), log=quiet).run()
+    assert str(caught.value) == (
+        f"{tmp_path / 'search'}: holds a search with other settings ({difference}); "
+        "pick another --out, or repeat that search's settings to resume it"
+    )
+    assert not trainer.calls and not measured
+    assert snapshot(tmp_path / "search") == before  # search.json and report.html are the first search's
+
+
+def test_another_budget_on_the_command_line_is_one_line(tmp_path, capsys):
+    same = dict(out=tmp_path / "out", models=["mobilenet_v3_small"], widths=[0.5], resolutions=[32],
+                budget=Budget(), max_candidates=12)  # fmt: skip
+    Search(settings(tmp_path, **same), trainer=FakeTrainer(), measurer=fake_measurer, log=quiet).run()
+    before = snapshot(tmp_path / "out")
+    assert search_cli(tmp_path, "--max-latency-ms", "0.001") == 2
+    assert one_line(capsys) == (
+        f"{tmp_path / 'out'}: holds a search with other settings (--max-latency-ms: not given there, 0.001 here); "
+        "pick another --out, or repeat that search's settings to resume it"
+    )
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_a_search_saved_without_its_budget_is_not_resumed(finished_search, tmp_path):
+    copy_of(finished_search, tmp_path)
+    state_file = tmp_path / "search" / "search_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("max_latency_ms", "max_flash_bytes", "max_ram_bytes", "max_candidates"):
+        del state["signature"][key]  # as an earlier mobilenets saved it
+    state_file.write_text(json.dumps(state))
+    trainer = FakeTrainer()
+    with pytest.raises(MobilenetsError) as caught:
+        Search(settings(tmp_path), trainer=trainer, measurer=fake_measurer, log=quiet).run()
+    assert str(caught.value) == (
+        f"{tmp_path / 'search'}: holds a search saved by an earlier mobilenets, which did not record its "
+        "--max-latency-ms, --max-flash-kb, --max-ram-kb, --max-candidates; pick another --out"
+    )
+    assert not trainer.calls
 
 
 def test_impossible_budget_names_the_closest_and_exits_2(tmp_path, capsys, monkeypatch):
@@ -325,12 +407,33 @@ def one_line(capsys) -> str:
         (("--widths", "3"), "--widths 3: the width multiplier must be > 0 and at most 2"),
         (("--val", "/no/such/folder"), "--val /no/such/folder: does not exist"),
         (("--max-candidates", "0"), "--max-candidates 0: give a whole number ≥ 1"),
+        # train's bounds and words, before any candidate is measured (train refused it after the measuring).
+        (("--seed", "-1"), "--seed -1: give a whole number ≥ 0"),
+        (("--seed", "4294967296"), "--seed 4294967296: give a whole number from 0 to 4294967295"),
+        (("--seed", "99999999999999999999"), "--seed 99999999999999999999: give a whole number from 0 to 4294967295"),
+        # An empty item is refused, as `bench --batch 1,,2` refuses it, not dropped.
+        (("--models", "mobilenet_v3_small,,mobilenet_v2"),
+         "--models 'mobilenet_v3_small,,mobilenet_v2': an empty item; give comma-separated names, "
+         "e.g. --models mobilenet_v3_small,mobilenet_v2"),
+        (("--widths", "0.5,"), "--widths '0.5,': an empty item; give comma-separated numbers, e.g. 1,0.75,0.5"),
+        (("--resolutions", ",32"), "--resolutions ',32': an empty item; give comma-separated numbers, e.g. 224,160,128"),
     ],
 )
 def test_bad_search_arguments_are_one_line_and_write_nothing(arguments, message, tmp_path, capsys):
     assert search_cli(tmp_path, *arguments) == 2
     assert message in one_line(capsys)
     assert not (tmp_path / "out").exists()  # refused before --out is created
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_search_refuses_a_seed_in_the_words_train_uses(seed, tmp_path, capsys):
+    from mobilenets.cli import main as cli
+
+    assert search_cli(tmp_path, "--seed", seed) == 2
+    searched = one_line(capsys)
+    assert cli.main(["train", "--data", str(EXAMPLES), "--seed", seed, "--out", str(tmp_path / "run")]) == 2
+    assert searched == error_line(capsys, "train")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
 def test_search_out_that_is_a_file_and_data_that_is_a_file(tmp_path, capsys):
@@ -347,6 +450,52 @@ def test_search_out_that_is_a_file_and_data_that_is_a_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"signature": 3}'])
+def test_an_unreadable_search_state_is_one_line(text, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "search_state.json").write_text(text)
+    assert search_cli(tmp_path) == 2
+    assert one_line(capsys) == f"{tmp_path / 'out' / 'search_state.json'}: unreadable search state; pick another --out"
+
+
+def test_search_out_that_holds_a_training_run_is_refused_before_any_work(tmp_path, capsys):
+    # `train` writes these; a search there replaced the run's report.html and added its own folders.
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in (("config.json", "{}"), ("model.safetensors", "weights"), ("report.html", "the run's report")):
+        (run / name).write_text(text)
+    before = snapshot(run)
+    assert search_cli(tmp_path, "--out", str(run)) == 2
+    assert one_line(capsys) == (
+        f"--out {run}: holds a training run (config.json); choose another --out for the search "
+        "(a new folder, or an earlier search's to resume it)"
+    )
+    trainer = FakeTrainer()
+    with pytest.raises(MobilenetsError, match="holds a training run"):
+        Search(settings(tmp_path, out=run), trainer=trainer, measurer=fake_measurer, log=quiet).run()
+    assert not trainer.calls
+    assert snapshot(run) == before and sorted(p.name for p in run.iterdir()) == sorted(before)
+
+
+def test_search_out_with_other_files_is_refused_and_an_empty_one_is_used(tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("notes.txt", "report.html", "search.json", "zzz.csv"):
+        (other / name).write_text("not the search's")
+    before = snapshot(other)
+    assert search_cli(tmp_path, "--out", str(other)) == 2
+    assert one_line(capsys) == (
+        f"--out {other}: holds other files and no search (notes.txt, report.html, search.json, …); "
+        "choose another --out (a new or empty folder, or an earlier search's to resume it)"
+    )
+    assert snapshot(other) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_text("")  # hidden files do not make a folder someone's
+    Search(settings(tmp_path, out=empty), trainer=FakeTrainer(), measurer=fake_measurer, log=quiet).run()
+    assert (empty / "search.json").exists() and (empty / "search_state.json").exists()
+
+
 def test_data_refused_after_the_scan_leaves_no_out_folder(tmp_path, capsys):
     one_class = tmp_path / "one_class"
     (one_class / "bag").mkdir(parents=True)
@@ -361,6 +510,59 @@ def test_data_refused_after_the_scan_leaves_no_out_folder(tmp_path, capsys):
     assert search_cli(tmp_path, "--val", str(wrong_val)) == 2
     assert f"--val {wrong_val}: no images in folders named like --data's classes" in one_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+class FailingCalibration(FakeTrainer):
+    """The calibration run (the first training) fails as ``outcome`` says; the others train."""
+
+    def __init__(self, **outcome) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+    def __call__(self, request: TrainRequest) -> TrainOutcome:
+        if not self.calls:
+            self.calls.append(request)
+            return TrainOutcome(accuracy=None, seconds=180.0, complete=False, **self.outcome)
+        return super().__call__(request)
+
+
+def test_calibration_that_ran_out_of_time_says_so_and_not_fix_the_data(tmp_path):
+    trainer = FailingCalibration(
+        error="stopped at the time budget (a later search with the same --out resumes it)", timed_out=True
+    )
+    with pytest.raises(MobilenetsError) as caught:
+        Search(settings(tmp_path), trainer=trainer, measurer=fake_measurer, clock=lambda: 0.0, log=quiet).run()
+    request = trainer.calls[0]
+    key = request.run_dir.name
+    assert request.run_dir == tmp_path / "search" / "calibration" / key and request.timeout_s == 180.0
+    assert str(caught.value) == (
+        f"calibration run of {key} did not finish its one epoch in 180 s (its share of --time-budget 10m); "
+        f"raise --time-budget or pass fewer images (log: {request.run_dir}.log)"
+    )
+
+
+def test_calibration_that_failed_names_the_runs_error_and_log(tmp_path):
+    run_dir = tmp_path / "search" / "calibration"
+    trainer = FailingCalibration(error="the run did not finish")
+    with pytest.raises(MobilenetsError) as caught:
+        Search(settings(tmp_path), trainer=trainer, measurer=fake_measurer, log=quiet).run()
+    key = trainer.calls[0].run_dir.name
+    assert str(caught.value) == f"calibration run of {key} failed: the run did not finish (log: {run_dir / key}.log)"
+    # The run's own last line (it names the cause) and its log, said once; no guess at data or time.
+    log = run_dir / f"{key}.log"
+    error = f"exit code 2: mobilenets train: error: images.zip: not a folder (log: {log})"
+    trainer = FailingCalibration(error=error)
+    with pytest.raises(MobilenetsError) as caught:
+        Search(settings(tmp_path), trainer=trainer, measurer=fake_measurer, log=quiet).run()
+    assert str(caught.value) == f"calibration run of {key} failed: {error}"
+
+
+def test_a_training_stopped_at_its_timeout_is_told_apart(tmp_path):
+    request = TrainRequest(model="mobilenet_v3_small", width=0.25, resolution=32, epochs=1, weights=None,
+                           run_dir=tmp_path / "run", data=EXAMPLES, timeout_s=0.2)  # fmt: skip
+    outcome = subprocess_trainer(request)
+    assert outcome.timed_out and not outcome.complete and outcome.train_seconds is None
+    assert outcome.error.startswith("stopped at the time budget")
 
 
 def test_real_candidate_training_at_32px(tmp_path):

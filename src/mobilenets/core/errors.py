@@ -47,3 +47,14 @@ def check_number(
         kind = "a whole number" if whole else "a finite number"
         hint = f", e.g. {flag} {example}" if example is not None else ""
         raise MobilenetsError(f"{flag} {shown}: give {kind}{bound}{hint}")
+
+
+def split_items(text: str, option: str, *, what: str, example: str) -> list[str]:
+    """The comma-separated items of ``text``, stripped. Nothing at all, or an empty item (``a,,b``, a
+    trailing comma), is refused in one line rather than dropped: every command's comma-separated lists share it."""
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise MobilenetsError(f"{option} {text!r}: give at least one value, e.g. {example}")
+    if "" in parts:
+        raise MobilenetsError(f"{option} {text!r}: an empty item; give comma-separated {what}, e.g. {example}")
+    return parts

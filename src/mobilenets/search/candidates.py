@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, split_items
 
 # The families a search covers by default; the v1 ablations (full_conv, shallow) are for the paper's tables.
 FAMILIES = (
@@ -184,12 +184,11 @@ def parse_list(text: str | None, kind: Callable[[str], float], option: str) -> l
     if text is None:
         return None
     example = "1,0.75,0.5" if kind is float else "224,160,128"
+    parts = split_items(text, option, what="numbers", example=example)
     try:
-        values = [kind(part) for part in text.split(",") if part.strip()]
+        values = [kind(part) for part in parts]
     except ValueError:
         raise MobilenetsError(f"{option} {text!r}: give comma-separated numbers, e.g. {example}") from None
-    if not values:
-        raise MobilenetsError(f"{option} {text!r}: give at least one value, e.g. {example}")
     for value in values:
         if not math.isfinite(value):
             raise MobilenetsError(f"{option} {text!r}: {value:g} is not a finite number; give e.g. {example}")
@@ -200,11 +199,8 @@ def parse_names(text: str | None, option: str, known: Sequence[str]) -> list[str
     """Comma-separated names, each one of ``known`` (each once, in the order given); None when not given."""
     if text is None:
         return None
-    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    if not names:
-        raise MobilenetsError(
-            f"{option} {text!r}: give at least one value, e.g. {option} mobilenet_v3_small,mobilenet_v2"
-        )
+    example = "mobilenet_v3_small,mobilenet_v2"
+    names = list(dict.fromkeys(split_items(text, option, what="names", example=f"{option} {example}")))
     for name in names:
         if name not in known:
             raise MobilenetsError(f"{option}: unknown model {name!r}; choose from {', '.join(known)}")

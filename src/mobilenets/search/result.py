@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,12 @@ class SearchSettings:
     seed: int = 0
 
     def signature(self) -> dict:
-        """What must match for a saved search to be resumed (not the time budget: a resume gets a new one)."""
+        """What must match for a saved search to be resumed (not the time budget: a resume gets a new one).
+
+        The device budget is part of it: the saved measurements were judged, and the plan's pool chosen,
+        against the saved budget, so another budget in the same ``--out`` would report candidates as
+        fitting a budget nobody checked them against. So is ``--max-candidates``, the plan's pool size.
+        """
         return {
             "data": str(Path(self.data).resolve()),
             "val": str(Path(self.val).resolve()) if self.val else None,
@@ -41,7 +46,54 @@ class SearchSettings:
             "widths": list(self.widths) if self.widths else None,
             "resolutions": list(self.resolutions) if self.resolutions else None,
             "seed": self.seed,
+            "max_latency_ms": self.budget.max_latency_ms,
+            "max_flash_bytes": self.budget.max_flash_bytes,
+            "max_ram_bytes": self.budget.max_ram_bytes,
+            "max_candidates": self.max_candidates,
         }
+
+
+# Each signature key as the user gives it: the option, and how its value is written on the command line.
+SIGNATURE_OPTIONS: dict[str, tuple[str, Callable[[object], str]]] = {
+    "data": ("--data", str),
+    "val": ("--val", str),
+    "target": ("--target", str),
+    "int8": ("--int8", lambda given: "given" if given else "not given"),
+    "models": ("--models", lambda names: ",".join(names)),
+    "widths": ("--widths", lambda values: ",".join(f"{v:g}" for v in values)),
+    "resolutions": ("--resolutions", lambda values: ",".join(str(v) for v in values)),
+    "seed": ("--seed", str),
+    "max_latency_ms": ("--max-latency-ms", lambda value: f"{value:g}"),
+    "max_flash_bytes": ("--max-flash-kb", lambda value: f"{value / 1024:.6g}"),
+    "max_ram_bytes": ("--max-ram-kb", lambda value: f"{value / 1024:.6g}"),
+    "max_candidates": ("--max-candidates", str),
+}
+
+
+def signature_differences(saved: dict, current: dict) -> list[str]:
+    """'--max-latency-ms: not given there, 0.001 here' for each setting of ``current`` that ``saved`` differs in."""
+    differences = []
+    for key in dict.fromkeys([*current, *saved]):
+        there, here = saved.get(key, MISSING), current.get(key, MISSING)
+        if there == here:
+            continue
+        option, show = SIGNATURE_OPTIONS.get(key, (key, str))
+        differences.append(f"{option}: {_written(there, show)} there, {_written(here, show)} here")
+    return differences
+
+
+MISSING = object()
+
+
+def _written(value: object, show: Callable[[object], str]) -> str:
+    if value is MISSING:
+        return "not recorded"
+    if value is None:
+        return "not given"
+    try:
+        return show(value)
+    except (TypeError, ValueError):  # a hand-edited state file: its value as it is
+        return repr(value)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.files import atomic_write_text, check_writable
+from mobilenets.core.run_directory import RunDirectory
 from mobilenets.search.candidates import (
     Candidate,
     RunRecord,
@@ -46,7 +47,15 @@ from mobilenets.search.candidates import (
     select_pool,
 )
 from mobilenets.search.measure import Measurement, check_target, measure_device_group, measure_onnx_group
-from mobilenets.search.result import DataSummary, Plan, SearchResult, SearchSettings, runtime_name
+from mobilenets.search.result import (
+    SIGNATURE_OPTIONS,
+    DataSummary,
+    Plan,
+    SearchResult,
+    SearchSettings,
+    runtime_name,
+    signature_differences,
+)
 
 STATE = "search_state.json"
 RESULT = "search.json"
@@ -117,6 +126,7 @@ class TrainOutcome:
     train_seconds: float | None = None  # the training loop alone (metrics.json)
     train_images: int | None = None
     error: str | None = None
+    timed_out: bool = False  # stopped at its timeout (not a failure of the run itself)
 
 
 Trainer = Callable[[TrainRequest], TrainOutcome]
@@ -147,8 +157,17 @@ def check_data_folder(path: Path, option: str) -> None:
         )
 
 
+# What ``mobilenets train`` writes first and last: a folder holding one of these is a training run.
+RUN_MARKERS = (RunDirectory.CONFIG, RunDirectory.CHECKPOINT, RunDirectory.MODEL, RunDirectory.METRICS)
+
+
 def check_out_folder(out: Path) -> None:
-    """``--out`` must be (or become) a folder: refuse an existing file, or a path under one, before any work."""
+    """``--out`` must be a new or empty folder, or an earlier search's: refused in one line before any work.
+
+    A file (or a path under one) cannot be a folder. A training run's folder would get its report.html
+    replaced and the search's folders added; any other folder with files in it could have its own
+    report.html, runs/ or search.json replaced, so only a folder holding a search (its state file) is reused.
+    """
     out = Path(out)
     for path in (out, *out.parents):
         if path.exists():
@@ -158,7 +177,32 @@ def check_out_folder(out: Path) -> None:
                     f"--out {out}: {which}; pass a folder (a new one, or an earlier search's to resume it)"
                 )
             break
+    if out.is_dir():
+        held = [name for name in RUN_MARKERS if (out / name).exists()]
+        if held:
+            raise MobilenetsError(
+                f"--out {out}: holds a training run ({held[0]}); choose another --out for the search "
+                "(a new folder, or an earlier search's to resume it)"
+            )
+        if not (out / STATE).exists():
+            entries = sorted(entry.name for entry in out.iterdir() if not entry.name.startswith("."))
+            if entries:
+                shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+                raise MobilenetsError(
+                    f"--out {out}: holds other files and no search ({shown}); choose another --out "
+                    "(a new or empty folder, or an earlier search's to resume it)"
+                )
     check_writable(out, "--out", create=False)  # a read-only place, before any candidate trains
+
+
+def check_seed(seed: object) -> None:
+    """The seeds ``mobilenets train`` takes, in its words: checked before any candidate is measured."""
+    from mobilenets.core.errors import check_number
+    from mobilenets.training.options import SEED_LIMIT
+
+    check_number("--seed", seed, at_least=0, whole=True)
+    if seed >= SEED_LIMIT:
+        raise MobilenetsError(f"--seed {seed}: give a whole number from 0 to {SEED_LIMIT - 1}")
 
 
 def summarize_data(data: Path, val: Path | None) -> DataSummary:
@@ -248,8 +292,6 @@ def weights_floor_bytes(model: str, width: float, num_classes: int, int8: bool) 
 
 
 def read_outcome(run_dir: Path, *, seconds: float, error: str | None = None) -> TrainOutcome:
-    from mobilenets.core.run_directory import RunDirectory
-
     run = RunDirectory(run_dir)
     try:
         metrics = json.loads(run.metrics_path.read_text())
@@ -269,8 +311,6 @@ def read_outcome(run_dir: Path, *, seconds: float, error: str | None = None) -> 
 
 def subprocess_trainer(request: TrainRequest) -> TrainOutcome:
     """Run ``python -m mobilenets train`` (or ``--resume`` a half-done run); its output goes to a log file."""
-    from mobilenets.core.run_directory import RunDirectory
-
     run_dir = Path(request.run_dir)
     run = RunDirectory(run_dir)
     if run.metrics_path.exists() and run.is_complete():
@@ -283,6 +323,7 @@ def subprocess_trainer(request: TrainRequest) -> TrainOutcome:
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     error = None
+    timed_out = False
     with open(log, "a") as output:
         output.write(f"$ mobilenets {shlex.join(arguments)}\n")
         output.flush()
@@ -293,6 +334,7 @@ def subprocess_trainer(request: TrainRequest) -> TrainOutcome:
             process.wait(timeout=request.timeout_s)
         except subprocess.TimeoutExpired:
             error = "stopped at the time budget (a later search with the same --out resumes it)"
+            timed_out = True
             _interrupt(process)
         except BaseException:
             _interrupt(process)  # Ctrl-C of the search: the run checkpoints, the next search resumes it
@@ -302,7 +344,9 @@ def subprocess_trainer(request: TrainRequest) -> TrainOutcome:
         lines = log.read_text(errors="replace").strip().splitlines()
         last = lines[-1][:300] if lines else "(no output)"
         error = f"exit code {process.returncode}: {last} (log: {log})"
-    return read_outcome(run_dir, seconds=seconds, error=error)
+    outcome = read_outcome(run_dir, seconds=seconds, error=error)
+    outcome.timed_out = timed_out
+    return outcome
 
 
 def _interrupt(process: subprocess.Popen) -> None:
@@ -377,14 +421,26 @@ class Search:
         path = self.out / STATE
         if not path.exists():
             return False
+        # Deleting the state would leave a folder of files and no search, which check_out_folder refuses.
+        unreadable = MobilenetsError(f"{path}: unreadable search state; pick another --out")
         try:
             state = json.loads(path.read_text())
         except ValueError:
-            raise MobilenetsError(f"{path}: unreadable search state; delete it or pick another --out") from None
-        if state.get("signature") != self.settings.signature():
+            raise unreadable from None
+        saved = state.get("signature") if isinstance(state, dict) else None
+        if not isinstance(saved, dict):
+            raise unreadable
+        current = self.settings.signature()
+        if saved != current:
+            unrecorded = [SIGNATURE_OPTIONS.get(key, (key,))[0] for key in current if key not in saved]
+            if unrecorded:
+                raise MobilenetsError(
+                    f"{self.out}: holds a search saved by an earlier mobilenets, which did not record its "
+                    f"{', '.join(unrecorded)}; pick another --out"
+                )
             raise MobilenetsError(
-                f"{self.out}: holds a search with other settings (data, target, --int8, models, widths or "
-                "resolutions); pick another --out, or repeat that search's settings to resume it"
+                f"{self.out}: holds a search with other settings ({'; '.join(signature_differences(saved, current))}); "
+                "pick another --out, or repeat that search's settings to resume it"
             )
         self.data = DataSummary(**state["data"]) if state.get("data") else None
         self.plan = Plan(**state["plan"]) if state.get("plan") else None
@@ -399,6 +455,7 @@ class Search:
     def prepare(self) -> None:
         """Data summary and the profiled grid (or the saved state of an interrupted search)."""
         check_target(self.settings.target)
+        check_seed(self.settings.seed)
         check_out_folder(self.out)
         check_data_folder(Path(self.settings.data), "--data")
         if self.settings.val is not None:
@@ -543,10 +600,16 @@ class Search:
         self.log(f"calibration: 1 epoch of {chosen.key} to time training on this data")
         outcome = self.trainer(request)
         if outcome.error and outcome.train_seconds is None:
-            raise MobilenetsError(
-                f"calibration run of {chosen.key} failed ({outcome.error}); "
-                f"see {request.run_dir}.log, fix the data or raise --time-budget"
-            )
+            log = f"{request.run_dir}.log"
+            if outcome.timed_out:  # the run itself did not fail: the time it was given was too short
+                raise MobilenetsError(
+                    f"calibration run of {chosen.key} did not finish its one epoch in {request.timeout_s:.0f} s (its "
+                    f"share of --time-budget {format_duration(self.settings.time_budget_s)}); raise --time-budget or "
+                    f"pass fewer images (log: {log})"
+                )
+            # The run's own error (its last line) says what went wrong; its log has the rest.
+            where = "" if log in outcome.error else f" (log: {log})"
+            raise MobilenetsError(f"calibration run of {chosen.key} failed: {outcome.error}{where}")
         train_seconds = outcome.train_seconds or outcome.seconds
         images = outcome.train_images or self.data.images
         overhead = max(1.0, outcome.seconds - train_seconds)

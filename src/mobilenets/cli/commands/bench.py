@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenets.core.errors import MobilenetsError, check_number
+from mobilenets.core.errors import MobilenetsError, check_number, split_items
 from mobilenets.deployment.timing import Timing, time_engines
 
 __all__ = ["Timing", "measure", "parse_batches"]
@@ -66,9 +66,7 @@ def add_parser(subparsers) -> None:
 
 
 def parse_batches(text: str) -> list[int]:
-    parts = [part.strip() for part in text.split(",")]
-    if "" in parts:
-        raise MobilenetsError(f"--batch {text!r}: an empty item; give comma-separated positive integers, e.g. 1,32")
+    parts = split_items(text, "--batch", what="positive integers", example="1,32")
     try:
         batches = [int(part) for part in parts]
     except ValueError:

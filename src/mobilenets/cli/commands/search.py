@@ -31,7 +31,12 @@ def add_parser(subparsers) -> None:
         default="30m",
         help="wall time for the whole search, with a unit: 30m, 1h, 90s, 1h30m (default 30m)",
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/search"), help="search folder; rerun to resume")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/search"),
+        help="search folder: a new or empty one, or an earlier search's to resume it",
+    )
     parser.add_argument("--models", help=f"comma-separated families (default: {', '.join(FAMILIES)})")
     parser.add_argument("--widths", help="comma-separated widths (default: each family's published widths)")
     parser.add_argument("--resolutions", help="comma-separated input sizes (default: from the images' size)")
@@ -44,7 +49,7 @@ def settings_from(args: argparse.Namespace):
     """Every argument checked (one line each, before anything is written), as the search's settings."""
     from mobilenets.models.registry import list_models
     from mobilenets.search.candidates import FAMILIES, Budget, check_grid, parse_duration, parse_list, parse_names
-    from mobilenets.search.runner import SearchSettings, check_data_folder, check_out_folder
+    from mobilenets.search.runner import SearchSettings, check_data_folder, check_out_folder, check_seed
 
     for flag, value, example in (("--max-latency-ms", args.max_latency_ms, 10), ("--max-flash-kb", args.max_flash_kb, 1500),
                                  ("--max-ram-kb", args.max_ram_kb, 256)):  # fmt: skip
@@ -55,6 +60,7 @@ def settings_from(args: argparse.Namespace):
                 f"{flag} {value:g}: less than one byte; give a size in KB (1024 bytes), e.g. {flag} 256"
             )
     check_number("--max-candidates", args.max_candidates, at_least=1, whole=True)
+    check_seed(args.seed)  # train's bounds, before any candidate is measured (train would refuse it later)
     budget = Budget(
         max_latency_ms=args.max_latency_ms,
         max_flash_bytes=None if args.max_flash_kb is None else int(args.max_flash_kb * 1024),
