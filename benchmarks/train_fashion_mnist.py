@@ -93,6 +93,14 @@ SETTINGS = {
         *["--augment", "light", "--no-flip", "--crop-scale", "0.81"],
         *["--model", "mobilenet_v2", "--resolution", "64", "--epochs", "10", "--recipe", "auto"],
     ],
+    # On a CPU with AMX (bf16 epochs 1.55x faster at 64 px) the half hour holds 15 epochs: mild crops without
+    # flips and mixup 0.2 against their overfitting. 95.23% vs 94.90% for `pretrained-v2-30min`'s settings on
+    # 12,000 held-out training images (48,000 trained on); chosen on those, not on the test images.
+    "pretrained-v2-30min-amx": [
+        *["--precision", "auto", "--batch-size", "128"],
+        *["--augment", "light", "--no-flip", "--crop-scale", "0.81", "--mixup", "0.2"],
+        *["--model", "mobilenet_v2", "--resolution", "64", "--epochs", "15", "--recipe", "auto"],
+    ],
 }
 # Fine-tuning against training from scratch on a small dataset: the 500 images shipped in examples/
 # (50 per class) for training, 1,000 test-split images for validation, same recipe for both.
