@@ -263,3 +263,20 @@ def test_export_checks_its_data_before_writing_and_skips_unreadable_images(run, 
     captured = capsys.readouterr()
     assert "skipped 1 file(s) (not an image Pillow can read" in captured.err and ".hidden.png" not in captured.err
     assert out.exists() and "check vs PyTorch on 8 real images" in captured.out
+
+
+def test_a_blank_line_between_class_names_is_refused_not_dropped(tmp_path):
+    # Dropping it shifted every later name onto the next output, silently mislabelling them.
+    from mobilenets.core.errors import MobilenetsError
+    from mobilenets.deployment.loading import read_classes_file
+
+    names = tmp_path / "classes.txt"
+    names.write_text("\n\ncat\n\ndog\nbird\n\n")
+    with pytest.raises(MobilenetsError) as refused:
+        read_classes_file(names, 3)
+    assert str(refused.value) == (
+        f"--classes {names}: line 4 is blank; give one class name per line, in output order, with no blank line "
+        "between names"
+    )
+    names.write_text("\ncat\ndog\nbird\n\n")  # blank lines around the names are not between them
+    assert read_classes_file(names, 3) == ["cat", "dog", "bird"]

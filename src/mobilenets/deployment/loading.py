@@ -124,7 +124,8 @@ def _load_inferring_width(weights, name: str | None, report) -> nn.Module:
 
 
 def read_classes_file(path: Path | str, num_classes: int) -> list[str]:
-    """Class names, one per line (blank lines ignored) or a JSON list; exactly one per model output."""
+    """Class names, one per line (blank lines only before the first and after the last) or a JSON list;
+    exactly one per model output."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -139,7 +140,13 @@ def read_classes_file(path: Path | str, num_classes: int) -> list[str]:
         except json.JSONDecodeError as error:
             raise MobilenetsError(f"--classes {path}: not a valid JSON list ({error.msg})") from None
     else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
+        names = [line.strip() for line in stripped.splitlines()]
+        if "" in names:
+            # Dropping it would shift every later name onto the next output: each label would be wrong.
+            raise MobilenetsError(
+                f"--classes {path}: line {names.index('') + 1 + _leading_blank_lines(text)} is blank; give one class "
+                "name per line, in output order, with no blank line between names"
+            )
     if len(names) != num_classes:
         raise MobilenetsError(
             f"--classes {path}: lists {len(names)} names but the model has {num_classes} outputs; "
@@ -149,6 +156,11 @@ def read_classes_file(path: Path | str, num_classes: int) -> list[str]:
     if duplicates:
         raise MobilenetsError(f"--classes {path}: {', '.join(duplicates[:3])} listed twice; class names must differ")
     return names
+
+
+def _leading_blank_lines(text: str) -> int:
+    lines = text.splitlines()
+    return next((index for index, line in enumerate(lines) if line.strip()), len(lines))
 
 
 def check_output_folder(folder: Path, out: Path | None, run_dir: Path | None) -> Path:
