@@ -4,7 +4,7 @@
 
 ORT's intra-op threads keep spinning for a while after a run. A session timed right after *another*
 session therefore shares the cores with that session's spinning threads. This is why
-``common.measure(settle_calls=1)`` and ``quantization.speed_check`` run each session once, untimed,
+``common.measure(settle_calls=1)`` and ``deployment.timing.speed_check`` run each session once, untimed,
 before timing it. "raw" is a plain ``create_session`` on the file; "engine" is the product's default
 inference engine (``load_engine``) on the same file.
 """

@@ -30,6 +30,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-sma
         ({"out": 123}, "--out must be a path (a non-empty string or pathlib.Path), got 123"),
         ({"export": 5}, "--export must be format names, comma-separated"),
         ({"export": ["onnx", "tfilte"]}, "--export onnx,tfilte: unknown format 'tfilte'"),
+        ({"export": "onnx,,tflite"}, "--export 'onnx,,tflite': an empty item; give comma-separated format names"),
         ({"recipe": 5}, "--recipe must be a string, got 5"),
         ({"weights": 5}, "--weights must be a string, got 5"),
         ({"optimizer": "adam"}, "--optimizer must be one of adamw, rmsprop, sgd, got 'adam'"),

@@ -106,7 +106,7 @@ def test_more_threads_than_cores_is_said_before_timing(monkeypatch, capsys):
     def stop(*args):
         raise MobilenetsError("stopped before the engines")
 
-    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench, "usable_cpu_count", lambda: 2)
     monkeypatch.setattr(bench, "resolve_engines", stop)
     assert main(["bench", "mobilenet_v3_small", "--threads", "64"]) == 2
     err = capsys.readouterr().err

@@ -187,7 +187,8 @@ def test_finding11_unwritable_out_is_refused_before_the_work(command, run_dir, t
     blocker.write_text("in the way")
     out = blocker / "sub"
     worked = []
-    monkeypatch.setattr("mobilenets.deployment.onnx.export_onnx", lambda *a, **k: worked.append(1))
+    for where in ("mobilenets.deployment.onnx", "mobilenets.deployment.quantization.runs"):  # quantize's own name
+        monkeypatch.setattr(f"{where}.export_onnx", lambda *a, **k: worked.append(1))
     argv = {
         "quantize": ["quantize", str(run_dir), "--out", str(out / "m_int8.onnx")],
         "export": ["export", str(run_dir), "--out", str(out / "m.onnx")],

@@ -28,6 +28,10 @@ BAD_JSON = "not valid JSON: Expecting property name enclosed in double quotes at
 CONFIG_FIX = "restore it from a copy of the run (it holds the training settings; nothing rebuilds it)"
 METRICS_FIX = "restore it from a copy of the run (it holds the run's figures; deleting it loses them)"
 SHOWN_FIX = "the report leaves it out; restore it from a copy of the run, or delete it (only the report shows it)"
+# The diagnosis reads it too (its duplicates advice), so its fix names both.
+LEAKAGE_FIX = (
+    "the report and the diagnosis leave it out; restore it from a copy of the run, or delete it (only they use it)"
+)
 METADATA_FIX = "restore it from the run's copy, or delete model.json to use the metadata inside model.safetensors"
 EPOCHS_CSV = (
     "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,images_per_second,seconds\n"
@@ -134,7 +138,7 @@ def test_report_leaves_out_a_damaged_file_it_only_shows(run, capsys, name, how, 
     damage(run / name, how)
     assert main(["report", str(run)]) == 0
     captured = capsys.readouterr()
-    line = f"{run / name}: damaged ({problem}); {SHOWN_FIX}"
+    line = f"{run / name}: damaged ({problem}); {LEAKAGE_FIX if name == 'leakage.json' else SHOWN_FIX}"
     assert captured.err.splitlines() == [f"warning: {line}"]
     assert captured.out.strip() == str(run / "report.html")
     page = (run / "report.html").read_text()

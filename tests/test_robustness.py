@@ -644,6 +644,7 @@ def test_an_unknown_api_option_is_named_with_the_known_ones(tmp_path):
         ({"severities": ""}, "--severities '': write a range like 1-5 or a list like 1,3,5"),
         ({"corruptions": ""}, "--corruptions '': name at least one corruption or group"),
         ({"corruptions": [" ", ","]}, "--corruptions '  ,': name at least one corruption or group"),
+        ({"corruptions": "fog,,snow"}, "--corruptions 'fog,,snow': an empty item; give comma-separated names"),
         ({"max_images": 2.5}, "--max-images 2.5: give a whole number"),
         ({"severities": [1, 7]}, "--severities '1,7': severities run from 1 to 5"),
         ({"corruptions": [3]}, "--corruptions [3]: give names or groups as strings"),

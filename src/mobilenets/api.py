@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mobilenets.core.errors import MobilenetsError, check_number
+from mobilenets.core.errors import MobilenetsError, check_number, split_items
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.training.options import TrainOptions
 
@@ -156,6 +156,8 @@ class Run:
 
         check_keywords(options, quantize_run, set_here=("run_dir", "method", "report"), what="Run.quantize")
         check_switch(write_report, "write_report")
+        if write_report:
+            _check_report(self.path)
         log.info("quantizing to int8 …")
         figures = quantize_run(self.path, method, report=_log_line, **options)
         self.directory.merge_metrics(figures)
@@ -187,6 +189,8 @@ class Run:
         check_keywords(options, export_model, set_here=("source", "format", "int8", "out", "report"), what="Run.export")
         if options.get("data") is not None:
             options["data"] = as_path(options["data"], "data")
+        if write_report:
+            _check_report(self.path)
         result = export_model(
             source=model_source(run_dir=self.path),
             format=format,
@@ -248,10 +252,8 @@ def robustness(run: Run | Path | str, **options: Any) -> dict:
     reserved = sorted({"run_dir", "log"} & set(options))
     if reserved:  # set here from `run` and the logger
         raise MobilenetsError(f"unknown robustness option(s) {', '.join(reserved)}; pass the run as the first argument")
-    from mobilenets.reporting.run_report import check_report
-
     run = run if isinstance(run, Run) else load_run(run)
-    check_report(run.path)  # the report is refreshed at the end: a damaged run file is said before measuring
+    _check_report(run.path)
     result = robustness_report(run_dir=run.path, log=_log_line, **options)
     run.report()
     return result.result
@@ -288,11 +290,18 @@ def export_formats(text: str | None) -> list[str]:
         raise MobilenetsError(f"--export must be format names, comma-separated (\"onnx,tflite\") or a list, got {text!r}")
     from mobilenets.deployment.formats import EXPORT_FORMATS
 
-    formats = [name.strip() for name in text.split(",") if name.strip()]
+    formats = split_items(text, "--export", what="format names", example="onnx,tflite")
     unknown = [name for name in formats if name not in EXPORT_FORMATS]
     if unknown:
         raise MobilenetsError(f"--export {text}: unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
     return formats
+
+
+def _check_report(run_dir: Path) -> None:
+    """The report is refreshed after the work: a run file it cannot read is said before that work."""
+    from mobilenets.reporting.run_report import check_report
+
+    check_report(run_dir)
 
 
 def as_path(value: object, what: str) -> Path:

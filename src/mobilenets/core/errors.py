@@ -51,7 +51,8 @@ def check_number(
 
 def split_items(text: str, option: str, *, what: str, example: str) -> list[str]:
     """The comma-separated items of ``text``, stripped. Nothing at all, or an empty item (``a,,b``, a
-    trailing comma), is refused in one line rather than dropped: every command's comma-separated lists share it."""
+    trailing comma), is refused in one line rather than dropped; the options that take comma-separated lists
+    (``--batch``, ``--models``, ``--widths``, ``--resolutions``, ``--corruptions``, ``--export``) share it."""
     parts = [part.strip() for part in text.split(",")]
     if not any(parts):
         raise MobilenetsError(f"{option} {text!r}: give at least one value, e.g. {example}")

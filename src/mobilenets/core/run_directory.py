@@ -282,8 +282,12 @@ REPAIRS: dict[str, str] = {
         "where the command takes it"
     ),
     **dict.fromkeys(
-        (RunDirectory.EVALUATION, RunDirectory.SKIPPED, RunDirectory.LEAKAGE, RunDirectory.EPOCHS),
+        (RunDirectory.EVALUATION, RunDirectory.SKIPPED, RunDirectory.EPOCHS),
         "the report leaves it out; restore it from a copy of the run, or delete it (only the report shows it)",
+    ),
+    RunDirectory.LEAKAGE: (
+        "the report and the diagnosis leave it out; restore it from a copy of the run, or delete it (only they "
+        "use it)"
     ),
 }
 

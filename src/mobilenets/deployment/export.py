@@ -162,6 +162,8 @@ def export_model(
     does not apply (a budget outside tflite-micro, calibration without int8) is refused, not ignored.
     """
     check_export_options(format, int8, check_images, calibration_images, ram_kb, flash_kb)
+    if source.run_dir is not None:  # the export is recorded in its metrics.json once the files are written
+        RunDirectory(source.run_dir).check_readable(RunDirectory.METRICS)
     request = ExportRequest(
         out=out,
         int8=int8,

@@ -106,7 +106,7 @@ def _conv_op(kind: int, block: ConvBNAct, **extra) -> Op:
 
 
 def plan(model: nn.Module) -> list[Op]:
-    """The ops of a BN-folded MobileNet (``quantization.fold_batchnorm``), in order: every family's blocks."""
+    """The ops of a BN-folded MobileNet (``models.fusion.fold_batchnorm``), in order: every family's blocks."""
     ops = [_conv_op(STEM, model.stem)]
     for block in model.blocks:
         if isinstance(block, InvertedResidual):

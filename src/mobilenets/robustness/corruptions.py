@@ -53,7 +53,7 @@ from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 from scipy import ndimage
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, split_items
 
 SEVERITIES = (1, 2, 3, 4, 5)
 # Largest side that still uses the CIFAR-10-C table: Fashion-MNIST-, CIFAR- and Tiny-ImageNet-sized inputs.
@@ -608,8 +608,13 @@ def parse_corruptions(text: str | list[str] | None) -> tuple[str, ...]:
     items = list(text) if isinstance(text, (list, tuple)) else [text]
     if not all(isinstance(item, str) for item in items):
         raise MobilenetsError(f"--corruptions {text!r}: give names or groups as strings, e.g. 'common' or 'fog,snow'")
+    if not any(part.strip() for piece in items for part in piece.split(",")):
+        raise MobilenetsError(
+            f"--corruptions {' '.join(items)!r}: name at least one corruption or group (all, common, noise, …)"
+        )
     names: list[str] = []
-    for item in (part.strip() for piece in items for part in piece.split(",") if part.strip()):
+    parts = [part for piece in items for part in split_items(piece, "--corruptions", what="names", example="fog,snow")]
+    for item in parts:
         if item == "all":
             names += ALL_CORRUPTIONS
         elif item == "common":
@@ -620,10 +625,6 @@ def parse_corruptions(text: str | list[str] | None) -> tuple[str, ...]:
             names += [n for n, c in CORRUPTION_TABLE.items() if c.group == item]
         else:
             names.append(_lookup(item).name)
-    if not names:
-        raise MobilenetsError(
-            f"--corruptions {' '.join(items)!r}: name at least one corruption or group (all, common, noise, …)"
-        )
     return tuple(dict.fromkeys(names))
 
 

@@ -195,16 +195,6 @@ def check_out_folder(out: Path) -> None:
     check_writable(out, "--out", create=False)  # a read-only place, before any candidate trains
 
 
-def check_seed(seed: object) -> None:
-    """The seeds ``mobilenets train`` takes, in its words: checked before any candidate is measured."""
-    from mobilenets.core.errors import check_number
-    from mobilenets.training.options import SEED_LIMIT
-
-    check_number("--seed", seed, at_least=0, whole=True)
-    if seed >= SEED_LIMIT:
-        raise MobilenetsError(f"--seed {seed}: give a whole number from 0 to {SEED_LIMIT - 1}")
-
-
 def summarize_data(data: Path, val: Path | None) -> DataSummary:
     from PIL import Image
 
@@ -294,11 +284,11 @@ def weights_floor_bytes(model: str, width: float, num_classes: int, int8: bool) 
 def read_outcome(run_dir: Path, *, seconds: float, error: str | None = None) -> TrainOutcome:
     run = RunDirectory(run_dir)
     try:
-        metrics = json.loads(run.metrics_path.read_text())
-    except (OSError, ValueError):
+        metrics = run.metrics()
+    except MobilenetsError:  # a candidate's damaged metrics.json: the candidate failed, not the search
         metrics = {}
     accuracy = metrics.get("best_val_accuracy")
-    complete = accuracy is not None and run.is_complete() and error is None
+    complete = accuracy is not None and bool(metrics.get("complete")) and error is None
     return TrainOutcome(
         accuracy=accuracy,
         seconds=seconds,
@@ -454,6 +444,8 @@ class Search:
 
     def prepare(self) -> None:
         """Data summary and the profiled grid (or the saved state of an interrupted search)."""
+        from mobilenets.training.options import check_seed
+
         check_target(self.settings.target)
         check_seed(self.settings.seed)
         check_out_folder(self.out)

@@ -22,9 +22,9 @@ from mobilenets.training.options import (
     NON_NEGATIVE,
     POSITIVE,
     RESUME_MAY_CHANGE,
-    SEED_LIMIT,
     WHOLE_NUMBERS,
     TrainOptions,
+    check_seed,
     flag_of,
     teacher_sources,
     type_problem,
@@ -62,8 +62,7 @@ def check_values(options: TrainOptions) -> None:
         check_number(flag, getattr(options, name), above=0, whole=name in WHOLE_NUMBERS)
     for name, flag in NON_NEGATIVE.items():
         check_number(flag, getattr(options, name), at_least=0, whole=name in WHOLE_NUMBERS)
-    if options.seed >= SEED_LIMIT:
-        raise MobilenetsError(f"--seed {options.seed}: give a whole number from 0 to {SEED_LIMIT - 1}")
+    check_seed(options.seed)
     if options.resolution not in (None, "auto"):
         from mobilenets.models.preprocessing import check_resolution
 

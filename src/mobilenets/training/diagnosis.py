@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mobilenets.core.console import warn
+from mobilenets.core.errors import MobilenetsError
 from mobilenets.core.run_directory import RunDirectory
 from mobilenets.training.options import teacher_sources
 
@@ -632,8 +634,10 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run: RunDirectory) -> lis
 
     config, state = trainer.config, trainer.state
     leakage = {}
-    if (run / RunDirectory.LEAKAGE).exists():
-        leakage = run.read_json(RunDirectory.LEAKAGE)
+    try:
+        leakage = run.read_json(RunDirectory.LEAKAGE, {})
+    except MobilenetsError as damaged:  # only advice depends on it: the finished training is not refused over it
+        warn(str(damaged))
     val = trainer.val_data
     probabilities = []
     model = best.eval()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from mobilenets.core.errors import MobilenetsError
+from mobilenets.core.errors import MobilenetsError, check_number
 
 # Each optimizer's weight decay when --weight-decay is not given: AdamW's decoupled decay (Loshchilov &
 # Hutter 2019) works at a much larger value than the L2 penalty RMSprop and SGD add to the gradient;
@@ -231,3 +231,11 @@ NON_NEGATIVE = {
 }
 # NumPy's and PyTorch's generators take seeds below 2**32 (NumPy's legacy RandomState) and 2**63.
 SEED_LIMIT = 2**32
+
+
+def check_seed(seed: object) -> None:
+    """A seed as every command takes it (``train``, ``search``): a whole number from 0 to 2**32 - 1."""
+    if seed is not None:
+        check_number("--seed", seed, at_least=0, whole=True)
+    if seed is None or seed >= SEED_LIMIT:
+        raise MobilenetsError(f"--seed {seed}: give a whole number from 0 to {SEED_LIMIT - 1}")

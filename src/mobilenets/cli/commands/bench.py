@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilenets.core.errors import MobilenetsError, check_number, split_items
+from mobilenets.core.settings import usable_cpu_count
 from mobilenets.deployment.timing import Timing, time_engines
 
 __all__ = ["Timing", "measure", "parse_batches"]
@@ -86,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     check_number("--warmup", args.warmup, at_least=0, whole=True)
     check_number("--threads", args.threads, at_least=1, whole=True, example=2)  # 0 would silently mean "all cores"
     check_target_options(args)
-    threads = args.threads or os.cpu_count() or 1
-    if threads > (cores := os.cpu_count() or 1):
+    cores = usable_cpu_count()  # the affinity mask's, as a container or cpuset gives them
+    threads = args.threads or cores
+    if threads > cores:
         # Oversubscribed threads wait on each other: the figures would time the scheduler, not the model.
         print(
             f"warning: --threads {threads} is more than this machine's {cores} cores; the timings will be slower "

@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     check_export_options(args.format, args.int8, args.check_images, args.calibration, args.ram_kb, args.flash_kb)
     source = source_from_args(args)
     if source.run_dir is not None:  # its metrics.json and report.html record the export, wherever --out is
+        from mobilenets.reporting.run_report import check_report
+
         check_writable(source.run_dir, "RUN_DIR", create=False)
+        check_report(source.run_dir)
     export_model(
         source=source,
         format=args.format,

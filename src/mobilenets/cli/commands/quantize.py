@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
             f"{source.run_dir} carries its own architecture, width and classes"
         )
     if args.data is None and run_split(source.run_dir) is not None:
+        from mobilenets.reporting.run_report import check_report
+
+        check_report(source.run_dir)  # the report is refreshed after the work: a damaged run file is said first
         result = quantize_run(source.run_dir, max_val_images=args.max_val, **common)
         from mobilenets.api import Run
 

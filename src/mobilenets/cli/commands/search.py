@@ -49,7 +49,8 @@ def settings_from(args: argparse.Namespace):
     """Every argument checked (one line each, before anything is written), as the search's settings."""
     from mobilenets.models.registry import list_models
     from mobilenets.search.candidates import FAMILIES, Budget, check_grid, parse_duration, parse_list, parse_names
-    from mobilenets.search.runner import SearchSettings, check_data_folder, check_out_folder, check_seed
+    from mobilenets.search.runner import SearchSettings, check_data_folder, check_out_folder
+    from mobilenets.training.options import check_seed
 
     for flag, value, example in (("--max-latency-ms", args.max_latency_ms, 10), ("--max-flash-kb", args.max_flash_kb, 1500),
                                  ("--max-ram-kb", args.max_ram_kb, 256)):  # fmt: skip

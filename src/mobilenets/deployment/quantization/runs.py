@@ -71,6 +71,7 @@ def quantize_run(
     run = RunDirectory(run_dir)
     run_dir = run.path
     run.require(RunDirectory.MODEL, needed_by="quantize")
+    run.check_readable(RunDirectory.METRICS)  # the figures are merged into it at the end, after minutes of work
     out = run.onnx_int8 if out is None else int8_out_path(out, fp32=run.onnx)
     split = read_split(run_dir)
     # Both are written after minutes of work: a read-only place must be found out first, without making
