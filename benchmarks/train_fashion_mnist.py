@@ -93,9 +93,9 @@ SETTINGS = {
         *["--augment", "light", "--no-flip", "--crop-scale", "0.81"],
         *["--model", "mobilenet_v2", "--resolution", "64", "--epochs", "10", "--recipe", "auto"],
     ],
-    # On a CPU with AMX (bf16 epochs 1.55x faster at 64 px) the half hour holds 15 epochs: mild crops without
-    # flips and mixup 0.2 against their overfitting. 95.23% vs 94.90% for `pretrained-v2-30min`'s settings on
-    # 12,000 held-out training images (48,000 trained on); chosen on those, not on the test images.
+    # On a CPU with AMX (bf16 epochs 1.55x faster at 64 px): 15 epochs, with mild crops without flips and mixup
+    # 0.2 against their overfitting. 95.23% vs 94.90% for `pretrained-v2-30min`'s settings on 12,000 held-out
+    # training images (chosen on those); 95.23% on the test images, but in 32.8 min on the 2-core AMX Xeon.
     "pretrained-v2-30min-amx": [
         *["--precision", "auto", "--batch-size", "128"],
         *["--augment", "light", "--no-flip", "--crop-scale", "0.81", "--mixup", "0.2"],

@@ -561,7 +561,8 @@ def test_a_training_stopped_at_its_timeout_is_told_apart(tmp_path):
     request = TrainRequest(model="mobilenet_v3_small", width=0.25, resolution=32, epochs=1, weights=None,
                            run_dir=tmp_path / "run", data=EXAMPLES, timeout_s=0.2)  # fmt: skip
     outcome = subprocess_trainer(request)
-    assert outcome.timed_out and not outcome.complete and outcome.train_seconds is None
+    # (How far it got before the stop depends on the machine: an epoch of 400 images may have finished.)
+    assert outcome.timed_out and not outcome.complete
     assert outcome.error.startswith("stopped at the time budget")
 
 
