@@ -121,6 +121,7 @@ def test_a_file_already_replaced_keeps_its_new_row_when_the_next_one_fails(run_d
     assert content(run_dir / "model_int8.tflite") == "earlier int8" and hidden(run_dir) == []
 
 
+@pytest.mark.slow  # a real LiteRT export and check (~25 s); the fake-exporter variants above stay in CI
 def test_ctrl_c_in_the_real_litert_check_keeps_the_earlier_file(tmp_path, monkeypatch):
     pytest.importorskip("litert_torch")
     from mobilenets.deployment import litert

@@ -87,6 +87,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert len((tmp_path / "ddp" / "epochs.csv").read_text().strip().splitlines()) == 3
 
 
+@pytest.mark.slow  # two torchrun jobs (~25 s); the two-process equivalence test stays in CI
 def test_killing_a_rank_stops_the_job_clearly_and_resume_continues_with_another_world_size(tmp_path):
     run_dir = tmp_path / "run"
     command = [*TORCHRUN, "2", "-m", "mobilenets", "train", *FINE_TUNE, "--epochs", "3", "--batch-size", "8",

@@ -123,18 +123,18 @@ def test_evaluate_and_predict_give_the_same_answers_in_both_engines(run_dir, cap
             assert abs(a["probability"] - b["probability"]) < 1e-4
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--model", "mobilenet_v2"), ("--width", "0.5")])
-def test_predict_refuses_an_architecture_option_an_onnx_file_fixes(run_dir, tmp_path, capsys, flag, value):
+def test_predict_refuses_an_architecture_option_an_onnx_file_fixes(run_dir, tmp_path, capsys):
     # They were silently ignored: the file's own architecture ran, as bench already said of the same pairing.
     onnx_file = tmp_path / "model.onnx"
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(onnx_file)]) == 0
     image = str(sorted((WORK / "inference-data").rglob("*.png"))[0])
     capsys.readouterr()
-    assert main(["predict", image, "--weights", str(onnx_file), flag, value]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"mobilenets predict: error: {flag}: {onnx_file} is an ONNX file with its own architecture and width; drop "
-        f"{flag}, or predict with the weights it was exported from"
-    )
+    for flag, value in (("--model", "mobilenet_v2"), ("--width", "0.5")):
+        assert main(["predict", image, "--weights", str(onnx_file), flag, value]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"mobilenets predict: error: {flag}: {onnx_file} is an ONNX file with its own architecture and width; "
+            f"drop {flag}, or predict with the weights it was exported from"
+        )
     assert main(["predict", image, "--weights", str(onnx_file), "--top", "7"]) == 0
     captured = capsys.readouterr()
     assert "--top 7: the model has 3 classes; showing all 3" in captured.err

@@ -70,6 +70,7 @@ def test_json_records_an_int8_latency(capsys):
     assert data["latency_runtime"] == "onnx" and data["latency_int8"] is True and data["latency_ms"] > 0
 
 
+@pytest.mark.slow  # a LiteRT export for its latency (~16 s)
 def test_a_device_latency_keeps_the_toolchains_import_chatter_off_the_console():
     import subprocess
     import sys

@@ -599,6 +599,7 @@ def test_profile_measures_latency_for_a_width_and_resolution(capsys):
     assert data["latency_int8"] is False
 
 
+@pytest.mark.slow  # trains and quantizes a candidate (~17 s)
 def test_the_measured_int8_size_is_a_trained_models_not_an_untrained_ones(tmp_path):
     import numpy as np
     import torch

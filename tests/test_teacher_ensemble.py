@@ -71,6 +71,7 @@ def teachers(tmp_path_factory):
     return folder / "seed0", folder / "seed1"
 
 
+@pytest.mark.slow  # trains a taught student end to end (~38 s); the ensemble's unit tests stay in CI
 def test_an_ensemble_teaches_a_student_and_is_recorded(tmp_path, teachers, capsys):
     same_split, other_split = teachers
     out = tmp_path / "student"
