@@ -154,7 +154,7 @@ class RunDirectory:
             raise damaged_file(path, "empty" if not text.strip() else f"not valid JSON: {error.msg}{where}") from None
         except ValueError as error:  # a number too long to convert, say
             raise damaged_file(path, f"not valid JSON: {error}") from None
-        expected = JSON_TYPES.get(name, dict if _is_weights_metadata(path) else None)
+        expected = JSON_TYPES.get(name)
         if expected is not None and not isinstance(value, expected):
             raise damaged_file(path, f"{json_kind(value)} where {json_kind(expected())} belongs")
         return value
@@ -295,8 +295,7 @@ REPAIRS: dict[str, str] = {
 def damaged_file(path: Path, problem: str | OSError) -> MobilenetsError:
     """The one line for a damaged or unreadable file of a run, ``PATH: PROBLEM; FIX``: ``problem`` says what
     is wrong with the content (or is the OSError that stopped reading it), the fix is the one true for the
-    file (``REPAIRS``; the metadata beside a .safetensors file can also be deleted: the copy inside the
-    weights file is then used)."""
+    file (``REPAIRS``). A weights file's metadata (``model.json``) is ``read_checkpoint``'s to refuse."""
     path = Path(path)
     if isinstance(problem, IsADirectoryError):
         described = "a folder, not a file"
@@ -306,19 +305,9 @@ def damaged_file(path: Path, problem: str | OSError) -> MobilenetsError:
         described = f"damaged ({problem})"
     if isinstance(problem, PermissionError):
         fix = "make it readable (chmod u+r), or run as its owner"
-    elif _is_weights_metadata(path):
-        fix = (
-            f"restore it from the run's copy, or delete {path.name} to use the metadata inside "
-            f"{path.with_suffix('.safetensors').name}"
-        )
     else:
         fix = REPAIRS.get(path.name, "restore it from a copy of the run")
     return MobilenetsError(f"{path}: {described}; {fix}")
-
-
-def _is_weights_metadata(path: Path) -> bool:
-    """``model.json``, ``last.json``: the metadata ``save_weights`` writes beside each weights file."""
-    return path.suffix == ".json" and path.with_suffix(".safetensors").exists()
 
 
 def json_kind(value: Any) -> str:
