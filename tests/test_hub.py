@@ -232,8 +232,15 @@ def test_weights_auto_picks_a_published_checkpoint_or_says_why_not():
 
     assert default_published("mobilenet_v2").name == "mobilenet_v2.tv_in1k"  # the installed offline copy
     assert default_published("mobilenet_v3_small").name is not None
-    narrow = default_published("mobilenet_v3_small", 0.75)
-    assert narrow.name is None and "width 1.0" in narrow.reason
+    # Each width has its own checkpoint: the tensor shapes differ.
+    assert default_published("mobilenet_v3_small", 0.75).name == "mobilenet_v3_small_075.timm_lamb_in1k"
+    assert default_published("mobilenet_v2", 0.5).name == "mobilenet_v2_050.timm_lamb_in1k"
+    assert default_published("mobilenet_v2", 1.4).name == "mobilenet_v2_140.timm_ra_in1k"
+    narrow = default_published("mobilenet_v3_small", 0.5)
+    assert narrow.name is None
+    assert "published only at width 0.75 and 1, not 0.5" in narrow.reason
+    assert "--width 0.75 to fine-tune mobilenet_v3_small_075.timm_lamb_in1k" in narrow.reason
+    assert "published only at width 1, not 0.75" in default_published("mobilenet_v3_large", 0.75).reason
     assert default_published("mobilenet_v3_small_minimal").name is None
 
 
@@ -248,14 +255,16 @@ def test_weights_auto_falls_back_to_scratch_with_one_loud_line(tmp_path, monkeyp
         assert resolve_initial_weights("auto", model="mobilenet_v2", width=1.0) == "mobilenet_v2.tv_in1k"
         assert resolve_initial_weights("auto", model="mobilenet_v3_small", width=1.0) is None
         assert resolve_initial_weights("auto", model="mobilenet_v3_small", width=0.75) is None
+        assert resolve_initial_weights("auto", model="mobilenet_v3_small", width=0.5) is None
         assert resolve_initial_weights("none", model="mobilenet_v2", width=1.0) is None
         assert resolve_initial_weights("run/model.safetensors", model="mobilenet_v2", width=1.0) == (
             "run/model.safetensors"
         )
     loud = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(loud) == 2 and all(message.startswith("TRAINING FROM SCRATCH") for message in loud)
+    assert len(loud) == 3 and all(message.startswith("TRAINING FROM SCRATCH") for message in loud)
     assert "place it at" in loud[0] and str(tmp_path) in loud[0]
-    assert "width 1.0" in loud[1]
+    assert "mobilenet_v3_small_075.timm_lamb_in1k is not available" in loud[1]
+    assert "published only at width 0.75 and 1, not 0.5" in loud[2]
 
 
 # --------------------------------------------------------------------------------------------------

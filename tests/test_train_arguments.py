@@ -154,6 +154,19 @@ def test_width_from_the_user_that_contradicts_the_weights_is_refused(narrow_weig
     assert choose_architecture("auto", model=None, width=None) == ("mobilenet_v3_small", 1.0)
 
 
+def test_a_published_name_brings_its_width_and_another_width_is_refused():
+    name = "mobilenet_v3_small_075.timm_lamb_in1k"
+    assert choose_architecture(name, model=None, width=None) == ("mobilenet_v3_small", 0.75)
+    assert choose_architecture(name, model="mobilenet_v3_small", width=0.75) == ("mobilenet_v3_small", 0.75)
+    with pytest.raises(MobilenetsError) as refused:
+        choose_architecture(name, model=None, width=1.0)
+    assert str(refused.value) == (
+        f"--width 1: --weights {name} is published at width 0.75; drop --width, pass --width 0.75, or pass a "
+        "checkpoint of width 1 (--weights FILE)"
+    )
+    assert choose_architecture("mobilenet_v2.tv_in1k", model=None, width=None) == ("mobilenet_v2", 1.0)
+
+
 def test_a_relative_weights_path_is_recorded_absolute_so_resume_works_from_anywhere(
     narrow_weights, tmp_path, monkeypatch, capsys
 ):

@@ -74,6 +74,40 @@ def test_timm_checkpoints_load_identically(timm, tmp_path, timm_name, name):
         assert torch.equal(reference.forward_features(x), ours.forward_features(x))
 
 
+@pytest.mark.parametrize(
+    ("timm_name", "name"),
+    [
+        ("mobilenetv3_small_075", "mobilenet_v3_small_075.timm_lamb_in1k"),
+        ("mobilenetv2_050", "mobilenet_v2_050.timm_lamb_in1k"),
+        ("mobilenetv2_140", "mobilenet_v2_140.timm_ra_in1k"),
+    ],
+)
+def test_published_checkpoints_of_other_widths_load_at_their_width(timm, tmp_path, monkeypatch, timm_name, name):
+    """A published name builds the network at the width it was trained at, without --width, and loads exactly."""
+    import dataclasses
+
+    from mobilenets.models import weights
+
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_name)
+    randomize_batchnorm(reference)
+    published = PUBLISHED_WEIGHTS[name]
+    monkeypatch.setenv("MOBILENETS_HOME", str(tmp_path))
+    cached = tmp_path / "weights" / published.filename
+    cached.parent.mkdir()
+    torch.save(reference.state_dict(), cached)
+    # The real file's hash prefix is published; this one is timm's module with random weights.
+    monkeypatch.setitem(
+        weights.PUBLISHED_WEIGHTS, name, dataclasses.replace(published, sha256_prefix=sha256_of(cached)[:8])
+    )
+    ours = load_model(name)
+    assert ours.architecture.options["width"] == published.width
+    assert ours.metadata.published == name
+    assert_identical_outputs(reference, ours)
+    with pytest.raises(WeightsError, match="expects"):
+        load_model(name, width=1.0)  # another width has other shapes: refused, never half-loaded
+
+
 @pytest.mark.parametrize("oracle", ["timm", "torchvision"])
 def test_safetensors_checkpoints_are_read_in_module_order(timm, torchvision_models, oracle):
     """safetensors files list tensors sorted by name (blocks.* before conv_stem), not in the order the

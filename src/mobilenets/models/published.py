@@ -24,6 +24,8 @@ class PublishedWeights:
     # torchvision names files ``<arch>-<first 8 hex digits of sha256>.pth``: a checkable prefix.
     sha256_prefix: str | None = None
     options: dict = field(default_factory=dict)
+    # The width multiplier it was trained at: the tensor shapes hold it, so it loads only at that width.
+    width: float = 1.0
     # Packages that ship the same file for offline machines: (import name, path inside the package).
     offline_copies: tuple[tuple[str, str], ...] = ()
 
@@ -136,6 +138,39 @@ PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
             sha256_prefix="266a294c",
             options={"bn_eps": 1e-5},
         ),
+        # timm's narrower and wider networks, at widths the papers report (V2: 0.5, 1.4; V3-Small: 0.75). Each
+        # loads exactly into this package's network at that width (tested against timm's own modules).
+        PublishedWeights(
+            "mobilenet_v3_small_075.timm_lamb_in1k",
+            "mobilenet_v3_small",
+            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv3_small_075_lambc-384766db.pth",
+            "timm",
+            65.28,
+            _TIMM_TEST,
+            sha256_prefix="384766db",
+            options={"bn_eps": 1e-5},
+            width=0.75,
+        ),
+        PublishedWeights(
+            "mobilenet_v2_050.timm_lamb_in1k",
+            "mobilenet_v2",
+            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_050-3d30d450.pth",
+            "timm",
+            65.93,
+            _TIMM_TEST,
+            sha256_prefix="3d30d450",
+            width=0.5,
+        ),
+        PublishedWeights(
+            "mobilenet_v2_140.timm_ra_in1k",
+            "mobilenet_v2",
+            "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/mobilenetv2_140_ra-21a4e913.pth",
+            "timm",
+            76.53,
+            _TIMM_TEST,
+            sha256_prefix="21a4e913",
+            width=1.4,
+        ),
     )
 }
 
@@ -155,24 +190,33 @@ class DefaultWeights:
 def default_published(architecture: str, width: float = 1.0) -> DefaultWeights:
     """The published ImageNet checkpoint ``--weights auto`` fine-tunes, or None with the reason.
 
-    A checkpoint with an offline copy installed comes first (no download), then the highest ImageNet
-    top-1. Published checkpoints exist only at width 1.0: a narrower network has other tensor shapes.
+    Only a checkpoint of this width fits: a narrower or wider network has other tensor shapes. Among
+    those, one with an offline copy installed comes first (no download), then the highest ImageNet top-1.
     """
     candidates = [w for w in PUBLISHED_WEIGHTS.values() if w.architecture == architecture]
     if not candidates:
         return DefaultWeights(None, f"no ImageNet checkpoint is published for {architecture}")
-    if width != 1.0:
+    at_width = [w for w in candidates if w.width == width]
+    if not at_width:
+        listed = " and ".join(f"{w:g}" for w in published_widths(architecture))
+        nearest = min(candidates, key=lambda w: (abs(w.width - width), -(w.top1 or 0.0)))
         return DefaultWeights(
             None,
-            f"ImageNet checkpoints of {architecture} are published only at width 1.0, not {width:g} "
-            f"(pass --width 1.0 to fine-tune {candidates[0].name}, or --weights FILE with a checkpoint of this width)",
+            f"ImageNet checkpoints of {architecture} are published only at width {listed}, "
+            f"not {width:g} (pass --width {nearest.width:g} to fine-tune {nearest.name}, or --weights FILE with a "
+            "checkpoint of this width)",
         )
 
     def installed(published: PublishedWeights) -> bool:
         return any(offline_copy(package, inner) is not None for package, inner in published.offline_copies)
 
-    best = max(candidates, key=lambda w: (installed(w), w.top1 or 0.0))
+    best = max(at_width, key=lambda w: (installed(w), w.top1 or 0.0))
     return DefaultWeights(best.name, f"the ImageNet checkpoint {best.name} (top-1 {best.top1:g}%)")
+
+
+def published_widths(architecture: str) -> list[float]:
+    """The widths at which ImageNet checkpoints of ``architecture`` are published, narrowest first."""
+    return sorted({w.width for w in PUBLISHED_WEIGHTS.values() if w.architecture == architecture})
 
 
 def offline_copy(package: str, inner: str) -> Path | None:

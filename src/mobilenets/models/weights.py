@@ -127,7 +127,8 @@ def published_tensor_problem(path: Path, published: PublishedWeights) -> str | N
     try:
         layout = detect_layout(state_dict)
         options = {**LAYOUT_OPTIONS.get((layout, published.architecture), {}), **published.options}
-        model = MobileNet(get_architecture(published.architecture, 1.0, **options), classifier_classes(state_dict))
+        architecture = get_architecture(published.architecture, published.width, **options)
+        model = MobileNet(architecture, classifier_classes(state_dict))
         convert_state_dict(state_dict, model, source)
     except WeightsError as error:
         detail = str(error).removeprefix(f"{source}: ").split("; ")[0]
@@ -630,6 +631,7 @@ def load_model(
         options = {**saved, **options}
     elif published is not None:
         name = name or published.architecture
+        width = published.width if width is None else width
         options = {**published.options, **options}
     if name is None:
         raise WeightsError(f"{path}: a {layout} checkpoint does not say its architecture; pass --model NAME")

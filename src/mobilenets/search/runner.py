@@ -241,7 +241,7 @@ def available_weights(model: str, width: float) -> str | None:
         return None
     published = PUBLISHED_WEIGHTS[choice.name]
     for name, entry in [(choice.name, published)] + [
-        (n, w) for n, w in PUBLISHED_WEIGHTS.items() if w.architecture == model and n != choice.name
+        (n, w) for n, w in PUBLISHED_WEIGHTS.items() if (w.architecture, w.width) == (model, width) and n != choice.name
     ]:
         if (cache_dir() / entry.filename).exists():
             return name

@@ -280,12 +280,12 @@ def choose_architecture(weights: str | None, *, model: str | None, width: float 
                 f"--weights {weights} holds a {published.architecture} model, not {model}; drop --model or pass "
                 f"--model {published.architecture}"
             )
-        if width not in (None, 1.0):
+        if width not in (None, published.width):
             raise MobilenetsError(
-                f"--weights {weights} is published at width 1.0, not {width:g}; drop --width, or pass a checkpoint "
-                "of that width (--weights FILE)"
+                f"--width {width:g}: --weights {weights} is published at width {published.width:g}; drop --width, pass "
+                f"--width {published.width:g}, or pass a checkpoint of width {width:g} (--weights FILE)"
             )
-        return published.architecture, 1.0
+        return published.architecture, published.width
     from mobilenets.models.weights import read_checkpoint as read_weights
 
     _, metadata = read_weights(weights)

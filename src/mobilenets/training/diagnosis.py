@@ -129,7 +129,7 @@ class RunFacts:
     cuda_available: bool = False
     precision: str | None = None  # the training precision in use: float32, bfloat16, float16
     confident_mistakes: tuple[ConfidentMistake, ...] = ()
-    # From scratch at width 1.0: the published checkpoint --weights auto would use, when it is neither cached
+    # From scratch: the published checkpoint --weights auto would use at this width, when it is neither cached
     # nor installed offline (config.json cannot tell a failed --weights auto from --weights none; this can).
     auto_weights_missing: str | None = None
 
@@ -521,18 +521,20 @@ def slow_training(facts: RunFacts) -> Finding | None:
 
 def _pretrained_advice(facts: RunFacts) -> str:
     """Where pretrained weights for this run would come from (it trained from scratch)."""
-    from mobilenets.models.published import default_published
+    from mobilenets.models.published import published_widths
 
-    if default_published(facts.model, 1.0).name is None:
+    widths = published_widths(facts.model)
+    if not widths:
         return (
             f"start from pretrained weights: no ImageNet checkpoint is published for {facts.model}, so --weights auto "
             "trains it from scratch; pass a checkpoint file of this model (--weights FILE), or pick a model that "
             "has one (--model mobilenet_v3_small, mobilenet_v3_large, mobilenet_v2)"
         )
-    if facts.width != 1.0:
+    if facts.width not in widths:
+        listed = " or ".join(f"{w:g}" for w in widths)
         return (
-            "start from pretrained ImageNet weights (--weights auto, the default) at --width 1.0 (checkpoints exist "
-            f"only there; this run: {facts.width:g}): they learn from few images"
+            f"start from pretrained ImageNet weights (--weights auto, the default) at --width {listed} (checkpoints "
+            f"exist only there; this run: {facts.width:g}): they learn from few images"
         )
     if facts.auto_weights_missing:
         return (

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     weights = {
-        name: {"architecture": w.architecture, "layout": w.layout, "top1": w.top1, "url": w.url}
+        name: {"architecture": w.architecture, "width": w.width, "layout": w.layout, "top1": w.top1, "url": w.url}
         for name, w in PUBLISHED_WEIGHTS.items()
     }
     if args.json:
@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     print("Architectures:", ", ".join(list_models()))
     print("Published weights (--weights NAME; downloaded into the cache, sha256 checked):")
     for name, info in weights.items():
-        print(f"  {name:36s} {info['layout']:12s} top-1 {info['top1']}")
+        print(f"  {name:38s} width {info['width']:<4g} {info['layout']:12s} top-1 {info['top1']}")
     return 0

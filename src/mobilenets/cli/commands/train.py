@@ -90,7 +90,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dropout", type=float, help="classifier dropout (default: the architecture's, 0.2 for V2/V3)")
     parser.add_argument(
         "--weights",
-        help="auto (default): the ImageNet checkpoint published for --model at width 1.0, downloaded once "
+        help="auto (default): the ImageNet checkpoint published for --model at --width, downloaded once "
         "(scratch, with a warning, when there is none or it cannot be fetched); none: from scratch; or a run dir, "
         f"a file, or a published name: {', '.join(list_weights())}",
     )
