@@ -33,13 +33,17 @@ def test_a_name_with_no_close_match_lists_the_architectures(name):
         create_model(name)
 
 
-@pytest.mark.parametrize("width", [0, -0.5, math.nan, math.inf, "0.5", True, None])
+@pytest.mark.parametrize("width", [0, -0.5, math.nan, math.inf, "0.5", True])
 def test_a_width_that_is_not_a_positive_number_is_refused(width):
     with pytest.raises(MobilenetsError) as caught:
         create_model("mobilenet_v2", width=width)
     assert str(caught.value) == (
         f"width {width!r}: give a finite number > 0 (the width multiplier; 1.0 is the paper's network), e.g. width=0.5"
     )
+
+
+def test_no_width_is_the_checkpoints_or_the_papers_network():
+    assert create_model("mobilenet_v2", width=None).architecture.options["width"] == 1.0
 
 
 def test_a_width_too_narrow_for_mobilenet_v1_names_the_smallest():

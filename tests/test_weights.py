@@ -102,6 +102,7 @@ def test_published_checkpoints_of_other_widths_load_at_their_width(timm, tmp_pat
     )
     ours = load_model(name)
     assert ours.architecture.options["width"] == published.width
+    assert create_model(published.architecture, weights=name).architecture.options["width"] == published.width
     assert ours.metadata.published == name
     assert_identical_outputs(reference, ours)
     with pytest.raises(WeightsError, match="expects"):

@@ -12,7 +12,7 @@ from mobilenets.models.registry import get_architecture
 def create_model(
     name: str,
     num_classes: int | None = None,
-    width: float = 1.0,
+    width: float | None = None,
     weights: str | Path | None = None,
     **options: Any,
 ) -> MobileNet:
@@ -22,12 +22,14 @@ def create_model(
     architecture; layouts are converted and shapes checked) or a name from ``list_weights()``.
     ``num_classes`` defaults to the checkpoint's (1000 without weights); when it differs from the
     checkpoint's, the backbone is loaded and a fresh classifier is made (fine-tuning); 0 builds no classifier.
+    ``width`` defaults to the checkpoint's (a published name's, or the one our format records), else 1.0.
     ``options`` are the architecture's own (e.g. ``dropout``). An unknown name, width, option or ``num_classes``
     raises ``ModelArgumentError`` (a ``MobilenetsError``, and a ``ValueError`` as before); a ``weights`` that is
     not a name or a path, ``WeightsError``.
     """
     if weights is None:
-        return MobileNet(get_architecture(name, width, **options), 1000 if num_classes is None else num_classes)
+        architecture = get_architecture(name, 1.0 if width is None else width, **options)
+        return MobileNet(architecture, 1000 if num_classes is None else num_classes)
     from mobilenets.models.weights import load_model
 
     return load_model(weights, name=name, width=width, num_classes=num_classes, **options)
