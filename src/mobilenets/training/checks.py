@@ -95,17 +95,11 @@ def check_values(options: TrainOptions) -> None:
 def check_distillation_options(options: TrainOptions) -> None:
     """``--distill-weight``, ``--temperature`` and ``--unlabelled`` only mean something with a teacher: never
     silently ignored."""
-    if options.unlabelled is not None:
-        if options.teacher is None:
-            raise MobilenetsError(
-                f"--unlabelled {options.unlabelled}: images without labels learn from a teacher's predictions; add "
-                "--teacher RUN_DIR|FILE|MODEL.onnx (a larger model fine-tuned on --data), or drop --unlabelled"
-            )
-        if options.mixup:
-            raise MobilenetsError(
-                f"--mixup {options.mixup:g} with --unlabelled: mixup blends two images' labels, and unlabelled "
-                "images have none; drop one of them"
-            )
+    if options.unlabelled is not None and options.teacher is None:
+        raise MobilenetsError(
+            f"--unlabelled {options.unlabelled}: images without labels learn from a teacher's predictions; add "
+            "--teacher RUN_DIR|FILE|MODEL.onnx (a larger model fine-tuned on --data), or drop --unlabelled"
+        )
     if options.teacher is not None and options.distill_weight == 0 and options.unlabelled is None:
         warn(
             "--distill-weight 0: the teacher's predictions carry no weight, yet it runs on every batch; drop --teacher "

@@ -31,6 +31,7 @@ from torch import nn
 from mobilenets.core.errors import MobilenetsError
 from mobilenets.data.augment import normalize_batch
 from mobilenets.data.folders import UNLABELLED
+from mobilenets.training.mixup import label_distribution
 
 DEFAULT_WEIGHT = 0.5
 DEFAULT_TEMPERATURE = 4.0
@@ -63,10 +64,15 @@ def distillation_loss(
 
     ``labels`` are class indices, or class probabilities (a mixup batch's blended labels). An image whose
     label is ``UNLABELLED`` (``train --unlabelled``) has no hard term: its loss is T²·KL alone, the
-    teacher being its only target (Hinton et al. 2015's "transfer set").
+    teacher being its only target (Hinton et al. 2015's "transfer set"). A blend of a labelled and an
+    unlabelled image (mixup) carries label mass m < 1: its loss is m·(the labelled loss, against its labels
+    renormalized) + (1 − m)·T²·KL, which is both cases above at m = 1 and m = 0.
     """
     student_logits = student_logits.float()
-    if labels.dim() == 1 and bool((unlabelled := labels == UNLABELLED).any()):
+    if labels.dim() == 1 and bool((labels == UNLABELLED).any()):
+        labels = label_distribution(labels, student_logits.shape[1])
+    mass = labels.sum(dim=1) if labels.dim() == 2 else None
+    if mass is not None and bool((mass < 1 - 1e-4).any()):
         soft_rows = F.kl_div(
             F.log_softmax(student_logits / temperature, dim=1),
             F.log_softmax(teacher_logits.detach().float() / temperature, dim=1),
@@ -74,9 +80,13 @@ def distillation_loss(
             log_target=True,
         ).sum(dim=1) * temperature**2
         hard_rows = F.cross_entropy(
-            student_logits, labels.clamp(min=0), label_smoothing=label_smoothing, reduction="none"
+            student_logits,
+            labels / mass.clamp(min=1e-12).unsqueeze(1),
+            label_smoothing=label_smoothing,
+            reduction="none",
         )
-        return torch.where(unlabelled, soft_rows, (1 - weight) * hard_rows + weight * soft_rows).mean()
+        labelled_rows = (1 - weight) * hard_rows + weight * soft_rows
+        return (mass * labelled_rows + (1 - mass) * soft_rows).mean()
     hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if weight == 0:
         return hard
