@@ -41,6 +41,15 @@ def test_console_script_and_module_entry_points():
     assert "mobilenet_v3_small_minimal" in result.stdout
 
 
+def test_models_lists_each_published_checkpoint_with_its_width(capsys):
+    assert main(["models", "--json"]) == 0
+    weights = json.loads(capsys.readouterr().out)["weights"]
+    assert weights["mobilenet_v3_small_075.timm_lamb_in1k"]["width"] == 0.75
+    assert weights["mobilenet_v2.tv_in1k"]["width"] == 1.0
+    assert main(["models"]) == 0
+    assert "mobilenet_v2_140.timm_ra_in1k          width 1.4  timm" in capsys.readouterr().out
+
+
 def test_wrong_arguments_are_usage_errors(capsys):
     import pytest
 
