@@ -97,6 +97,13 @@ def test_duplicated_files_are_possible_leakage():
     assert "2 of 100 validation images" in found["possible_leakage"].evidence
     assert "val/a/9.png = train/a/1.png" in found["possible_leakage"].evidence
     assert any("--val DIR" in a for a in found["possible_leakage"].advice)
+    assert "(2%) are copies" in found["possible_leakage"].evidence
+    assert "optimistic by up to 2 points" in found["possible_leakage"].advice[0]
+    # A few copies among many images: a share that rounds to 0% is still said as it is.
+    few = healthy(val_images=10_000, leakage_near=tuple((f"train/{i}.png", f"val/{i}.png") for i in range(8)))
+    finding = {f.symptom: f for f in diagnose(few)}["possible_leakage"]
+    assert "8 of 10,000 validation images (0.08%)" in finding.evidence
+    assert "optimistic by up to 0.08 points" in finding.advice[0]
 
 
 def test_below_the_seeds_range_for_this_size():

@@ -334,16 +334,22 @@ def possible_leakage(facts: RunFacts) -> Finding | None:
     examples = [*facts.leakage_exact, *facts.leakage_near][:3]
     share = copies / max(facts.val_images, 1)
     evidence = (
-        f"{copies} of {facts.val_images} validation images ({share:.0%}) are copies of training images "
+        f"{copies:,} of {facts.val_images:,} validation images ({_percent(share)}%) are copies of training images "
         f"({len(facts.leakage_exact)} exact, {len(facts.leakage_near)} resized or recompressed), e.g. "
         + "; ".join(f"{val} = {train}" for train, val in examples)
     )
     advice = (
-        f"validation accuracy is optimistic by up to {100 * share:.0f} points: the copies are scored as if unseen",
+        f"validation accuracy is optimistic by up to {_percent(share)} points: the copies are scored as if unseen",
         "remove duplicates from the folder (RUN_DIR/leakage.json lists every pair), or keep one copy per class folder",
         "or validate on separately collected images: --val DIR",
     )
     return Finding(POSSIBLE_LEAKAGE, evidence, advice)
+
+
+def _percent(share: float) -> str:
+    """A share in percent, to two significant digits below 10%: 8 copies in 10,000 are 0.08%, not 0%."""
+    value = 100 * share
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def below_expectation(facts: RunFacts) -> Finding | None:
