@@ -16,10 +16,12 @@ augmentation, a new ``Linear(1280, classes)`` head, Adam lr 1e-3 on all paramete
 (shuffled), 10 epochs, cross-entropy; reported at the last epoch and at its best validation epoch
 (the run's own 20% validation split, as the CLI keeps its best epoch).
 
-``distill``: V3-Small α=0.75 (from scratch: no published checkpoint at width 0.75) with and without
-a fine-tuned V2 teacher (the ``usecases`` run of the same folder, same split: same folder and seed)::
+``distill``: V3-Small α=0.75 from scratch (``--weights none``, as in every round measured: timm's ImageNet
+checkpoint at width 0.75, which ``--weights auto`` now fine-tunes, was not in the registry then and cannot be
+downloaded on the machine that measured) with and without a fine-tuned V2 teacher (the ``usecases`` run of
+the same folder, same split: same folder and seed)::
 
-    mobilenets train --data DIR --model mobilenet_v3_small --width 0.75 --resolution 64 \
+    mobilenets train --data DIR --model mobilenet_v3_small --width 0.75 --resolution 64 --weights none \
         --epochs E --augment AUG [--teacher RUN --distill-weight A --temperature T]
 
 Data: ``mobilenets datasets fashion-mnist`` (from /usr/share/datasets/fashion-mnist) into
@@ -310,7 +312,7 @@ def distill(args) -> list[dict]:
         else:
             teacher = train_and_evaluate(f"uc_{subset}_v2_default", args.data_root / subset, test, args.out,
                                          ["--model", "mobilenet_v2", "--resolution", "64"])
-        student = ["--model", "mobilenet_v3_small", "--width", "0.75", "--resolution", "64",
+        student = ["--model", "mobilenet_v3_small", "--width", "0.75", "--resolution", "64", "--weights", "none",
                    "--epochs", str(n_epochs), "--augment", args.augment]
         teacher_dir = args.teacher or args.out / teacher["name"]
         data = args.data_root / subset

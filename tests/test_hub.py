@@ -238,9 +238,14 @@ def test_weights_auto_picks_a_published_checkpoint_or_says_why_not():
     assert default_published("mobilenet_v2", 1.4).name == "mobilenet_v2_140.timm_ra_in1k"
     narrow = default_published("mobilenet_v3_small", 0.5)
     assert narrow.name is None
-    assert "published only at width 0.75 and 1, not 0.5" in narrow.reason
+    assert "published only at width 0.75 or 1, not 0.5" in narrow.reason
     assert "--width 0.75 to fine-tune mobilenet_v3_small_075.timm_lamb_in1k" in narrow.reason
     assert "published only at width 1, not 0.75" in default_published("mobilenet_v3_large", 0.75).reason
+    # The checkpoint named is the one --weights auto would take at that width (here the installed offline copy).
+    assert default_published("mobilenet_v2", 0.75).reason.endswith(
+        "published only at width 0.5, 1 or 1.4, not 0.75 (pass --width 1 to fine-tune mobilenet_v2.tv_in1k, or "
+        "--weights FILE with a checkpoint of this width)"
+    )
     assert default_published("mobilenet_v3_small_minimal").name is None
 
 
@@ -264,7 +269,7 @@ def test_weights_auto_falls_back_to_scratch_with_one_loud_line(tmp_path, monkeyp
     assert len(loud) == 3 and all(message.startswith("TRAINING FROM SCRATCH") for message in loud)
     assert "place it at" in loud[0] and str(tmp_path) in loud[0]
     assert "mobilenet_v3_small_075.timm_lamb_in1k is not available" in loud[1]
-    assert "published only at width 0.75 and 1, not 0.5" in loud[2]
+    assert "published only at width 0.75 or 1, not 0.5" in loud[2]
 
 
 # --------------------------------------------------------------------------------------------------

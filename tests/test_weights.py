@@ -105,8 +105,26 @@ def test_published_checkpoints_of_other_widths_load_at_their_width(timm, tmp_pat
     assert create_model(published.architecture, weights=name).architecture.options["width"] == published.width
     assert ours.metadata.published == name
     assert_identical_outputs(reference, ours)
-    with pytest.raises(WeightsError, match="expects"):
+    with pytest.raises(WeightsError) as refused:
         load_model(name, width=1.0)  # another width has other shapes: refused, never half-loaded
+    assert str(refused.value) == (
+        f"{name}: {name} is published at width {published.width:g}, not 1; drop --width (width=) or pass "
+        f"{published.width:g}"
+    )
+
+
+def test_a_width_given_for_our_own_file_is_meant_even_1(tmp_path):
+    """width=1.0 used to be read as "not given" and silently replaced by the file's width."""
+    path = tmp_path / "narrow.safetensors"
+    save_weights(create_model("mobilenet_v3_small", num_classes=3, width=0.25), path, classes=["a", "b", "c"])
+    assert create_model("mobilenet_v3_small", weights=path).architecture.options["width"] == 0.25
+    assert load_model(path, width=0.25).architecture.options["width"] == 0.25
+    for width in (1.0, 0.5):
+        with pytest.raises(WeightsError) as refused:
+            create_model("mobilenet_v3_small", width=width, weights=path)
+        assert str(refused.value) == (
+            f"{path}: holds mobilenet_v3_small at width 0.25, not {width:g}; drop --width (width=) or pass 0.25"
+        )
 
 
 @pytest.mark.parametrize("oracle", ["timm", "torchvision"])
@@ -194,7 +212,12 @@ def test_truncated_checkpoint_is_reported(tmp_path, real_v2_weights):
 def test_other_architecture_names_first_mismatching_tensor(tmp_path, real_v2_weights):
     with pytest.raises(WeightsError, match=r"has \d+ tensors|tensor '.*' has shape"):
         create_model("mobilenet_v3_small", weights=real_v2_weights)
+    renamed = tmp_path / "v2.pth"
+    renamed.write_bytes(real_v2_weights.read_bytes())
     with pytest.raises(WeightsError, match=r"tensor 'features\.0\.0\.weight' has shape"):
+        create_model("mobilenet_v2", width=0.5, weights=renamed)
+    # Under its published file name it is known to be mobilenet_v2.tv_in1k: the width is refused up front.
+    with pytest.raises(WeightsError, match=r"mobilenet_v2\.tv_in1k is published at width 1, not 0\.5"):
         create_model("mobilenet_v2", width=0.5, weights=real_v2_weights)
 
 

@@ -198,13 +198,14 @@ def default_published(architecture: str, width: float = 1.0) -> DefaultWeights:
         return DefaultWeights(None, f"no ImageNet checkpoint is published for {architecture}")
     at_width = [w for w in candidates if w.width == width]
     if not at_width:
-        listed = " and ".join(f"{w:g}" for w in published_widths(architecture))
-        nearest = min(candidates, key=lambda w: (abs(w.width - width), -(w.top1 or 0.0)))
+        widths = [f"{w:g}" for w in published_widths(architecture)]
+        listed = widths[0] if len(widths) == 1 else f"{', '.join(widths[:-1])} or {widths[-1]}"
+        nearest = min(published_widths(architecture), key=lambda w: (abs(w - width), -w))  # a tie: the wider
         return DefaultWeights(
             None,
-            f"ImageNet checkpoints of {architecture} are published only at width {listed}, "
-            f"not {width:g} (pass --width {nearest.width:g} to fine-tune {nearest.name}, or --weights FILE with a "
-            "checkpoint of this width)",
+            f"ImageNet checkpoints of {architecture} are published only at width {listed}, not {width:g} (pass "
+            f"--width {nearest:g} to fine-tune {default_published(architecture, nearest).name}, or --weights FILE "
+            "with a checkpoint of this width)",
         )
 
     def installed(published: PublishedWeights) -> bool:

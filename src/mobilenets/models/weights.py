@@ -627,11 +627,21 @@ def load_model(
             )
         saved = dict(metadata.get("options", {}))
         saved_width = saved.pop("width", 1.0)  # never also passed as an option: get_architecture takes it once
-        width = saved_width if width in (None, 1.0) else width
+        if width is not None and width != saved_width:  # a width given is meant, even 1.0: refused, not replaced
+            raise WeightsError(
+                f"{path}: holds {name} at width {saved_width:g}, not {width:g}; drop --width (width=) or pass "
+                f"{saved_width:g}"
+            )
+        width = saved_width
         options = {**saved, **options}
     elif published is not None:
         name = name or published.architecture
-        width = published.width if width is None else width
+        if width is not None and width != published.width:
+            raise WeightsError(
+                f"{weights}: {published.name} is published at width {published.width:g}, not {width:g}; drop --width "
+                f"(width=) or pass {published.width:g}"
+            )
+        width = published.width
         options = {**published.options, **options}
     if name is None:
         raise WeightsError(f"{path}: a {layout} checkpoint does not say its architecture; pass --model NAME")
