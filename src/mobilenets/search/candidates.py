@@ -258,7 +258,7 @@ def generate_candidates(
     widths: Sequence[float] | None = None,
     resolutions: Sequence[int],
 ) -> list[Candidate]:
-    """Every (model, width, resolution): a family's published widths unless ``widths`` is given."""
+    """Every (model, width, resolution): the widths its paper reports unless ``widths`` is given."""
     check_grid(models=models, widths=widths, resolutions=resolutions)
     candidates = []
     for name in models:

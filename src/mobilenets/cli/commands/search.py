@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
         help="search folder: a new or empty one, or an earlier search's to resume it",
     )
     parser.add_argument("--models", help=f"comma-separated families (default: {', '.join(FAMILIES)})")
-    parser.add_argument("--widths", help="comma-separated widths (default: each family's published widths)")
+    parser.add_argument("--widths", help="comma-separated widths (default: the widths each family's paper reports)")
     parser.add_argument("--resolutions", help="comma-separated input sizes (default: from the images' size)")
     parser.add_argument("--max-candidates", type=int, default=12, help="candidates trained in the first rung (default 12)")
     parser.add_argument("--seed", type=int, default=0)
