@@ -161,10 +161,16 @@ def test_a_published_name_brings_its_width_and_another_width_is_refused():
     with pytest.raises(MobilenetsError) as refused:
         choose_architecture(name, model=None, width=1.0)
     assert str(refused.value) == (
-        f"--width 1: --weights {name} is published at width 0.75; drop --width, pass --width 0.75, or pass a "
-        "checkpoint of width 1 (--weights FILE)"
+        f"--width 1: --weights {name} is published at width 0.75; drop --width, pass --width 0.75, or pass "
+        "--weights mobilenet_v3_small.tv_in1k"
     )
     assert choose_architecture("mobilenet_v2.tv_in1k", model=None, width=None) == ("mobilenet_v2", 1.0)
+    with pytest.raises(MobilenetsError) as refused:  # a checkpoint exists at the width asked for: it is named
+        choose_architecture("mobilenet_v2.tv_in1k", model=None, width=0.5)
+    assert str(refused.value).endswith("pass --width 1, or pass --weights mobilenet_v2_050.timm_lamb_in1k")
+    with pytest.raises(MobilenetsError) as refused:  # none at 0.35: a file of that width
+        choose_architecture("mobilenet_v2.tv_in1k", model=None, width=0.35)
+    assert str(refused.value).endswith("or pass a checkpoint of width 0.35 (--weights FILE)")
 
 
 def test_a_relative_weights_path_is_recorded_absolute_so_resume_works_from_anywhere(

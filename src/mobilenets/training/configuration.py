@@ -281,9 +281,13 @@ def choose_architecture(weights: str | None, *, model: str | None, width: float 
                 f"--model {published.architecture}"
             )
         if width not in (None, published.width):
+            from mobilenets.models.published import default_published
+
+            at_width = default_published(published.architecture, width).name
+            other = f"--weights {at_width}" if at_width else f"a checkpoint of width {width:g} (--weights FILE)"
             raise MobilenetsError(
                 f"--width {width:g}: --weights {weights} is published at width {published.width:g}; drop --width, pass "
-                f"--width {published.width:g}, or pass a checkpoint of width {width:g} (--weights FILE)"
+                f"--width {published.width:g}, or pass {other}"
             )
         return published.architecture, published.width
     from mobilenets.models.weights import read_checkpoint as read_weights
