@@ -198,9 +198,10 @@ def default_published(architecture: str, width: float = 1.0) -> DefaultWeights:
         return DefaultWeights(None, f"no ImageNet checkpoint is published for {architecture}")
     at_width = [w for w in candidates if w.width == width]
     if not at_width:
-        widths = [f"{w:g}" for w in published_widths(architecture)]
-        listed = widths[0] if len(widths) == 1 else f"{', '.join(widths[:-1])} or {widths[-1]}"
-        nearest = min(published_widths(architecture), key=lambda w: (abs(w - width), -w))  # a tie: the wider
+        widths = published_widths(architecture)
+        shown = [f"{w:g}" for w in widths]
+        listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+        nearest = min(widths, key=lambda w: (abs(w - width), -w))  # a tie: the wider
         return DefaultWeights(
             None,
             f"ImageNet checkpoints of {architecture} are published only at width {listed}, not {width:g} (pass "
