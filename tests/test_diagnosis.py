@@ -344,3 +344,55 @@ def test_torchrun_processes_count_together_for_the_thread_check():
     finding = {f.symptom: f for f in diagnose(healthy(threads=1, cpu_count=8, local_processes=2))}["slow_training"]
     assert "2 processes × 1 thread used 2 of 8" in finding.evidence
     assert "OMP_NUM_THREADS=4 torchrun" in " ".join(finding.advice)
+
+
+def test_epochs_without_validation_are_left_out_of_the_validation_figures():
+    # `train --val-every 2`: epochs 1, 3 and 5 carry no validation figures, and take no part in the best
+    # accuracy or the rise of the validation loss; the training loss still counts every epoch.
+    rows = [(1.5, 0.4, 1.3, 0.45), (0.6, 0.85, 1.1, 0.55), (0.2, 0.97, 1.5, 0.56), (0.1, 1.0, 1.8, 0.55)]
+    validated = history(*rows)
+    sparse = tuple(
+        EpochStats(
+            epoch=2 * e.epoch,
+            train_loss=e.train_loss,
+            train_accuracy=e.train_accuracy,
+            val_loss=e.val_loss,
+            val_accuracy=e.val_accuracy,
+        )
+        for e in validated
+    )
+    skipped = tuple(
+        EpochStats(
+            epoch=e.epoch - 1,
+            train_loss=e.train_loss + 0.05,
+            train_accuracy=e.train_accuracy,
+            val_loss=None,
+            val_accuracy=None,
+        )
+        for e in sparse
+    )
+    mixed = tuple(sorted(sparse + skipped, key=lambda e: e.epoch))
+    facts = healthy(train_images=40, history=mixed, augment="light", initial_weights=None)
+    assert facts.best_val_accuracy == 0.56 and len(facts.validated_history) == 4
+    found = {f.symptom: f for f in diagnose(facts)}
+    assert "validation loss rose from 1.100 (epoch 4) to 1.800" in found["overfitting"].evidence
+    assert (
+        EpochStats.from_dict(
+            {"epoch": 3, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": None, "val_accuracy": None}
+        ).validated
+        is False
+    )
+
+
+def test_validation_taking_a_large_share_advises_val_every():
+    # 3 epochs of 10 s each and 3 validations of 20 s: 67% of the run validating. Every 38th epoch would cost
+    # about 5% (20 / (38 × 10 + 20)); capped at the run's 3 epochs.
+    facts = healthy(train_seconds=30.0, validation_seconds=60.0, epochs=3)
+    found = {f.symptom: f for f in diagnose(facts)}
+    finding = found["slow_training"]
+    assert "validating took 67% of the run (60 s over 3 validations of 100 images)" in finding.evidence
+    assert any(a.startswith("validate less often: --val-every 3 (this run: 1;") for a in finding.advice)
+    long_run = {f.symptom: f for f in diagnose(healthy(train_seconds=30.0, validation_seconds=60.0, epochs=100))}
+    assert any("--val-every 38 " in a for a in long_run["slow_training"].advice)
+    # A tenth of the run (full Fashion-MNIST: ~12 s of 127 s an epoch) is worth its figures.
+    assert "slow_training" not in symptoms(healthy(train_seconds=300.0, validation_seconds=33.0))

@@ -85,6 +85,16 @@ def test_resume_applies_more_epochs_and_says_so(tmp_path, capsys):
     assert RunDirectory(out).metrics()["epochs_completed"] == 2
 
 
+def test_resume_may_validate_less_often(tmp_path, capsys):
+    out = tmp_path / "run"
+    interrupted_run(out)
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--val-every", "2"]) == 0
+    assert "--val-every 1 → 2" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["val_every"] == 2
+    rows = (out / "epochs.csv").read_text().strip().splitlines()[1:]
+    assert [row.split(",")[4] != "" for row in rows] == [True, True, False, True]  # epoch 1 was done before
+
+
 def test_resume_without_a_checkpoint_refuses_and_lists_what_is_there(tmp_path, capsys):
     out = tmp_path / "run"
     interrupted_run(out)

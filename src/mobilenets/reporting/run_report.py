@@ -37,6 +37,7 @@ OPTIONAL = (RunDirectory.EVALUATION, RunDirectory.SKIPPED, RunDirectory.LEAKAGE,
 OUTPUTS = ("curves.png", "confusion.png", RunDirectory.REPORT)
 # The columns the curves plot; training writes these and more (lr, images_per_second, seconds).
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+UNVALIDATED_COLUMNS = ("val_loss", "val_accuracy")  # empty in the epochs `train --val-every` skipped
 
 
 @dataclass
@@ -163,12 +164,16 @@ def read_epochs(run_dir: Path) -> list[dict]:
     for line, row in body:
         if len(row) != len(header):
             raise damaged_file(path, f"line {line} has {len(row)} values for {len(header)} columns")
+        epoch = {}
         for column, value in zip(header, row, strict=True):
+            if value == "" and column in UNVALIDATED_COLUMNS:
+                epoch[column] = None  # an epoch `train --val-every` did not validate
+                continue
             try:
-                float(value)
+                epoch[column] = float(value)
             except ValueError:
                 raise damaged_file(path, f"line {line}: {column} {value!r} is not a number") from None
-        epochs.append({column: float(value) for column, value in zip(header, row, strict=True)})
+        epochs.append(epoch)
     return epochs
 
 
@@ -194,12 +199,15 @@ def plot_curves(epochs: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     x = [row["epoch"] for row in epochs]
+    validated = [row for row in epochs if row["val_accuracy"] is not None and row["val_loss"] is not None]
+    x_val = [row["epoch"] for row in validated]
+    marker = "o" if len(validated) < len(epochs) else None  # sparse validations (--val-every) as points
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     loss_axis.plot(x, [r["train_loss"] for r in epochs], label="train")
-    loss_axis.plot(x, [r["val_loss"] for r in epochs], label="val")
+    loss_axis.plot(x_val, [r["val_loss"] for r in validated], label="val", marker=marker)
     loss_axis.set(title="loss", xlabel="epoch")
     accuracy_axis.plot(x, [r["train_accuracy"] for r in epochs], label="train (augmented)")
-    accuracy_axis.plot(x, [r["val_accuracy"] for r in epochs], label="val")
+    accuracy_axis.plot(x_val, [r["val_accuracy"] for r in validated], label="val", marker=marker)
     accuracy_axis.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)

@@ -67,6 +67,9 @@ class TrainConfig:
     crop_scale: float | None = None
     random_erasing: float = 0.0  # probability of erasing a random rectangle of each training image (timm's re_prob)
     early_stopping: int | None = None  # epochs without val improvement
+    # Validate (PreciseBN, evaluation, the kept model.safetensors) every N epochs and after the last: on large
+    # data the per-epoch validation is a share of the run worth saving (docs/training.md).
+    val_every: int = 1
     val: str | None = None
     val_fraction: float = 0.2
     out: str = "runs/train"

@@ -41,6 +41,9 @@ OVERFITTING_GAP = 0.15
 MATERIAL_LOSS_RISE = 0.05
 # Above this share of step time, the data pipeline rather than the model is what is slow.
 DATA_SHARE_LIMIT = 0.25
+# Validating after every epoch is worth its time until it takes this share of the run (train --val-every).
+VALIDATION_SHARE_LIMIT = 0.2
+VALIDATION_SHARE_TARGET = 0.05
 # A validation set whose 3 standard errors at chance (``chance_margin``) are wider than this cannot tell
 # learning from chance: with 6 images of 3 classes the margin is 58 points, and 83% would still be "near
 # chance". From 144·p·(1 − p) images up (p = 1/classes: 36 for 2 classes, 32 for 3, 24 for 5) it can.
@@ -73,18 +76,23 @@ class EpochStats:
     epoch: int
     train_loss: float
     train_accuracy: float
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # None: not validated (train --val-every)
+    val_accuracy: float | None
 
     @classmethod
     def from_dict(cls, row: dict) -> EpochStats:
+        validated = row.get("val_accuracy") is not None
         return cls(
             epoch=int(row["epoch"]),
             train_loss=float(row["train_loss"]),
             train_accuracy=float(row["train_accuracy"]),
-            val_loss=float(row["val_loss"]),
-            val_accuracy=float(row["val_accuracy"]),
+            val_loss=float(row["val_loss"]) if validated else None,
+            val_accuracy=float(row["val_accuracy"]) if validated else None,
         )
+
+    @property
+    def validated(self) -> bool:
+        return self.val_accuracy is not None and self.val_loss is not None
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class RunFacts:
     leakage_exact: tuple[tuple[str, str], ...] = ()  # (train path, val path)
     leakage_near: tuple[tuple[str, str], ...] = ()
     augment_share: float | None = None  # of step time
+    train_seconds: float | None = None  # in training steps
+    validation_seconds: float | None = None  # in PreciseBN and evaluation at the end of epochs
+    val_every: int = 1
     images_per_second: float | None = None
     threads: int | None = None  # per process
     cpu_count: int | None = None
@@ -134,8 +145,13 @@ class RunFacts:
     auto_weights_missing: str | None = None
 
     @property
+    def validated_history(self) -> tuple[EpochStats, ...]:
+        """The epochs that ended with a validation (every one, unless the run passed --val-every)."""
+        return tuple(e for e in self.history if e.validated)
+
+    @property
     def best_val_accuracy(self) -> float:
-        return max((e.val_accuracy for e in self.history), default=0.0)
+        return max((e.val_accuracy for e in self.validated_history), default=0.0)
 
     @property
     def total_images(self) -> int:
@@ -271,16 +287,17 @@ def not_learning(facts: RunFacts) -> Finding | None:
 
 def overfitting(facts: RunFacts) -> Finding | None:
     """Training accuracy much above validation accuracy, or validation loss rising while training loss falls."""
-    if len(facts.history) < 2:
+    history = facts.validated_history
+    if len(history) < 2 or not facts.history[-1].validated:
         return None
-    last = facts.history[-1]
+    last = history[-1]
     best = facts.best_val_accuracy
     gap = last.train_accuracy - best
-    position = min(range(len(facts.history)), key=lambda i: facts.history[i].val_loss)
-    lowest = facts.history[position]
-    # Two epochs past its minimum, clearly higher, while the training loss still fell: memorizing.
+    position = min(range(len(history)), key=lambda i: history[i].val_loss)
+    lowest = history[position]
+    # Two validations past its minimum, clearly higher, while the training loss still fell: memorizing.
     rising = (
-        position < len(facts.history) - 2
+        position < len(history) - 2
         and last.val_loss > 1.25 * lowest.val_loss
         and last.val_loss - lowest.val_loss >= MATERIAL_LOSS_RISE
         and last.train_loss < lowest.train_loss
@@ -511,6 +528,19 @@ def slow_training(facts: RunFacts) -> Finding | None:
             advice.append(
                 "let PyTorch use every core: unset OMP_NUM_THREADS / torch.set_num_threads limits, or stop other jobs"
             )
+    if (share := validation_share(facts)) is not None and share > VALIDATION_SHARE_LIMIT:
+        validations = len(facts.validated_history)
+        parts.append(
+            f"validating took {share:.0%} of the run ({facts.validation_seconds:.0f} s over {validations} "
+            f"validation{'s' if validations != 1 else ''} of {facts.val_images:,} images)"
+        )
+        # Every N epochs, so that validation takes about VALIDATION_SHARE_TARGET of the time.
+        ratio = facts.validation_seconds / validations / (facts.train_seconds / max(len(facts.history), 1))
+        every = max(facts.val_every + 1, math.ceil(ratio * (1 - VALIDATION_SHARE_TARGET) / VALIDATION_SHARE_TARGET))
+        advice.append(
+            f"validate less often: --val-every {min(every, max(facts.epochs, 2))} (this run: {facts.val_every}; the "
+            "last epoch is always validated), or a smaller validation set (--val-fraction, or --val DIR)"
+        )
     if facts.cuda_available and facts.device == "cpu":
         parts.append("a CUDA GPU is present but training ran on the CPU")
         advice.append("ensure the GPU is being utilized: --device cuda")
@@ -523,6 +553,13 @@ def slow_training(facts: RunFacts) -> Finding | None:
         advice.append(f"increase --batch-size to 64 or 128 (this run: {facts.batch_size})")
     speed = f" ({facts.images_per_second:.0f} images/s)" if facts.images_per_second else ""
     return Finding(SLOW_TRAINING, "; ".join(parts) + speed, tuple(advice))
+
+
+def validation_share(facts: RunFacts) -> float | None:
+    """The share of the run's training and validation time spent validating (None: not measured)."""
+    if not facts.train_seconds or facts.validation_seconds is None or not facts.validated_history:
+        return None
+    return facts.validation_seconds / (facts.train_seconds + facts.validation_seconds)
 
 
 def _pretrained_advice(facts: RunFacts) -> str:
@@ -688,6 +725,9 @@ def diagnose_run(trainer: Trainer, *, best: nn.Module, run: RunDirectory) -> lis
         leakage_exact=tuple(tuple(pair) for pair in leakage.get("exact", [])),
         leakage_near=tuple(tuple(pair) for pair in leakage.get("near", [])),
         augment_share=state.augment_seconds / max(state.train_seconds, 1e-9),
+        train_seconds=state.train_seconds,
+        validation_seconds=state.validation_seconds,
+        val_every=config.val_every,
         images_per_second=state.images_seen / max(state.train_seconds, 1e-9),
         threads=torch.get_num_threads() if limit else None,
         cpu_count=os.cpu_count() if limit else None,

@@ -69,8 +69,8 @@ class EpochRecord:
     epoch: int
     train_loss: float
     train_accuracy: float
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # None: an epoch not validated (--val-every)
+    val_accuracy: float | None
     lr: float
     images_per_second: float
     seconds: float
@@ -108,6 +108,7 @@ class TrainingState:
     best_epoch: int = -1
     train_seconds: float = 0.0
     augment_seconds: float = 0.0
+    validation_seconds: float = 0.0  # PreciseBN and the evaluation at the end of validated epochs
     images_seen: int = 0
     finished: bool = False
 
@@ -402,33 +403,45 @@ class Trainer:
             return True
         return time.monotonic() - self.last_checkpoint_time > 60 * self.config.checkpoint_minutes
 
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) ends with a validation: every ``val_every``-th, and always the last."""
+        done = epoch + 1
+        return done % self.config.val_every == 0 or done >= self.config.epochs
+
     def finish_epoch(self, epoch: int) -> EpochRecord:
         state = self.state
         own = state.epoch_totals
         loss_sum, correct, images = self.context.reduce_sum(
             torch.tensor([own.loss_sum, own.correct, own.images], dtype=torch.float64)
         ).tolist()
-        if not self.config.freeze_bn:
-            recompute_batchnorm_statistics(
-                self.eval_model,
-                self.train_data.images,
-                self.preprocessing.mean,
-                self.preprocessing.std,
-                seed=self.config.seed,
-            )
-        result = self.context.merge_evaluation(self.evaluate())
+        result = None
+        if self.validates(epoch):
+            started = time.perf_counter()
+            # The statistics are only needed by the evaluation (and the saved weights, which follow it).
+            if not self.config.freeze_bn:
+                recompute_batchnorm_statistics(
+                    self.eval_model,
+                    self.train_data.images,
+                    self.preprocessing.mean,
+                    self.preprocessing.std,
+                    seed=self.config.seed,
+                )
+            result = self.context.merge_evaluation(self.evaluate())
+            state.validation_seconds += time.perf_counter() - started
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=loss_sum / max(images, 1),
             train_accuracy=correct / max(images, 1),
-            val_loss=result.loss,
-            val_accuracy=result.accuracy,
+            val_loss=result.loss if result is not None else None,
+            val_accuracy=result.accuracy if result is not None else None,
             lr=self.optimizer.param_groups[0]["lr"],
             images_per_second=images / max(own.seconds, 1e-9),
             seconds=own.seconds,
         )
         state.history.append(asdict(record))
-        if is_better(result.accuracy, result.loss, best_accuracy=state.best_val_accuracy, best_loss=state.best_val_loss):
+        if result is not None and is_better(
+            result.accuracy, result.loss, best_accuracy=state.best_val_accuracy, best_loss=state.best_val_loss
+        ):
             state.best_val_accuracy, state.best_val_loss, state.best_epoch = result.accuracy, result.loss, epoch + 1
             self.save_model("model", {"epoch": epoch + 1, "val_accuracy": result.accuracy})
         state.epoch, state.step_in_epoch, state.epoch_totals = epoch + 1, 0, EpochTotals()
@@ -469,9 +482,13 @@ class Trainer:
         atomic_write(self.run / RunDirectory.EPOCHS, write)
 
     def early_stop(self) -> bool:
+        """``--early-stopping``'s patience run out, judged at a validated epoch (the run then ends validated)."""
         patience = self.config.early_stopping
         state = self.state
-        return patience is not None and state.best_epoch > 0 and state.epoch - state.best_epoch >= patience
+        validated = bool(state.history) and state.history[-1]["val_accuracy"] is not None
+        return (
+            patience is not None and validated and state.best_epoch > 0 and state.epoch - state.best_epoch >= patience
+        )
 
     def fit(self, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainingState:
         """Train from the current state to the last epoch; Ctrl-C saves a checkpoint and raises ``Interrupted``."""
@@ -525,6 +542,7 @@ class Trainer:
             "train_seconds": state.train_seconds,
             "augment_seconds": state.augment_seconds,
             "augment_share_of_step_time": state.augment_seconds / max(state.train_seconds, 1e-9),
+            "validation_seconds": state.validation_seconds,
             "train_images": self.labelled_images,
             **({"unlabelled_images": self.unlabelled_images} if self.unlabelled_images else {}),
             "val_images": len(self.val_data),

@@ -56,6 +56,7 @@ class TrainOptions:
     head_epochs: int | None = None
     freeze: int = 0
     early_stopping: int | None = None
+    val_every: int = 1
     val_fraction: float = 0.2
     seed: int = 0
     out: Path | str | None = None
@@ -151,7 +152,9 @@ def teacher_sources(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 PATHS = ("data", "val", "unlabelled", "out", "resume", "cache_dir")
 # The type of each option's value, checked before any work (the Python API takes any object).
-WHOLE_NUMBERS = ("batch_size", "epochs", "head_epochs", "freeze", "early_stopping", "seed", "checkpoint_steps")
+WHOLE_NUMBERS = (
+    "batch_size", "epochs", "head_epochs", "freeze", "early_stopping", "val_every", "seed", "checkpoint_steps",
+)  # fmt: skip
 NUMBERS = (
     "width", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "ema_decay", "dropout", "distill_weight",
     "temperature", "mixup", "random_erasing", "val_fraction", "checkpoint_minutes", "crop_scale",
@@ -207,6 +210,7 @@ RESUME_MAY_CHANGE = {
     "checkpoint_steps": "how often to checkpoint",
     "device": "where to train",
     "early_stopping": "patience",
+    "val_every": "how often to validate",
 }
 # Options the command line accepts but does not list in --help (tests and benchmarks use them); messages
 # never suggest them.
@@ -217,6 +221,7 @@ POSITIVE = {
     "lr": "--lr",
     "width": "--width",
     "early_stopping": "--early-stopping",  # 0 would stop after the first epoch, whatever it scored
+    "val_every": "--val-every",  # 0 would never validate, and the run would keep no weights
 }
 NON_NEGATIVE = {
     "head_epochs": "--head-epochs",

@@ -257,9 +257,11 @@ def check_teacher(
 
 
 def print_epoch(record: EpochRecord) -> None:
+    validated = record.val_loss is not None and record.val_accuracy is not None
+    val_loss, val_accuracy = (f"{record.val_loss:>8.4f}", f"{record.val_accuracy:>7.4f}") if validated else ("-", "-")
     say(
-        f"{record.epoch:>5} {record.train_loss:>10.4f} {record.train_accuracy:>9.4f} {record.val_loss:>8.4f} "
-        f"{record.val_accuracy:>7.4f} {record.lr:>9.2e} {record.images_per_second:>7.0f} {record.seconds:>5.0f}s"
+        f"{record.epoch:>5} {record.train_loss:>10.4f} {record.train_accuracy:>9.4f} {val_loss:>8} "
+        f"{val_accuracy:>7} {record.lr:>9.2e} {record.images_per_second:>7.0f} {record.seconds:>5.0f}s"
     )
 
 

@@ -153,6 +153,13 @@ def add_parser(subparsers) -> None:
         "(no backward pass there), at some accuracy on images unlike ImageNet's. Default 0: train every layer",
     )
     parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after EPOCHS without improvement")
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        metavar="N",
+        help="validate every N epochs and after the last (default 1): saves the per-epoch evaluation on large data; "
+        "the kept model.safetensors and --early-stopping see only those epochs",
+    )
     parser.add_argument("--val-fraction", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="run directory (default runs/<model>-<time>)")
