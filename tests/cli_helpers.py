@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist-small"
 # The smallest `mobilenets train` that trains: V3-Small α=0.25 at 32 px from scratch, quietly.
 TINY = ["--model", "mobilenet_v3_small", "--width", "0.25", "--resolution", "32", "--weights", "none", "--quiet"]
+
+
+def small_copy(target: Path, per_class: int, classes: int = 10) -> Path:
+    """The first ``per_class`` images of the first ``classes`` classes of the shipped example dataset."""
+    for folder in sorted(EXAMPLES.iterdir())[:classes]:
+        (target / folder.name).mkdir(parents=True)
+        for path in sorted(folder.iterdir())[:per_class]:
+            shutil.copy(path, target / folder.name / path.name)
+    return target
 
 
 def error_line(capsys, command: str) -> str:
