@@ -417,3 +417,64 @@ def test_cli_reports_a_bad_teacher_as_one_line_and_exit_2(tmp_path, capsys):
         f"per image (shape 2×3072), its labels name 3 classes; {NEEDS}"
     )
     assert not any("Traceback" in line or "internal error" in line for line in err)
+
+
+# --------------------------------------------------------------------------------------------------
+# --teacher-engine: what runs the teacher, chosen by the user
+# --------------------------------------------------------------------------------------------------
+
+
+def _abc_folder(root):
+    import numpy as np
+    from PIL import Image
+
+    for index in range(12):
+        folder = root / "abc"[index % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 20 * index, dtype=np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
+def test_teacher_engine_torch_is_what_the_run_uses_and_records(teacher_run, tmp_path, capsys):
+    import json
+
+    from mobilenets.cli.main import main
+
+    data, out = _abc_folder(tmp_path / "data"), tmp_path / "run"
+    arguments = ["train", "--data", str(data), "--model", "mobilenet_v3_small", "--width", "0.25", "--resolution",
+                 "32", "--epochs", "1", "--weights", "none", "--quiet", "--teacher", str(teacher_run),
+                 "--teacher-engine", "torch", "--out", str(out)]  # fmt: skip
+    assert main(arguments) == 0
+    assert f"teacher {teacher_run}: mobilenet_v3_small (width 0.35) at 32px, PyTorch" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["teacher_engine"] == "torch"
+    assert json.loads((out / "metrics.json").read_text())["teacher"]["engine"] == "torch"
+
+
+def test_an_onnx_teacher_cannot_run_in_pytorch(tmp_path):
+    path = _classifier(tmp_path / "teacher.onnx")
+    with pytest.raises(MobilenetsError) as error:
+        load_teacher(str(path), student_classes=["a", "b", "c"], engine="torch", log=lambda _: None)
+    assert str(error.value) == (
+        f"--teacher {path}: an ONNX file runs only in ONNX Runtime, not with --teacher-engine torch; pass the "
+        "teacher's run directory or weights file, or --teacher-engine auto"
+    )
+    assert load_teacher(str(path), student_classes=["a", "b", "c"], engine="onnxruntime", log=print).engine == (
+        "onnxruntime"
+    )
+
+
+def test_teacher_engine_without_a_teacher_is_refused(tmp_path, capsys):
+    from cli_helpers import TINY, error_of
+
+    from mobilenets.cli.main import main
+
+    data = _abc_folder(tmp_path / "data")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--teacher-engine", "torch", *TINY])
+    assert error_of(capsys, code) == (
+        "--teacher-engine torch chooses what runs the teacher, and no --teacher is given: add "
+        "--teacher RUN_DIR|FILE|MODEL.onnx, or drop --teacher-engine"
+    )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as stopped:  # argparse's choices
+        main(["train", "--data", str(data), "--teacher-engine", "tensorrt", *TINY])
+    assert stopped.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err

@@ -95,6 +95,18 @@ def test_resume_may_validate_less_often(tmp_path, capsys):
     assert [row.split(",")[4] != "" for row in rows] == [True, True, False, True]  # epoch 1 was done before
 
 
+def test_resume_refuses_a_teacher_engine_for_a_run_without_teacher(tmp_path, capsys):
+    out = tmp_path / "run"
+    interrupted_run(out)
+    config = (out / "config.json").read_bytes()
+    message = error_of(capsys, main(["train", "--resume", str(out), "--teacher-engine", "torch"]))
+    assert message == (
+        f"--resume {out}: --teacher-engine chooses what runs a teacher, and this run has none (a run's teacher "
+        "cannot change on resume); drop --teacher-engine"
+    )
+    assert (out / "config.json").read_bytes() == config
+
+
 def test_resume_without_a_checkpoint_refuses_and_lists_what_is_there(tmp_path, capsys):
     out = tmp_path / "run"
     interrupted_run(out)

@@ -105,6 +105,11 @@ def check_distillation_options(options: TrainOptions) -> None:
             "--distill-weight 0: the teacher's predictions carry no weight, yet it runs on every batch; drop --teacher "
             "to train the same student faster, or give it a share (the default 0.5, or 0.9, measured alike)"
         )
+    if "teacher_engine" in options.given() and options.teacher is None:
+        raise MobilenetsError(
+            f"--teacher-engine {options.teacher_engine} chooses what runs the teacher, and no --teacher is given: add "
+            "--teacher RUN_DIR|FILE|MODEL.onnx, or drop --teacher-engine"
+        )
     stray = [name for name in ("distill_weight", "temperature") if name in options.given()]
     if stray and options.teacher is None:
         flags = " and ".join(flag_of(name) for name in stray)

@@ -57,6 +57,7 @@ class TrainConfig:
     teacher: str | list[str] | None = None
     distill_weight: float = 0.5
     temperature: float = 4.0
+    teacher_engine: str = "auto"  # auto, torch, onnxruntime (training.distillation.load_teacher)
     # A folder of images without labels (absolute): the teacher's predictions are their only target.
     unlabelled: str | None = None
     mixup: float = 0.0  # mixup's Beta(α, α), 0: off; with a teacher, the teacher labels the blends

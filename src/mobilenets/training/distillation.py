@@ -32,6 +32,7 @@ from mobilenets.core.errors import MobilenetsError
 from mobilenets.data.augment import normalize_batch
 from mobilenets.data.folders import UNLABELLED
 from mobilenets.training.mixup import label_distribution
+from mobilenets.training.options import TEACHER_ENGINES
 
 DEFAULT_WEIGHT = 0.5
 DEFAULT_TEMPERATURE = 4.0
@@ -129,11 +130,13 @@ class Teacher:
         engine: str,
         wants: TeacherInput,
         class_order: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self._run = run
         self.source = source
         self.engine = engine
         self.wants = wants
+        self.device = torch.device(device)  # where ``run`` takes its batches: the CPU, or the student's GPU
         self.class_order = torch.as_tensor(list(class_order)) if class_order is not None else None
         self.quality: TeacherQuality | None = None  # measured on the student's validation images (measure_teacher)
 
@@ -145,8 +148,12 @@ class Teacher:
         images = images.float()
         if tuple(mean) != self.wants.mean or tuple(std) != self.wants.std:
             shape = (1, -1, 1, 1)
-            pixels = images * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-            images = (pixels - torch.tensor(self.wants.mean).view(shape)) / torch.tensor(self.wants.std).view(shape)
+
+            def column(values: Sequence[float]) -> torch.Tensor:
+                return torch.tensor(values, device=images.device).view(shape)
+
+            pixels = images * column(std) + column(mean)
+            images = (pixels - column(self.wants.mean)) / column(self.wants.std)
         if images.shape[-1] != self.wants.resolution or images.shape[-2] != self.wants.resolution:
             images = F.interpolate(
                 images, size=(self.wants.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True
@@ -156,10 +163,10 @@ class Teacher:
     # no_grad, not inference_mode: inference tensors cannot enter the student's autograd graph.
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-        # The teacher runs on the CPU (ONNX Runtime or PyTorch); its logits go back to the student's device.
-        logits = self._run(self.prepare(images.cpu(), mean, std)).float()
+        # ONNX Runtime runs on the CPU, PyTorch where the student trains; the logits go to the student's device.
+        logits = self._run(self.prepare(images.to(self.device), mean, std)).float()
         if self.class_order is not None:
-            logits = logits[:, self.class_order]
+            logits = logits[:, self.class_order.to(logits.device)]
         return logits.to(images.device)
 
 
@@ -265,8 +272,10 @@ def class_order(teacher_classes: Sequence[str] | None, student_classes: Sequence
     return [teacher_classes.index(name) for name in student_classes]
 
 
-def _torch_runner(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _torch_runner(model: nn.Module, device: torch.device | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     model = model.eval().float()
+    if device is not None:
+        model = model.to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     from mobilenets.kernels.acceleration import to_model_layout
@@ -275,7 +284,7 @@ def _torch_runner(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         model = model.to(memory_format=torch.channels_last)
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        return model(to_model_layout(images))
+        return model(to_model_layout(images, device))
 
     return run
 
@@ -465,6 +474,7 @@ def load_teacher(
     student_classes: Sequence[str],
     example_batch: torch.Tensor | None = None,
     engine: str = "auto",
+    device: torch.device | str = "cpu",
     exporter: Callable[[nn.Module, Path], Path] | None = None,
     log: Callable[[str], None] = print,
 ) -> Teacher:
@@ -473,14 +483,22 @@ def load_teacher(
     A ``.onnx`` file runs in ONNX Runtime. A run directory or weights file is, with ``engine`` auto,
     exported once to a temporary ONNX file (``exporter``, default ``export_for_teacher``), both engines
     are timed on ``example_batch`` and the faster is kept (V2 at 64 px on 2 cores: ONNX Runtime 134 ms
-    against PyTorch 571 ms per batch of 32); ``torch`` or ``onnxruntime`` forces one.
+    against PyTorch 571 ms per batch of 32); ``torch`` or ``onnxruntime`` forces one. When the student
+    trains on a GPU (``device``), auto and ``torch`` run the teacher in PyTorch there (ONNX Runtime's
+    package here runs on the CPU only).
     """
-    if engine not in ("auto", "torch", "onnxruntime"):
-        raise MobilenetsError(f"teacher engine must be auto, torch or onnxruntime, got {engine!r}")
+    if engine not in TEACHER_ENGINES:
+        raise MobilenetsError(f"--teacher-engine must be one of {', '.join(TEACHER_ENGINES)}, got {engine!r}")
+    device = torch.device(device)
     path = Path(source)
     if path.suffix == ".onnx" or _is_onnx(path):
         if not path.is_file():
             raise MobilenetsError(f"--teacher {source}: no such file")
+        if engine == "torch":
+            raise MobilenetsError(
+                f"--teacher {source}: an ONNX file runs only in ONNX Runtime, not with --teacher-engine torch; pass "
+                "the teacher's run directory or weights file, or --teacher-engine auto"
+            )
         labels, wants = _onnx_metadata(path, source)
         order = class_order(labels, student_classes, source)
         try:
@@ -507,8 +525,9 @@ def load_teacher(
         mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(pre.get("std", (0.229, 0.224, 0.225))),
     )
-    runner, chosen = _torch_runner(model), "torch"
-    if engine in ("auto", "onnxruntime"):
+    on_gpu = device.type != "cpu" and engine != "onnxruntime"
+    runner, chosen = _torch_runner(model, device if on_gpu else None), "torch"
+    if engine == "onnxruntime" or (engine == "auto" and not on_gpu):
         runner, chosen = _maybe_onnx(
             model=model,
             torch_runner=runner,
@@ -520,11 +539,14 @@ def load_teacher(
         )
     check_teacher_output(runner, wants, len(metadata.get("classes") or ()), source)
     arch = model.architecture
+    where = f" on {device}" if on_gpu else ""
     log(
         f"teacher {source}: {arch.name} (width {arch.options.get('width', 1.0):g}) at {wants.resolution}px, "
-        f"{'ONNX Runtime' if chosen == 'onnxruntime' else 'PyTorch'}"
+        f"{'ONNX Runtime' if chosen == 'onnxruntime' else 'PyTorch'}{where}"
     )
-    return Teacher(runner, source=source, engine=chosen, wants=wants, class_order=order)
+    return Teacher(
+        runner, source=source, engine=chosen, wants=wants, class_order=order, device=device if on_gpu else "cpu"
+    )
 
 
 def load_teachers(
@@ -532,10 +554,14 @@ def load_teachers(
     *,
     student_classes: Sequence[str],
     engine: str = "auto",
+    device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
 ) -> Teacher | TeacherEnsemble:
     """One teacher, or several as a ``TeacherEnsemble`` (``load_teacher`` for each, in order)."""
-    teachers = [load_teacher(source, student_classes=student_classes, engine=engine, log=log) for source in sources]
+    teachers = [
+        load_teacher(source, student_classes=student_classes, engine=engine, device=device, log=log)
+        for source in sources
+    ]
     if len(teachers) == 1:
         return teachers[0]
     log(f"teachers: an ensemble of {len(teachers)}, the mean of their logits")
@@ -587,7 +613,8 @@ def _maybe_onnx(
         except Exception as error:
             if engine == "onnxruntime":
                 raise MobilenetsError(
-                    f"the teacher cannot be exported to ONNX ({error}); use the PyTorch engine"
+                    f"--teacher-engine onnxruntime: the teacher cannot be exported to ONNX ({_first_line(error)}); "
+                    "pass --teacher-engine torch or auto"
                 ) from None
             log(f"teacher: ONNX export failed ({type(error).__name__}); running it in PyTorch")
             return torch_runner, "torch"

@@ -16,6 +16,8 @@ from mobilenets.core.errors import MobilenetsError, check_number
 # RMSprop's is MobileNetV3's (§6.1), SGD's torchvision's MobileNetV2 recipe.
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.02, "rmsprop": 1e-5, "sgd": 4e-5}
 OPTIMIZERS = tuple(DEFAULT_WEIGHT_DECAY)
+# What runs a teacher: auto times both on the CPU and keeps the faster (PyTorch on a GPU); the others force one.
+TEACHER_ENGINES = ("auto", "torch", "onnxruntime")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class TrainOptions:
     teacher: str | Path | Sequence[str | Path] | None = None
     distill_weight: float = 0.5
     temperature: float = 4.0
+    teacher_engine: str = "auto"  # what runs the teacher: auto (the faster here), torch, onnxruntime
     unlabelled: Path | str | None = None  # images only the teacher labels
     mixup: float = 0.0
     random_erasing: float = 0.0
@@ -167,6 +170,7 @@ CHOICES = {
     "cache": ("auto", "memory", "disk"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "optimizer": OPTIMIZERS,
+    "teacher_engine": TEACHER_ENGINES,
 }
 
 
@@ -211,6 +215,7 @@ RESUME_MAY_CHANGE = {
     "device": "where to train",
     "early_stopping": "patience",
     "val_every": "how often to validate",
+    "teacher_engine": "what runs the teacher (its predictions agree to float rounding)",
 }
 # Options the command line accepts but does not list in --help (tests and benchmarks use them); messages
 # never suggest them.

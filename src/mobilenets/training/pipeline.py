@@ -175,7 +175,13 @@ def _prepare(
                     f"--resume {run.path}: its teacher {source} (config.json) is missing; put it back there (a run's "
                     "teacher cannot change on resume)"
                 )
-    teacher = load_teachers(sources, student_classes=classes, log=say) if sources else None
+    teacher = (
+        load_teachers(
+            sources, student_classes=classes, engine=config.teacher_engine, device=context.device, log=say
+        )
+        if sources
+        else None
+    )
     # Unlabelled images join the training set with the label UNLABELLED: the sampler, the augmentation and
     # the BatchNorm statistics treat them as any training image; only the loss tells them apart.
     train_data, val_data = decode_sets(config, train_samples + unlabelled, val_samples, run, context=context)
@@ -358,6 +364,11 @@ def read_resume(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, 
     changes said (config.json is rewritten only once the checkpoint shows they fit the run)."""
     config = TrainConfig.from_dict(run.read_json(RunDirectory.CONFIG))
     split = run.read_split()
+    if "teacher_engine" in options.given() and not config.teacher:
+        raise MobilenetsError(
+            f"--resume {run.path}: --teacher-engine chooses what runs a teacher, and this run has none (a run's "
+            "teacher cannot change on resume); drop --teacher-engine"
+        )
     changed = []
     for name, value in options.given().items():
         if name in RESUME_MAY_CHANGE and hasattr(config, name) and getattr(config, name) != value:

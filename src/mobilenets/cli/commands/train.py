@@ -12,7 +12,7 @@ from pathlib import Path
 from mobilenets.data.augment_levels import AUGMENT_LEVELS
 from mobilenets.models.published import list_weights
 from mobilenets.models.registry import list_models
-from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainOptions
+from mobilenets.training.options import DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TEACHER_ENGINES, TrainOptions
 from mobilenets.training.recipes import DEFAULTS, bundled_recipes
 
 NOT_PASSED = object()
@@ -107,6 +107,12 @@ def add_parser(subparsers) -> None:
         help="with --teacher: share A of the soft-target loss (0–1; default 0.5, which measured as well as or better than 0.9)"
     )
     parser.add_argument("--temperature", type=float, help="with --teacher: softmax temperature T (default 4)")
+    parser.add_argument(
+        "--teacher-engine",
+        choices=TEACHER_ENGINES,
+        help="with --teacher: what runs it. auto (default) times PyTorch and ONNX Runtime on a batch and keeps the "
+        "faster (on a GPU: PyTorch there); torch or onnxruntime forces one (an .onnx teacher runs only in ONNX Runtime)",
+    )
     parser.add_argument(
         "--unlabelled",
         "--unlabeled",
