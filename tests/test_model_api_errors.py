@@ -57,7 +57,16 @@ def test_pretrained_says_how_weights_are_chosen_here():
         create_model("mobilenet_v2", pretrained=True)
     message = str(caught.value)
     assert message.startswith("pretrained=True: not an option here; pass weights=NAME, a published name")
-    assert "published for mobilenet_v2: mobilenet_v2.tv_in1k, " in message
+    assert "published for mobilenet_v2 at width 1: mobilenet_v2.tv_in1k, " in message
+    assert "mobilenet_v2_050" not in message and "mobilenet_v2_140" not in message  # other widths do not fit
+    with pytest.raises(MobilenetsError) as caught:
+        create_model("mobilenet_v3_small", width=0.75, pretrained=True)
+    assert "published for mobilenet_v3_small at width 0.75: mobilenet_v3_small_075.timm_lamb_in1k;" in str(caught.value)
+    with pytest.raises(MobilenetsError) as caught:
+        create_model("mobilenet_v3_small", width=0.5, pretrained=True)
+    assert "none is published for mobilenet_v3_small at width 0.5; at other widths: mobilenet_v3_small.tv_in1k (width 1)" in (
+        str(caught.value)
+    )
     assert "list_weights()" in message and "weights=PATH" in message
     with pytest.raises(MobilenetsError, match="none is published for mobilenet_v1_shallow"):
         create_model("mobilenet_v1_shallow", pretrained=True)

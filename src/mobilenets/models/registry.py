@@ -55,7 +55,7 @@ def get_architecture(name: str, width: float = 1.0, **options: Any) -> Architect
     accepted = [p for p in inspect.signature(builder).parameters if p != "width" and p not in fixed]
     for key, value in options.items():
         if key not in accepted:
-            raise ModelArgumentError(unknown_option(name, key, value, accepted))
+            raise ModelArgumentError(unknown_option(name, key, value, accepted, width=width))
     for key, value in options.items():
         check_option(key, value)
     architecture = builder(width=width, **fixed, **options)
@@ -92,14 +92,22 @@ def check_width_argument(width: object) -> None:
         )
 
 
-def unknown_option(name: str, key: str, value: object, accepted: list[str]) -> str:
+def unknown_option(name: str, key: str, value: object, accepted: list[str], *, width: float = 1.0) -> str:
     """The line refusing ``key=value`` for model ``name``: torchvision's ``pretrained`` gets how weights are
-    chosen here, a misspelt or timm option (``drop_rate``) the closest of ``accepted``."""
+    chosen here (the checkpoints of this ``width``, which alone fit), a misspelt or timm option
+    (``drop_rate``) the closest of ``accepted``."""
     if key == "pretrained":
         from mobilenets.models.published import PUBLISHED_WEIGHTS
 
-        published = [w.name for w in PUBLISHED_WEIGHTS.values() if w.architecture == name]
-        names = f"published for {name}: {', '.join(published)}" if published else f"none is published for {name}"
+        published = [w for w in PUBLISHED_WEIGHTS.values() if w.architecture == name]
+        fitting = [w.name for w in published if w.width == width]
+        if fitting:
+            names = f"published for {name} at width {width:g}: {', '.join(fitting)}"
+        elif published:
+            others = ", ".join(f"{w.name} (width {w.width:g})" for w in published)
+            names = f"none is published for {name} at width {width:g}; at other widths: {others}"
+        else:
+            names = f"none is published for {name}"
         return (
             f"pretrained={value!r}: not an option here; pass weights=NAME, a published name ({names}; all of "
             "them: list_weights()), or weights=PATH, a weights file; without weights= the model is random"
