@@ -107,6 +107,39 @@ def test_resume_refuses_a_teacher_engine_for_a_run_without_teacher(tmp_path, cap
     assert (out / "config.json").read_bytes() == config
 
 
+def test_resume_finds_moved_images_where_data_says_they_are_now(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(EXAMPLES, data)
+    interrupted_run(out, data)
+    moved = tmp_path / "disk2" / "fashion"
+    moved.parent.mkdir()
+    shutil.move(data, moved)
+    split_before = json.loads((out / "split.json").read_text())
+    message = error_of(capsys, main(["train", "--resume", str(out), "--data", str(tmp_path / "nowhere")]))
+    assert message == (
+        f"--data {tmp_path / 'nowhere'}: no such folder; with --resume, --data names the folder that now holds the "
+        "run's training images"
+    )
+    # A folder without all of the run's images: fewer would change every epoch's batches.
+    partial = tmp_path / "partial"
+    shutil.copytree(moved, partial)
+    next(next(partial.iterdir()).iterdir()).unlink()
+    message = error_of(capsys, main(["train", "--resume", str(out), "--data", str(partial)]))
+    assert message.startswith(f"--data {partial}: 1 of the run's 500 training images are not in it (first: {partial}/")
+    message = error_of(capsys, main(["train", "--resume", str(out), "--val", str(moved)]))
+    assert message.startswith(f"--val {moved}: this run's validation images are a share of its --data folder")
+    assert json.loads((out / "split.json").read_text()) == split_before  # nothing written by a refusal
+
+    assert main(["train", "--resume", str(out), "--data", str(moved), "--epochs", "2"]) == 0
+    assert f"--data {data.resolve()} → {moved.resolve()}" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["data"] == str(moved.resolve())
+    split = json.loads((out / "split.json").read_text())
+    assert split["train_root"]["absolute"] == split["val_root"]["absolute"] == str(moved.resolve())
+    assert (split["train"], split["val"]) == (split_before["train"], split_before["val"])  # the same files
+    assert RunDirectory(out).metrics()["complete"] and RunDirectory(out).metrics()["epochs_completed"] == 2
+    assert all(f.path.is_file() for f in RunDirectory(out).read_split().val)  # found there by later commands
+
+
 def test_resume_without_a_checkpoint_refuses_and_lists_what_is_there(tmp_path, capsys):
     out = tmp_path / "run"
     interrupted_run(out)
@@ -180,12 +213,12 @@ def test_api_rejects_unknown_options():
         api.train(EXAMPLES, epoch=3)
 
 
-def interrupted_run(out: Path) -> None:
+def interrupted_run(out: Path, data: Path = EXAMPLES) -> None:
     """A run whose training ended but whose finishing steps (int8, report) never ran: a kept checkpoint."""
     original = api.Run.finish
     api.Run.finish = lambda self: None
     try:
-        api.train(EXAMPLES, out=out, model="mobilenet_v3_small", width=0.25, resolution=32, weights="none", epochs=1)
+        api.train(data, out=out, model="mobilenet_v3_small", width=0.25, resolution=32, weights="none", epochs=1)
     finally:
         api.Run.finish = original
     assert RunDirectory(out).checkpoint.exists()
@@ -205,3 +238,22 @@ def test_a_resume_trains_where_the_run_did_unless_told_otherwise(tmp_path):
     assert resumed_placement(on_cpu) == ("cpu", False)
     if torch.cuda.is_available():
         assert resumed_placement(TrainOptions(resume=tmp_path)) == ("cuda", True)
+
+
+def test_a_moved_split_keeps_each_file_at_its_place_in_its_own_folder(tmp_path):
+    from mobilenets.core.run_directory import LabelledFile, Split
+
+    train_root, val_root, outside = tmp_path / "train", tmp_path / "val", tmp_path / "elsewhere" / "x.png"
+    split = Split(
+        classes=["a", "b"],
+        train=[LabelledFile(train_root / "a" / "1.png", 0), LabelledFile(outside, 1)],
+        val=[LabelledFile(val_root / "b" / "2.png", 1)],
+        train_root=train_root,
+        val_root=val_root,
+    )
+    moved = split.moved(train_root=tmp_path / "new")
+    # A file recorded outside its folder stays where it is; a folder not given (val) too.
+    assert [f.path for f in moved.train] == [tmp_path / "new" / "a" / "1.png", outside]
+    assert [f.path for f in moved.val] == [val_root / "b" / "2.png"] and moved.val_root == val_root
+    assert [f.label for f in moved.train] == [0, 1] and moved.train_root == tmp_path / "new"
+    assert [f.path for f in split.moved(val_root=tmp_path / "v2").val] == [tmp_path / "v2" / "b" / "2.png"]

@@ -225,16 +225,24 @@ def test_unlabelled_images_train_with_the_teacher_and_never_validate(tmp_path, t
     assert json.loads((out / "leakage.json").read_text())["exact"] == [[str(pool / "copy.png"), str(validation_image)]]
     # The resumed run reads the same unlabelled images back from split.json.
     options = TrainOptions(resume=out)
-    _, images, _ = read_resume(RunDirectory(out), options)
+    _, images, _, relocated = read_resume(RunDirectory(out), options)
     assert [s.path for s in images.unlabelled] == split.unlabelled and {s.label for s in images.unlabelled} == {-1}
-    # --unlabelled cannot change on resume: refused, never ignored.
-    message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(pool)]))
-    assert "--unlabelled cannot change on resume" in message
+    assert relocated is None
     # A moved folder would change every epoch's batches: the resume refuses rather than drop the images.
     shutil.move(pool, tmp_path / "moved")
     message = error_of(capsys, main(["train", "--resume", str(out), "--epochs", "2"]))
     assert f"{out}: 41 of the 41 unlabelled images it trains on are missing (first: " in message
     assert f"put the --unlabelled folder back at {pool.resolve()}" in message
+    assert "or pass --unlabelled DIR where the same files are now" in message
+    # --unlabelled names where they are now: the same files, all of them, or the resume is refused.
+    message = error_of(capsys, main(["train", "--resume", str(out), "--unlabelled", str(EXAMPLES)]))
+    assert message.startswith(f"--unlabelled {EXAMPLES}: 41 of the run's 41 unlabelled images are not in it (first: ")
+    _, images, changes, relocated = read_resume(RunDirectory(out), TrainOptions(resume=out, unlabelled=tmp_path / "moved"))
+    assert changes == [f"--unlabelled {pool.resolve()} → {(tmp_path / 'moved').resolve()}"]
+    assert sorted(s.path for s in images.unlabelled) == sorted(
+        (tmp_path / "moved").resolve() / path.relative_to(pool.resolve()) for path in split.unlabelled
+    )
+    assert relocated.unlabelled_root == (tmp_path / "moved").resolve()
 
 
 def test_mixup_trains_on_blends_of_labelled_and_unlabelled_images(tmp_path):

@@ -36,6 +36,31 @@ class Split:
     unlabelled: list[Path] = field(default_factory=list)
     unlabelled_root: Path | None = None
 
+    def moved(
+        self, *, train_root: Path | None = None, val_root: Path | None = None, unlabelled_root: Path | None = None
+    ) -> Split:
+        """The same files under other folders (``train --resume --data DIR``): each keeps its path relative to
+        its folder; a folder not given stays where it is."""
+
+        def rebase(path: Path, old: Path | None, new: Path | None) -> Path:
+            if new is None or old is None:
+                return path
+            try:
+                return new / path.relative_to(old)
+            except ValueError:  # recorded outside its folder (an absolute path in split.json): it stays there
+                return path
+
+        old_val_root = self.val_root or self.train_root
+        return Split(
+            classes=self.classes,
+            train=[LabelledFile(rebase(f.path, self.train_root, train_root), f.label) for f in self.train],
+            val=[LabelledFile(rebase(f.path, old_val_root, val_root), f.label) for f in self.val],
+            train_root=train_root or self.train_root,
+            val_root=val_root or old_val_root,
+            unlabelled=[rebase(path, self.unlabelled_root, unlabelled_root) for path in self.unlabelled],
+            unlabelled_root=unlabelled_root or self.unlabelled_root,
+        )
+
 
 class RunDirectory:
     """A training run's folder. Attributes are the paths of its files; methods read and write them."""

@@ -216,7 +216,12 @@ RESUME_MAY_CHANGE = {
     "early_stopping": "patience",
     "val_every": "how often to validate",
     "teacher_engine": "what runs the teacher (its predictions agree to float rounding)",
+    "data": "where the run's training images are now (the same files, at the same places inside it)",
+    "val": "where the run's validation folder is now",
+    "unlabelled": "where the run's unlabelled images are now",
 }
+# Of those, the folders a resumed run's images moved to (each the same files; training.pipeline.relocate_split).
+RELOCATABLE = {"data": "training", "val": "validation", "unlabelled": "unlabelled"}
 # Options the command line accepts but does not list in --help (tests and benchmarks use them); messages
 # never suggest them.
 HIDDEN_OPTIONS = ("checkpoint_steps",)

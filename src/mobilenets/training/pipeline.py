@@ -48,7 +48,7 @@ from mobilenets.training.configuration import TrainConfig, apply_recipe_file, ma
 from mobilenets.training.diagnosis import diagnose_run, findings_to_json, format_findings
 from mobilenets.training.distillation import Teacher, TeacherEnsemble, TeacherQuality, load_teachers, measure_teacher
 from mobilenets.training.loop import EpochRecord, Interrupted, Trainer
-from mobilenets.training.options import RESUME_MAY_CHANGE, TrainOptions, teacher_sources
+from mobilenets.training.options import RELOCATABLE, RESUME_MAY_CHANGE, TrainOptions, teacher_sources
 
 log = logging.getLogger("mobilenets")
 
@@ -109,7 +109,7 @@ def resumed_placement(options: TrainOptions) -> tuple[str, bool]:
 def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
     if options.resume is not None:
         run = RunDirectory(options.resume)
-        config, split, changes = read_resume(run, options)
+        config, split, changes, relocated = read_resume(run, options)
         say(f"resuming {run.path}")
         trainer = _prepare(config, run, split, context=context, options=options)
         if run.checkpoint.exists():
@@ -117,6 +117,8 @@ def _train(options: TrainOptions, context: DistributedContext) -> RunDirectory:
             say(f"continuing at epoch {trainer.state.epoch + 1}, step {trainer.state.step_in_epoch}")
         if changes and context.is_main:
             say(f"resume changes: {'; '.join(changes)}")
+            if relocated is not None:  # the next resume, evaluate or quantize finds the images where they are now
+                run.write_split(relocated)
             run.write_json(RunDirectory.CONFIG, config.to_dict())
     else:
         config, run, split, existed = new_run(options, context)
@@ -359,9 +361,12 @@ def report_scan(scan: FolderScan, what: str) -> None:
         warn(f"skipped {skipped}")
 
 
-def read_resume(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, RunImages, list[str]]:
+def read_resume(
+    run: RunDirectory, options: TrainOptions
+) -> tuple[TrainConfig, RunImages, list[str], Split | None]:
     """A run's config and split for ``--resume``, with the options a resume may change applied, and those
-    changes said (config.json is rewritten only once the checkpoint shows they fit the run)."""
+    changes said (config.json is rewritten only once the checkpoint shows they fit the run). The last value
+    is the split with its folders moved (``--data``/``--val``/``--unlabelled`` given), to be written with them."""
     config = TrainConfig.from_dict(run.read_json(RunDirectory.CONFIG))
     split = run.read_split()
     if "teacher_engine" in options.given() and not config.teacher:
@@ -369,8 +374,11 @@ def read_resume(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, 
             f"--resume {run.path}: --teacher-engine chooses what runs a teacher, and this run has none (a run's "
             "teacher cannot change on resume); drop --teacher-engine"
         )
-    changed = []
+    split, changed = relocate_split(split, config, options)
+    relocated = split if changed else None
     for name, value in options.given().items():
+        if name in RELOCATABLE:
+            continue
         if name in RESUME_MAY_CHANGE and hasattr(config, name) and getattr(config, name) != value:
             changed.append(f"--{name.replace('_', '-')} {getattr(config, name)} → {value}")
             setattr(config, name, value)
@@ -382,9 +390,59 @@ def read_resume(run: RunDirectory, options: TrainOptions) -> tuple[TrainConfig, 
         raise MobilenetsError(
             f"{run.path}: {len(missing):,} of the {len(unlabelled):,} unlabelled images it trains on are missing "
             f"(first: {missing[0]}); put the --unlabelled folder back at {config.unlabelled}, or beside the run where "
-            "it was, to resume"
+            "it was, or pass --unlabelled DIR where the same files are now, to resume"
         )
-    return config, RunImages(train, val, split.classes, unlabelled), changed
+    return config, RunImages(train, val, split.classes, unlabelled), changed, relocated
+
+
+def relocate_split(split: Split, config: TrainConfig, options: TrainOptions) -> tuple[Split, list[str]]:
+    """``--resume RUN --data DIR`` (and ``--val``, ``--unlabelled``): the run's images, moved to other folders.
+
+    Each must hold every file of its part of the split at the same place inside it, or the resume is refused:
+    fewer images would change every epoch's batches. ``config`` is updated; the changes are returned as said.
+    """
+    given = options.given()
+    moved = {name: Path(getattr(options, name)) for name in RELOCATABLE if name in given}
+    for name, folder in moved.items():
+        if not folder.is_dir():
+            raise MobilenetsError(
+                f"--{name} {folder}: no such folder; with --resume, --{name} names the folder that now holds the "
+                f"run's {RELOCATABLE[name]} images"
+            )
+    if "val" in moved and not config.val:
+        raise MobilenetsError(
+            f"--val {moved['val']}: this run's validation images are a share of its --data folder (--val-fraction), "
+            "not a folder of their own; pass --data DIR alone to say where they are now"
+        )
+    if "unlabelled" in moved and not split.unlabelled:
+        raise MobilenetsError(
+            f"--unlabelled {moved['unlabelled']}: this run trains on no unlabelled images, and a resume cannot add "
+            "them; drop --unlabelled"
+        )
+    data = moved.get("data")
+    relocated = split.moved(
+        train_root=data,
+        val_root=moved.get("val") or (data if not config.val else None),
+        unlabelled_root=moved.get("unlabelled"),
+    )
+    parts = {
+        "data": [f.path for f in relocated.train] + ([] if config.val else [f.path for f in relocated.val]),
+        "val": [f.path for f in relocated.val],
+        "unlabelled": relocated.unlabelled,
+    }
+    changed = []
+    for name, folder in moved.items():
+        paths = parts[name]
+        if missing := [path for path in paths if not path.is_file()]:
+            raise MobilenetsError(
+                f"--{name} {folder}: {len(missing):,} of the run's {len(paths):,} {RELOCATABLE[name]} images are not "
+                f"in it (first: {missing[0]}); pass the folder that holds the same files at the same places inside it"
+            )
+        was = {"data": split.train_root, "val": split.val_root, "unlabelled": split.unlabelled_root}[name]
+        if was is None or Path(was).resolve() != folder.resolve():
+            changed.append(f"--{name} {was or getattr(config, name)} → {folder.resolve()}")
+            setattr(config, name, str(folder.resolve()))
+    return relocated, changed
 
 
 def decode_sets(
