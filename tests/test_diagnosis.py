@@ -394,5 +394,10 @@ def test_validation_taking_a_large_share_advises_val_every():
     assert any(a.startswith("validate less often: --val-every 3 (this run: 1;") for a in finding.advice)
     long_run = {f.symptom: f for f in diagnose(healthy(train_seconds=30.0, validation_seconds=60.0, epochs=100))}
     assert any("--val-every 38 " in a for a in long_run["slow_training"].advice)
+    # Already validating only the last epoch: fewer validation images is the way left.
+    last_only = {f.symptom: f for f in diagnose(healthy(train_seconds=30.0, validation_seconds=60.0, epochs=3, val_every=3))}
+    assert [a for a in last_only["slow_training"].advice if "valid" in a] == [
+        "validate on fewer images: a smaller validation set (--val-fraction, or --val DIR)"
+    ]
     # A tenth of the run (full Fashion-MNIST: ~12 s of 127 s an epoch) is worth its figures.
     assert "slow_training" not in symptoms(healthy(train_seconds=300.0, validation_seconds=33.0))

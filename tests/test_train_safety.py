@@ -115,6 +115,10 @@ def test_resume_finds_moved_images_where_data_says_they_are_now(tmp_path, capsys
     moved.parent.mkdir()
     shutil.move(data, moved)
     split_before = json.loads((out / "split.json").read_text())
+    # Without --data the resume says where the images were and how to say where they are now.
+    message = error_of(capsys, main(["train", "--resume", str(out)]))
+    assert message.startswith(f"{out}: 400 of the 400 training images it trains on are missing (first: {data}")
+    assert f"put the --data folder back at {data}, or beside the run where it was, or pass --data DIR" in message
     message = error_of(capsys, main(["train", "--resume", str(out), "--data", str(tmp_path / "nowhere")]))
     assert message == (
         f"--data {tmp_path / 'nowhere'}: no such folder; with --resume, --data names the folder that now holds the "
@@ -125,7 +129,9 @@ def test_resume_finds_moved_images_where_data_says_they_are_now(tmp_path, capsys
     shutil.copytree(moved, partial)
     next(next(partial.iterdir()).iterdir()).unlink()
     message = error_of(capsys, main(["train", "--resume", str(out), "--data", str(partial)]))
-    assert message.startswith(f"--data {partial}: 1 of the run's 500 training images are not in it (first: {partial}/")
+    assert message.startswith(
+        f"--data {partial}: 1 of the run's 500 training and validation images are not in it (first: {partial}/"
+    )
     message = error_of(capsys, main(["train", "--resume", str(out), "--val", str(moved)]))
     assert message.startswith(f"--val {moved}: this run's validation images are a share of its --data folder")
     assert json.loads((out / "split.json").read_text()) == split_before  # nothing written by a refusal
@@ -257,3 +263,23 @@ def test_a_moved_split_keeps_each_file_at_its_place_in_its_own_folder(tmp_path):
     assert [f.path for f in moved.val] == [val_root / "b" / "2.png"] and moved.val_root == val_root
     assert [f.label for f in moved.train] == [0, 1] and moved.train_root == tmp_path / "new"
     assert [f.path for f in split.moved(val_root=tmp_path / "v2").val] == [tmp_path / "v2" / "b" / "2.png"]
+
+
+def test_an_earlier_split_format_cannot_be_relocated_and_says_so(tmp_path):
+    from mobilenets.core.run_directory import LabelledFile, Split
+    from mobilenets.training.configuration import TrainConfig
+    from mobilenets.training.options import TrainOptions
+    from mobilenets.training.pipeline import relocate_split
+
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    old = tmp_path / "old" / "a" / "1.png"
+    (run.path / "split.json").write_text(json.dumps({"classes": ["a"], "train": [[str(old), 0]], "val": []}))
+    split = Split(classes=["a"], train=[LabelledFile(old, 0)])
+    options = TrainOptions(resume=run.path, data=tmp_path, passed=frozenset({"data"}))
+    with pytest.raises(MobilenetsError) as error:
+        relocate_split(split, config=TrainConfig(data=str(tmp_path / "old")), options=options, run=run)
+    assert str(error.value) == (
+        f"--data: {run.path}'s split.json is of an earlier format that records each image's absolute path and not "
+        "its folder, so its images cannot be found in another; put them back where it says to resume"
+    )

@@ -358,7 +358,7 @@ def test_early_stopping(tmp_path, capsys):
     # A learning rate too small to change any prediction: no epoch beats the first.
     arguments = ["--data", str(data), "--out", str(run_dir), "--epochs", "5", "--lr", "1e-12", "--early-stopping", "1"]
     assert main(["train", *arguments, "--batch-size", "5", "--no-ema", *TINY]) == 0
-    assert "early stopping: no val improvement for 1 epochs" in capsys.readouterr().out
+    assert "early stopping: no val improvement for 1 epoch (best " in capsys.readouterr().out
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 2 and metrics["best_epoch"] == 1
 

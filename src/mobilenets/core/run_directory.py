@@ -42,7 +42,7 @@ class Split:
         """The same files under other folders (``train --resume --data DIR``): each keeps its path relative to
         its folder; a folder not given stays where it is."""
 
-        def rebase(path: Path, old: Path | None, new: Path | None) -> Path:
+        def rebase(path: Path, *, old: Path | None, new: Path | None) -> Path:
             if new is None or old is None:
                 return path
             try:
@@ -53,11 +53,11 @@ class Split:
         old_val_root = self.val_root or self.train_root
         return Split(
             classes=self.classes,
-            train=[LabelledFile(rebase(f.path, self.train_root, train_root), f.label) for f in self.train],
-            val=[LabelledFile(rebase(f.path, old_val_root, val_root), f.label) for f in self.val],
+            train=[LabelledFile(rebase(f.path, old=self.train_root, new=train_root), f.label) for f in self.train],
+            val=[LabelledFile(rebase(f.path, old=old_val_root, new=val_root), f.label) for f in self.val],
             train_root=train_root or self.train_root,
             val_root=val_root or old_val_root,
-            unlabelled=[rebase(path, self.unlabelled_root, unlabelled_root) for path in self.unlabelled],
+            unlabelled=[rebase(path, old=self.unlabelled_root, new=unlabelled_root) for path in self.unlabelled],
             unlabelled_root=unlabelled_root or self.unlabelled_root,
         )
 

@@ -55,7 +55,7 @@ def get_architecture(name: str, width: float = 1.0, **options: Any) -> Architect
     accepted = [p for p in inspect.signature(builder).parameters if p != "width" and p not in fixed]
     for key, value in options.items():
         if key not in accepted:
-            raise ModelArgumentError(unknown_option(name, key, value, accepted, width=width))
+            raise ModelArgumentError(unknown_option(name, key=key, value=value, accepted=accepted, width=width))
     for key, value in options.items():
         check_option(key, value)
     architecture = builder(width=width, **fixed, **options)
@@ -92,7 +92,7 @@ def check_width_argument(width: object) -> None:
         )
 
 
-def unknown_option(name: str, key: str, value: object, accepted: list[str], *, width: float = 1.0) -> str:
+def unknown_option(name: str, *, key: str, value: object, accepted: list[str], width: float = 1.0) -> str:
     """The line refusing ``key=value`` for model ``name``: torchvision's ``pretrained`` gets how weights are
     chosen here (the checkpoints of this ``width``, which alone fit), a misspelt or timm option
     (``drop_rate``) the closest of ``accepted``."""

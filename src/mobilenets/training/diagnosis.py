@@ -534,13 +534,18 @@ def slow_training(facts: RunFacts) -> Finding | None:
             f"validating took {share:.0%} of the run ({facts.validation_seconds:.0f} s over {validations} "
             f"validation{'s' if validations != 1 else ''} of {facts.val_images:,} images)"
         )
-        # Every N epochs, so that validation takes about VALIDATION_SHARE_TARGET of the time.
+        # Every N epochs, so that validation takes about VALIDATION_SHARE_TARGET of the time; no more than the
+        # run's epochs (it then validates only the last), and only when that is less often than this run.
         ratio = facts.validation_seconds / validations / (facts.train_seconds / max(len(facts.history), 1))
-        every = max(facts.val_every + 1, math.ceil(ratio * (1 - VALIDATION_SHARE_TARGET) / VALIDATION_SHARE_TARGET))
-        advice.append(
-            f"validate less often: --val-every {min(every, max(facts.epochs, 2))} (this run: {facts.val_every}; the "
-            "last epoch is always validated), or a smaller validation set (--val-fraction, or --val DIR)"
-        )
+        every = min(math.ceil(ratio * (1 - VALIDATION_SHARE_TARGET) / VALIDATION_SHARE_TARGET), facts.epochs)
+        smaller = "a smaller validation set (--val-fraction, or --val DIR)"
+        if every > facts.val_every:
+            advice.append(
+                f"validate less often: --val-every {every} (this run: {facts.val_every}; the last epoch is always "
+                f"validated), or {smaller}"
+            )
+        else:
+            advice.append(f"validate on fewer images: {smaller}")
     if facts.cuda_available and facts.device == "cpu":
         parts.append("a CUDA GPU is present but training ran on the CPU")
         advice.append("ensure the GPU is being utilized: --device cuda")

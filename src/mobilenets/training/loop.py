@@ -414,20 +414,7 @@ class Trainer:
         loss_sum, correct, images = self.context.reduce_sum(
             torch.tensor([own.loss_sum, own.correct, own.images], dtype=torch.float64)
         ).tolist()
-        result = None
-        if self.validates(epoch):
-            started = time.perf_counter()
-            # The statistics are only needed by the evaluation (and the saved weights, which follow it).
-            if not self.config.freeze_bn:
-                recompute_batchnorm_statistics(
-                    self.eval_model,
-                    self.train_data.images,
-                    self.preprocessing.mean,
-                    self.preprocessing.std,
-                    seed=self.config.seed,
-                )
-            result = self.context.merge_evaluation(self.evaluate())
-            state.validation_seconds += time.perf_counter() - started
+        result = self.validate() if self.validates(epoch) else None
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=loss_sum / max(images, 1),
@@ -439,15 +426,46 @@ class Trainer:
             seconds=own.seconds,
         )
         state.history.append(asdict(record))
-        if result is not None and is_better(
-            result.accuracy, result.loss, best_accuracy=state.best_val_accuracy, best_loss=state.best_val_loss
-        ):
-            state.best_val_accuracy, state.best_val_loss, state.best_epoch = result.accuracy, result.loss, epoch + 1
-            self.save_model("model", {"epoch": epoch + 1, "val_accuracy": result.accuracy})
+        if result is not None:
+            self.keep_if_best(result, epoch=epoch + 1)
         state.epoch, state.step_in_epoch, state.epoch_totals = epoch + 1, 0, EpochTotals()
         self.write_epochs_csv()
         self.save_checkpoint()
         return record
+
+    def validate(self) -> EvaluationResult:
+        """The BatchNorm statistics recomputed, then the validation images evaluated (timed as validation)."""
+        started = time.perf_counter()
+        # The statistics are only needed by the evaluation (and the saved weights, which follow it).
+        if not self.config.freeze_bn:
+            recompute_batchnorm_statistics(
+                self.eval_model,
+                self.train_data.images,
+                self.preprocessing.mean,
+                self.preprocessing.std,
+                seed=self.config.seed,
+            )
+        result = self.context.merge_evaluation(self.evaluate())
+        self.state.validation_seconds += time.perf_counter() - started
+        return result
+
+    def keep_if_best(self, result: EvaluationResult, *, epoch: int) -> None:
+        """Save the weights as ``model.safetensors`` when epoch ``epoch`` (1-based) is the best validated yet."""
+        state = self.state
+        if is_better(result.accuracy, result.loss, best_accuracy=state.best_val_accuracy, best_loss=state.best_val_loss):
+            state.best_val_accuracy, state.best_val_loss, state.best_epoch = result.accuracy, result.loss, epoch
+            self.save_model("model", {"epoch": epoch, "val_accuracy": result.accuracy})
+
+    def validate_last_epoch(self) -> None:
+        """Validate the last epoch trained when --val-every skipped it: a run resumed with ``--epochs`` equal to
+        the epochs it had done ends there, and its final figures and kept weights must include the final ones."""
+        state = self.state
+        if not state.history or state.history[-1]["val_accuracy"] is not None:
+            return
+        result = self.validate()
+        state.history[-1].update(val_loss=result.loss, val_accuracy=result.accuracy)
+        self.keep_if_best(result, epoch=state.history[-1]["epoch"])
+        self.write_epochs_csv()
 
     def evaluate(self, model: nn.Module | None = None) -> EvaluationResult:
         # fp32, as saved and deployed: autocast lives only in the training step.
@@ -504,11 +522,14 @@ class Trainer:
                 if on_epoch:
                     on_epoch(record)
                 if self.early_stop():
+                    gap = self.state.epoch - self.state.best_epoch
                     self.log(
-                        f"early stopping: no val improvement for {self.config.early_stopping} epochs "
-                        f"(best {self.state.best_val_accuracy:.4f} at epoch {self.state.best_epoch})"
+                        f"early stopping: no val improvement for {gap} epoch{'s' if gap != 1 else ''} "
+                        f"(best {self.state.best_val_accuracy:.4f} at epoch {self.state.best_epoch}; "
+                        f"--early-stopping {self.config.early_stopping})"
                     )
                     break
+            self.validate_last_epoch()
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise Interrupted(str(self.run.path)) from None

@@ -374,7 +374,7 @@ def read_resume(
             f"--resume {run.path}: --teacher-engine chooses what runs a teacher, and this run has none (a run's "
             "teacher cannot change on resume); drop --teacher-engine"
         )
-    split, changed = relocate_split(split, config, options)
+    split, changed = relocate_split(split, config=config, options=options, run=run)
     relocated = split if changed else None
     for name, value in options.given().items():
         if name in RELOCATABLE:
@@ -385,17 +385,25 @@ def read_resume(
     train = [Sample(f.path, f.label) for f in split.train]
     val = [Sample(f.path, f.label) for f in split.val]
     unlabelled = [Sample(path, UNLABELLED) for path in split.unlabelled]
-    if missing := [path for path in split.unlabelled if not path.exists()]:
-        # Fewer images would change every epoch's batches: the resumed run would not continue exactly.
-        raise MobilenetsError(
-            f"{run.path}: {len(missing):,} of the {len(unlabelled):,} unlabelled images it trains on are missing "
-            f"(first: {missing[0]}); put the --unlabelled folder back at {config.unlabelled}, or beside the run where "
-            "it was, or pass --unlabelled DIR where the same files are now, to resume"
-        )
+    val_flag, val_folder = ("--val", config.val) if config.val else ("--data", config.data)
+    for what, paths, flag, folder in (
+        ("training images it trains on", [f.path for f in split.train], "--data", config.data),
+        ("validation images it validates on", [f.path for f in split.val], val_flag, val_folder),
+        ("unlabelled images it trains on", split.unlabelled, "--unlabelled", config.unlabelled),
+    ):
+        if missing := [path for path in paths if not path.is_file()]:
+            # Fewer images would change every epoch's batches: the resumed run would not continue exactly.
+            raise MobilenetsError(
+                f"{run.path}: {len(missing):,} of the {len(paths):,} {what} are missing (first: {missing[0]}); put "
+                f"the {flag} folder back at {folder}, or beside the run where it was, or pass {flag} DIR where the "
+                "same files are now, to resume"
+            )
     return config, RunImages(train, val, split.classes, unlabelled), changed, relocated
 
 
-def relocate_split(split: Split, config: TrainConfig, options: TrainOptions) -> tuple[Split, list[str]]:
+def relocate_split(
+    split: Split, *, config: TrainConfig, options: TrainOptions, run: RunDirectory
+) -> tuple[Split, list[str]]:
     """``--resume RUN --data DIR`` (and ``--val``, ``--unlabelled``): the run's images, moved to other folders.
 
     Each must hold every file of its part of the split at the same place inside it, or the resume is refused:
@@ -405,10 +413,17 @@ def relocate_split(split: Split, config: TrainConfig, options: TrainOptions) -> 
     moved = {name: Path(getattr(options, name)) for name in RELOCATABLE if name in given}
     for name, folder in moved.items():
         if not folder.is_dir():
+            problem = "not a folder" if folder.exists() else "no such folder"
             raise MobilenetsError(
-                f"--{name} {folder}: no such folder; with --resume, --{name} names the folder that now holds the "
-                f"run's {RELOCATABLE[name]} images"
+                f"--{name} {folder}: {problem}; with --resume, --{name} names the folder that now holds the run's "
+                f"{RELOCATABLE[name]} images"
             )
+    if moved and run.read_json(RunDirectory.SPLIT).get("format") != 2:
+        raise MobilenetsError(
+            f"--{next(iter(moved))}: {run.path}'s {RunDirectory.SPLIT} is of an earlier format that records each "
+            "image's absolute path and not its folder, so its images cannot be found in another; put them back "
+            "where it says to resume"
+        )
     if "val" in moved and not config.val:
         raise MobilenetsError(
             f"--val {moved['val']}: this run's validation images are a share of its --data folder (--val-fraction), "
@@ -419,11 +434,12 @@ def relocate_split(split: Split, config: TrainConfig, options: TrainOptions) -> 
             f"--unlabelled {moved['unlabelled']}: this run trains on no unlabelled images, and a resume cannot add "
             "them; drop --unlabelled"
         )
-    data = moved.get("data")
+    resolved = {name: folder.resolve() for name, folder in moved.items()}
+    data = resolved.get("data")
     relocated = split.moved(
         train_root=data,
-        val_root=moved.get("val") or (data if not config.val else None),
-        unlabelled_root=moved.get("unlabelled"),
+        val_root=resolved.get("val") or (data if not config.val else None),
+        unlabelled_root=resolved.get("unlabelled"),
     )
     parts = {
         "data": [f.path for f in relocated.train] + ([] if config.val else [f.path for f in relocated.val]),
@@ -433,15 +449,16 @@ def relocate_split(split: Split, config: TrainConfig, options: TrainOptions) -> 
     changed = []
     for name, folder in moved.items():
         paths = parts[name]
+        what = "training and validation" if name == "data" and not config.val else RELOCATABLE[name]
         if missing := [path for path in paths if not path.is_file()]:
             raise MobilenetsError(
-                f"--{name} {folder}: {len(missing):,} of the run's {len(paths):,} {RELOCATABLE[name]} images are not "
-                f"in it (first: {missing[0]}); pass the folder that holds the same files at the same places inside it"
+                f"--{name} {folder}: {len(missing):,} of the run's {len(paths):,} {what} images are not in it "
+                f"(first: {missing[0]}); pass the folder that holds the same files at the same places inside it"
             )
         was = {"data": split.train_root, "val": split.val_root, "unlabelled": split.unlabelled_root}[name]
-        if was is None or Path(was).resolve() != folder.resolve():
-            changed.append(f"--{name} {was or getattr(config, name)} → {folder.resolve()}")
-            setattr(config, name, str(folder.resolve()))
+        if was is None or Path(was).resolve() != resolved[name]:
+            changed.append(f"--{name} {was or getattr(config, name)} → {resolved[name]}")
+            setattr(config, name, str(resolved[name]))
     return relocated, changed
 
 

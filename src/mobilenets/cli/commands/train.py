@@ -39,8 +39,16 @@ def add_parser(subparsers) -> None:
         description="Train or fine-tune a MobileNet on DIR/CLASS/*.jpg; writes a run directory with the model, "
         "metrics, per-class results, curves and report.html. Ctrl-C saves; --resume continues exactly.",
     )
-    parser.add_argument("--data", type=Path, help="folder with one subfolder of images per class")
-    parser.add_argument("--val", type=Path, help="separate validation folder (default: a stratified split of --data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="folder with one subfolder of images per class (with --resume: where the run's images are now, if moved)",
+    )
+    parser.add_argument(
+        "--val",
+        type=Path,
+        help="separate validation folder (default: a stratified split of --data; with --resume: where it is now)",
+    )
     parser.add_argument(
         "--model",
         choices=list_models(),
@@ -118,7 +126,8 @@ def add_parser(subparsers) -> None:
         "--unlabeled",
         metavar="DIR",
         help="with --teacher: a folder of images without labels (sub-folders allowed, their names ignored) that "
-        "join the training set; the teacher's predictions are their only target. Never used for validation",
+        "join the training set; the teacher's predictions are their only target. Never used for validation "
+        "(with --resume: where they are now, if moved)",
     )
     parser.add_argument(
         "--mixup",
