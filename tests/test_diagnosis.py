@@ -389,6 +389,8 @@ def test_validation_taking_a_large_share_advises_val_every():
     # about 5% (20 / (38 × 10 + 20)); capped at the run's 3 epochs.
     facts = healthy(train_seconds=30.0, validation_seconds=60.0, epochs=3)
     found = {f.symptom: f for f in diagnose(facts)}
+    # A small folder's minute-long run: a third of it validating is 16 s, and its epochs choose the kept one.
+    assert "slow_training" not in symptoms(healthy(train_seconds=31.0, validation_seconds=16.0, epochs=30))
     finding = found["slow_training"]
     assert "validating took 67% of the run (60 s over 3 validations of 100 images)" in finding.evidence
     assert any(a.startswith("validate less often: --val-every 3 (this run: 1;") for a in finding.advice)

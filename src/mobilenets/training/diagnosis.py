@@ -41,8 +41,11 @@ OVERFITTING_GAP = 0.15
 MATERIAL_LOSS_RISE = 0.05
 # Above this share of step time, the data pipeline rather than the model is what is slow.
 DATA_SHARE_LIMIT = 0.25
-# Validating after every epoch is worth its time until it takes this share of the run (train --val-every).
+# Validating after every epoch is worth its time until it takes this share of the run (train --val-every),
+# and at least this long: on a small folder it is a third of a one-minute run, and its per-epoch figures
+# choose the kept epoch.
 VALIDATION_SHARE_LIMIT = 0.2
+VALIDATION_MIN_SECONDS = 60.0
 VALIDATION_SHARE_TARGET = 0.05
 # A validation set whose 3 standard errors at chance (``chance_margin``) are wider than this cannot tell
 # learning from chance: with 6 images of 3 classes the margin is 58 points, and 83% would still be "near
@@ -528,7 +531,8 @@ def slow_training(facts: RunFacts) -> Finding | None:
             advice.append(
                 "let PyTorch use every core: unset OMP_NUM_THREADS / torch.set_num_threads limits, or stop other jobs"
             )
-    if (share := validation_share(facts)) is not None and share > VALIDATION_SHARE_LIMIT:
+    share = validation_share(facts)
+    if share is not None and share > VALIDATION_SHARE_LIMIT and facts.validation_seconds >= VALIDATION_MIN_SECONDS:
         validations = len(facts.validated_history)
         parts.append(
             f"validating took {share:.0%} of the run ({facts.validation_seconds:.0f} s over {validations} "
