@@ -196,6 +196,11 @@ def test_a_teacher_no_better_than_its_student_is_named_with_the_way_out():
     assert "91.7%" in finding.evidence and "89.0%" in finding.evidence and "2.7 points ahead" in finding.evidence
     assert any("without --teacher" in a for a in finding.advice)
     assert any("--distill-weight 0.45 (this run: 0.9)" in a for a in finding.advice)
+    assert any(a.startswith("give the teacher images to label: --unlabelled DIR") for a in finding.advice)
+    (with_pool,) = [
+        f for f in diagnose(RunFacts(**base, teacher_val_accuracy=0.917, unlabelled_images=600)) if f.symptom == WEAK_TEACHER
+    ]
+    assert not any("--unlabelled" in a for a in with_pool.advice)  # it already has them
     clearly_better = diagnose(RunFacts(**base, teacher_val_accuracy=0.96))  # 7 points ahead: a teacher worth having
     assert WEAK_TEACHER not in [f.symptom for f in clearly_better]
     (worse,) = [f for f in diagnose(RunFacts(**base, teacher_val_accuracy=0.85)) if f.symptom == WEAK_TEACHER]
