@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-# fp32, as the figures of record were measured: on the AMD EPYC (AVX-512-BF16, no AMX) bf16 autocast did not pay at
+# fp32, as the figures of record were measured: on one AMD EPYC (AVX-512-BF16, no AMX) bf16 autocast did not pay at
 # 32-64 px (benchmarks/training_precision.py). On a CPU with AMX, `-- --precision auto` (bf16) gives the same test
-# accuracy 10% sooner at 32 px and 35% sooner at 64 px (BENCHMARKS.md, "Sixteenth round").
+# accuracy 10% sooner at 32 px and 35% sooner at 64 px (BENCHMARKS.md, "Sixteenth round"), and on another EPYC bf16
+# trained V2 at 64 px 1.78x faster ("Twenty-second round").
 COMMON = ["--precision", "fp32", "--batch-size", "128"]
 SETTINGS = {
     # 28-px images upscaled to 32 px: V3-Small's last feature maps are 1×1; fast, but coarse.
@@ -96,7 +97,8 @@ SETTINGS = {
     # On a CPU with AMX (bf16 epochs 1.55x faster at 64 px): 15 epochs, with mild crops without flips and mixup
     # 0.2 against their overfitting. 95.23% vs 94.90% for `pretrained-v2-30min`'s settings on 12,000 held-out
     # training images (chosen on those); 95.23% on the test images, but in 32.8 min on the 2-core AMX Xeon. Cut to
-    # 13 epochs (`-- --epochs 13`) it fits: 94.91% in 28.2 min (94.99% held-out).
+    # 13 epochs (`-- --epochs 13`) it fits: 94.91% in 28.2 min (94.99% held-out). On a 2-core AMD EPYC whose bf16 is
+    # 1.8x fp32's speed: 95.01% and 95.03% (seeds 0, 1) in 17.4-17.7 min.
     "pretrained-v2-30min-amx": [
         *["--precision", "auto", "--batch-size", "128"],
         *["--augment", "light", "--no-flip", "--crop-scale", "0.81", "--mixup", "0.2"],
