@@ -199,7 +199,7 @@ def plot_curves(epochs: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     x = [row["epoch"] for row in epochs]
-    validated = [row for row in epochs if row["val_accuracy"] is not None and row["val_loss"] is not None]
+    validated = [row for row in epochs if row["val_accuracy"] is not None]  # with val_loss, or neither
     x_val = [row["epoch"] for row in validated]
     marker = "o" if len(validated) < len(epochs) else None  # sparse validations (--val-every) as points
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6))

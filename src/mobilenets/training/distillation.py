@@ -136,8 +136,10 @@ class Teacher:
         self.source = source
         self.engine = engine
         self.wants = wants
-        self.device = torch.device(device)  # where ``run`` takes its batches: the CPU, or the student's GPU
-        self.class_order = torch.as_tensor(list(class_order)) if class_order is not None else None
+        self.device = torch.device(device)  # where ``run`` takes its batches and gives its logits: CPU or GPU
+        self.class_order = (
+            torch.as_tensor(list(class_order), device=self.device) if class_order is not None else None
+        )
         self.quality: TeacherQuality | None = None  # measured on the student's validation images (measure_teacher)
 
     def describe(self) -> dict:
@@ -166,7 +168,7 @@ class Teacher:
         # ONNX Runtime runs on the CPU, PyTorch where the student trains; the logits go to the student's device.
         logits = self._run(self.prepare(images.to(self.device), mean, std)).float()
         if self.class_order is not None:
-            logits = logits[:, self.class_order.to(logits.device)]
+            logits = logits[:, self.class_order]
         return logits.to(images.device)
 
 

@@ -265,7 +265,7 @@ def check_teacher(
 
 
 def print_epoch(record: EpochRecord) -> None:
-    validated = record.val_loss is not None and record.val_accuracy is not None
+    validated = record.val_accuracy is not None  # set together with val_loss, or neither (--val-every)
     val_loss, val_accuracy = (f"{record.val_loss:>8.4f}", f"{record.val_accuracy:>7.4f}") if validated else ("-", "-")
     say(
         f"{record.epoch:>5} {record.train_loss:>10.4f} {record.train_accuracy:>9.4f} {val_loss:>8} "
